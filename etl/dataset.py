@@ -1,0 +1,278 @@
+"""The dataset mold: a frozen description of how an export is read, checked, reshaped and loaded.
+
+A dataset is data, not a class tree. It names
+
+* its **sources**: which files (by pattern) hold which kind of records, and the record *levels*
+  inside them (a powerset file holds a powerset, its powers, their effects). Each level declares
+  the fields it stages, by JSON key and type, so the stage reads only what is needed;
+* its **cleaning** steps and validation **rules**, run by ``etl validate``;
+* its **transform**: LazyFrames of staged levels in, one LazyFrame per target table out;
+* its target **tables** (columns, keys, references) and the post-load SQL directory.
+
+Built-ins live in :mod:`etl.datasets`; other packages add theirs through the ``etl.datasets``
+entry point group (see :func:`etl.datasets.get_dataset`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import polars as pl
+
+#: Staged field types, in DuckDB's spelling (they become the Parquet column types).
+FieldType = Literal[
+    "VARCHAR", "BIGINT", "INTEGER", "DOUBLE", "BOOLEAN", "JSON",
+    "VARCHAR[]", "BIGINT[]", "DOUBLE[]", "VARCHAR[][]", "BIGINT[][]",
+]
+Severity = Literal["error", "warning"]
+RuleKind = Literal["required", "range", "one_of", "unique", "references", "check", "types"]
+
+#: Lineage columns every staged row carries: source file, record number in that file (0-based),
+#: JSON path of nested records inside it (``Powers[3].Effects[1]``), position in the parent list.
+LINEAGE = ("_file", "_record", "_path", "_index")
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One staged column: ``name`` in Parquet, read from JSON ``key`` (dots go deeper)."""
+
+    name: str
+    key: str
+    type: FieldType = "VARCHAR"
+
+    @property
+    def json_path(self) -> str:
+        return "$." + ".".join(f'"{part}"' for part in self.key.split("."))
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """A kind of record inside a source file, staged as ``raw/<name>/*.parquet``.
+
+    ``path`` is the array key holding the records inside the parent record (or inside the
+    file's top-level object when ``parent`` is None); ``path=None`` means the file's records
+    themselves. ``inherit`` copies parent fields into each child row (parent name, child name).
+    """
+
+    name: str
+    fields: tuple[Field, ...]
+    path: str | None = None
+    parent: str | None = None
+    inherit: tuple[tuple[str, str], ...] = ()
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"level {self.name} has no field {name}")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Files of one kind: matched by ``match`` (fnmatch on the path under the input root,
+    then on the bare file name), holding the record ``levels``."""
+
+    name: str
+    match: tuple[str, ...]
+    levels: tuple[Level, ...]
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A validation rule on one staged level. Build them with the helpers below."""
+
+    name: str
+    level: str
+    kind: RuleKind
+    columns: tuple[str, ...] = ()
+    severity: Severity = "error"
+    min: float | None = None
+    max: float | None = None
+    values: tuple[object, ...] = ()
+    ref: tuple[str, str] | None = None
+    expr: Callable[[], pl.Expr] | None = None
+    when: Callable[[], pl.Expr] | None = None
+    message: str = ""
+
+    def describe(self) -> str:
+        if self.message:
+            return self.message
+        cols = ", ".join(self.columns)
+        match self.kind:
+            case "required":
+                return f"{cols} must be present"
+            case "range":
+                return f"{cols} must be within [{self.min}, {self.max}]"
+            case "one_of":
+                return f"{cols} must be one of {list(self.values)}"
+            case "unique":
+                return f"({cols}) must be unique"
+            case "references":
+                assert self.ref is not None
+                return f"{cols} must name an existing {self.ref[0]}.{self.ref[1]}"
+            case "types":
+                return "every field must have its declared type"
+            case _:
+                return self.name
+
+
+def required(level: str, *columns: str, severity: Severity = "error") -> Rule:
+    return Rule(f"{level}.{'+'.join(columns)}.required", level, "required", columns, severity)
+
+
+def in_range(level: str, column: str, lo: float | None, hi: float | None,
+             *, severity: Severity = "error") -> Rule:
+    return Rule(f"{level}.{column}.range", level, "range", (column,), severity, min=lo, max=hi)
+
+
+def one_of(level: str, column: str, values: tuple[object, ...], *,
+           severity: Severity = "error") -> Rule:
+    return Rule(f"{level}.{column}.one_of", level, "one_of", (column,), severity, values=values)
+
+
+def unique(level: str, *columns: str, severity: Severity = "error") -> Rule:
+    return Rule(f"{level}.{'+'.join(columns)}.unique", level, "unique", columns, severity)
+
+
+def references(level: str, column: str, target: str, target_column: str, *,
+               severity: Severity = "error", when: Callable[[], pl.Expr] | None = None) -> Rule:
+    """Every non-null ``column`` must equal some accepted ``target.target_column``."""
+    return Rule(f"{level}.{column}.references", level, "references", (column,), severity,
+                ref=(target, target_column), when=when)
+
+
+def check(name: str, level: str, expr: Callable[[], pl.Expr], message: str, *,
+          columns: tuple[str, ...] = (), severity: Severity = "error") -> Rule:
+    """A row passes when ``expr()`` is true (null counts as passing); ``columns`` are shown
+    in the report's examples."""
+    return Rule(f"{level}.{name}", level, "check", columns, severity, expr=expr, message=message)
+
+
+@dataclass(frozen=True, slots=True)
+class Clean:
+    """A cleaning step: ``column`` becomes ``fn(pl.col(column))``; changed rows are counted."""
+
+    name: str
+    level: str
+    column: str
+    fn: Callable[[pl.Expr], pl.Expr]
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A target column, typed in PostgreSQL's terms."""
+
+    name: str
+    type: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignKey:
+    columns: tuple[str, ...]
+    table: str
+    ref_columns: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A target table: columns, primary key, unique keys, foreign keys."""
+
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...]
+    unique: tuple[tuple[str, ...], ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+
+    @property
+    def polars_schema(self) -> pl.Schema:
+        return pl.Schema({c.name: pg_to_polars(c.type) for c in self.columns})
+
+
+_PG_TO_POLARS: dict[str, pl.DataType] = {
+    "bigint": pl.Int64(),
+    "integer": pl.Int32(),
+    "smallint": pl.Int16(),
+    "double precision": pl.Float64(),
+    "real": pl.Float32(),
+    "boolean": pl.Boolean(),
+    "text": pl.String(),
+    "jsonb": pl.String(),
+    "date": pl.Date(),
+    "timestamptz": pl.Datetime("us", "UTC"),
+}
+
+
+def pg_to_polars(pg_type: str) -> pl.DataType:
+    """The Polars dtype a target column of ``pg_type`` is written with."""
+    if pg_type.endswith("[]"):
+        return pl.List(pg_to_polars(pg_type[:-2]))
+    try:
+        return _PG_TO_POLARS[pg_type]
+    except KeyError:
+        raise ValueError(f"unsupported column type {pg_type!r}") from None
+
+
+Transform = Callable[[Mapping[str, pl.LazyFrame]], Mapping[str, pl.LazyFrame]]
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """Everything the toolkit knows about one kind of export."""
+
+    name: str
+    version: str
+    description: str
+    sources: tuple[Source, ...]
+    transform: Transform
+    tables: tuple[Table, ...]
+    rules: tuple[Rule, ...] = ()
+    cleaning: tuple[Clean, ...] = ()
+    sql_dir: str | None = None
+    #: Reconciliation hints shown by ``etl datasets``: where each table's rows come from.
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def levels(self) -> dict[str, Level]:
+        """Every staged level by name, parents before children."""
+        return {lvl.name: lvl for src in self.sources for lvl in src.levels}
+
+    def level_source(self, level: str) -> Source:
+        for src in self.sources:
+            if any(lvl.name == level for lvl in src.levels):
+                return src
+        raise KeyError(level)
+
+    def table(self, name: str) -> Table:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise KeyError(f"dataset {self.name} has no table {name}")
+
+    def fingerprint(self) -> dict[str, object]:
+        """What about this dataset changes staged output: name, version, staged fields."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sources": [
+                {
+                    "name": s.name,
+                    "match": list(s.match),
+                    "levels": [
+                        {
+                            "name": lvl.name,
+                            "path": lvl.path,
+                            "parent": lvl.parent,
+                            "inherit": [list(i) for i in lvl.inherit],
+                            "fields": [[f.name, f.key, f.type] for f in lvl.fields],
+                        }
+                        for lvl in s.levels
+                    ],
+                }
+                for s in self.sources
+            ],
+        }

@@ -1,0 +1,56 @@
+"""Dataset registry: the built-ins plus any registered through the ``etl.datasets`` entry point.
+
+A third-party package adds a dataset by exposing a :class:`etl.dataset.Dataset` object::
+
+    [project.entry-points."etl.datasets"]
+    mydata = "mypackage.etl_dataset:DATASET"
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from importlib import import_module
+from importlib.metadata import entry_points
+
+from etl.dataset import Dataset
+from etl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "etl.datasets"
+#: Built-in datasets: name → module holding ``DATASET``.
+BUILTINS = {"mids": "etl.datasets.mids"}
+
+
+@cache
+def available() -> dict[str, Dataset]:
+    """Every dataset by name: built-ins first, then entry points (which cannot shadow them)."""
+    found: dict[str, Dataset] = {}
+    for name, module in BUILTINS.items():
+        found[name] = import_module(module).DATASET
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in found:
+            log.warning("dataset entry point %s (%s) is shadowed by a built-in", ep.name, ep.value)
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the toolkit
+            log.warning("cannot load dataset entry point %s (%s): %s", ep.name, ep.value, exc)
+            continue
+        if not isinstance(obj, Dataset):
+            log.warning("entry point %s does not name an etl.dataset.Dataset", ep.name)
+            continue
+        found[ep.name] = obj
+    return found
+
+
+def get_dataset(name: str) -> Dataset:
+    """The dataset called ``name``; :class:`ConfigError` naming the known ones otherwise."""
+    datasets = available()
+    try:
+        return datasets[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {name!r}",
+                          hint=f"known datasets: {', '.join(sorted(datasets))} (see `etl datasets`)"
+                          ) from None

@@ -1,0 +1,332 @@
+"""A staged run directory: its layout, its manifest, and reading it back.
+
+::
+
+    staging/<dataset>/<run>/
+        manifest.json                 written last: a run without it is not complete
+        raw/<level>/part-NNNNN.parquet
+        report.json                   etl validate
+        rejects/<level>.parquet
+        tables/<table>/part-NNNNN.parquet   etl transform
+
+Every phase writes into a temporary sibling and renames it into place, then rewrites the
+manifest atomically, so a killed process never leaves a run that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.dataset import LINEAGE, Dataset, Level
+from etl.errors import RunStateError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+PARQUET_COMPRESSION = "zstd"
+
+_DUCK_TO_POLARS: dict[str, pl.DataType] = {
+    "VARCHAR": pl.String(),
+    "JSON": pl.String(),
+    "BIGINT": pl.Int64(),
+    "INTEGER": pl.Int32(),
+    "DOUBLE": pl.Float64(),
+    "BOOLEAN": pl.Boolean(),
+}
+
+
+def field_dtype(type_: str) -> pl.DataType:
+    """The Polars dtype of a staged field of DuckDB type ``type_``."""
+    if type_.endswith("[]"):
+        return pl.List(field_dtype(type_[:-2]))
+    return _DUCK_TO_POLARS[type_]
+
+
+def level_schema(level: Level, levels: Mapping[str, Level]) -> pl.Schema:
+    """The staged Parquet schema of ``level``: lineage, inherited fields, own fields, type errors."""
+    cols: dict[str, pl.DataType] = {
+        "_file": pl.String(), "_record": pl.Int64(), "_path": pl.String(), "_index": pl.Int64()}
+    if level.parent is not None:
+        parent = levels[level.parent]
+        for src, dst in level.inherit:
+            cols[dst] = field_dtype(parent.field(src).type)
+    for f in level.fields:
+        cols[f.name] = field_dtype(f.type)
+    cols["_type_errors"] = pl.List(pl.String())
+    return pl.Schema(cols)
+
+
+def sha256_file(path: Path, *, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, default=str)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move ``tmp`` to ``final``, replacing what was there (old copy removed after the swap)."""
+    trash = None
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+    os.replace(tmp, final)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+class ChunkWriter:
+    """Writes Arrow batches as Parquet chunks of at most ``chunk_rows`` rows each.
+
+    Owns one open file at a time; :meth:`close` returns the chunk list for the manifest.
+    """
+
+    def __init__(self, folder: Path, rel_to: Path, *, chunk_rows: int,
+                 schema: pa.Schema | None = None) -> None:
+        self.folder = folder
+        self.rel_to = rel_to
+        self.chunk_rows = max(1, chunk_rows)
+        self.schema = schema
+        self.chunks: list[dict[str, Any]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._path: Path | None = None
+        self._rows = 0
+
+    def _open(self, schema: pa.Schema) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._path = self.folder / f"part-{len(self.chunks):05d}.parquet"
+        self._writer = pq.ParquetWriter(self._path, schema, compression=PARQUET_COMPRESSION,
+                                        write_statistics=True)
+        self._rows = 0
+
+    def _finish(self) -> None:
+        if self._writer is None or self._path is None:
+            return
+        self._writer.close()
+        self.chunks.append({
+            "path": self._path.relative_to(self.rel_to).as_posix(),
+            "rows": self._rows,
+            "bytes": self._path.stat().st_size,
+            "sha256": sha256_file(self._path),
+        })
+        self._writer = None
+
+    def write(self, data: pa.RecordBatch | pa.Table) -> None:
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        if self.schema is None:
+            self.schema = table.schema
+        elif table.schema != self.schema:
+            table = table.cast(self.schema)
+        offset = 0
+        while offset < table.num_rows:
+            if self._writer is None:
+                self._open(self.schema)
+            assert self._writer is not None
+            take = min(self.chunk_rows - self._rows, table.num_rows - offset)
+            self._writer.write_table(table.slice(offset, take), row_group_size=self.chunk_rows)
+            self._rows += take
+            offset += take
+            if self._rows >= self.chunk_rows:
+                self._finish()
+
+    def write_frame(self, df: pl.DataFrame) -> None:
+        self.write(df.to_arrow())
+
+    def close(self) -> list[dict[str, Any]]:
+        self._finish()
+        return self.chunks
+
+    @property
+    def rows(self) -> int:
+        return sum(c["rows"] for c in self.chunks) + (self._rows if self._writer else 0)
+
+
+@dataclass(frozen=True)
+class Run:
+    """A staged run on disk, read back: manifest, LazyFrames, a DuckDB view of it all."""
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def id(self) -> str:
+        return str(self.manifest["run_id"])
+
+    @property
+    def dataset_name(self) -> str:
+        return str(self.manifest["dataset"])
+
+    def dataset(self) -> Dataset:
+        from etl.datasets import get_dataset
+
+        ds = get_dataset(self.dataset_name)
+        if ds.version != self.manifest["dataset_version"]:
+            raise RunStateError(
+                f"run was staged with {ds.name} version {self.manifest['dataset_version']}, "
+                f"the installed dataset is version {ds.version}",
+                dataset=ds.name, run=self.id, hint="stage the export again with `etl stage`")
+        return ds
+
+    # -- raw levels ---------------------------------------------------------------------------
+
+    def raw(self, level: str) -> pl.LazyFrame:
+        """The staged rows of ``level`` as they were read (no cleaning)."""
+        entry = self.manifest["levels"].get(level)
+        if entry is None:
+            raise RunStateError(f"run {self.id} has no staged level {level!r}",
+                                hint=f"levels: {', '.join(self.manifest['levels'])}")
+        schema = pl.Schema({k: _dtype_from_str(v) for k, v in entry["schema"].items()})
+        return _scan(self.path, entry["chunks"], schema)
+
+    def cleaned(self, level: str, dataset: Dataset | None = None) -> pl.LazyFrame:
+        """The staged rows of ``level`` after the dataset's cleaning steps."""
+        ds = dataset or self.dataset()
+        return apply_cleaning(ds, level, self.raw(level))
+
+    def rejects(self, level: str) -> pl.LazyFrame | None:
+        path = self.path / "rejects" / f"{level}.parquet"
+        return pl.scan_parquet(path) if path.exists() else None
+
+    def accepted(self, level: str, dataset: Dataset | None = None) -> pl.LazyFrame:
+        """Cleaned rows of ``level`` that no error-severity rule rejected."""
+        if "validation" not in self.manifest:
+            raise RunStateError(f"run {self.id} has not been validated",
+                                run=self.id, hint=f"run `etl validate {self.path}` first")
+        lf = self.cleaned(level, dataset)
+        rejected = self.rejects(level)
+        if rejected is None:
+            return lf
+        return lf.join(rejected.select("_file", "_record", "_path"), on=["_file", "_record", "_path"],
+                       how="anti", nulls_equal=True)
+
+    # -- target tables ------------------------------------------------------------------------
+
+    def table(self, name: str) -> pl.LazyFrame:
+        entry = self.manifest.get("tables", {}).get(name)
+        if entry is None:
+            raise RunStateError(f"run {self.id} has no transformed table {name!r}",
+                                run=self.id, hint=f"run `etl transform {self.path}` first")
+        schema = pl.Schema({k: _dtype_from_str(v) for k, v in entry["schema"].items()})
+        return _scan(self.path, entry["chunks"], schema)
+
+    def tables(self) -> dict[str, pl.LazyFrame]:
+        return {name: self.table(name) for name in self.manifest.get("tables", {})}
+
+    def report(self) -> dict[str, Any] | None:
+        path = self.path / "report.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def duckdb(self) -> Any:
+        """An in-memory DuckDB connection with a view per raw level, reject file and table.
+
+        Views are named ``raw_<level>``, ``rejects_<level>`` and ``<table>``.
+        """
+        import duckdb
+
+        con = duckdb.connect()
+        for level, entry in self.manifest["levels"].items():
+            files = [str(self.path / c["path"]) for c in entry["chunks"]]
+            if files:
+                con.execute(f'CREATE VIEW "raw_{level}" AS SELECT * FROM read_parquet({files!r})')
+        for path in sorted((self.path / "rejects").glob("*.parquet")):
+            con.execute(f'CREATE VIEW "rejects_{path.stem}" AS SELECT * FROM read_parquet(\'{path}\')')
+        for name, entry in self.manifest.get("tables", {}).items():
+            files = [str(self.path / c["path"]) for c in entry["chunks"]]
+            if files:
+                con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({files!r})')
+        return con
+
+    def chunk_files(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+        """Every Parquet chunk the manifest lists, with its entry (path, rows, sha256)."""
+        for entry in self.manifest["levels"].values():
+            for c in entry["chunks"]:
+                yield self.path / c["path"], c
+        for entry in self.manifest.get("tables", {}).values():
+            for c in entry["chunks"]:
+                yield self.path / c["path"], c
+
+
+def _dtype_from_str(text: str) -> pl.DataType:
+    if text.startswith("List(") and text.endswith(")"):
+        return pl.List(_dtype_from_str(text[5:-1]))
+    names = {
+        "String": pl.String(), "Int64": pl.Int64(), "Int32": pl.Int32(), "Int16": pl.Int16(),
+        "Float64": pl.Float64(), "Float32": pl.Float32(), "Boolean": pl.Boolean(), "Date": pl.Date(),
+        "Datetime(time_unit='us', time_zone='UTC')": pl.Datetime("us", "UTC"),
+    }
+    return names[text]
+
+
+def schema_to_json(schema: pl.Schema) -> dict[str, str]:
+    return {name: str(dtype) for name, dtype in schema.items()}
+
+
+def _scan(root: Path, chunks: list[dict[str, Any]], schema: pl.Schema) -> pl.LazyFrame:
+    files = [str(root / c["path"]) for c in chunks]
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    return pl.scan_parquet(files, schema=schema)
+
+
+def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame) -> pl.LazyFrame:
+    """The dataset's cleaning steps for ``level``, in order."""
+    for step in dataset.cleaning:
+        if step.level == level:
+            lf = lf.with_columns(step.fn(pl.col(step.column)).alias(step.column))
+    return lf
+
+
+def open_run(path: str | Path) -> Run:
+    """Open a staged run directory (``staging/<dataset>/<run>``) for reading.
+
+    >>> run = open_run("staging/mids/mids-1a2b3c4d5e6f")   # doctest: +SKIP
+    >>> run.raw("powers").select("full_name", "level").collect()   # doctest: +SKIP
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise RunStateError(
+            f"{root} is not a complete staged run (no {MANIFEST})",
+            file=root, hint="stage it again with `etl stage DATASET SOURCE...`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise RunStateError(f"manifest is not valid JSON: {exc}", file=manifest_path,
+                            hint="stage the export again with `etl stage --force`") from exc
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise RunStateError(f"manifest format {manifest.get('format')} is not {MANIFEST_FORMAT}",
+                            file=manifest_path, hint="stage the export again with this toolkit")
+    return Run(root, manifest)
+
+
+def lineage_columns() -> list[str]:
+    return list(LINEAGE)

@@ -1,0 +1,721 @@
+"""Stage: JSON export(s) → Parquet chunks under ``staging/<dataset>/<run>/raw/<level>/``.
+
+DuckDB's streaming JSON reader (``read_json_objects``) reads every file of a source as a stream
+of raw records, a bounded batch at a time. Each batch is numbered (file, record) and unpacked into
+the dataset's record levels with ``json_extract`` path lists — much faster than letting DuckDB
+build full STRUCT types for wide objects — then cast to the declared types and written as Parquet
+chunks of at most ``chunk_rows`` rows. Values that do not fit their declared type are staged as
+NULL and named in the row's ``_type_errors``, for ``etl validate`` to judge.
+
+Memory is bounded by the batch size (a quarter of the DuckDB memory limit) and the chunk size,
+never by the input size.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl import __version__
+from etl.config import Settings
+from etl.dataset import Dataset, Level, Source
+from etl.errors import ConfigError, EtlError, InputError
+from etl.metrics import Phase, peak_rss_bytes, timed
+from etl.run import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    ChunkWriter,
+    Run,
+    level_schema,
+    open_run,
+    replace_dir,
+    schema_to_json,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+JSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_WS = b" \t\r\n"
+#: Records fetched from DuckDB per Arrow batch before they are grouped by bytes.
+_FETCH_ROWS = 16
+
+Progress = Callable[[str, int, int], None]
+Shape = Literal["array", "object"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """One input file, checked: where it is, which source it feeds, its size and hash."""
+
+    path: Path
+    relpath: str
+    source: str
+    size: int
+    sha256: str
+    shape: Shape
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "relpath": self.relpath, "source": self.source,
+                "size": self.size, "sha256": self.sha256, "shape": self.shape}
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    run: Run
+    skipped: bool
+    phase: Phase
+
+
+# ------------------------------------------------------------------------------ finding inputs
+
+
+def _is_json_name(name: str) -> bool:
+    return name.lower().endswith(JSON_SUFFIXES) and not name.startswith(".")
+
+
+def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Expand files, directories (recursively) and globs into (path, relative path) pairs."""
+    found: list[tuple[Path, str]] = []
+    for src in sources:
+        text = str(src)
+        if _GLOB_CHARS.search(text):
+            head = Path(_GLOB_CHARS.split(text, 1)[0]).parent if "/" in text else Path(".")
+            matches = sorted(globlib.glob(text, recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file() and _is_json_name(Path(m).name)]
+            if not files:
+                raise InputError("glob matches no JSON file", file=text,
+                                 hint="check the pattern; quote it so the shell does not expand it")
+            found.extend((f, f.relative_to(head).as_posix() if f.is_relative_to(head) else f.name)
+                         for f in files)
+        else:
+            path = Path(text)
+            if path.is_dir():
+                files = sorted(p for p in path.rglob("*") if p.is_file() and _is_json_name(p.name)
+                               and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                if not files:
+                    raise InputError("directory holds no JSON file (*.json, *.ndjson, *.jsonl, .gz)",
+                                     file=path, hint="point at the export's folder")
+                found.extend((f, f.relative_to(path).as_posix()) for f in files)
+            elif path.is_file():
+                found.append((path, path.name))
+            else:
+                raise InputError("no such file or directory", file=path, hint="check the path")
+    return found
+
+
+def assign_sources(dataset: Dataset, files: list[tuple[Path, str]]) -> dict[str, list[tuple[Path, str]]]:
+    """Give each file to the first source whose pattern matches its relative path or name."""
+    out: dict[str, list[tuple[Path, str]]] = {s.name: [] for s in dataset.sources}
+    ignored = []
+    for path, rel in files:
+        for src in dataset.sources:
+            if any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(path.name, pat) for pat in src.match):
+                out[src.name].append((path, rel))
+                break
+        else:
+            ignored.append(rel)
+    if ignored:
+        log.warning("%d file(s) match no source of %s and are ignored, e.g. %s",
+                    len(ignored), dataset.name, ", ".join(ignored[:3]))
+    return out
+
+
+# ------------------------------------------------------------------------------ checking inputs
+
+
+def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
+    """Hash ``path`` and check its outline: not empty, starts with ``[``/``{``, not truncated."""
+    digest = hashlib.sha256()
+    inflate = zlib.decompressobj(wbits=47) if path.name.lower().endswith(".gz") else None
+    head = b""
+    tail = b""
+    size = 0
+    offset = 0  # offset in the (decompressed) JSON text
+    first_at = -1
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            size += len(block)
+            digest.update(block)
+            if inflate is not None:
+                try:
+                    block = inflate.decompress(block)
+                except zlib.error as exc:
+                    raise InputError(f"not a valid gzip file: {exc}", file=path,
+                                     hint="re-compress or decompress the file") from exc
+            if not head:
+                stripped = block.lstrip(_WS)
+                if stripped:
+                    head = stripped[:4]
+                    first_at = offset + len(block) - len(stripped)
+            if block.strip(_WS):
+                tail = (tail + block).rstrip(_WS)[-4:]
+            offset += len(block)
+    if inflate is not None and not inflate.eof:
+        raise InputError(f"gzip stream ends early after {offset} bytes", file=path,
+                         offset=size, hint="the file was cut off; export or download it again")
+    if not head:
+        raise InputError("file is empty (no JSON records)", file=path, offset=0,
+                         hint="remove it from the input or export it again")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError("file is UTF-16; JSON exports must be UTF-8", file=path, offset=0,
+                         hint="convert it, e.g. `iconv -f UTF-16 -t UTF-8`")
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:].lstrip(_WS) or b"{"
+    opener = head[:1]
+    if opener not in (b"[", b"{"):
+        raise InputError(f"not JSON: starts with {head[:1]!r} instead of '[' or '{{'",
+                         file=path, offset=max(first_at, 0),
+                         hint="remove non-JSON files from the input folder")
+    closer = tail[-1:]
+    if opener == b"[" and closer != b"]":
+        raise InputError("truncated JSON array: the file ends without its closing ']'",
+                         file=path, offset=offset, hint="the export was cut off; export it again")
+    if opener == b"{" and closer != b"}":
+        raise InputError("truncated JSON: the file ends inside an object",
+                         file=path, offset=offset, hint="the export was cut off; export it again")
+    shape: Shape = "array" if opener == b"[" else "object"
+    return InputFile(path, relpath, source, size, digest.hexdigest(), shape)
+
+
+def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, int | None, str]:
+    """Find the first broken record of a JSON file: (record, byte offset, reason).
+
+    Used only after the fast reader failed, to say precisely where. Files over ``limit``
+    bytes are not scanned.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:  # type: ignore[operator]
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        return None, None, "file too large to pinpoint the error"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        record = data[: exc.start].count(b"\n{") if data.lstrip()[:1] != b"[" else None
+        return record, exc.start, f"invalid UTF-8 byte {data[exc.start:exc.start + 1]!r}"
+    decoder = json.JSONDecoder()
+
+    def byte_at(i: int) -> int:
+        return len(text[:i].encode("utf-8"))
+
+    i = len(text) - len(text.lstrip())
+    if text.startswith("\ufeff"):
+        i = 1
+    record = 0
+    array = text[i:i + 1] == "["
+    if array:
+        i += 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        if i >= len(text):
+            if array:
+                return record, byte_at(i), "array ends without ']'"
+            return None, None, "no error found"
+        if array and text[i] == "]":
+            if text[i + 1:].strip():
+                return record, byte_at(i + 1), "data after the closing ']'"
+            return None, None, "no error found"
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            return record, byte_at(exc.pos), exc.msg
+        if not isinstance(value, dict):
+            return record, byte_at(i), f"record is a {type(value).__name__}, expected an object"
+        i = end
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        if array:
+            if i < len(text) and text[i] == ",":
+                j = i + 1
+                while j < len(text) and text[j] in " \t\r\n":
+                    j += 1
+                if j < len(text) and text[j] == "]":
+                    return record + 1, byte_at(i), "trailing comma before ']'"
+                i = j
+            elif i < len(text) and text[i] == "]":
+                continue
+            else:
+                return record + 1, byte_at(i), "expected ',' or ']' after a record"
+        record += 1
+
+
+# ------------------------------------------------------------------------------ SQL for levels
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _typed(expr: str, type_: str) -> str:
+    """SQL turning the extracted text ``expr`` into ``type_`` (NULL when it does not fit)."""
+    if type_ == "VARCHAR":
+        return expr
+    if type_ in ("BIGINT", "INTEGER"):
+        return (f"CASE WHEN TRY_CAST({expr} AS DOUBLE) = TRY_CAST({expr} AS BIGINT) "
+                f"THEN TRY_CAST({expr} AS {type_}) END")
+    if type_ == "DOUBLE":
+        return f"TRY_CAST({expr} AS DOUBLE)"
+    if type_ == "BOOLEAN":
+        return f"CASE {expr} WHEN 'true' THEN true WHEN 'false' THEN false END"
+    if type_.endswith("[]"):
+        return f"TRY_CAST(TRY_CAST({expr} AS JSON) AS {type_})"
+    raise ConfigError(f"unsupported staged type {type_}")
+
+
+def level_select(level: Level, levels: dict[str, Level], *, keep_json: bool) -> str:
+    """The SELECT that turns the parent rows (or ``_records``) into ``level``'s typed rows."""
+    if level.parent is None and level.path is None:
+        base = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, "
+                "json AS _json FROM _records")
+        inherited: list[str] = []
+    else:
+        src = "_records" if level.parent is None else _ident(f"_lvl_{level.parent}")
+        src_json = "json" if level.parent is None else "_json"
+        src_path = "''" if level.parent is None else "_path"
+        inherited = [f"{_ident(p)} AS {_ident(c)}" for p, c in level.inherit]
+        pass_through = "".join(f", {_ident(p)}" for p, _ in level.inherit)
+        arr_path = _sql_str("$." + ".".join(f'"{k}"' for k in level.path.split(".")) + "[*]") \
+            if level.path else "'$[*]'"
+        base = (
+            f"SELECT _file, _record, "
+            f"{src_path} || CASE WHEN {src_path} = '' THEN '' ELSE '.' END || "
+            f"{_sql_str(level.path or '')} || '[' || CAST(_i - 1 AS VARCHAR) || ']' AS _path, "
+            f"CAST(_i - 1 AS BIGINT) AS _index, _elem AS _json{''.join(', ' + i for i in inherited)} FROM ("
+            f"SELECT _file, _record, {src_path} AS _path{pass_through}, "
+            f"unnest(_arr) AS _elem, generate_subscripts(_arr, 1) AS _i FROM ("
+            f"SELECT _file, _record, {src_path}{pass_through}, "
+            f"json_extract({src_json}, {arr_path}) AS _arr FROM {src}))"
+        )
+        inherited = [_ident(c) for _, c in level.inherit]
+    text_fields = [f for f in level.fields if f.type != "JSON"]
+    json_fields = [f for f in level.fields if f.type == "JSON"]
+    extract = []
+    if text_fields:
+        extract.append("json_extract_string(_json, [" +
+                       ", ".join(_sql_str(f.json_path) for f in text_fields) + "]) AS _v")
+    if json_fields:
+        extract.append("json_extract(_json, [" +
+                       ", ".join(_sql_str(f.json_path) for f in json_fields) + "]) AS _vj")
+    typed = []
+    checks = []
+    ti = ji = 0
+    for f in level.fields:
+        if f.type == "JSON":
+            ji += 1
+            typed.append(f"CAST(_vj[{ji}] AS VARCHAR) AS {_ident(f.name)}")
+        else:
+            ti += 1
+            typed.append(f"{_typed(f'_v[{ti}]', f.type)} AS {_ident(f.name)}")
+            if f.type != "VARCHAR":
+                checks.append(f"CASE WHEN _v[{ti}] IS NOT NULL AND {_ident(f.name)} IS NULL "
+                              f"THEN {_sql_str(f.name)} END")
+    not_object = "CASE WHEN left(_json, 1) <> '{' THEN '<not an object>' END"
+    checks.insert(0, not_object)
+    carry = ", _json" if keep_json else ""
+    inner = (f"SELECT _file, _record, _path, _index{''.join(', ' + i for i in inherited)}, "
+             f"{', '.join(typed)}, _json{', _v' if text_fields else ''} FROM "
+             f"(SELECT *, {', '.join(extract) if extract else '1 AS _nothing'} FROM ({base}))")
+    cols = ", ".join([*(i for i in inherited), *(_ident(f.name) for f in level.fields)])
+    return (f"SELECT _file, _record, _path, _index{', ' if cols else ''}{cols}, "
+            f"list_filter([{', '.join(checks)}], lambda x: x IS NOT NULL) AS _type_errors{carry} "
+            f"FROM ({inner})")
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
+def _memory_bytes(limit: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", limit, re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"memory limit {limit!r} is not a size like 256MB or 1GB")
+    scale = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+             "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+    return int(float(m.group(1)) * scale[(m.group(2) or "").upper()])
+
+
+def compute_run_id(dataset: Dataset, files: Sequence[InputFile]) -> str:
+    """Same input content and dataset version → same run id."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dataset.fingerprint(), sort_keys=True).encode())
+    for f in sorted(files, key=lambda f: (f.source, f.relpath)):
+        h.update(f"{f.source}\0{f.relpath}\0{f.sha256}\n".encode())
+    return f"{dataset.name}-{h.hexdigest()[:12]}"
+
+
+def _number_records(batch: pa.Table, state: dict[str, Any]) -> pa.Table:
+    """Add ``_record`` (0-based, per file), continuing the count across batches of one file,
+    and name files by their path under the input root (``state["relpath"]``), so staged rows do
+    not depend on where the export sat."""
+    files = batch.column("filename").to_numpy(zero_copy_only=False)
+    n = len(files)
+    record = np.empty(n, dtype=np.int64)
+    if n:
+        change = np.empty(n, dtype=bool)
+        change[0] = True
+        change[1:] = files[1:] != files[:-1]
+        starts = np.flatnonzero(change)
+        run_start = np.repeat(starts, np.diff(np.append(starts, n)))
+        record[:] = np.arange(n) - run_start
+        if files[0] == state.get("last_file"):
+            record[run_start == 0] += state["next_record"]
+        state["next_record"] = int(record[-1]) + 1
+        state["last_file"] = files[-1]
+    encoded = pc.dictionary_encode(batch.column("filename")).combine_chunks()
+    rel = state["relpath"]
+    names = pa.array([rel.get(v, v) for v in encoded.dictionary.to_pylist()], pa.string())
+    file_col = pc.take(names, encoded.indices)
+    return pa.table({"_file": file_col, "_record": record, "json": batch.column("json")})
+
+
+def _duckdb_error(exc: Exception, files: Sequence[InputFile] = ()) -> EtlError:
+    text = str(exc)
+    if "Out of Memory" in text:
+        return EtlError(f"DuckDB ran out of its memory limit: {text.splitlines()[0]}",
+                        hint="raise --memory-limit (e.g. 512MB) or use fewer --threads")
+    m = re.search(r'in file "([^"]+)"', text) or re.search(r'[Ff]ile "([^"]+)"', text)
+    if not m:
+        return InputError(f"DuckDB could not read the input: {text}",
+                          hint="check the files named above; rerun with --verbose for details")
+    path = Path(m.group(1))
+    record, offset, reason = diagnose_json(path)
+    if record is None and offset is None:
+        reason = text.split("Error: ", 1)[-1].strip()
+        m2 = re.search(r"record/value (\d+)", text)
+        record = int(m2.group(1)) if m2 else None
+    return InputError(f"malformed JSON: {reason}", file=path, record=record, offset=offset,
+                      hint="fix or remove this file, then stage again")
+
+
+def _check_records(records: pa.Table, max_record_bytes: int, abs_of: dict[str, str]) -> None:
+    js = records.column("json")
+    lengths = pc.binary_length(js).to_numpy(zero_copy_only=False)
+    too_big = np.flatnonzero(lengths > max_record_bytes)
+    if too_big.size:
+        i = int(too_big[0])
+        raise InputError(
+            f"record is {int(lengths[i])} bytes, over the limit of {max_record_bytes} bytes",
+            file=abs_of.get(records.column("_file")[i].as_py()),
+            record=records.column("_record")[i].as_py(),
+            hint="raise the limit with --max-record-bytes (memory grows with it)")
+    first = pc.utf8_slice_codeunits(pc.utf8_ltrim_whitespace(js), 0, 1).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(first != "{")
+    if wrong.size:
+        i = int(wrong[0])
+        raise InputError(
+            f"record is not a JSON object (it starts with {first[i]!r})",
+            file=abs_of.get(records.column("_file")[i].as_py()),
+            record=records.column("_record")[i].as_py(),
+            hint="every record of this export must be an object; fix or remove the file")
+
+
+def _read_batches(
+    reader: duckdb.DuckDBPyConnection, files: list[InputFile], batch_bytes: int,
+) -> Iterator[pa.Table]:
+    """Numbered record tables of about ``batch_bytes`` each, in file and record order.
+
+    Single-object files are read whole with ``read_text`` (one record each, no parsing here);
+    arrays and newline-delimited files go through DuckDB's streaming ``read_json_objects``.
+    """
+    whole = [f for f in files if f.shape == "object"]
+    streamed = [f for f in files if f.shape != "object"]
+    state: dict[str, Any] = {"relpath": {str(f.path): f.relpath for f in files}}
+    for group, sql in (
+        (whole, "SELECT filename, content AS json FROM read_text({paths})"),
+        (streamed, "SELECT filename, json FROM read_json_objects({paths}, format='auto', "
+                   "filename=true, maximum_object_size=4194304)"),
+    ):
+        if not group:
+            continue
+        paths = "[" + ", ".join(_sql_str(str(f.path)) for f in group) + "]"
+        try:
+            stream = reader.sql(sql.format(paths=paths)).to_arrow_reader(_FETCH_ROWS)
+            pending: list[pa.RecordBatch] = []
+            size = 0
+            for batch in stream:
+                pending.append(batch)
+                size += batch.nbytes
+                if size >= batch_bytes:
+                    yield _number_records(pa.Table.from_batches(pending), state)
+                    pending, size = [], 0
+            if pending:
+                yield _number_records(pa.Table.from_batches(pending), state)
+        except (duckdb.Error, pa.ArrowInvalid, OSError) as exc:
+            raise _duckdb_error(exc, group) from exc
+
+
+class _LevelWorker:
+    """Unpacks batches of records into level tables on its own DuckDB connection."""
+
+    def __init__(self, source: Source, levels: dict[str, Level], *, memory: str, temp: Path) -> None:
+        self.source = source
+        self.parents = {lvl.parent for lvl in source.levels if lvl.parent}
+        self.queries = {lvl.name: level_select(lvl, levels, keep_json=lvl.name in self.parents)
+                        for lvl in source.levels}
+        self.con = duckdb.connect(config={
+            "memory_limit": memory, "threads": 1, "preserve_insertion_order": False,
+            "temp_directory": str(temp)})
+
+    def close(self) -> None:
+        self.con.close()
+
+    def run(self, records: pa.Table) -> dict[str, pa.Table]:
+        con = self.con
+        out: dict[str, pa.Table] = {}
+        con.register("_records", records)
+        try:
+            for lvl in self.source.levels:
+                sql = self.queries[lvl.name]
+                if lvl.name in self.parents:
+                    # Materialise parents once, so children neither re-parse nor re-extract them.
+                    table = _ident("_lvl_" + lvl.name)
+                    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
+                    sql = f"SELECT * EXCLUDE (_json) FROM {table}"
+                out[lvl.name] = con.sql(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise self._explain(exc, records) from exc
+        finally:
+            con.unregister("_records")
+            for name in self.parents:
+                con.execute(f"DROP TABLE IF EXISTS {_ident('_lvl_' + str(name))}")
+        return out
+
+    def _explain(self, exc: duckdb.Error, records: pa.Table) -> EtlError:
+        if "Malformed JSON" not in str(exc) and "malformed" not in str(exc).lower():
+            return _duckdb_error(exc)
+        # Whole files are not parsed by the reader: find which one is broken.
+        self.con.register("_records_check", records)
+        try:
+            rows = self.con.execute(
+                "SELECT _file FROM _records_check WHERE NOT json_valid(json) LIMIT 1").fetchall()
+        finally:
+            self.con.unregister("_records_check")
+        if not rows:
+            return _duckdb_error(exc)
+        path = Path(rows[0][0])
+        record, offset, reason = diagnose_json(path)
+        return InputError(f"malformed JSON: {reason}", file=path, record=record, offset=offset,
+                          hint="fix or remove this file, then stage again")
+
+
+def _stage_source(
+    reader: duckdb.DuckDBPyConnection,
+    dataset: Dataset,
+    source: Source,
+    files: list[InputFile],
+    writers: dict[str, ChunkWriter],
+    *,
+    tmp: Path,
+    workers: int,
+    worker_memory: str,
+    batch_bytes: int,
+    max_record_bytes: int,
+    progress: Progress | None,
+    done_bytes: list[int],
+    total_bytes: int,
+) -> None:
+    """Read ``files`` batch by batch, unpack batches on ``workers`` threads, write in order."""
+    if not files:
+        return
+    size_of = {str(f.path): f.size for f in files}
+    abs_of = {f.relpath: str(f.path) for f in files}
+    local = threading.local()
+    made: list[_LevelWorker] = []
+    lock = threading.Lock()
+
+    def work(records: pa.Table) -> dict[str, pa.Table]:
+        worker = getattr(local, "worker", None)
+        if worker is None:
+            worker = _LevelWorker(source, dataset.levels, memory=worker_memory,
+                                  temp=tmp / f".duckdb_tmp_{threading.get_ident()}")
+            local.worker = worker
+            with lock:
+                made.append(worker)
+        return worker.run(records)
+
+    def write(result: dict[str, pa.Table], records_files: list[str]) -> None:
+        for name, table in result.items():
+            writers[name].write(table)
+        for name in records_files:
+            done_bytes[0] += size_of.get(name, 0)
+        if progress:
+            progress("stage", done_bytes[0], total_bytes)
+
+    in_flight: deque[tuple[Future[dict[str, pa.Table]], list[str]]] = deque()
+    seen: set[str] = set()
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etl-stage") as pool:
+            try:
+                for records in _read_batches(reader, files, batch_bytes):
+                    _check_records(records, max_record_bytes, abs_of)
+                    names = [abs_of[n] for n in pc.unique(records.column("_file")).to_pylist()
+                             if abs_of[n] not in seen]
+                    seen.update(names)
+                    in_flight.append((pool.submit(work, records), names))
+                    while len(in_flight) > workers:
+                        fut, names_done = in_flight.popleft()
+                        write(fut.result(), names_done)
+                while in_flight:
+                    fut, names_done = in_flight.popleft()
+                    write(fut.result(), names_done)
+            except BaseException:
+                for fut, _ in in_flight:
+                    fut.cancel()
+                raise
+    finally:
+        for worker in made:
+            worker.close()
+
+
+def stage(
+    dataset: Dataset,
+    sources: Sequence[str | Path],
+    *,
+    settings: Settings,
+    force: bool = False,
+    max_record_bytes: int = 64 << 20,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Stage ``sources`` for ``dataset`` into ``<staging_dir>/<dataset>/<run>/``.
+
+    Returns the run (and ``skipped=True`` when the same content was staged before and
+    ``force`` is false). Raises :class:`InputError` naming the file and record on bad input;
+    nothing is left that looks like a complete run.
+    """
+    started = time.perf_counter()
+    with timed("stage") as phase:
+        found = resolve_inputs(sources)
+        assigned = assign_sources(dataset, found)
+        for src in dataset.sources:
+            if src.required and not assigned[src.name]:
+                raise InputError(
+                    f"no input file for source {src.name!r} of dataset {dataset.name} "
+                    f"(patterns {', '.join(src.match)})", dataset=dataset.name,
+                    hint="point at the export's root folder")
+        threads = settings.threads or os.cpu_count() or 1
+        jobs = [(p, rel, s) for s, lst in assigned.items() for p, rel in lst]
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            checked = list(pool.map(lambda j: inspect_file(*j), jobs))
+        run_id = compute_run_id(dataset, checked)
+        final = Path(settings.staging_dir) / dataset.name / run_id
+        if (final / MANIFEST).is_file() and not force:
+            log.info("run %s already staged at %s; skipping (use force to redo)", run_id, final)
+            run = open_run(final)
+            phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
+            return StageResult(run, True, phase)
+
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{run_id}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            manifest = _stage_into(dataset, checked, tmp, run_id, settings=settings,
+                                   max_record_bytes=max_record_bytes, progress=progress)
+            phase.rows = sum(e["rows"] for e in manifest["levels"].values())
+            phase.seconds = time.perf_counter() - started
+            phase.peak_rss = peak_rss_bytes()
+            manifest["phases"]["stage"] = phase.to_dict()
+            write_json_atomic(tmp / MANIFEST, manifest)
+            replace_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("staged %d rows from %d files into %s in %.2fs",
+             phase.rows, len(checked), final, phase.seconds)
+    run = open_run(final)
+    return StageResult(run, False, phase)
+
+
+def _stage_into(
+    dataset: Dataset,
+    files: list[InputFile],
+    tmp: Path,
+    run_id: str,
+    *,
+    settings: Settings,
+    max_record_bytes: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    # The memory limit is shared out: a quarter for the reader (one thread, so file and
+    # record order hold), the rest split between the workers that unpack levels. A batch of
+    # records handed from one to the other is a sixteenth.
+    memory = _memory_bytes(settings.memory_limit)
+    batch_bytes = max(1 << 20, memory // 32)
+    threads = settings.threads or os.cpu_count() or 1
+    workers = max(1, threads)
+    reader = duckdb.connect(config={
+        "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
+        "threads": 1,
+        "preserve_insertion_order": True,
+        "temp_directory": str(tmp / ".duckdb_tmp_reader"),
+    })
+    worker_memory = f"{max(64 << 20, (memory * 3 // 4) // workers) >> 20}MB"
+    levels = dataset.levels
+    writers = {
+        name: ChunkWriter(tmp / "raw" / name, tmp, chunk_rows=settings.chunk_rows,
+                          schema=level_schema(lvl, levels).to_arrow())
+        for name, lvl in levels.items()
+    }
+    total = sum(f.size for f in files)
+    done = [0]
+    try:
+        for src in dataset.sources:
+            _stage_source(reader, dataset, src, [f for f in files if f.source == src.name], writers,
+                          tmp=tmp, workers=workers, worker_memory=worker_memory,
+                          batch_bytes=batch_bytes, max_record_bytes=max_record_bytes,
+                          progress=progress, done_bytes=done, total_bytes=total)
+    finally:
+        reader.close()
+    for leftover in tmp.glob(".duckdb_tmp*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    level_entries = {}
+    for name, lvl in levels.items():
+        chunks = writers[name].close()
+        level_entries[name] = {
+            "source": dataset.level_source(name).name,
+            "parent": lvl.parent,
+            "rows": sum(c["rows"] for c in chunks),
+            "schema": schema_to_json(level_schema(lvl, levels)),
+            "chunks": chunks,
+        }
+    return {
+        "format": MANIFEST_FORMAT,
+        "run_id": run_id,
+        "dataset": dataset.name,
+        "dataset_version": dataset.version,
+        "toolkit_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {"chunk_rows": settings.chunk_rows, "memory_limit": settings.memory_limit,
+                     "max_record_bytes": max_record_bytes},
+        "sources": [f.to_dict() for f in sorted(files, key=lambda f: (f.source, f.relpath))],
+        "levels": level_entries,
+        "phases": {},
+    }

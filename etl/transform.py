@@ -1,0 +1,130 @@
+"""Transform: accepted staged rows → target tables as Parquet under ``tables/<table>/``.
+
+The dataset's transform turns LazyFrames of accepted, cleaned levels into one LazyFrame per
+target table. Here every table is cast to its declared columns, checked (primary key present and
+unique), sorted by its primary key — so the same input always gives the same files — and written
+in chunks. Only rows that passed validation are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from etl.dataset import Table
+from etl.errors import RunStateError
+from etl.metrics import Phase, timed
+from etl.run import MANIFEST, ChunkWriter, Run, replace_dir, schema_to_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TransformResult:
+    run: Run
+    rows: dict[str, int]
+    phase: Phase
+
+
+def table_checksum(df: pl.DataFrame) -> str:
+    """A content checksum of a table that does not depend on row order or chunking.
+
+    Per-row hashes (Polars' own, of the row as a struct) are summed, so the same rows in any
+    order give the same value. Used to compare staged tables with what a load wrote.
+    """
+    if df.height == 0:
+        return hashlib.sha256(b"").hexdigest()[:16]
+    hashed = df.select(pl.struct(pl.all()).hash(seed=0).alias("h"))
+    total = int(hashed.get_column("h").cast(pl.UInt64).sum() or 0) & 0xFFFF_FFFF_FFFF_FFFF
+    return f"{total:016x}-{df.height}"
+
+
+def _shape(table: Table, lf: pl.LazyFrame) -> pl.LazyFrame:
+    have = lf.collect_schema()
+    missing = [c.name for c in table.columns if c.name not in have]
+    if missing:
+        raise RunStateError(f"transform for table {table.name} gives no column(s) {missing}",
+                            hint="fix the dataset's transform")
+    return lf.select([pl.col(c.name).cast(table.polars_schema[c.name]) for c in table.columns])
+
+
+def _check_keys(table: Table, df: pl.DataFrame) -> None:
+    pk = list(table.primary_key)
+    nulls = df.select(pl.any_horizontal([pl.col(c).is_null() for c in pk]).sum()).item()
+    if nulls:
+        raise RunStateError(f"table {table.name}: {nulls} row(s) with an empty primary key {pk}",
+                            hint="the dataset's transform or rules miss a case; report it")
+    dups = df.select(pl.struct(pk).is_duplicated().sum()).item()
+    if dups:
+        raise RunStateError(f"table {table.name}: {dups} row(s) share a primary key {pk}",
+                            hint="add a unique rule for the key to the dataset's rules")
+    for col in table.columns:
+        if not col.nullable:
+            n = df.get_column(col.name).null_count()
+            if n:
+                raise RunStateError(f"table {table.name}: {n} row(s) without {col.name}",
+                                    hint="add a required rule for it to the dataset's rules")
+
+
+def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
+    """Build the dataset's target tables from the accepted rows of a validated run."""
+    dataset = run.dataset()
+    validation = run.manifest.get("validation")
+    if validation is None:
+        raise RunStateError(f"run {run.id} has not been validated", run=run.id,
+                            hint=f"run `etl validate {run.path}` first")
+    if validation["status"] != "passed":
+        raise RunStateError(f"run {run.id} failed validation; nothing is transformed", run=run.id,
+                            hint=f"see {run.path / 'report.json'}; fix the input or validate again "
+                                 "with --max-reject-ratio")
+    chunk_rows = int(run.manifest.get("settings", {}).get("chunk_rows", 100_000))
+    with timed("transform") as phase:
+        levels = {name: run.accepted(name, dataset) for name in dataset.levels}
+        frames = dataset.transform(levels)
+        unknown = set(frames) - {t.name for t in dataset.tables}
+        if unknown:
+            raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
+        tables = list(dataset.tables)
+        plans = [_shape(t, frames[t.name]).sort(list(t.primary_key)) for t in tables]
+        collected = pl.collect_all(plans)
+        tmp = run.path / ".tables.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        entries: dict[str, Any] = {}
+        rows: dict[str, int] = {}
+        for i, (table, df) in enumerate(zip(tables, collected, strict=True)):
+            _check_keys(table, df)
+            writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
+                                 schema=table.polars_schema.to_arrow())
+            writer.write(df.to_arrow())
+            chunks = writer.close()
+            for c in chunks:  # paths are recorded as they will be after the rename
+                c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
+            entries[table.name] = {
+                "rows": df.height,
+                "schema": schema_to_json(table.polars_schema),
+                "primary_key": list(table.primary_key),
+                "checksum": table_checksum(df),
+                "chunks": chunks,
+            }
+            rows[table.name] = df.height
+            if progress:
+                progress("transform", i + 1, len(tables))
+        tmp.mkdir(parents=True, exist_ok=True)
+        replace_dir(tmp, run.path / "tables")
+        phase.rows = sum(rows.values())
+    manifest = dict(run.manifest)
+    manifest["tables"] = entries
+    manifest.setdefault("phases", {})["transform"] = phase.to_dict()
+    write_json_atomic(run.path / MANIFEST, manifest)
+    run.manifest.clear()
+    run.manifest.update(manifest)
+    log.info("transformed %s into %d tables, %d rows", run.id, len(rows), phase.rows)
+    return TransformResult(run, rows, phase)
