@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -28,7 +29,8 @@ from etl.errors import EtlError
 from etl.metrics import Phase
 from etl.run import MANIFEST, Run, open_run
 
-err = Console(stderr=True)
+# Piped or captured output gets wide lines, so rule names and paths are never folded.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -38,7 +40,9 @@ def _handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EtlError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            # escape: file names like "Powers [old].json" are text, not rich markup.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                      soft_wrap=True)
             sys.exit(exc.exit_code)
 
     return wrapper  # type: ignore[return-value]
@@ -110,7 +114,8 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
 
 
 _stage_options = [
-    click.option("--memory-limit", help="DuckDB memory limit while staging, e.g. 256MB (env ETL_MEMORY_LIMIT)."),
+    click.option("--memory-limit",
+                 help="DuckDB memory limit while staging, e.g. 256MB (env ETL_MEMORY_LIMIT)."),
     click.option("--chunk-rows", type=int, help="At most this many rows per Parquet chunk."),
     click.option("--threads", type=int, help="Worker threads (default: one per core)."),
     click.option("--max-record-bytes", type=int, default=64 << 20, show_default=True,
@@ -166,7 +171,8 @@ def _do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, for
                        max_record_bytes=max_record_bytes, progress=progress)
     if result.skipped:
         err.print(f"[yellow]already staged[/] (same content, dataset version "
-                  f"{result.run.manifest['dataset_version']}): {result.run.path} — use --force to redo")
+                  f"{result.run.manifest['dataset_version']}): {escape(str(result.run.path))} "
+                  "— use --force to redo")
     return result.run, result.phase, result.skipped
 
 
@@ -220,7 +226,7 @@ def print_report(report: dict[str, Any]) -> None:
         where = f"{ex.get('file')} #{ex.get('record')}" + (f" {ex['path']}" if ex.get("path") else "")
         color = "red" if rule["severity"] == "error" else "yellow"
         table.add_row(rule["name"], f"[{color}]{rule['severity']}[/]", f"{rule['failed']:,}",
-                      f"{where} {ex.get('values', '')}")
+                      escape(f"{where} {ex.get('values', '')}"))
     passed = sum(1 for r in report["rules"] if not r["failed"])
     table.caption = f"{passed} of {len(report['rules'])} rules pass on every row"
     err.print(table)
@@ -282,8 +288,8 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
     print_phases(phases)
     click.echo(run.path)
     if not result.passed:
-        err.print(f"[bold red]validation failed[/]: see {run.path / 'report.json'} and "
-                  f"{run.path / 'rejects'}")
+        err.print(f"[bold red]validation failed[/]: see {escape(str(run.path / 'report.json'))} and "
+                  f"{escape(str(run.path / 'rejects'))}")
         sys.exit(1)
 
 

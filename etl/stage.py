@@ -64,7 +64,9 @@ _WS = b" \t\r\n"
 _FETCH_ROWS = 16
 
 Progress = Callable[[str, int, int], None]
-Shape = Literal["array", "object"]
+#: How a file is read: "object" files hold one JSON object and are read whole (read_text);
+#: "stream" files (arrays, NDJSON, gzip) go through DuckDB's streaming read_json_objects.
+Shape = Literal["object", "stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ def assign_sources(dataset: Dataset, files: list[tuple[Path, str]]) -> dict[str,
 def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
     """Hash ``path`` and check its outline: not empty, starts with ``[``/``{``, not truncated."""
     digest = hashlib.sha256()
+    ndjson = False
     inflate = zlib.decompressobj(wbits=47) if path.name.lower().endswith(".gz") else None
     head = b""
     tail = b""
@@ -171,6 +174,10 @@ def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
                 if stripped:
                     head = stripped[:4]
                     first_at = offset + len(block) - len(stripped)
+                    newline = stripped.find(b"\n")
+                    # NDJSON: the first line is a whole object and more lines follow.
+                    ndjson = newline > 0 and stripped[:newline].rstrip().endswith(b"}") \
+                        and bool(stripped[newline:].strip(_WS))
             if block.strip(_WS):
                 tail = (tail + block).rstrip(_WS)[-4:]
             offset += len(block)
@@ -197,7 +204,9 @@ def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
     if opener == b"{" and closer != b"}":
         raise InputError("truncated JSON: the file ends inside an object",
                          file=path, offset=offset, hint="the export was cut off; export it again")
-    shape: Shape = "array" if opener == b"[" else "object"
+    plain_object = (opener == b"{" and inflate is None and not ndjson
+                    and not path.name.lower().endswith((".ndjson", ".jsonl")))
+    shape: Shape = "object" if plain_object else "stream"
     return InputFile(path, relpath, source, size, digest.hexdigest(), shape)
 
 
@@ -255,12 +264,12 @@ def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, in
                 while j < len(text) and text[j] in " \t\r\n":
                     j += 1
                 if j < len(text) and text[j] == "]":
-                    return record + 1, byte_at(i), "trailing comma before ']'"
+                    return record, byte_at(i), "trailing comma after the last record, before ']'"
                 i = j
             elif i < len(text) and text[i] == "]":
                 continue
             else:
-                return record + 1, byte_at(i), "expected ',' or ']' after a record"
+                return record, byte_at(i), "expected ',' or ']' after this record"
         record += 1
 
 
@@ -401,7 +410,9 @@ def _duckdb_error(exc: Exception, files: Sequence[InputFile] = ()) -> EtlError:
     if "Out of Memory" in text:
         return EtlError(f"DuckDB ran out of its memory limit: {text.splitlines()[0]}",
                         hint="raise --memory-limit (e.g. 512MB) or use fewer --threads")
-    m = re.search(r'in file "([^"]+)"', text) or re.search(r'[Ff]ile "([^"]+)"', text)
+    # read_json_objects quotes the path with "...", read_text (single-object files) with '...'.
+    m = (re.search(r'in file "([^"]+)"', text) or re.search(r'[Ff]ile "([^"]+)"', text)
+         or re.search(r"[Ff]ile '([^']+)'", text))
     if not m:
         return InputError(f"DuckDB could not read the input: {text}",
                           hint="check the files named above; rerun with --verbose for details")
