@@ -14,13 +14,20 @@ SHARED = Path(os.environ.get("ETL_SHARED_DATA", REPO.parent / "shared" / "data")
 MIDS = SHARED / "mids"
 
 
+def require_shared(path: Path) -> Path:
+    """A real sample file or folder. In CI it must be there: a missing sample fails loudly;
+    elsewhere (a clone without ../shared) the test is skipped."""
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"real sample data not found at {path}; CI needs ../shared/data beside the repo")
+        pytest.skip(f"real sample data not found at {path}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def mids_sample() -> Path:
-    """The real MidsReborn sample. In CI it must be there: a missing sample fails loudly."""
-    if not (MIDS / "I12.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"real sample data not found at {MIDS}; CI needs ../shared/data beside the repo")
-        pytest.skip(f"real sample data not found at {MIDS}")
+    """The real MidsReborn sample export."""
+    require_shared(MIDS / "I12.json")
     return MIDS
 
 

@@ -7,7 +7,6 @@ failure can only come from the broken file. The real truncated sample is read fr
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,9 +18,8 @@ from etl import InputError, Settings, get_dataset
 from etl.cli import main
 from etl.gen.mids import generate_mids
 from etl.stage import stage
+from tests.conftest import SHARED, require_shared
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ETL_SHARED_DATA", ROOT.parent / "shared" / "data"))
 TRUNCATED_SAMPLE = SHARED / "aodb" / "items_truncated_invalid.json"
 
 #: "error: <file>, record N, byte M: message" — record and byte are each optional.
@@ -33,12 +31,8 @@ WHERE = re.compile(r"error: (?P<file>\S+?)(?:, record (?P<record>\d+))?(?:, byte
 
 @pytest.fixture
 def truncated_sample() -> Path:
-    """The real file cut off by its exporter (as in conftest: missing fails in CI, else skips)."""
-    if not TRUNCATED_SAMPLE.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"real sample data not found at {TRUNCATED_SAMPLE}")
-        pytest.skip(f"real sample data not found at {TRUNCATED_SAMPLE}")
-    return TRUNCATED_SAMPLE
+    """The real file cut off by its exporter."""
+    return require_shared(TRUNCATED_SAMPLE)
 
 
 @pytest.fixture
