@@ -43,12 +43,10 @@ def _run_phase(phase: str, arg: str, staging: Path) -> dict[str, Any]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, errs = proc.communicate()
     wall = time.perf_counter() - start
-    _, status, usage = os.wait4(proc.pid, 0) if proc.returncode is None else (0, 0, None)
     if proc.returncode != 0:
         raise RuntimeError(f"bench phase {phase} failed:\n{errs}")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["wall_seconds"] = wall
-    del usage, status
     return result
 
 

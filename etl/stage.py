@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 JSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _WS = b" \t\r\n"
-#: Records fetched from DuckDB per Arrow batch before they are grouped by bytes.
+#: Records fetched from DuckDB per Arrow batch (whole files can be large) before grouping by bytes.
 _FETCH_ROWS = 16
 
 Progress = Callable[[str, int, int], None]
@@ -217,7 +217,7 @@ def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, in
     bytes are not scanned.
     """
     opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:  # type: ignore[operator]
+    with opener(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         return None, None, "file too large to pinpoint the error"

@@ -262,7 +262,8 @@ def _synthetic_powerset(rng: random.Random, index: int) -> tuple[str, dict[str, 
 
 
 def _synthetic_enhdb(rng: random.Random) -> dict[str, Any]:
-    sets, enhs = [], []
+    sets: list[dict[str, Any]] = []
+    enhs: list[dict[str, Any]] = []
     for s in range(40):
         members = []
         for k in range(5):
