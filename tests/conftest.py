@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,38 @@ def mids_sample() -> Path:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(staging_dir=tmp_path / "staging")
+
+
+# ------------------------------------------------------------------------------ PostgreSQL / Redis
+
+#: The server tests create their own databases on (a superuser; trust auth on this machine kind).
+PG_ADMIN_URL = os.environ.get("ETL_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("ETL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _admin():
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:  # never skip: a test that needs PG fails loudly
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN_URL} ({exc}). Start it with "
+                    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
+                    "or point ETL_TEST_PG_URL at a server.")
+
+
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A database of this test's own on the real server, dropped afterwards."""
+    import uuid
+
+    from etl.pg import with_database
+
+    name = f"etl_test_{uuid.uuid4().hex[:10]}"
+    with _admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(PG_ADMIN_URL, name)
+    finally:
+        with _admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
