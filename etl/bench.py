@@ -18,6 +18,8 @@ _PHASE_SCRIPT = """
 import json, sys, time
 t0 = time.perf_counter()
 from etl import Settings, get_dataset, open_run
+from etl.metrics import prefer_jemalloc
+prefer_jemalloc()
 phase, arg, staging = sys.argv[1], sys.argv[2], sys.argv[3]
 settings = Settings(staging_dir=staging)
 if phase == "stage":

@@ -26,7 +26,7 @@ from etl import __version__
 from etl.config import Settings, load_settings
 from etl.datasets import available, get_dataset
 from etl.errors import EtlError
-from etl.metrics import Phase
+from etl.metrics import Phase, prefer_jemalloc
 from etl.run import MANIFEST, Run, open_run
 
 # Piped or captured output gets wide lines, so rule names and paths are never folded.
@@ -111,6 +111,7 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
                         handlers=[RichHandler(console=err, show_path=False)], force=True)
     ctx.ensure_object(dict)
     ctx.obj["settings"] = load_settings(staging_dir=staging_dir)
+    prefer_jemalloc()
 
 
 _stage_options = [
@@ -418,6 +419,292 @@ def bench_cmd(entries: tuple[int, ...], template: Path, work_dir: Path, as_json:
         err.print(f"three phases: {res['total_seconds']:.2f} s in-process "
                   f"({res['total_wall_seconds']:.2f} s with interpreter start); max peak RSS "
                   f"{_mb(res['max_peak_rss'])}")
+
+
+# ------------------------------------------------------------------------------ db (the embedded server)
+
+_project_dir_option = click.option(
+    "--project-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="The project whose server to use (default: the folder of the nearest pyproject.toml).")
+
+
+@main.group("db")
+def db_group() -> None:
+    """The project's private PostgreSQL, used when no database URL is given.
+
+    With no --database-url, ETL_DATABASE_URL or DATABASE_URL, commands that need a database start
+    a server of the project's own: data in .etl/pg/ under the project directory, listening on
+    127.0.0.1 only, on a port of its own. It keeps running until `etl db stop`.
+
+    \b
+    Examples:
+      etl db start
+      etl db status --json
+      etl db stop
+    """
+
+
+@db_group.command("start")
+@_project_dir_option
+@click.pass_context
+@_handle_errors
+def db_start_cmd(ctx: click.Context, project_dir: Path | None) -> None:
+    """Start the project's private PostgreSQL (created on first use) and print its URL.
+
+    The last line printed is the URL; the database is `etl`, the user `postgres` (no password,
+    127.0.0.1 only). Starting a running server just prints its URL.
+
+    \b
+    Examples:
+      etl db start
+      psql "$(etl db start)"
+    """
+    from etl import embedded
+
+    url = embedded.ensure_started(project_dir)
+    info = embedded.status(project_dir)
+    err.print(f"PostgreSQL {info['version']} runs on 127.0.0.1:{info['port']} (pid {info['pid']})\n"
+              f"  data: {escape(info['data_dir'])}\n  log:  {escape(info['log_file'])}\n"
+              f"  connect: psql {url}", highlight=False)
+    settings: Settings = ctx.obj["settings"]
+    if settings.database_url:
+        err.print("[yellow]note:[/] a database URL is configured (ETL_DATABASE_URL / DATABASE_URL), "
+                  "so the other commands use that server, not this one")
+    click.echo(url)
+
+
+@db_group.command("stop")
+@_project_dir_option
+@_handle_errors
+def db_stop_cmd(project_dir: Path | None) -> None:
+    """Stop the project's private PostgreSQL (its data stays; `etl db start` brings it back).
+
+    \b
+    Example:
+      etl db stop
+    """
+    from etl import embedded
+
+    if embedded.stop(project_dir):
+        err.print("stopped the embedded PostgreSQL")
+    else:
+        err.print("the embedded PostgreSQL was not running")
+
+
+@db_group.command("status")
+@_project_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@_handle_errors
+def db_status_cmd(project_dir: Path | None, as_json: bool) -> None:
+    """Show whether the project's private PostgreSQL runs, its URL, data folder and log.
+
+    \b
+    Examples:
+      etl db status
+      etl db status --json
+    """
+    from etl import embedded
+
+    info = embedded.status(project_dir)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    if not info["exists"]:
+        err.print(f"no embedded PostgreSQL in {escape(info['project_dir'])} yet: `etl db start` "
+                  "creates one (so does any command that needs a database, given no URL)")
+        return
+    table = Table(title="embedded PostgreSQL", title_justify="left", show_header=False)
+    table.add_column("")
+    table.add_column("", overflow="fold")
+    state = "[green]running[/]" if info["running"] else "[yellow]stopped[/]"
+    for key, value in (("state", state), ("url", info["url"]), ("pid", info["pid"]),
+                       ("version", info["version"]), ("data", info["data_dir"]),
+                       ("log", info["log_file"]), ("runs as", info["user"])):
+        if value is not None:
+            table.add_row(key, value if key == "state" else escape(str(value)))
+    err.print(table)
+
+
+# ------------------------------------------------------------------------------ migrations and the run ledger
+
+_database_url_option = click.option(
+    "--database-url", help="PostgreSQL URL (env ETL_DATABASE_URL or DATABASE_URL; default: the embedded "
+                           "server under the project directory).")
+
+
+def _database_url(ctx: click.Context, flag: str | None) -> str:
+    """The database to use: --database-url > environment > the embedded server."""
+    from etl.pg import resolve_url
+
+    return resolve_url(_settings(ctx, database_url=flag).database_url)
+
+
+@db_group.command("upgrade")
+@_database_url_option
+@click.option("--revision", default="head", show_default=True,
+              help="Migrate up to this revision (see migrations/versions).")
+@click.pass_context
+@_handle_errors
+def db_upgrade_cmd(ctx: click.Context, database_url: str | None, revision: str) -> None:
+    """Apply the Alembic migrations: the run ledger (schema etl) and each dataset's live schema.
+
+    Running it again applies nothing. The last line printed (stdout) is the current revision.
+
+    \b
+    Examples:
+      etl db upgrade
+      etl db upgrade --database-url postgresql://etl@localhost:5432/etl
+    """
+    from etl import ledger
+
+    url = _database_url(ctx, database_url)
+    applied = ledger.upgrade(url, revision)
+    if applied:
+        err.print(f"applied {len(applied)} migration{'s' if len(applied) > 1 else ''}: {', '.join(applied)}")
+    else:
+        err.print("nothing to apply: the database is up to date")
+    click.echo(ledger.current(url) or "none")
+
+
+def _jsonable(value: Any) -> Any:
+    from datetime import datetime, timedelta
+
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return round(value.total_seconds(), 3)
+    return value
+
+
+_STATUS_COLOR = {"succeeded": "green", "failed": "red", "running": "yellow"}
+
+
+def _status(status: str) -> str:
+    return f"[{_STATUS_COLOR.get(status, 'white')}]{escape(status)}[/]"
+
+
+def _when(value: Any) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def _duration(run: dict[str, Any]) -> str:
+    d = run.get("duration")
+    return f"{d.total_seconds():,.1f} s" if d is not None else "—"
+
+
+def _total_rows(run: dict[str, Any]) -> str:
+    rows = run.get("rows") or {}
+    return f"{sum(int(v) for v in rows.values()):,}" if rows else ""
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+@main.group("runs", invoke_without_command=True)
+@click.option("--dataset", help="Only this dataset's loads.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Show at most this many loads.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@_database_url_option
+@click.pass_context
+@_handle_errors
+def runs_group(ctx: click.Context, dataset: str | None, limit: int, as_json: bool,
+               database_url: str | None) -> None:
+    """List the loads recorded in the run ledger, newest first (`etl runs show RUN` for one).
+
+    \b
+    Examples:
+      etl runs
+      etl runs --dataset mids --limit 5 --json
+      etl runs show mids-3f2a
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from etl import ledger
+    from etl.pg import connect
+
+    with connect(_database_url(ctx, database_url)) as conn:
+        runs = ledger.list_runs(conn, dataset=dataset, limit=limit)
+    if as_json:
+        click.echo(json.dumps(_jsonable(runs), indent=2))
+        return
+    if not runs:
+        err.print("no loads recorded" + (f" for {escape(dataset)}" if dataset else ""))
+        return
+    table = Table(title="runs", title_justify="left")
+    for col in ("id", "dataset", "run", "mode", "status", "started", "duration", "rows", "peak RSS", "error"):
+        table.add_column(col, justify="right" if col in ("id", "duration", "rows", "peak RSS") else "left")
+    for r in runs:
+        table.add_row(str(r["id"]), escape(r["dataset"]), escape(r["run_id"]), escape(r["mode"] or ""),
+                      _status(r["status"]), _when(r["started_at"]), _duration(r), _total_rows(r),
+                      _mb(r["peak_rss"]) if r["peak_rss"] is not None else "", escape(_short(r["error"])))
+    err.print(table)
+
+
+@runs_group.command("show")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@_database_url_option
+@click.pass_context
+@_handle_errors
+def runs_show_cmd(ctx: click.Context, run: str, as_json: bool, database_url: str | None) -> None:
+    """Show one load: its figures, phases, rows per table, finished steps and error.
+
+    RUN is a ledger id from `etl runs`, or a staged run id or a prefix of one (its latest load).
+
+    \b
+    Examples:
+      etl runs show 42
+      etl runs show mids-3f2a --json
+    """
+    from etl import ledger
+    from etl.pg import connect
+
+    parent = ctx.parent.params.get("database_url") if ctx.parent else None
+    with connect(_database_url(ctx, database_url or parent)) as conn:
+        r = ledger.get_run(conn, run)
+    if as_json:
+        click.echo(json.dumps(_jsonable(r), indent=2))
+        return
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    for label, value in (
+        ("ledger id", str(r["id"])), ("dataset", escape(r["dataset"])), ("run", escape(r["run_id"])),
+        ("manifest sha256", escape(r["manifest_sha256"] or "")), ("mode", escape(r["mode"] or "")),
+        ("status", _status(r["status"])), ("host / pid", escape(f"{r['host'] or ''} / {r['pid'] or ''}")),
+        ("started", _when(r["started_at"])), ("ended", _when(r["ended_at"])),
+        ("duration", _duration(r)), ("peak RSS", _mb(r["peak_rss"]) if r["peak_rss"] is not None else ""),
+    ):
+        info.add_row(label, value)
+    err.print(info)
+    if r["phases"]:
+        print_phases([Phase(p.get("name", "?"), float(p.get("seconds") or 0), int(p.get("rows") or 0),
+                            int(p.get("peak_rss") or 0)) for p in r["phases"]], title="phases")
+    if r["rows"]:
+        rows = Table(title="rows per table", title_justify="left")
+        rows.add_column("table")
+        rows.add_column("rows", justify="right")
+        for name, n in r["rows"].items():
+            rows.add_row(escape(name), f"{int(n):,}")
+        err.print(rows)
+    if r["steps"]:
+        steps = Table(title="finished steps", title_justify="left")
+        for col in ("step", "done", "detail"):
+            steps.add_column(col, overflow="fold")
+        for s in r["steps"]:
+            steps.add_row(escape(s["step"]), _when(s["done_at"]),
+                          escape(json.dumps(s["detail"])) if s["detail"] is not None else "")
+        err.print(steps)
+    if r["error"]:
+        err.print(f"[bold red]error:[/] {escape(r['error'])}", soft_wrap=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -56,3 +56,17 @@ def timed(name: str) -> Iterator[Phase]:
     finally:
         phase.seconds = time.perf_counter() - start
         phase.peak_rss = peak_rss_bytes()
+
+
+def prefer_jemalloc() -> None:
+    """Use Arrow's jemalloc pool when this build has it.
+
+    It hands freed memory back sooner than the default mimalloc pool: staging the 78k-entry
+    mids export peaked about 50 MB lower with it. Called by the CLI and the benchmark (a
+    process-wide choice, so not by the library on import)."""
+    import contextlib
+
+    import pyarrow as pa
+
+    with contextlib.suppress(NotImplementedError, pa.ArrowNotImplementedError):
+        pa.set_memory_pool(pa.jemalloc_memory_pool())

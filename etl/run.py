@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -82,9 +83,10 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file and a rename."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+                                 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+                                 default=str))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -318,7 +320,7 @@ def open_run(path: str | Path) -> Run:
             f"{root} is not a complete staged run (no {MANIFEST})",
             file=root, hint="stage it again with `etl stage DATASET SOURCE...`")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = orjson.loads(manifest_path.read_bytes())
     except json.JSONDecodeError as exc:
         raise RunStateError(f"manifest is not valid JSON: {exc}", file=manifest_path,
                             hint="stage the export again with `etl stage --force`") from exc

@@ -17,6 +17,7 @@ import fnmatch
 import glob as globlib
 import gzip
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from typing import Any, Literal
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -52,6 +54,7 @@ from etl.run import (
     open_run,
     replace_dir,
     schema_to_json,
+    sha256_file,
     write_json_atomic,
 )
 
@@ -116,12 +119,11 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
         else:
             path = Path(text)
             if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and _is_json_name(p.name)
-                               and not any(part.startswith(".") for part in p.relative_to(path).parts))
-                if not files:
+                files_rel = _walk_json(path)
+                if not files_rel:
                     raise InputError("directory holds no JSON file (*.json, *.ndjson, *.jsonl, .gz)",
                                      file=path, hint="point at the export's folder")
-                found.extend((f, f.relative_to(path).as_posix()) for f in files)
+                found.extend((path / rel, rel) for rel in files_rel)
             elif path.is_file():
                 found.append((path, path.name))
             else:
@@ -129,14 +131,31 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
     return found
 
 
+def _walk_json(root: Path) -> list[str]:
+    """Relative paths (posix) of the JSON files under ``root``, hidden ones left out, sorted."""
+    out: list[str] = []
+    base = str(root)
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(folder, base)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + n for n in names if _is_json_name(n)
+                   and os.path.isfile(os.path.join(folder, n)))
+    out.sort()
+    return out
+
+
 def assign_sources(dataset: Dataset, files: list[tuple[Path, str]]) -> dict[str, list[tuple[Path, str]]]:
     """Give each file to the first source whose pattern matches its relative path or name."""
     out: dict[str, list[tuple[Path, str]]] = {s.name: [] for s in dataset.sources}
+    patterns = [(s.name, re.compile("|".join(fnmatch.translate(p) for p in s.match)))
+                for s in dataset.sources]
     ignored = []
     for path, rel in files:
-        for src in dataset.sources:
-            if any(fnmatch.fnmatch(rel, pat) or fnmatch.fnmatch(path.name, pat) for pat in src.match):
-                out[src.name].append((path, rel))
+        name = rel.rsplit("/", 1)[-1]
+        for src, pattern in patterns:
+            if pattern.match(rel) or pattern.match(name):
+                out[src].append((path, rel))
                 break
         else:
             ignored.append(rel)
@@ -149,8 +168,12 @@ def assign_sources(dataset: Dataset, files: list[tuple[Path, str]]) -> dict[str,
 # ------------------------------------------------------------------------------ checking inputs
 
 
-def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
-    """Hash ``path`` and check its outline: not empty, starts with ``[``/``{``, not truncated."""
+def inspect_file(path: Path, relpath: str, source: str, *, keep: int = 0) -> tuple[InputFile, bytes | None]:
+    """Hash ``path`` and check its outline: not empty, starts with ``[``/``{``, not truncated.
+
+    A plain one-object file of at most ``keep`` bytes is also returned whole (its leading
+    whitespace and byte-order mark removed), so staging need not read it again.
+    """
     digest = hashlib.sha256()
     ndjson = False
     inflate = zlib.decompressobj(wbits=47) if path.name.lower().endswith(".gz") else None
@@ -159,8 +182,15 @@ def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
     size = 0
     offset = 0  # offset in the (decompressed) JSON text
     first_at = -1
+    whole: bytes | None = None
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
+        first = f.read(keep + 1) if keep and inflate is None else b""
+        if first and len(first) <= keep:
+            whole = first
+            blocks: Iterator[bytes] = iter((first,))
+        else:
+            blocks = itertools.chain((first,) if first else (), iter(lambda: f.read(1 << 20), b""))
+        for block in blocks:
             size += len(block)
             digest.update(block)
             if inflate is not None:
@@ -178,8 +208,9 @@ def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
                     # NDJSON: the first line is a whole object and more lines follow.
                     ndjson = newline > 0 and stripped[:newline].rstrip().endswith(b"}") \
                         and bool(stripped[newline:].strip(_WS))
-            if block.strip(_WS):
-                tail = (tail + block).rstrip(_WS)[-4:]
+            end = block.rstrip(_WS)
+            if end:
+                tail = (tail + end[-4:])[-4:]
             offset += len(block)
     if inflate is not None and not inflate.eof:
         raise InputError(f"gzip stream ends early after {offset} bytes", file=path,
@@ -190,7 +221,8 @@ def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise InputError("file is UTF-16; JSON exports must be UTF-8", file=path, offset=0,
                          hint="convert it, e.g. `iconv -f UTF-16 -t UTF-8`")
-    if head.startswith(b"\xef\xbb\xbf"):
+    bom = head.startswith(b"\xef\xbb\xbf")
+    if bom:
         head = head[3:].lstrip(_WS) or b"{"
     opener = head[:1]
     if opener not in (b"[", b"{"):
@@ -207,7 +239,13 @@ def inspect_file(path: Path, relpath: str, source: str) -> InputFile:
     plain_object = (opener == b"{" and inflate is None and not ndjson
                     and not path.name.lower().endswith((".ndjson", ".jsonl")))
     shape: Shape = "object" if plain_object else "stream"
-    return InputFile(path, relpath, source, size, digest.hexdigest(), shape)
+    info = InputFile(path, relpath, source, size, digest.hexdigest(), shape)
+    if not plain_object or whole is None:
+        return info, None
+    whole = whole.lstrip(_WS)
+    if bom:
+        whole = whole[3:].lstrip(_WS)
+    return info, whole
 
 
 def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, int | None, str]:
@@ -300,20 +338,34 @@ def _typed(expr: str, type_: str) -> str:
     raise ConfigError(f"unsupported staged type {type_}")
 
 
-def level_select(level: Level, levels: dict[str, Level], *, keep_json: bool) -> str:
-    """The SELECT that turns the parent rows (or ``_records``) into ``level``'s typed rows."""
+def _child_column(level: Level) -> str:
+    return _ident(f"_c_{level.name}")
+
+
+def _array_path(path: str | None) -> str:
+    return _sql_str("$." + ".".join(f'"{k}"' for k in path.split(".")) + "[*]") if path else "'$[*]'"
+
+
+def level_select(level: Level, levels: dict[str, Level], *, children: Sequence[Level] = ()) -> str:
+    """The SELECT that turns the parent rows (or ``_records``) into ``level``'s typed rows.
+
+    A level with ``children`` also gives, per child, a ``_c_<child>`` column: the child's array
+    as a list of JSON texts, taken in the same pass, so a child never re-parses its parent's
+    (much larger) JSON text.
+    """
     if level.parent is None and level.path is None:
         base = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, "
                 "json AS _json FROM _records")
         inherited: list[str] = []
     else:
-        src = "_records" if level.parent is None else _ident(f"_lvl_{level.parent}")
-        src_json = "json" if level.parent is None else "_json"
-        src_path = "''" if level.parent is None else "_path"
+        if level.parent is None:  # an array inside each record
+            src, src_path = "_records", "''"
+            arr = f"json_extract(json, {_array_path(level.path)})"
+        else:  # the parent's rows carry this level's array already
+            src, src_path = _ident(f"_lvl_{level.parent}"), "_path"
+            arr = _child_column(level)
         inherited = [f"{_ident(p)} AS {_ident(c)}" for p, c in level.inherit]
         pass_through = "".join(f", {_ident(p)}" for p, _ in level.inherit)
-        arr_path = _sql_str("$." + ".".join(f'"{k}"' for k in level.path.split(".")) + "[*]") \
-            if level.path else "'$[*]'"
         base = (
             f"SELECT _file, _record, "
             f"{src_path} || CASE WHEN {src_path} = '' THEN '' ELSE '.' END || "
@@ -321,8 +373,7 @@ def level_select(level: Level, levels: dict[str, Level], *, keep_json: bool) -> 
             f"CAST(_i - 1 AS BIGINT) AS _index, _elem AS _json{''.join(', ' + i for i in inherited)} FROM ("
             f"SELECT _file, _record, {src_path} AS _path{pass_through}, "
             f"unnest(_arr) AS _elem, generate_subscripts(_arr, 1) AS _i FROM ("
-            f"SELECT _file, _record, {src_path}{pass_through}, "
-            f"json_extract({src_json}, {arr_path}) AS _arr FROM {src}))"
+            f"SELECT _file, _record, {src_path}{pass_through}, {arr} AS _arr FROM {src}))"
         )
         inherited = [_ident(c) for _, c in level.inherit]
     text_fields = [f for f in level.fields if f.type != "JSON"]
@@ -334,6 +385,7 @@ def level_select(level: Level, levels: dict[str, Level], *, keep_json: bool) -> 
     if json_fields:
         extract.append("json_extract(_json, [" +
                        ", ".join(_sql_str(f.json_path) for f in json_fields) + "]) AS _vj")
+    extract.extend(f"json_extract(_json, {_array_path(c.path)}) AS {_child_column(c)}" for c in children)
     typed = []
     checks = []
     ti = ji = 0
@@ -349,9 +401,9 @@ def level_select(level: Level, levels: dict[str, Level], *, keep_json: bool) -> 
                               f"THEN {_sql_str(f.name)} END")
     not_object = "CASE WHEN left(_json, 1) <> '{' THEN '<not an object>' END"
     checks.insert(0, not_object)
-    carry = ", _json" if keep_json else ""
+    carry = "".join(", " + _child_column(c) for c in children)
     inner = (f"SELECT _file, _record, _path, _index{''.join(', ' + i for i in inherited)}, "
-             f"{', '.join(typed)}, _json{', _v' if text_fields else ''} FROM "
+             f"{', '.join(typed)}, _json{', _v' if text_fields else ''}{carry} FROM "
              f"(SELECT *, {', '.join(extract) if extract else '1 AS _nothing'} FROM ({base}))")
     cols = ", ".join([*(i for i in inherited), *(_ident(f.name) for f in level.fields)])
     return (f"SELECT _file, _record, _path, _index{', ' if cols else ''}{cols}, "
@@ -371,12 +423,12 @@ def _memory_bytes(limit: str) -> int:
     return int(float(m.group(1)) * scale[(m.group(2) or "").upper()])
 
 
-def compute_run_id(dataset: Dataset, files: Sequence[InputFile]) -> str:
-    """Same input content and dataset version → same run id."""
+def compute_run_id(dataset: Dataset, files: Sequence[tuple[str, str, str]]) -> str:
+    """Same input content and dataset version → same run id. ``files``: (source, relpath, sha256)."""
     h = hashlib.sha256()
     h.update(json.dumps(dataset.fingerprint(), sort_keys=True).encode())
-    for f in sorted(files, key=lambda f: (f.source, f.relpath)):
-        h.update(f"{f.source}\0{f.relpath}\0{f.sha256}\n".encode())
+    for source, relpath, sha256 in sorted(files):
+        h.update(f"{source}\0{relpath}\0{sha256}\n".encode())
     return f"{dataset.name}-{h.hexdigest()[:12]}"
 
 
@@ -483,13 +535,28 @@ def _read_batches(
             raise _duckdb_error(exc, group) from exc
 
 
+def _small_chunks(table: pa.Table, target_bytes: int = 1 << 20) -> pa.Table:
+    """The same rows as Arrow chunks of about ``target_bytes``.
+
+    DuckDB's JSON functions keep every document of a vector (up to 2048 rows) parsed at once,
+    so wide records in large chunks would need memory in proportion to the batch. Small
+    chunks keep that bounded while a whole batch still runs as one query (planning the level
+    queries costs milliseconds, so fewer, larger batches are faster)."""
+    if table.num_rows == 0:
+        return table
+    rows = max(8, int(target_bytes * table.num_rows // max(1, table.nbytes)))
+    return pa.Table.from_batches(table.to_batches(max_chunksize=rows), schema=table.schema)
+
+
 class _LevelWorker:
     """Unpacks batches of records into level tables on its own DuckDB connection."""
 
     def __init__(self, source: Source, levels: dict[str, Level], *, memory: str, temp: Path) -> None:
         self.source = source
-        self.parents = {lvl.parent for lvl in source.levels if lvl.parent}
-        self.queries = {lvl.name: level_select(lvl, levels, keep_json=lvl.name in self.parents)
+        self.children = {lvl.name: [c for c in source.levels if c.parent == lvl.name]
+                         for lvl in source.levels}
+        self.parents = {name for name, kids in self.children.items() if kids}
+        self.queries = {lvl.name: level_select(lvl, levels, children=self.children[lvl.name])
                         for lvl in source.levels}
         self.con = duckdb.connect(config={
             "memory_limit": memory, "threads": 1, "preserve_insertion_order": False,
@@ -501,22 +568,25 @@ class _LevelWorker:
     def run(self, records: pa.Table) -> dict[str, pa.Table]:
         con = self.con
         out: dict[str, pa.Table] = {}
-        con.register("_records", records)
+        registered = ["_records"]
+        con.register("_records", _small_chunks(records))
         try:
             for lvl in self.source.levels:
-                sql = self.queries[lvl.name]
-                if lvl.name in self.parents:
-                    # Materialise parents once, so children neither re-parse nor re-extract them.
-                    table = _ident("_lvl_" + lvl.name)
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS {sql}")
-                    sql = f"SELECT * EXCLUDE (_json) FROM {table}"
-                out[lvl.name] = con.sql(sql).to_arrow_table()
+                table = con.sql(self.queries[lvl.name]).to_arrow_table()
+                kids = self.children[lvl.name]
+                if kids:
+                    # Parents go back to DuckDB as Arrow (outside its memory limit) with their
+                    # children's arrays, so children never re-parse the parent's JSON.
+                    name = f"_lvl_{lvl.name}"
+                    con.register(name, _small_chunks(table))
+                    registered.append(name)
+                    table = table.drop_columns([f"_c_{c.name}" for c in kids])
+                out[lvl.name] = table
         except duckdb.Error as exc:
             raise self._explain(exc, records) from exc
         finally:
-            con.unregister("_records")
-            for name in self.parents:
-                con.execute(f"DROP TABLE IF EXISTS {_ident('_lvl_' + str(name))}")
+            for name in registered:
+                con.unregister(name)
         return out
 
     def _explain(self, exc: duckdb.Error, records: pa.Table) -> EtlError:
@@ -537,27 +607,110 @@ class _LevelWorker:
                           hint="fix or remove this file, then stage again")
 
 
-def _stage_source(
+def _scan_in_order(
+    jobs: Sequence[tuple[Path, str, str, int]], pool: ThreadPoolExecutor, *, keep: int, window: int,
+) -> Iterator[tuple[InputFile, bytes | None]]:
+    """Inspect files on ``pool`` and yield them in order, with at most ``window`` bytes of files
+    read ahead (so memory does not grow with the input)."""
+    ahead: deque[tuple[Future[tuple[InputFile, bytes | None]], int]] = deque()
+    ahead_bytes = 0
+    it = iter(jobs)
+    try:
+        while True:
+            while ahead_bytes < window or not ahead:
+                job = next(it, None)
+                if job is None:
+                    break
+                path, rel, src, size = job
+                ahead.append((pool.submit(inspect_file, path, rel, src, keep=keep), size))
+                ahead_bytes += size
+            if not ahead:
+                return
+            fut, size = ahead.popleft()
+            ahead_bytes -= size
+            yield fut.result()
+    finally:
+        for fut, _ in ahead:
+            fut.cancel()
+
+
+def _object_records(items: list[tuple[InputFile, bytes]]) -> pa.Table:
+    """A numbered record table from whole one-object files (record 0 of each)."""
+    data = pa.array([c for _, c in items], pa.binary())
+    try:
+        text = data.cast(pa.string())  # checks UTF-8
+    except pa.ArrowInvalid:
+        for info, content in items:
+            try:
+                content.decode("utf-8")
+            except UnicodeDecodeError:
+                record, offset, reason = diagnose_json(info.path)
+                raise InputError(f"malformed JSON: {reason}", file=info.path, record=record,
+                                 offset=offset, hint="fix or remove this file, then stage again") from None
+        raise
+    return pa.table({
+        "_file": pa.array([i.relpath for i, _ in items], pa.string()),
+        "_record": pa.array(np.zeros(len(items), dtype=np.int64)),
+        "json": text,
+    })
+
+
+def _source_batches(
     reader: duckdb.DuckDBPyConnection,
+    jobs: Sequence[tuple[Path, str, str, int]],
+    scan_pool: ThreadPoolExecutor,
+    *,
+    batch_bytes: int,
+    max_record_bytes: int,
+    inspected: list[InputFile],
+) -> Iterator[tuple[pa.Table, int]]:
+    """Record tables of about ``batch_bytes`` for one source, each with the input bytes it
+    completes. Files are hashed and checked on the way (appended to ``inspected``).
+
+    Small one-object files are read once, here; arrays, NDJSON, gzip and large files then go
+    through DuckDB's streaming reader."""
+    pending: list[tuple[InputFile, bytes]] = []
+    pending_bytes = 0
+    later: list[InputFile] = []
+    keep = min(batch_bytes, max_record_bytes)
+    for info, content in _scan_in_order(jobs, scan_pool, keep=keep, window=batch_bytes):
+        inspected.append(info)
+        if content is None:
+            later.append(info)
+            continue
+        pending.append((info, content))
+        pending_bytes += len(content)
+        if pending_bytes >= batch_bytes:
+            yield _object_records(pending), sum(i.size for i, _ in pending)
+            pending, pending_bytes = [], 0
+    if pending:
+        yield _object_records(pending), sum(i.size for i, _ in pending)
+    if not later:
+        return
+    abs_of = {f.relpath: str(f.path) for f in later}
+    size_of = {f.relpath: f.size for f in later}
+    seen: set[str] = set()
+    for records in _read_batches(reader, later, batch_bytes):
+        _check_records(records, max_record_bytes, abs_of)
+        new = [n for n in pc.unique(records.column("_file")).to_pylist() if n not in seen]
+        seen.update(new)
+        yield records, sum(size_of.get(n, 0) for n in new)
+
+
+def _stage_source(
+    batches: Iterator[tuple[pa.Table, int]],
     dataset: Dataset,
     source: Source,
-    files: list[InputFile],
     writers: dict[str, ChunkWriter],
     *,
     tmp: Path,
     workers: int,
     worker_memory: str,
-    batch_bytes: int,
-    max_record_bytes: int,
     progress: Progress | None,
     done_bytes: list[int],
     total_bytes: int,
 ) -> None:
-    """Read ``files`` batch by batch, unpack batches on ``workers`` threads, write in order."""
-    if not files:
-        return
-    size_of = {str(f.path): f.size for f in files}
-    abs_of = {f.relpath: str(f.path) for f in files}
+    """Unpack record batches on ``workers`` threads; write their levels in batch order."""
     local = threading.local()
     made: list[_LevelWorker] = []
     lock = threading.Lock()
@@ -572,31 +725,25 @@ def _stage_source(
                 made.append(worker)
         return worker.run(records)
 
-    def write(result: dict[str, pa.Table], records_files: list[str]) -> None:
+    def write(result: dict[str, pa.Table], nbytes: int) -> None:
         for name, table in result.items():
             writers[name].write(table)
-        for name in records_files:
-            done_bytes[0] += size_of.get(name, 0)
+        done_bytes[0] += nbytes
         if progress:
             progress("stage", done_bytes[0], total_bytes)
 
-    in_flight: deque[tuple[Future[dict[str, pa.Table]], list[str]]] = deque()
-    seen: set[str] = set()
+    in_flight: deque[tuple[Future[dict[str, pa.Table]], int]] = deque()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etl-stage") as pool:
             try:
-                for records in _read_batches(reader, files, batch_bytes):
-                    _check_records(records, max_record_bytes, abs_of)
-                    names = [abs_of[n] for n in pc.unique(records.column("_file")).to_pylist()
-                             if abs_of[n] not in seen]
-                    seen.update(names)
-                    in_flight.append((pool.submit(work, records), names))
-                    while len(in_flight) > workers:
-                        fut, names_done = in_flight.popleft()
-                        write(fut.result(), names_done)
+                for records, nbytes in batches:
+                    while len(in_flight) >= workers:
+                        fut, done = in_flight.popleft()
+                        write(fut.result(), done)
+                    in_flight.append((pool.submit(work, records), nbytes))
                 while in_flight:
-                    fut, names_done = in_flight.popleft()
-                    write(fut.result(), names_done)
+                    fut, done = in_flight.popleft()
+                    write(fut.result(), done)
             except BaseException:
                 for fut, _ in in_flight:
                     fut.cancel()
@@ -604,6 +751,36 @@ def _stage_source(
     finally:
         for worker in made:
             worker.close()
+
+
+def _previous_run(
+    dataset: Dataset, root: Path, jobs: Sequence[tuple[Path, str, str, int]], threads: int,
+) -> Path | None:
+    """A run already staged from exactly this content, found cheaply.
+
+    Only when an earlier run lists the same files with the same sizes are the files hashed
+    (without parsing) to compute the run id; a new export costs nothing extra here."""
+    if not root.is_dir():
+        return None
+    wanted = sorted((src, rel, size) for _, rel, src, size in jobs)
+    for run_dir in sorted(root.iterdir()):
+        manifest = run_dir / MANIFEST
+        if run_dir.name.startswith(".") or not manifest.is_file():
+            continue
+        try:
+            sources = orjson.loads(manifest.read_bytes()).get("sources", [])
+            listed = sorted((f["source"], f["relpath"], f["size"]) for f in sources)
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if listed != wanted:
+            continue
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            digests = list(pool.map(lambda j: sha256_file(j[0]), jobs))
+        run_id = compute_run_id(dataset, [(src, rel, d) for (_, rel, src, _), d in zip(jobs, digests,
+                                                                                      strict=True)])
+        found = root / run_id
+        return found if (found / MANIFEST).is_file() else None
+    return None
 
 
 def stage(
@@ -632,24 +809,30 @@ def stage(
                     f"(patterns {', '.join(src.match)})", dataset=dataset.name,
                     hint="point at the export's root folder")
         threads = settings.threads or os.cpu_count() or 1
-        jobs = [(p, rel, s) for s, lst in assigned.items() for p, rel in lst]
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            checked = list(pool.map(lambda j: inspect_file(*j), jobs))
-        run_id = compute_run_id(dataset, checked)
-        final = Path(settings.staging_dir) / dataset.name / run_id
-        if (final / MANIFEST).is_file() and not force:
-            log.info("run %s already staged at %s; skipping (use force to redo)", run_id, final)
-            run = open_run(final)
+        jobs = [(p, rel, s, os.stat(p).st_size) for s, lst in assigned.items() for p, rel in lst]
+        root = Path(settings.staging_dir) / dataset.name
+        previous = None if force else _previous_run(dataset, root, jobs, threads)
+        if previous is not None:
+            log.info("run %s already staged at %s; skipping (use force to redo)", previous.name, previous)
+            run = open_run(previous)
             phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
             return StageResult(run, True, phase)
 
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{run_id}.tmp-{os.getpid()}")
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            manifest = _stage_into(dataset, checked, tmp, run_id, settings=settings,
+            manifest = _stage_into(dataset, jobs, tmp, settings=settings,
                                    max_record_bytes=max_record_bytes, progress=progress)
+            final = root / manifest["run_id"]
+            if (final / MANIFEST).is_file() and not force:
+                # Same content under other names or places than any earlier run listed.
+                shutil.rmtree(tmp, ignore_errors=True)
+                log.info("run %s already staged at %s; skipping", final.name, final)
+                run = open_run(final)
+                phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
+                return StageResult(run, True, phase)
             phase.rows = sum(e["rows"] for e in manifest["levels"].values())
             phase.seconds = time.perf_counter() - started
             phase.peak_rss = peak_rss_bytes()
@@ -660,26 +843,27 @@ def stage(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("staged %d rows from %d files into %s in %.2fs",
-             phase.rows, len(checked), final, phase.seconds)
+             phase.rows, len(jobs), final, phase.seconds)
     run = open_run(final)
     return StageResult(run, False, phase)
 
 
 def _stage_into(
     dataset: Dataset,
-    files: list[InputFile],
+    jobs: Sequence[tuple[Path, str, str, int]],
     tmp: Path,
-    run_id: str,
     *,
     settings: Settings,
     max_record_bytes: int,
     progress: Progress | None,
 ) -> dict[str, Any]:
-    # The memory limit is shared out: a quarter for the reader (one thread, so file and
-    # record order hold), the rest split between the workers that unpack levels. A batch of
-    # records handed from one to the other is a sixteenth.
+    # The memory limit is shared out: a quarter for the reader of streamed files (one thread,
+    # so file and record order hold), the rest split between the workers that unpack levels.
+    # A batch of records handed from one to the other is a 24th (~10 MB at 256MB): large enough
+    # that DuckDB's per-query planning (~20 ms for the three mids power levels) stays small,
+    # small enough that the batches in flight stay well inside the limit.
     memory = _memory_bytes(settings.memory_limit)
-    batch_bytes = max(1 << 20, memory // 32)
+    batch_bytes = max(1 << 20, memory // 24)
     threads = settings.threads or os.cpu_count() or 1
     workers = max(1, threads)
     reader = duckdb.connect(config={
@@ -695,14 +879,20 @@ def _stage_into(
                           schema=level_schema(lvl, levels).to_arrow())
         for name, lvl in levels.items()
     }
-    total = sum(f.size for f in files)
+    total = sum(j[3] for j in jobs)
     done = [0]
+    inspected: list[InputFile] = []
     try:
-        for src in dataset.sources:
-            _stage_source(reader, dataset, src, [f for f in files if f.source == src.name], writers,
-                          tmp=tmp, workers=workers, worker_memory=worker_memory,
-                          batch_bytes=batch_bytes, max_record_bytes=max_record_bytes,
-                          progress=progress, done_bytes=done, total_bytes=total)
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
+            for src in dataset.sources:
+                src_jobs = [j for j in jobs if j[2] == src.name]
+                if not src_jobs:
+                    continue
+                batches = _source_batches(reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
+                                          max_record_bytes=max_record_bytes, inspected=inspected)
+                _stage_source(batches, dataset, src, writers, tmp=tmp, workers=workers,
+                              worker_memory=worker_memory, progress=progress, done_bytes=done,
+                              total_bytes=total)
     finally:
         reader.close()
     for leftover in tmp.glob(".duckdb_tmp*"):
@@ -717,6 +907,7 @@ def _stage_into(
             "schema": schema_to_json(level_schema(lvl, levels)),
             "chunks": chunks,
         }
+    run_id = compute_run_id(dataset, [(f.source, f.relpath, f.sha256) for f in inspected])
     return {
         "format": MANIFEST_FORMAT,
         "run_id": run_id,
@@ -726,7 +917,7 @@ def _stage_into(
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"chunk_rows": settings.chunk_rows, "memory_limit": settings.memory_limit,
                      "max_record_bytes": max_record_bytes},
-        "sources": [f.to_dict() for f in sorted(files, key=lambda f: (f.source, f.relpath))],
+        "sources": [f.to_dict() for f in sorted(inspected, key=lambda f: (f.source, f.relpath))],
         "levels": level_entries,
         "phases": {},
     }
