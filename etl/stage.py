@@ -1,13 +1,15 @@
 """Stage: JSON export(s) → Parquet chunks under ``staging/<dataset>/<run>/raw/<level>/``.
 
 DuckDB's streaming JSON reader (``read_json_objects``) reads every file of a source as a stream
-of raw records, a bounded batch at a time. Each batch is numbered (file, record) and unpacked into
-the dataset's record levels with ``json_extract`` path lists — much faster than letting DuckDB
-build full STRUCT types for wide objects — then cast to the declared types and written as Parquet
-chunks of at most ``chunk_rows`` rows. Values that do not fit their declared type are staged as
-NULL and named in the row's ``_type_errors``, for ``etl validate`` to judge.
+of raw records, a bounded batch at a time. Each batch is numbered (file, record) and parsed once,
+with ``from_json`` and a declared structure holding only the fields the source's levels stage
+(much faster than letting DuckDB detect full STRUCT types for wide objects); each level's rows
+are then unnested from the parsed records, cast to the declared types and written as Parquet
+chunks of at most ``chunk_rows`` rows (the SQL is built in :mod:`etl.stage_sql`). Values that do
+not fit their declared type are staged as NULL and named in the row's ``_type_errors``, for
+``etl validate`` to judge.
 
-Memory is bounded by the batch size (a quarter of the DuckDB memory limit) and the chunk size,
+Memory is bounded by the batch size (a 24th of the DuckDB memory limit) and the chunk size,
 never by the input size.
 """
 
@@ -42,7 +44,7 @@ import pyarrow.compute as pc
 
 from etl import __version__
 from etl.config import Settings
-from etl.dataset import Dataset, Level, Source
+from etl.dataset import Dataset, Source
 from etl.errors import ConfigError, EtlError, InputError
 from etl.metrics import Phase, peak_rss_bytes, timed
 from etl.run import (
@@ -57,6 +59,7 @@ from etl.run import (
     sha256_file,
     write_json_atomic,
 )
+from etl.stage_sql import SourcePlan, source_plan, sql_str
 
 log = logging.getLogger(__name__)
 
@@ -311,106 +314,6 @@ def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, in
         record += 1
 
 
-# ------------------------------------------------------------------------------ SQL for levels
-
-
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _typed(expr: str, type_: str) -> str:
-    """SQL turning the extracted text ``expr`` into ``type_`` (NULL when it does not fit)."""
-    if type_ == "VARCHAR":
-        return expr
-    if type_ in ("BIGINT", "INTEGER"):
-        return (f"CASE WHEN TRY_CAST({expr} AS DOUBLE) = TRY_CAST({expr} AS BIGINT) "
-                f"THEN TRY_CAST({expr} AS {type_}) END")
-    if type_ == "DOUBLE":
-        return f"TRY_CAST({expr} AS DOUBLE)"
-    if type_ == "BOOLEAN":
-        return f"CASE {expr} WHEN 'true' THEN true WHEN 'false' THEN false END"
-    if type_.endswith("[]"):
-        return f"TRY_CAST(TRY_CAST({expr} AS JSON) AS {type_})"
-    raise ConfigError(f"unsupported staged type {type_}")
-
-
-def _child_column(level: Level) -> str:
-    return _ident(f"_c_{level.name}")
-
-
-def _array_path(path: str | None) -> str:
-    return _sql_str("$." + ".".join(f'"{k}"' for k in path.split(".")) + "[*]") if path else "'$[*]'"
-
-
-def level_select(level: Level, levels: dict[str, Level], *, children: Sequence[Level] = ()) -> str:
-    """The SELECT that turns the parent rows (or ``_records``) into ``level``'s typed rows.
-
-    A level with ``children`` also gives, per child, a ``_c_<child>`` column: the child's array
-    as a list of JSON texts, taken in the same pass, so a child never re-parses its parent's
-    (much larger) JSON text.
-    """
-    if level.parent is None and level.path is None:
-        base = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, "
-                "json AS _json FROM _records")
-        inherited: list[str] = []
-    else:
-        if level.parent is None:  # an array inside each record
-            src, src_path = "_records", "''"
-            arr = f"json_extract(json, {_array_path(level.path)})"
-        else:  # the parent's rows carry this level's array already
-            src, src_path = _ident(f"_lvl_{level.parent}"), "_path"
-            arr = _child_column(level)
-        inherited = [f"{_ident(p)} AS {_ident(c)}" for p, c in level.inherit]
-        pass_through = "".join(f", {_ident(p)}" for p, _ in level.inherit)
-        base = (
-            f"SELECT _file, _record, "
-            f"{src_path} || CASE WHEN {src_path} = '' THEN '' ELSE '.' END || "
-            f"{_sql_str(level.path or '')} || '[' || CAST(_i - 1 AS VARCHAR) || ']' AS _path, "
-            f"CAST(_i - 1 AS BIGINT) AS _index, _elem AS _json{''.join(', ' + i for i in inherited)} FROM ("
-            f"SELECT _file, _record, {src_path} AS _path{pass_through}, "
-            f"unnest(_arr) AS _elem, generate_subscripts(_arr, 1) AS _i FROM ("
-            f"SELECT _file, _record, {src_path}{pass_through}, {arr} AS _arr FROM {src}))"
-        )
-        inherited = [_ident(c) for _, c in level.inherit]
-    text_fields = [f for f in level.fields if f.type != "JSON"]
-    json_fields = [f for f in level.fields if f.type == "JSON"]
-    extract = []
-    if text_fields:
-        extract.append("json_extract_string(_json, [" +
-                       ", ".join(_sql_str(f.json_path) for f in text_fields) + "]) AS _v")
-    if json_fields:
-        extract.append("json_extract(_json, [" +
-                       ", ".join(_sql_str(f.json_path) for f in json_fields) + "]) AS _vj")
-    extract.extend(f"json_extract(_json, {_array_path(c.path)}) AS {_child_column(c)}" for c in children)
-    typed = []
-    checks = []
-    ti = ji = 0
-    for f in level.fields:
-        if f.type == "JSON":
-            ji += 1
-            typed.append(f"CAST(_vj[{ji}] AS VARCHAR) AS {_ident(f.name)}")
-        else:
-            ti += 1
-            typed.append(f"{_typed(f'_v[{ti}]', f.type)} AS {_ident(f.name)}")
-            if f.type != "VARCHAR":
-                checks.append(f"CASE WHEN _v[{ti}] IS NOT NULL AND {_ident(f.name)} IS NULL "
-                              f"THEN {_sql_str(f.name)} END")
-    not_object = "CASE WHEN left(_json, 1) <> '{' THEN '<not an object>' END"
-    checks.insert(0, not_object)
-    carry = "".join(", " + _child_column(c) for c in children)
-    inner = (f"SELECT _file, _record, _path, _index{''.join(', ' + i for i in inherited)}, "
-             f"{', '.join(typed)}, _json{', _v' if text_fields else ''}{carry} FROM "
-             f"(SELECT *, {', '.join(extract) if extract else '1 AS _nothing'} FROM ({base}))")
-    cols = ", ".join([*(i for i in inherited), *(_ident(f.name) for f in level.fields)])
-    return (f"SELECT _file, _record, _path, _index{', ' if cols else ''}{cols}, "
-            f"list_filter([{', '.join(checks)}], lambda x: x IS NOT NULL) AS _type_errors{carry} "
-            f"FROM ({inner})")
-
-
 # ------------------------------------------------------------------------------ the stage
 
 
@@ -518,7 +421,7 @@ def _read_batches(
     ):
         if not group:
             continue
-        paths = "[" + ", ".join(_sql_str(str(f.path)) for f in group) + "]"
+        paths = "[" + ", ".join(sql_str(str(f.path)) for f in group) + "]"
         try:
             stream = reader.sql(sql.format(paths=paths)).to_arrow_reader(_FETCH_ROWS)
             pending: list[pa.RecordBatch] = []
@@ -549,51 +452,47 @@ def _small_chunks(table: pa.Table, target_bytes: int = 1 << 20) -> pa.Table:
 
 
 class _LevelWorker:
-    """Unpacks batches of records into level tables on its own DuckDB connection."""
+    """Unpacks batches of records into level tables on its own DuckDB connection.
 
-    def __init__(self, source: Source, levels: dict[str, Level], *, memory: str, temp: Path) -> None:
+    Each batch is parsed once into the temporary table ``_parsed``; each level's rows are then
+    unnested from it. The level queries are bound once (DuckDB relations, re-run per batch):
+    binding them costs more than running them on a batch of a few MB."""
+
+    def __init__(self, source: Source, plan: SourcePlan, *, memory: str, temp: Path,
+                 files: Sequence[InputFile] = ()) -> None:
         self.source = source
-        self.children = {lvl.name: [c for c in source.levels if c.parent == lvl.name]
-                         for lvl in source.levels}
-        self.parents = {name for name, kids in self.children.items() if kids}
-        self.queries = {lvl.name: level_select(lvl, levels, children=self.children[lvl.name])
-                        for lvl in source.levels}
+        self.plan = plan
+        self.files = files  # the files inspected so far, to name a broken one by its full path
         self.con = duckdb.connect(config={
             "memory_limit": memory, "threads": 1, "preserve_insertion_order": False,
             "temp_directory": str(temp)})
+        self.levels: dict[str, duckdb.DuckDBPyRelation] = {}
 
     def close(self) -> None:
         self.con.close()
 
     def run(self, records: pa.Table) -> dict[str, pa.Table]:
         con = self.con
-        out: dict[str, pa.Table] = {}
-        registered = ["_records"]
-        con.register("_records", _small_chunks(records))
         try:
-            for lvl in self.source.levels:
-                table = con.sql(self.queries[lvl.name]).to_arrow_table()
-                kids = self.children[lvl.name]
-                if kids:
-                    # Parents go back to DuckDB as Arrow (outside its memory limit) with their
-                    # children's arrays, so children never re-parse the parent's JSON.
-                    name = f"_lvl_{lvl.name}"
-                    con.register(name, _small_chunks(table))
-                    registered.append(name)
-                    table = table.drop_columns([f"_c_{c.name}" for c in kids])
-                out[lvl.name] = table
+            con.register("_records", _small_chunks(records))
+            try:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE _parsed AS {self.plan.parse}")
+            finally:
+                con.unregister("_records")
+            if not self.levels:
+                self.levels = {lvl.name: con.sql(self.plan.queries[lvl.name])
+                               for lvl in self.source.levels}
+            return {name: rel.to_arrow_table() for name, rel in self.levels.items()}
         except duckdb.Error as exc:
             raise self._explain(exc, records) from exc
         finally:
-            for name in registered:
-                con.unregister(name)
-        return out
+            con.execute("DROP TABLE IF EXISTS _parsed")
 
     def _explain(self, exc: duckdb.Error, records: pa.Table) -> EtlError:
         if "Malformed JSON" not in str(exc) and "malformed" not in str(exc).lower():
             return _duckdb_error(exc)
         # Whole files are not parsed by the reader: find which one is broken.
-        self.con.register("_records_check", records)
+        self.con.register("_records_check", _small_chunks(records))
         try:
             rows = self.con.execute(
                 "SELECT _file FROM _records_check WHERE NOT json_valid(json) LIMIT 1").fetchall()
@@ -601,7 +500,8 @@ class _LevelWorker:
             self.con.unregister("_records_check")
         if not rows:
             return _duckdb_error(exc)
-        path = Path(rows[0][0])
+        relpath = rows[0][0]
+        path = next((f.path for f in self.files if f.relpath == relpath), Path(relpath))
         record, offset, reason = diagnose_json(path)
         return InputError(f"malformed JSON: {reason}", file=path, record=record, offset=offset,
                           hint="fix or remove this file, then stage again")
@@ -699,8 +599,8 @@ def _source_batches(
 
 def _stage_source(
     batches: Iterator[tuple[pa.Table, int]],
-    dataset: Dataset,
     source: Source,
+    plan: SourcePlan,
     writers: dict[str, ChunkWriter],
     *,
     tmp: Path,
@@ -709,8 +609,10 @@ def _stage_source(
     progress: Progress | None,
     done_bytes: list[int],
     total_bytes: int,
+    files: Sequence[InputFile] = (),
 ) -> None:
-    """Unpack record batches on ``workers`` threads; write their levels in batch order."""
+    """Unpack record batches on ``workers`` threads; write their levels in batch order.
+    ``files`` (filled as batches are read) names a broken file by its full path."""
     local = threading.local()
     made: list[_LevelWorker] = []
     lock = threading.Lock()
@@ -718,8 +620,8 @@ def _stage_source(
     def work(records: pa.Table) -> dict[str, pa.Table]:
         worker = getattr(local, "worker", None)
         if worker is None:
-            worker = _LevelWorker(source, dataset.levels, memory=worker_memory,
-                                  temp=tmp / f".duckdb_tmp_{threading.get_ident()}")
+            worker = _LevelWorker(source, plan, memory=worker_memory,
+                                  temp=tmp / f".duckdb_tmp_{threading.get_ident()}", files=files)
             local.worker = worker
             with lock:
                 made.append(worker)
@@ -860,8 +762,10 @@ def _stage_into(
     # The memory limit is shared out: a quarter for the reader of streamed files (one thread,
     # so file and record order hold), the rest split between the workers that unpack levels.
     # A batch of records handed from one to the other is a 24th (~10 MB at 256MB): large enough
-    # that DuckDB's per-query planning (~20 ms for the three mids power levels) stays small,
-    # small enough that the batches in flight stay well inside the limit.
+    # that the fixed cost per batch (~25 ms to parse and unnest the three mids power levels of
+    # even one record) stays small, small enough that the batches in flight, and each worker's
+    # parsed batch (~2.5 times its JSON text), stay well inside the limit.
+    plans = {src.name: source_plan(src.levels) for src in dataset.sources}  # checks the levels
     memory = _memory_bytes(settings.memory_limit)
     batch_bytes = max(1 << 20, memory // 24)
     threads = settings.threads or os.cpu_count() or 1
@@ -890,9 +794,9 @@ def _stage_into(
                     continue
                 batches = _source_batches(reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
                                           max_record_bytes=max_record_bytes, inspected=inspected)
-                _stage_source(batches, dataset, src, writers, tmp=tmp, workers=workers,
+                _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
                               worker_memory=worker_memory, progress=progress, done_bytes=done,
-                              total_bytes=total)
+                              total_bytes=total, files=inspected)
     finally:
         reader.close()
     for leftover in tmp.glob(".duckdb_tmp*"):

@@ -1,0 +1,266 @@
+"""The SQL that unpacks a source's JSON records into its levels' typed rows (used by ``etl.stage``).
+
+Every record is parsed once. One DuckDB JSON structure covers all levels of a source: each
+level's fields at their keys (dotted keys as nested objects), each child level at its path as a
+list of its own structure. ``from_json`` turns a record into one STRUCT; a level's rows are then
+that STRUCT's lists unnested, level by level, from the record down.
+
+Fields are declared so that their text is what ``json_extract_string`` gives (as staging did
+when it extracted each level with JSON paths): INTEGER, BIGINT, DOUBLE and BOOLEAN fields as
+``"VARCHAR"`` (``from_json`` writes a number as DuckDB writes it: ``12``, ``1000.0`` for ``1e3``,
+``1e-07``; :func:`typed` reads them all the same), text, array and JSON fields as ``"JSON"``,
+taken as text with ``json_extract_string(value, '$')`` (strings unquoted, numbers as written in
+the export, objects and arrays as compact JSON) or cast to their list types. A value that does
+not fit its type is staged as NULL and named in the row's ``_type_errors``.
+
+What ``from_json`` cannot tell apart, and so is staged alike:
+
+* a nested array element that is not an object (``"Effects": [1]``) and ``{}``: a row of NULLs
+  (top-level records are checked to be objects before they get here);
+* a JSON ``null`` and a missing key: NULL, for every field type (never the text ``'null'``);
+* a list of records that is missing, ``null``, ``[]`` or not a list: no rows.
+
+An array field holding a string is a type error, even when the string's text is a JSON array.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeAlias
+
+from etl.dataset import Field, Level
+from etl.errors import ConfigError
+
+#: A JSON structure for ``from_json``: a scalar type name, an object (dict) or a list of one object.
+Node: TypeAlias = str | dict[str, "Node"] | list[dict[str, "Node"]]
+
+
+def sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def typed(expr: str, type_: str) -> str:
+    """SQL turning the text ``expr`` into ``type_`` (NULL when it does not fit).
+
+    Numbers arrive as DuckDB writes them (``12``, ``12.0``, ``1000.0``, ``1e+16``): an integer
+    type takes a number only when it is whole (``12.0`` and ``1e3`` yes, ``12.5`` no). Array
+    types take the JSON text of an array."""
+    if type_ in ("VARCHAR", "JSON"):
+        return expr
+    if type_ in ("BIGINT", "INTEGER"):
+        return (f"CASE WHEN TRY_CAST({expr} AS DOUBLE) = TRY_CAST({expr} AS BIGINT) "
+                f"THEN TRY_CAST({expr} AS {type_}) END")
+    if type_ == "DOUBLE":
+        return f"TRY_CAST({expr} AS DOUBLE)"
+    if type_ == "BOOLEAN":
+        return f"CASE {expr} WHEN 'true' THEN true WHEN 'false' THEN false END"
+    if type_.endswith("[]"):
+        return f"TRY_CAST({expr} AS {type_})"
+    raise ConfigError(f"unsupported staged type {type_}")
+
+
+def _json_type(field: Field) -> str:
+    """How ``field`` is declared in the structure (see the module's docstring)."""
+    return "JSON" if field.type in ("VARCHAR", "JSON") or field.type.endswith("[]") else "VARCHAR"
+
+
+def _is_text(node: Node, field: Field) -> bool:
+    """Whether ``field``, declared as ``node``, is taken as text from a JSON value."""
+    return node == "JSON" and field.type != "JSON" and not field.type.endswith("[]")
+
+
+# ------------------------------------------------------------------------------ the structure
+
+
+def _what(node: Node) -> str:
+    return "a list of records" if isinstance(node, list) else "an object" if isinstance(node, dict) \
+        else "a value"
+
+
+def _object_at(obj: dict[str, Node], parts: Sequence[str], level: Level, key: str) -> dict[str, Node]:
+    """The object at ``parts`` inside ``obj`` (made if new), on the way to ``key``."""
+    for part in parts:
+        node = obj.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(
+                f"level {level.name}: key {key!r} needs {part!r} to be an object, but the "
+                f"dataset's levels also read {part!r} as {_what(node)}",
+                hint="read the whole value (type JSON) or only keys inside it, not both")
+        obj = node
+    return obj
+
+
+def _list_at(obj: dict[str, Node], path: str, level: Level) -> dict[str, Node]:
+    """The element structure of the list of records at dotted ``path`` in ``obj`` (made if new)."""
+    *parents, last = path.split(".")
+    holder = _object_at(obj, parents, level, path)
+    node = holder.setdefault(last, [{}])
+    if not isinstance(node, list):
+        raise ConfigError(
+            f"level {level.name}: its records sit at {path!r}, but the dataset's levels also read "
+            f"{path!r} as {_what(node)}",
+            hint="read the whole value (type JSON) or the records inside it, not both")
+    return node[0]
+
+
+def _put(obj: dict[str, Node], field: Field, level: Level) -> None:
+    *parents, last = field.key.split(".")
+    holder = _object_at(obj, parents, level, field.key)
+    want = _json_type(field)
+    node = holder.get(last)
+    if node is None or node == "VARCHAR":
+        holder[last] = want
+    elif node == "JSON":
+        pass  # a field read as text is taken from the JSON value (see _raw)
+    else:
+        raise ConfigError(
+            f"level {level.name}: field {field.name} reads {field.key!r} as a value, but the "
+            f"dataset's levels also read {field.key!r} as {_what(node)}",
+            hint="read the whole value (type JSON) or the keys inside it, not both")
+
+
+def source_structure(levels: Sequence[Level]) -> tuple[dict[str, Node], dict[str, dict[str, Node]]]:
+    """The ``from_json`` structure of one record of a source holding ``levels`` (parents first),
+    and each level's element structure inside it.
+
+    Raises :class:`ConfigError` when two levels need one key as a value and as an object or list.
+    """
+    record: dict[str, Node] = {}
+    where: dict[str, dict[str, Node]] = {}
+    for lvl in levels:
+        if lvl.parent is None:
+            node = record if lvl.path is None else _list_at(record, lvl.path, lvl)
+        else:
+            if lvl.path is None:
+                raise ConfigError(f"level {lvl.name} has a parent ({lvl.parent}) but no path")
+            if lvl.parent not in where:
+                raise ConfigError(f"level {lvl.name}: its parent {lvl.parent} is not an earlier "
+                                  "level of the same source")
+            node = _list_at(where[lvl.parent], lvl.path, lvl)
+        where[lvl.name] = node
+    # Fields after all lists, so a field and a list on one key conflict whatever the order.
+    for lvl in levels:
+        for f in lvl.fields:
+            _put(where[lvl.name], f, lvl)
+    return record, where
+
+
+# ------------------------------------------------------------------------------ the queries
+
+
+def _access(expr: str, key: str) -> str:
+    return expr + "".join(f"[{sql_str(part)}]" for part in key.split("."))
+
+
+def _raw(element: dict[str, Node], field: Field, expr: str = "_e") -> str:
+    """SQL for ``field``'s value in the parsed element ``expr``: text, or JSON for arrays."""
+    value = _access(expr, field.key)
+    node: Node = element
+    for part in field.key.split("."):
+        assert isinstance(node, dict)
+        node = node[part]
+    if _is_text(node, field):
+        return f"json_extract_string({value}, '$')"
+    return value
+
+
+def _field_value(element: dict[str, Node], field: Field, expr: str = "_e") -> str:
+    raw = _raw(element, field, expr)
+    if field.type == "JSON":
+        return f"CAST({raw} AS VARCHAR)"
+    return typed(raw, field.type)
+
+
+def _has_path(level: Level) -> bool:
+    """Whether ``level``'s rows have a non-empty ``_path`` (all but the records themselves)."""
+    return level.parent is not None or level.path is not None
+
+
+def _unnest(src: str, arr: str, path: str, carry: Sequence[str], *, nested: bool) -> str:
+    """Rows of the list ``arr`` (an expression over ``src``): lineage, ``carry`` columns, ``_e``.
+
+    ``nested``: ``src`` has a non-empty ``_path`` that the rows' paths continue."""
+    keep = "".join(", " + c for c in carry)
+    prefix = "_ppath || '.' || " if nested else ""
+    return (
+        f"SELECT _file, _record, {prefix}{sql_str(path)} || '[' || CAST(_i - 1 AS VARCHAR) || ']' "
+        f"AS _path, CAST(_i - 1 AS BIGINT) AS _index{keep}, _e FROM ("
+        f"SELECT _file, _record{', _path AS _ppath' if nested else ''}{keep}, unnest(_arr) AS _e, "
+        f"generate_subscripts(_arr, 1) AS _i FROM ("
+        f"SELECT _file, _record{', _path' if nested else ''}{keep}, {arr} AS _arr FROM {src}))")
+
+
+@dataclass(frozen=True, slots=True)
+class SourcePlan:
+    """How one source's record batches become level tables.
+
+    ``parse`` (a SELECT over ``_records``: ``_file, _record, json``) gives ``_file, _record, _s``,
+    ``_s`` being the parsed record; ``queries`` (SELECTs over that result, named ``_parsed``)
+    give each level's staged rows, unnesting from ``_s`` down to the level.
+    """
+
+    structure: str
+    parse: str
+    queries: dict[str, str]
+
+
+def source_plan(levels: Sequence[Level]) -> SourcePlan:
+    """The parse and level queries for a source holding ``levels`` (parents first).
+
+    Raises :class:`ConfigError` when the levels do not fit one structure (see
+    :func:`source_structure`) or inherit a field their parent lacks.
+    """
+    record, where = source_structure(levels)
+    structure = json.dumps(record, separators=(",", ":"))
+    by_name = {lvl.name: lvl for lvl in levels}
+    elements: dict[str, str] = {}
+
+    def element_rows(lvl: Level) -> str:
+        """Lineage, inherited columns and ``_e`` (the parsed element) of each of lvl's rows."""
+        if lvl.name not in elements:
+            if lvl.parent is None and lvl.path is None:
+                sql = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, _s AS _e "
+                       "FROM _parsed")
+            elif lvl.parent is None:
+                sql = _unnest("_parsed", _access("_s", lvl.path or ""), lvl.path or "", (),
+                              nested=False)
+            else:
+                parent = by_name[lvl.parent]
+                inherited = []
+                for p, c in lvl.inherit:
+                    try:
+                        f = parent.field(p)
+                    except KeyError:
+                        raise ConfigError(f"level {lvl.name} inherits {p}, which its parent "
+                                          f"{parent.name} does not have") from None
+                    inherited.append(f"{_field_value(where[parent.name], f)} AS {ident(c)}")
+                src = (f"(SELECT _file, _record, _path{''.join(', ' + i for i in inherited)}, "
+                       f"_e AS _pe FROM ({element_rows(parent)}))")
+                sql = _unnest(src, _access("_pe", lvl.path or ""), lvl.path or "",
+                              [ident(c) for _, c in lvl.inherit], nested=_has_path(parent))
+            elements[lvl.name] = sql
+        return elements[lvl.name]
+
+    queries = {}
+    for lvl in levels:
+        element = where[lvl.name]
+        inherit = "".join(", " + ident(c) for _, c in lvl.inherit)
+        values = "".join(f", {_field_value(element, f)} AS {ident(f.name)}" for f in lvl.fields)
+        names = "".join(", " + ident(f.name) for f in lvl.fields)
+        checks = [f"CASE WHEN {_raw(element, f)} IS NOT NULL AND {ident(f.name)} IS NULL "
+                  f"THEN {sql_str(f.name)} END"
+                  for f in lvl.fields if f.type not in ("VARCHAR", "JSON")]
+        errors = (f"list_filter([{', '.join(checks)}], lambda x: x IS NOT NULL)" if checks
+                  else "CAST([] AS VARCHAR[])")
+        queries[lvl.name] = (
+            f"SELECT _file, _record, _path, _index{inherit}{names}, {errors} AS _type_errors "
+            f"FROM (SELECT _file, _record, _path, _index{inherit}{values}, _e "
+            f"FROM ({element_rows(lvl)}))")
+    parse = f"SELECT _file, _record, from_json(json, {sql_str(structure)}) AS _s FROM _records"
+    return SourcePlan(structure, parse, queries)
