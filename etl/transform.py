@@ -8,7 +8,6 @@ in chunks. Only rows that passed validation are read.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -20,7 +19,15 @@ import polars as pl
 from etl.dataset import Table
 from etl.errors import RunStateError
 from etl.metrics import Phase, timed
-from etl.run import MANIFEST, ChunkWriter, Run, replace_dir, schema_to_json, write_json_atomic
+from etl.run import (
+    MANIFEST,
+    ChunkWriter,
+    Run,
+    frames_checksum,
+    replace_dir,
+    schema_to_json,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +42,8 @@ class TransformResult:
 
 
 def table_checksum(df: pl.DataFrame) -> str:
-    """A content checksum of a table that does not depend on row order or chunking.
-
-    Per-row hashes (Polars' own, of the row as a struct) are summed, so the same rows in any
-    order give the same value. Used to compare staged tables with what a load wrote.
-    """
-    if df.height == 0:
-        return hashlib.sha256(b"").hexdigest()[:16]
-    hashed = df.select(pl.struct(pl.all()).hash(seed=0).alias("h"))
-    total = int(hashed.get_column("h").cast(pl.UInt64).sum() or 0) & 0xFFFF_FFFF_FFFF_FFFF
-    return f"{total:016x}-{df.height}"
+    """The content checksum of a whole table (see :func:`etl.run.frames_checksum`)."""
+    return frames_checksum([df])
 
 
 def _shape(table: Table, lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -94,12 +93,14 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
             raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
         tables = list(dataset.tables)
         plans = [_shape(t, frames[t.name]).sort(list(t.primary_key)) for t in tables]
-        collected = pl.collect_all(plans)
         tmp = run.path / ".tables.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         entries: dict[str, Any] = {}
         rows: dict[str, int] = {}
-        for i, (table, df) in enumerate(zip(tables, collected, strict=True)):
+        # One table at a time, written and dropped before the next is built: peak memory is
+        # the largest table, not all of them (collect_all would share work but hold them all).
+        for i, (table, plan) in enumerate(zip(tables, plans, strict=True)):
+            df = plan.collect()
             _check_keys(table, df)
             writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
                                  schema=table.polars_schema.to_arrow())
@@ -112,9 +113,11 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
                 "schema": schema_to_json(table.polars_schema),
                 "primary_key": list(table.primary_key),
                 "checksum": table_checksum(df),
+                "checksum_polars": pl.__version__,
                 "chunks": chunks,
             }
             rows[table.name] = df.height
+            del df
             if progress:
                 progress("transform", i + 1, len(tables))
         tmp.mkdir(parents=True, exist_ok=True)
