@@ -1,20 +1,23 @@
-"""Chain the stages: stage → validate → transform (→ load, once the load stage exists)."""
+"""Chain the stages: stage → validate → transform → load. Stages never import each other."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from etl.config import Settings
 from etl.dataset import Dataset
-from etl.metrics import Phase
-from etl.run import Run
+from etl.load import LoadResult, Mode, load
+from etl.metrics import Phase, timed
+from etl.run import Run, check_run_files, open_run
 from etl.stage import stage
 from etl.transform import transform
 from etl.validate import require_passed, validate
 
+log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
 
 
@@ -24,16 +27,36 @@ class PipelineResult:
     report: dict[str, Any]
     tables: dict[str, int]
     phases: list[Phase]
+    load: LoadResult | None = field(default=None)
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "run": str(self.run.path),
             "run_id": self.run.id,
             "dataset": self.run.dataset_name,
             "validation": self.report["status"],
             "tables": self.tables,
             "phases": [p.to_dict() for p in self.phases],
+            "total_seconds": round(sum(p.seconds for p in self.phases), 4),
+            "peak_rss": max((p.peak_rss for p in self.phases), default=0),
         }
+        if self.load is not None:
+            out["load"] = {
+                "database": _masked(self.load.url),
+                "schema": self.load.schema,
+                "ledger_id": self.load.ledger_id,
+                "mode": self.load.mode,
+                "skipped": self.load.skipped,
+                "resumed_steps": self.load.resumed_from,
+                "checksums": self.load.checksums,
+            }
+        return out
+
+
+def _masked(url: str) -> str:
+    from etl.errors import mask_secrets
+
+    return mask_secrets(url)
 
 
 def run_pipeline(
@@ -52,3 +75,51 @@ def run_pipeline(
     built = transform(staged.run, progress=progress)
     return PipelineResult(staged.run, checked.report, built.rows,
                           [staged.phase, checked.phase, built.phase])
+
+
+def run_all(
+    dataset: Dataset,
+    sources: Sequence[str | Path],
+    *,
+    settings: Settings,
+    max_reject_ratio: float = 0.0,
+    mode: Mode = "full",
+    force: bool = False,
+    progress: Progress | None = None,
+) -> PipelineResult:
+    """Stage → validate → transform → load (with indexes, views, verification and the swap).
+
+    Validation errors stop the run before anything reaches the database."""
+    first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
+                         force=force, progress=progress)
+    loaded = load(first.run, database_url=settings.database_url, mode=mode, force=force,
+                  progress=progress)
+    return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
+                          loaded)
+
+
+def rebuild(
+    run_dir: Path,
+    *,
+    settings: Settings,
+    progress: Progress | None = None,
+) -> PipelineResult:
+    """Rebuild the dataset in the database from a staged run directory alone.
+
+    Every chunk file is checked against the manifest's sha256 first (a changed or missing file
+    is refused, named). A run not yet transformed is validated and transformed from its raw
+    chunks. The load then runs as a full load in mode ``rebuild``."""
+    run = open_run(run_dir)
+    with timed("check") as phase:
+        phase.rows = check_run_files(run.path, run.manifest)
+    phases = [phase]
+    report = run.report() or {"status": run.manifest.get("validation", {}).get("status", "unknown")}
+    if "tables" not in run.manifest:
+        checked = validate(run, progress=progress)
+        require_passed(checked)
+        built = transform(run, progress=progress)
+        phases += [checked.phase, built.phase]
+        report = checked.report
+    loaded = load(run, database_url=settings.database_url, mode="rebuild", force=True, progress=progress)
+    tables = {n: int(e["rows"]) for n, e in run.manifest["tables"].items()}
+    return PipelineResult(run, report, tables, [*phases, *loaded.phases], loaded)

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,52 @@ def level_schema(level: Level, levels: Mapping[str, Level]) -> pl.Schema:
         cols[f.name] = field_dtype(f.type)
     cols["_type_errors"] = pl.List(pl.String())
     return pl.Schema(cols)
+
+
+def frames_checksum(frames: Iterable[pl.DataFrame]) -> str:
+    """A content checksum of a table given in pieces, independent of row order and chunking.
+
+    Per-row hashes (Polars' own, of the row as a struct) are summed modulo 2**64, so the same
+    rows in any order and any split give the same value; the row count is appended. The hash is
+    Polars' and may change between Polars versions: compare checksums made by one version.
+    """
+    total = 0
+    rows = 0
+    for df in frames:
+        if df.height == 0:
+            continue
+        hashed = df.select(pl.struct(pl.all()).hash(seed=0).alias("h"))
+        total = (total + int(hashed.get_column("h").sum() or 0)) & 0xFFFF_FFFF_FFFF_FFFF
+        rows += df.height
+    if rows == 0:
+        return hashlib.sha256(b"").hexdigest()[:16]
+    return f"{total:016x}-{rows}"
+
+
+def check_run_files(run_dir: Path, manifest: Mapping[str, Any]) -> int:
+    """Check every chunk the manifest lists (raw levels and tables) against its sha256.
+
+    Returns how many files were checked; raises :class:`RunStateError` naming the first file
+    that is missing or changed."""
+    checked = 0
+    groups = [("level", manifest.get("levels") or {}), ("table", manifest.get("tables") or {})]
+    for kind, entries in groups:
+        for name, entry in entries.items():
+            for chunk in entry.get("chunks", []):
+                path = run_dir / chunk["path"]
+                if not path.is_file():
+                    raise RunStateError(f"{kind} {name}: chunk file is missing", file=path,
+                                        run=manifest.get("run_id"),
+                                        hint="restore the run directory from a copy, or stage the "
+                                             "export again")
+                if sha256_file(path) != chunk["sha256"]:
+                    raise RunStateError(f"{kind} {name}: chunk file changed since it was written "
+                                        "(sha256 differs from the manifest)", file=path,
+                                        run=manifest.get("run_id"),
+                                        hint="restore the run directory from a copy, or stage the "
+                                             "export again")
+                checked += 1
+    return checked
 
 
 def sha256_file(path: Path, *, block: int = 1 << 20) -> str:

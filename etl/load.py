@@ -1,0 +1,658 @@
+"""Load: a transformed run's tables → PostgreSQL, atomically, resumably, verified.
+
+A full load never touches the live schema (named after the dataset) until the very end:
+
+1. ``create``: a build schema ``<dataset>__b<ledger id>`` beside it, with bare tables.
+2. ``copy:<table>``: each table streamed from its Parquet chunks through ADBC's binary COPY
+   (``adbc_ingest``), tables concurrently, each in one transaction with its ledger step.
+3. ``keys:<table>``, ``fkeys``: primary and unique keys, ANALYZE and each table read back for
+   its checksum (tables concurrently), then foreign keys.
+4. ``sql``: the dataset's SQL under ``sql/<dataset>/`` (secondary indexes, materialized views).
+5. ``verify``: every table's row count and content checksum (read back in step 3) must equal
+   the staged ones.
+6. ``swap``: one short transaction renames the live schema away and the build schema into its
+   place, and marks the run succeeded in the ledger. The old schema is dropped afterwards.
+
+Each step commits together with its row in ``etl.load_steps``, so a killed load resumes where it
+stopped: running the same command again skips the finished steps and redoes the rest. Readers
+see the old data until the swap commits and the new data after it, never a mix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import polars as pl
+import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl import ledger, pg
+from etl.dataset import Dataset, Table
+from etl.errors import EtlError, RunStateError
+from etl.metrics import Phase, peak_rss_bytes
+from etl.pg import DatabaseError, quote_ident
+from etl.run import Run, frames_checksum
+from etl.schema import constraints_sql, create_tables_sql
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["full", "unsafe-fast", "rebuild"]
+Progress = Callable[[str, int, int], None]
+
+#: The project's SQL folder: ``sql/<dataset>/*.sql`` run in file-name order after the keys.
+SQL_ROOT = Path(__file__).resolve().parents[1] / "sql"
+_BATCH_ROWS = 65_536
+
+
+class VerificationFailed(EtlError):
+    """What reached the database differs from the staged tables; the live schema is untouched."""
+
+    exit_code = 1
+
+
+@dataclass
+class LoadResult:
+    run: Run
+    url: str
+    ledger_id: int | None
+    schema: str
+    mode: Mode
+    rows: dict[str, int] = field(default_factory=dict)
+    checksums: dict[str, str] = field(default_factory=dict)
+    phases: list[Phase] = field(default_factory=list)
+    resumed_from: list[str] = field(default_factory=list)
+    skipped: bool = False
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _fault(point: str) -> None:
+    """Test hook: ``ETL_FAULT_KILL_AT=<point>`` SIGKILLs this process at that point, so tests can
+    prove a load resumes after dying anywhere. Does nothing otherwise."""
+    if os.environ.get("ETL_FAULT_KILL_AT") == point:
+        log.warning("fault injection: killing the process at %s", point)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _drop_once(point: str, conn: Any, *, url: str, dropped: set[str]) -> None:
+    """Test hook: ``ETL_FAULT_DROP_AT=<point>`` (optionally ``<point>@always``) terminates this
+    connection's server process at that point, as a network drop would: once per load (points
+    in ``dropped`` are spared), or on every attempt with ``@always``."""
+    spec = os.environ.get("ETL_FAULT_DROP_AT", "")
+    name, _, how = spec.partition("@")
+    if name != point:
+        return
+    if how != "always" and point in dropped:
+        return
+    dropped.add(point)
+    log.warning("fault injection: dropping the connection at %s", point)
+    with pg.connect(url) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (_backend_pid(conn),))
+
+
+def _backend_pid(conn: Any) -> int:
+    if hasattr(conn, "info"):  # psycopg
+        return int(conn.info.backend_pid)
+    cur = conn.cursor()
+    cur.execute("SELECT pg_backend_pid()")
+    pid = int(cur.fetchone()[0])
+    cur.close()
+    return pid
+
+
+def manifest_digest(run: Run) -> str:
+    """What identifies the loaded content: the run id and its tables' entries (rows, chunk
+    hashes, checksums), not the manifest's timings."""
+    data = {"run_id": run.id, "tables": run.manifest.get("tables")}
+    return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _schema_exists(conn: Any, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone() is not None
+
+
+def sql_files(dataset: Dataset) -> list[Path]:
+    folder = SQL_ROOT / (dataset.sql_dir or dataset.name)
+    return sorted(folder.glob("*.sql")) if folder.is_dir() else []
+
+
+def _table_reader(run: Run, table: Table, entry: dict[str, Any]) -> tuple[pa.RecordBatchReader, int]:
+    """A stream of the table's staged rows (bounded memory), and its row count."""
+    schema = table.polars_schema.to_arrow()
+    paths = [run.path / c["path"] for c in entry.get("chunks", [])]
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for path in paths:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
+                yield batch if batch.schema == schema else batch.cast(schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches()), int(entry["rows"])
+
+
+# ------------------------------------------------------------------------------ the load
+
+
+class _Loader:
+    """One load of one run: owns the lock connection and the ledger row."""
+
+    def __init__(self, run: Run, url: str, *, mode: Mode, workers: int, retries: int,
+                 retry_delay: float, progress: Progress | None) -> None:
+        self.run = run
+        self.dataset = run.dataset()
+        self.url = url
+        self.mode = mode
+        self.workers = max(1, workers)
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.progress = progress
+        self.live = self.dataset.name
+        self.tables = {t.name: t for t in self.dataset.tables}
+        self.entries: dict[str, Any] = run.manifest["tables"]
+        self.steps: dict[str, Any] = {}
+        self.ledger_id = 0
+        self.build = ""
+        self.phases: list[Phase] = []
+        self._progress_lock = threading.Lock()
+        self._copied_rows = 0
+        self._local = threading.local()
+        self._adbc_conns: list[Any] = []
+        self._dropped: set[str] = set()  # fault-injection points already dropped (test hook)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+        return pg.retry(fn, what=what, attempts=self.retries, first_delay=self.retry_delay,
+                        next_step=f"check the database, then run `etl load {self.run.path}` again: "
+                                  "finished steps are kept and the load resumes")
+
+    def _session_sql(self) -> list[str]:
+        sets = ["SET maintenance_work_mem = '256MB'", "SET lock_timeout = '60s'"]
+        if self.mode == "unsafe-fast":
+            sets.append("SET synchronous_commit = off")
+        return sets
+
+    def _adbc(self) -> Any:
+        """This thread's ADBC connection, opened once (opening one reads the server's type
+        catalog, which costs tens of milliseconds) and reused for every table it copies."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = pg.connect_adbc(self.url)
+            cur = conn.cursor()
+            for stmt in self._session_sql():
+                cur.execute(stmt)
+            cur.close()
+            conn.commit()
+            self._local.conn = conn
+            with self._progress_lock:
+                self._adbc_conns.append(conn)
+        return conn
+
+    def _drop_adbc(self) -> None:
+        """Forget this thread's connection after an error (it may be broken)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken; closing is best effort
+                log.debug("closing a broken connection failed", exc_info=True)
+            with self._progress_lock:
+                if conn in self._adbc_conns:
+                    self._adbc_conns.remove(conn)
+
+    def close(self) -> None:
+        for conn in list(self._adbc_conns):
+            try:
+                conn.close()
+            except Exception:
+                log.debug("closing a connection failed", exc_info=True)
+        self._adbc_conns.clear()
+
+    def _step(self, name: str, fn: Callable[[Any], Any]) -> None:
+        """Run ``fn(conn)`` and record step ``name`` in one transaction (skipped if done)."""
+        if name in self.steps:
+            return
+
+        def attempt() -> None:
+            with pg.connect(self.url, autocommit=False) as conn:
+                for stmt in self._session_sql():
+                    conn.execute(stmt)
+                _drop_once(name, conn, url=self.url, dropped=self._dropped)
+                detail = fn(conn)
+                ledger.step_done(conn, self.ledger_id, name, detail)
+                _fault(name)
+                conn.commit()
+            self.steps[name] = detail
+
+        self._retry(f"step {name}", attempt)
+
+    def _timed(self, name: str, rows: int, fn: Callable[[], None]) -> None:
+        start = time.perf_counter()
+        fn()
+        self.phases.append(Phase(name, time.perf_counter() - start, rows, peak_rss_bytes()))
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _create(self, conn: Any) -> None:
+        conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(self.build)} CASCADE")
+        conn.execute(f"CREATE SCHEMA {quote_ident(self.build)}")
+        for stmt in create_tables_sql(self.dataset, self.build, unlogged=self.mode == "unsafe-fast"):
+            conn.execute(stmt)
+
+    def _copy_table(self, name: str) -> None:
+        step = f"copy:{name}"
+        if step in self.steps:
+            return
+        table = self.tables[name]
+
+        def attempt() -> None:
+            reader, expected = _table_reader(self.run, table, self.entries[name])
+            conn = self._adbc()
+            try:
+                cur = conn.cursor()
+                target = f"{quote_ident(self.build)}.{quote_ident(name)}"
+                # TRUNCATE in the same transaction as the COPY: nothing to undo on a retry, and
+                # with wal_level=minimal PostgreSQL can skip writing the rows to WAL.
+                cur.execute(f"TRUNCATE {target}")
+                _drop_once(step, conn, url=self.url, dropped=self._dropped)
+                cur.adbc_ingest(name, self._counted(reader), mode="append",
+                                db_schema_name=self.build)
+                detail = orjson.dumps({"rows": expected}).decode()
+                cur.execute(f"INSERT INTO etl.load_steps (run, step, detail) VALUES "
+                            f"({self.ledger_id}, {_lit(step)}, {_lit(detail)}::jsonb) "
+                            "ON CONFLICT DO NOTHING")
+                _fault(step)
+                conn.commit()
+                cur.close()
+            except BaseException:
+                self._drop_adbc()
+                raise
+            self.steps[step] = {"rows": expected}
+
+        self._retry(f"copy of {name}", attempt)
+
+    def _counted(self, reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
+        if self.progress is None:
+            return reader
+        total = sum(int(e["rows"]) for e in self.entries.values())
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for batch in reader:
+                with self._progress_lock:
+                    self._copied_rows += batch.num_rows
+                    done = self._copied_rows
+                if self.progress:
+                    self.progress("load", done, total)
+                yield batch
+
+        return pa.RecordBatchReader.from_batches(reader.schema, batches())
+
+    def _keys(self, name: str) -> None:
+        """Primary and unique keys of one table, its statistics (ANALYZE) and its content read
+        back for verification, in one step: tables run concurrently, so the slow parts (ANALYZE
+        of wide text tables, the read-back) overlap."""
+        stmts = [s for s in constraints_sql(self.dataset, self.build)
+                 if f".{quote_ident(name)} ADD CONSTRAINT" in s and "FOREIGN KEY" not in s]
+        stmts.append(f"ANALYZE {quote_ident(self.build)}.{quote_ident(name)}")
+
+        def run(conn: Any) -> dict[str, Any]:
+            # Read the committed table back for verification first (on this worker's ADBC
+            # connection, whose transaction ends before ALTER TABLE below takes its lock).
+            rows, checksum = self._verify_table(name)
+            for stmt in stmts:
+                conn.execute(stmt)
+            return {"rows": rows, "checksum": checksum}
+
+        self._step(f"keys:{name}", run)
+
+    def _fkeys(self, conn: Any) -> None:
+        for stmt in constraints_sql(self.dataset, self.build):
+            if "FOREIGN KEY" in stmt:
+                conn.execute(stmt)
+
+    def _post_sql(self, conn: Any) -> dict[str, Any]:
+        conn.execute(f"SET LOCAL search_path = {quote_ident(self.build)}, public")
+        done = []
+        for path in sql_files(self.dataset):
+            try:
+                conn.execute(path.read_text())
+            except Exception as exc:
+                if pg.is_connection_error(exc):
+                    raise
+                raise EtlError(f"{path.relative_to(SQL_ROOT.parent)} failed: {exc}".strip(),
+                               dataset=self.dataset.name, file=path,
+                               hint="fix the SQL file, then run the load again (it resumes)") from exc
+            done.append(path.name)
+        return {"files": done}
+
+    def _verify_table(self, name: str) -> tuple[int, str]:
+        table = self.tables[name]
+        cols = ", ".join(quote_ident(c.name) for c in table.columns)
+
+        def attempt() -> tuple[int, str]:
+            conn = self._adbc()
+            try:
+                cur = conn.cursor()
+                cur.execute(f"SELECT {cols} FROM {quote_ident(self.build)}.{quote_ident(name)}")
+                reader = cur.fetch_record_batch()
+                schema = table.polars_schema
+
+                def frames() -> Iterator[pl.DataFrame]:
+                    for batch in reader:
+                        df = pl.from_arrow(batch)
+                        assert isinstance(df, pl.DataFrame)
+                        yield df.cast(dict(schema))  # type: ignore[arg-type]
+
+                checksum = frames_checksum(frames())
+                cur.close()
+                conn.rollback()
+            except BaseException:
+                self._drop_adbc()
+                raise
+            rows = int(checksum.rsplit("-", 1)[1]) if "-" in checksum else 0
+            return rows, checksum
+
+        result: tuple[int, str] = self._retry(f"verification of {name}", attempt)
+        return result
+
+    def _staged_checksum(self, name: str) -> str:
+        """The staged table's checksum, recomputed when it was made by another Polars version
+        (the row hash is Polars' own and may change between versions)."""
+        entry = self.entries[name]
+        if entry.get("checksum_polars") == pl.__version__:
+            return str(entry["checksum"])
+        reader, _ = _table_reader(self.run, self.tables[name], entry)
+        schema = self.tables[name].polars_schema
+
+        def frames() -> Iterator[pl.DataFrame]:
+            for batch in reader:
+                df = pl.from_arrow(batch)
+                assert isinstance(df, pl.DataFrame)
+                yield df.cast(dict(schema))  # type: ignore[arg-type]
+
+        return frames_checksum(frames())
+
+    def _verify(self, conn: Any) -> dict[str, Any]:
+        results: dict[str, tuple[int, str]] = {}
+        for name in self.tables:
+            detail = self.steps.get(f"keys:{name}") or {}
+            if "checksum" in detail:
+                results[name] = (int(detail["rows"]), str(detail["checksum"]))
+            else:
+                results[name] = self._verify_table(name)
+        problems = []
+        for name, (rows, checksum) in results.items():
+            want_rows = int(self.entries[name]["rows"])
+            want = self._staged_checksum(name)
+            if rows != want_rows:
+                problems.append(f"{name}: {rows:,} rows in the database, {want_rows:,} staged")
+            elif checksum != want:
+                problems.append(f"{name}: content checksum {checksum} differs from the staged {want}")
+        if problems:
+            raise VerificationFailed(
+                "the loaded tables differ from the staged ones; nothing was swapped in: "
+                + "; ".join(problems), dataset=self.dataset.name, run=self.run.id,
+                hint=f"inspect schema {self.build} (the next load drops it); report it with the "
+                     "run directory")
+        return {name: {"rows": r, "checksum": c} for name, (r, c) in results.items()}
+
+    def _lock_live(self, conn: Any) -> None:
+        """Lock the live schema's tables and views before the renames. Name lookups do not follow
+        a transaction's snapshot, so without it a reader's transaction could read one relation
+        from the old schema and the next from the new one; with it, a reader's transaction ends
+        before the swap or reads only after it. Each statement of a try waits at most 200 ms
+        (the try stays below deadlock_timeout, so a reader holding one table and waiting for the
+        next is never the one aborted), then the try lets the waiting readers through and the
+        lock is tried again."""
+        rels = conn.execute(
+            "SELECT c.oid::regclass::text, c.relkind FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'm', 'v', 'f') "
+            "ORDER BY c.relname", (self.live,)).fetchall()
+        tables = [name for name, kind in rels if kind != "m"]
+        stmts = [f"LOCK TABLE {', '.join(tables)} IN ACCESS EXCLUSIVE MODE"] if tables else []
+        # LOCK TABLE refuses materialized views; ALTER ... OWNER takes the same lock (and the
+        # old schema is dropped after the swap anyway).
+        stmts += [f"ALTER MATERIALIZED VIEW {name} OWNER TO CURRENT_USER" for name, kind in rels
+                  if kind == "m"]
+        deadline = time.monotonic() + 30
+        while stmts:
+            try:
+                with conn.transaction():  # a savepoint: a try that timed out is undone alone
+                    conn.execute("SET LOCAL statement_timeout = '200ms'")
+                    for stmt in stmts:
+                        conn.execute(stmt)
+                    conn.execute("SET LOCAL statement_timeout TO DEFAULT")
+                return
+            except psycopg.errors.QueryCanceled:
+                if time.monotonic() > deadline:
+                    raise pg.LockBusy(
+                        f"readers kept the tables of schema {self.live} busy for 30 s; the new data "
+                        f"waits in schema {self.build}", dataset=self.live, run=self.run.id,
+                        hint=f"run `etl load {self.run.path}` again: it resumes at the swap") from None
+
+    def _swap(self, conn: Any) -> None:
+        old = f"{self.live}__old{self.ledger_id}"
+        conn.execute("SET LOCAL lock_timeout = '30s'")
+        if _schema_exists(conn, self.live):
+            self._lock_live(conn)
+            conn.execute(f"ALTER SCHEMA {quote_ident(self.live)} RENAME TO {quote_ident(old)}")
+        conn.execute(f"ALTER SCHEMA {quote_ident(self.build)} RENAME TO {quote_ident(self.live)}")
+        ledger.finish_run(conn, self.ledger_id, status="succeeded", phases=self.phases,
+                          rows={n: int(e["rows"]) for n, e in self.entries.items()},
+                          peak_rss=peak_rss_bytes())
+
+    # -- driver ---------------------------------------------------------------------------
+
+    def _cleanup_stale(self, conn: Any) -> None:
+        """Drop build and old schemas that earlier, interrupted loads left (we hold the lock)."""
+        rows = conn.execute(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s OR nspname LIKE %s",
+            (f"{self.live}\\_\\_b%", f"{self.live}\\_\\_old%")).fetchall()
+        for (name,) in rows:
+            if name != self.build:
+                log.info("dropping %s, left by an interrupted load", name)
+                conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
+
+    def execute(self, *, force: bool) -> LoadResult:
+        digest = manifest_digest(self.run)
+        result = LoadResult(self.run, self.url, None, self.live, self.mode)
+        with pg.connect(self.url) as lock_conn:
+            lock_conn.execute("SET application_name = 'etl load'")
+            with pg.advisory_lock(lock_conn, f"load:{self.live}", what=f"load of {self.live}"):
+                last = ledger.last_success(lock_conn, self.live)
+                if (not force and last is not None and last["run_id"] == self.run.id
+                        and last.get("manifest_sha256") == digest and last["mode"] == self.mode
+                        and _schema_exists(lock_conn, self.live)):
+                    log.info("run %s is already loaded into %s (ledger #%s)", self.run.id,
+                             self.live, last["id"])
+                    result.ledger_id = int(last["id"])
+                    result.rows = dict(last.get("rows") or {})
+                    result.skipped = True
+                    # A load killed between its swap and dropping the old schema leaves it behind.
+                    self._drop_old(lock_conn)
+                    return result
+                resume = ledger.resume_candidate(lock_conn, dataset=self.live, run_id=self.run.id,
+                                                 mode=self.mode)
+                if resume is not None:
+                    row = lock_conn.execute("SELECT manifest_sha256 FROM etl.runs WHERE id = %s",
+                                            (resume,)).fetchone()
+                    if row is None or row[0] != digest:
+                        # The run was transformed again since: its copies are stale.
+                        log.info("not resuming load #%d: the run's tables changed since", resume)
+                        resume = None
+                if resume is not None:
+                    self.ledger_id = resume
+                    ledger.mark_running(lock_conn, resume)
+                    self.steps = dict(ledger.steps_done(lock_conn, resume))
+                else:
+                    self.ledger_id = ledger.start_run(lock_conn, dataset=self.live, run_id=self.run.id,
+                                                      manifest_sha256=digest, mode=self.mode)
+                self.build = f"{self.live}__b{self.ledger_id}"
+                if self.steps and not _schema_exists(lock_conn, self.build):
+                    log.warning("build schema %s is gone; starting this load over", self.build)
+                    lock_conn.execute("DELETE FROM etl.load_steps WHERE run = %s", (self.ledger_id,))
+                    self.steps = {}
+                result.ledger_id = self.ledger_id
+                result.schema = self.live
+                result.resumed_from = list(self.steps)
+                if self.steps:
+                    log.info("resuming load #%d of %s: %d step(s) already done", self.ledger_id,
+                             self.run.id, len(self.steps))
+                try:
+                    self._cleanup_stale(lock_conn)
+                    self._run_steps()
+                except BaseException as exc:
+                    self._fail(exc)
+                    raise
+                finally:
+                    self.close()
+                self._drop_old(lock_conn)
+        result.rows = {n: int(e["rows"]) for n, e in self.entries.items()}
+        result.checksums = {n: v["checksum"] for n, v in (self.steps.get("verify") or {}).items()}
+        result.phases = self.phases
+        return result
+
+    def _run_steps(self) -> None:
+        total_rows = sum(int(e["rows"]) for e in self.entries.values())
+        # Largest tables first, so the concurrent copies end together.
+        order = sorted(self.tables, key=lambda n: -int(self.entries[n]["rows"]))
+
+        def copy_all() -> None:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etl-load") as pool:
+                # Each worker opens its ADBC connection while the build schema is created (the
+                # barrier puts one opening on each thread).
+                barrier = threading.Barrier(self.workers)
+
+                def warm() -> None:
+                    barrier.wait()
+                    self._adbc()
+
+                warming = [pool.submit(warm) for _ in range(self.workers)]
+                self._step("create", self._create)
+                for fut in warming:
+                    fut.result()
+                list(pool.map(self._copy_table, order))
+
+        def keys_all() -> None:
+            with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etl-keys") as pool:
+                list(pool.map(self._keys, order))
+            self._step("fkeys", self._fkeys)
+
+        def post_load() -> None:
+            self._step("sql", self._post_sql)
+
+        self._timed("load", total_rows, copy_all)
+        self._timed("keys", total_rows, keys_all)
+        self._timed("post-load", total_rows, post_load)
+        self._timed("verify", total_rows, lambda: self._step("verify", self._verify))
+        self._timed("swap", 0, lambda: self._step("swap", self._swap))
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.ledger_id:
+            return
+        try:
+            with pg.connect(self.url) as conn:
+                ledger.finish_run(conn, self.ledger_id, status="failed", phases=self.phases,
+                                  rows={}, peak_rss=peak_rss_bytes(), error=str(exc)[:2000])
+                if isinstance(exc, VerificationFailed):
+                    # The build schema holds wrong rows: the next load must build it again
+                    # (dropping it), not resume the steps that made it.
+                    conn.execute("DELETE FROM etl.load_steps WHERE run = %s", (self.ledger_id,))
+        except Exception:  # the database may be what failed; the error itself is what matters
+            log.warning("could not record the failure in the ledger", exc_info=True)
+
+    def _drop_old(self, conn: Any) -> None:
+        try:
+            self._cleanup_stale(conn)
+        except Exception:
+            log.warning("could not drop the previous schema yet; the next load will", exc_info=True)
+
+
+def load(
+    run: Run,
+    *,
+    database_url: str | None = None,
+    mode: Mode = "full",
+    force: bool = False,
+    workers: int = 2,
+    retries: int = 4,
+    retry_delay: float = 0.5,
+    progress: Progress | None = None,
+) -> LoadResult:
+    """Load a transformed run into PostgreSQL (see the module docstring for the steps).
+
+    ``database_url=None`` uses the embedded server. The ledger is created or upgraded first if
+    needed. A run already loaded (same content, same mode) is skipped unless ``force``.
+    Raises :class:`~etl.pg.LockBusy` if another load of the dataset runs,
+    :class:`VerificationFailed` if the database differs from the staged tables, and
+    :class:`~etl.pg.DatabaseError` when the connection keeps dropping.
+    """
+    if "tables" not in run.manifest:
+        raise RunStateError(f"run {run.id} has no transformed tables", run=run.id,
+                            hint=f"run `etl transform {run.path}` first")
+    url = pg.resolve_url(database_url)
+    ensure_ledger(url)
+    loader = _Loader(run, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
+                     progress=progress)
+    result = loader.execute(force=force)
+    if not result.skipped:
+        log.info("loaded %s into %s (%d rows, ledger #%s)", run.id, result.schema,
+                 sum(result.rows.values()), result.ledger_id)
+    return result
+
+
+def ensure_ledger(url: str) -> None:
+    """Create or upgrade the ledger (and live schemas) when the database is behind."""
+    if ledger.current(url) not in ledger.heads():
+        applied = ledger.upgrade(url)
+        log.info("applied migrations %s", ", ".join(applied))
+
+
+def live_tables(url: str, dataset: Dataset) -> dict[str, int]:
+    """Row counts of the dataset's live tables (for summaries and tests)."""
+    out: dict[str, int] = {}
+    with pg.connect(url) as conn:
+        for t in dataset.tables:
+            row = conn.execute(
+                f"SELECT count(*) FROM {quote_ident(dataset.name)}.{quote_ident(t.name)}").fetchone()
+            out[t.name] = int(row[0]) if row else 0
+    return out
+
+
+def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None) -> dict[str, str]:
+    """Content checksums of the dataset's tables as they are in the database."""
+    names: Sequence[Table] = dataset.tables
+    out = {}
+    conn = pg.connect_adbc(url, autocommit=True)
+    try:
+        for table in names:
+            cols = ", ".join(quote_ident(c.name) for c in table.columns)
+            cur = conn.cursor()
+            cur.execute(f"SELECT {cols} FROM {quote_ident(schema or dataset.name)}.{quote_ident(table.name)}")
+            frames = (pl.from_arrow(b).cast(dict(table.polars_schema))  # type: ignore[arg-type]
+                      for b in cur.fetch_record_batch())
+            out[table.name] = frames_checksum(frames)  # type: ignore[arg-type]
+            cur.close()
+    finally:
+        conn.close()
+    return out
+
+
+__all__ = ["DatabaseError", "LoadResult", "Mode", "VerificationFailed", "load", "sql_files"]
