@@ -16,15 +16,23 @@ install:
 demo *ARGS:
     {{venv}}etl demo {{ARGS}}
 
-# stage, validate and transform an export: just run mids ../shared/data/mids
+# stage, validate, transform and load an export: just run mids ../shared/data/mids
 run DATASET +SOURCES:
-    run=$({{venv}}etl stage {{DATASET}} {{SOURCES}}) && {{venv}}etl validate "$run" && {{venv}}etl transform "$run"
+    {{venv}}etl run {{DATASET}} {{SOURCES}}
+
+# load a transformed run (resumes an interrupted load): just load staging/mids/<run>
+load RUN *ARGS:
+    {{venv}}etl load {{RUN}} {{ARGS}}
+
+# apply the Alembic migrations (ledger and live schemas)
+db-upgrade *ARGS:
+    {{venv}}etl db upgrade {{ARGS}}
 
 # validate an export or a staged run (CI: writes report.json)
 validate TARGET *ARGS:
     {{venv}}etl validate {{TARGET}} {{ARGS}}
 
-# the benchmark: 78k and 360k entries amplified from the real sample
+# the benchmark: 78k and 360k entries amplified from the real sample, through the load
 perf-bench *ARGS:
     {{venv}}etl bench {{ARGS}}
 

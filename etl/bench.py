@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,14 @@ if phase == "stage":
     from etl.stage import stage
     r = stage(get_dataset("mids"), [arg], settings=settings, force=True)
     out = {"run": str(r.run.path), **r.phase.to_dict()}
+elif phase in ("load", "load-unsafe"):
+    from etl.load import load
+    mode = "unsafe-fast" if phase == "load-unsafe" else "full"
+    r = load(open_run(arg), database_url=sys.argv[4], force=True, mode=mode)
+    parts = [p.to_dict() for p in r.phases]
+    out = {"name": "load+post-load", "seconds": sum(p["seconds"] for p in parts),
+           "rows": sum(r.rows.values()), "peak_rss": max(p["peak_rss"] for p in parts),
+           "parts": parts}
 elif phase == "validate":
     from etl.validate import validate
     r = validate(open_run(arg))
@@ -39,9 +48,9 @@ print(json.dumps(out))
 """
 
 
-def _run_phase(phase: str, arg: str, staging: Path) -> dict[str, Any]:
+def _run_phase(phase: str, arg: str, staging: Path, url: str = "") -> dict[str, Any]:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", _PHASE_SCRIPT, phase, arg, str(staging)],
+    proc = subprocess.Popen([sys.executable, "-c", _PHASE_SCRIPT, phase, arg, str(staging), url],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, errs = proc.communicate()
     wall = time.perf_counter() - start
@@ -52,6 +61,41 @@ def _run_phase(phase: str, arg: str, staging: Path) -> dict[str, Any]:
     return result
 
 
+def copy_ceiling(url: str, dataset_name: str = "mids") -> dict[str, Any]:
+    """The ceiling the load is measured against: server-side ``COPY … FROM file (FORMAT binary)``
+    of the live tables' rows, into bare tables created in the same transaction (as the loader's
+    COPY does after its TRUNCATE), no client involved."""
+    from etl.datasets import get_dataset
+    from etl.pg import connect, quote_ident
+    from etl.schema import create_tables_sql
+
+    dataset = get_dataset(dataset_name)
+    folder = Path(tempfile.mkdtemp(prefix="etl-ceiling-"))
+    os.chmod(folder, 0o777)  # the server process writes and reads these files
+    scratch = f"{dataset.name}__ceiling"
+    try:
+        with connect(url) as conn:
+            for t in dataset.tables:
+                path = folder / f"{t.name}.bin"
+                conn.execute(f"COPY {quote_ident(dataset.name)}.{quote_ident(t.name)} TO "
+                             f"'{path}' (FORMAT binary)")
+            conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(scratch)} CASCADE")
+            conn.execute(f"CREATE SCHEMA {quote_ident(scratch)}")
+            size = sum(p.stat().st_size for p in folder.iterdir())
+            start = time.perf_counter()
+            with conn.transaction():
+                for stmt in create_tables_sql(dataset, scratch):
+                    conn.execute(stmt)
+                for t in dataset.tables:
+                    conn.execute(f"COPY {quote_ident(scratch)}.{quote_ident(t.name)} FROM "
+                                 f"'{folder / (t.name + '.bin')}' (FORMAT binary)")
+            seconds = time.perf_counter() - start
+            conn.execute(f"DROP SCHEMA {quote_ident(scratch)} CASCADE")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"seconds": seconds, "bytes": size}
+
+
 def run_bench(
     sizes: list[int],
     *,
@@ -59,8 +103,17 @@ def run_bench(
     work_dir: Path,
     log: Callable[[str], None] = lambda msg: None,
     seed: int = 1,
+    database_url: str | None = None,
+    load: bool = True,
 ) -> list[dict[str, Any]]:
-    """Generate an export per size (kept between runs), then time the three phases."""
+    """Generate an export per size (kept between runs), then time each phase in its own process:
+    stage, validate, transform and (with ``load``) the load through indexes, the materialized
+    view, verification and the swap, plus the server-side COPY ceiling."""
+    url = ""
+    if load:
+        from etl.pg import resolve_url
+
+        url = resolve_url(database_url)
     results = []
     for entries in sizes:
         export = work_dir / f"mids-{entries}-{'real' if template else 'synthetic'}-s{seed}"
@@ -80,6 +133,15 @@ def run_bench(
         checked = _run_phase("validate", staged["run"], staging)
         built = _run_phase("transform", staged["run"], staging)
         phases = [staged, checked, built]
+        ceiling = None
+        unsafe: dict[str, Any] = {}
+        if load:
+            loaded = _run_phase("load", staged["run"], staging, url)
+            phases.append(loaded)
+            ceiling = copy_ceiling(url)
+            unsafe = _run_phase("load-unsafe", staged["run"], staging, url)
+            # Leave the bench database with logged tables, as a normal load would.
+            _run_phase("load", staged["run"], staging, url)
         results.append({
             "entries": info["entries"], "files": info["files"], "bytes": info["bytes"],
             "phases": phases,
@@ -88,6 +150,10 @@ def run_bench(
             "max_peak_rss": max(p["peak_rss"] for p in phases),
             "validation": checked["status"],
             "tables": built["tables"],
+            "load_parts": phases[3]["parts"] if load else [],
+            "unsafe_fast_parts": unsafe["parts"] if load else [],
+            "copy_ceiling": ceiling,
+            "database": "embedded" if load and not database_url else ("given" if load else None),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         })
     return results

@@ -323,6 +323,182 @@ def transform_cmd(ctx: click.Context, run_dir: Path) -> None:
     click.echo(run.path)
 
 
+# ------------------------------------------------------------------------------ load, run, rebuild
+
+_UNSAFE_WARNING = (
+    "--unsafe-fast builds the tables UNLOGGED and commits without waiting for the disk. "
+    "UNLOGGED tables skip the write-ahead log: if the PostgreSQL server crashes or is shut down "
+    "uncleanly, they come back EMPTY, and they are not copied to replicas or point-in-time "
+    "backups. Use it for scratch databases you can rebuild (`etl rebuild RUN`), not for data "
+    "you need to keep.")
+
+
+def _load_options(fn: F) -> F:
+    for opt in reversed([
+        click.option("--database-url", help="PostgreSQL URL (env ETL_DATABASE_URL or DATABASE_URL; "
+                     "default: the project's embedded server, started if needed)."),
+        click.option("--unsafe-fast", is_flag=True,
+                     help="Build UNLOGGED tables with synchronous_commit off (faster; lost on a "
+                          "server crash). Asks for confirmation."),
+        click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --unsafe-fast)."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _mode(unsafe_fast: bool, yes: bool) -> Any:
+    if not unsafe_fast:
+        return "full"
+    err.print(f"[bold yellow]warning:[/] {escape(_UNSAFE_WARNING)}", soft_wrap=True)
+    if not yes and not click.confirm("Load with --unsafe-fast?", default=False, err=True):
+        raise click.Abort()
+    return "unsafe-fast"
+
+
+def _connect_hint(url: str, settings: Settings) -> None:
+    from etl.errors import mask_secrets
+
+    if not settings.database_url:
+        err.print(f"loaded into the project's embedded PostgreSQL; connect with: "
+                  f"[bold]psql {escape(url)}[/]  (stop it with `etl db stop`)", soft_wrap=True)
+    else:
+        err.print(f"database: {escape(mask_secrets(url))}", soft_wrap=True)
+
+
+def _print_load(result: Any) -> None:
+    if result.skipped:
+        err.print(f"run {result.run.id} is already loaded into schema {result.schema} "
+                  f"(ledger #{result.ledger_id}); nothing to do. Use --force to load it again.")
+        return
+    if result.resumed_from:
+        err.print(f"resumed load #{result.ledger_id}: {len(result.resumed_from)} step(s) were already "
+                  "done")
+    table = Table(title=f"schema {result.schema} (ledger #{result.ledger_id}, {result.mode})",
+                  title_justify="left")
+    for col in ("table", "rows", "checksum"):
+        table.add_column(col, justify="left" if col != "rows" else "right")
+    for name, rows in result.rows.items():
+        table.add_row(name, f"{rows:,}", result.checksums.get(name, ""))
+    err.print(table)
+
+
+@main.command("load")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@_load_options
+@click.option("--force", is_flag=True, help="Load again even if this run is already loaded.")
+@click.pass_context
+@_handle_errors
+def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe_fast: bool, yes: bool,
+             as_json: bool, force: bool) -> None:
+    """Load a transformed run into PostgreSQL: a new schema, COPY, keys, indexes, views, checks,
+    then one swap.
+
+    The dataset's live schema is untouched until the final swap. An interrupted load (killed,
+    connection lost) resumes when you run the same command again. A second load of the same
+    dataset while one runs is refused.
+
+    \b
+    Examples:
+      etl load staging/mids/mids-1a2b3c4d5e6f
+      etl load staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db:5432/games
+    """
+    from etl.load import load
+
+    settings = _settings(ctx, database_url=database_url)
+    mode = _mode(unsafe_fast, yes)
+    run = open_run(run_dir)
+    with _progress() as progress:
+        result = load(run, database_url=settings.database_url, mode=mode, force=force, progress=progress)
+    if as_json:
+        click.echo(json.dumps({
+            "run": str(run.path), "run_id": run.id, "schema": result.schema,
+            "ledger_id": result.ledger_id, "mode": result.mode, "skipped": result.skipped,
+            "rows": result.rows, "checksums": result.checksums,
+            "phases": [p.to_dict() for p in result.phases]}, indent=2))
+        return
+    _print_load(result)
+    if result.phases:
+        print_phases(result.phases)
+    _connect_hint(result.url, settings)
+    click.echo(run.path)
+
+
+@main.command("run")
+@click.argument("dataset")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--max-reject-ratio", type=float, default=0.0, show_default=True,
+              help="Allowed share of rejected rows per level before the run stops.")
+@_load_options
+@stage_options
+@click.pass_context
+@_handle_errors
+def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reject_ratio: float,
+            database_url: str | None, unsafe_fast: bool, yes: bool, as_json: bool,
+            **opts: Any) -> None:
+    """Stage, validate, transform and load an export in one go.
+
+    Validation errors stop the run before anything reaches the database. Ends with a per-phase
+    summary (time, rows, rows/s, peak memory); --json prints it as JSON for scripts.
+
+    \b
+    Examples:
+      etl run mids ../shared/data/mids
+      etl run mids ./export --database-url postgresql://me@db:5432/games --json
+    """
+    from etl.pipeline import run_all
+
+    settings = _settings(ctx, database_url=database_url, memory_limit=opts.get("memory_limit"),
+                         chunk_rows=opts.get("chunk_rows"), threads=opts.get("threads"))
+    mode = _mode(unsafe_fast, yes)
+    with _progress() as progress:
+        result = run_all(get_dataset(dataset), list(sources), settings=settings,
+                         max_reject_ratio=max_reject_ratio, mode=mode, force=opts.get("force", False),
+                         progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    print_report(result.report)
+    if result.load is not None:
+        _print_load(result.load)
+    print_phases(result.phases, title=f"{result.run.id}: {sum(p.seconds for p in result.phases):.2f} s")
+    if result.load is not None:
+        _connect_hint(result.load.url, settings)
+    click.echo(result.run.path)
+
+
+@main.command("rebuild")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--database-url", help="PostgreSQL URL (default: as for `etl load`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+@_handle_errors
+def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_json: bool) -> None:
+    """Rebuild the dataset in the database from a staged run directory alone.
+
+    Every chunk file is first checked against the sha256 in the manifest; a changed or missing
+    file is refused and named. The tables then load as a full, verified, atomic load.
+
+    \b
+    Example:
+      etl rebuild staging/mids/mids-1a2b3c4d5e6f
+    """
+    from etl.pipeline import rebuild
+
+    settings = _settings(ctx, database_url=database_url)
+    with _progress() as progress:
+        result = rebuild(run_dir, settings=settings, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    if result.load is not None:
+        _print_load(result.load)
+    print_phases(result.phases)
+    if result.load is not None:
+        _connect_hint(result.load.url, settings)
+    click.echo(result.run.path)
+
+
 # ------------------------------------------------------------------------------ generate, demo, bench
 
 
@@ -357,30 +533,45 @@ def generate_cmd(dataset: str, out: Path, powersets: int | None, entries: int | 
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path(".etl/demo-export"),
               show_default=True, help="Where to write the generated export.")
 @click.option("--powersets", type=int, default=200, show_default=True)
+@click.option("--database-url", help="Where to load (env ETL_DATABASE_URL or DATABASE_URL; default: "
+              "the project's embedded PostgreSQL, started if needed).")
+@click.option("--no-load", is_flag=True, help="Stop after transform (no database needed).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.pass_context
 @_handle_errors
-def demo_cmd(ctx: click.Context, out: Path, powersets: int, as_json: bool) -> None:
-    """Generate a small mids export (the real format) and run the pipeline on it.
+def demo_cmd(ctx: click.Context, out: Path, powersets: int, database_url: str | None, no_load: bool,
+             as_json: bool) -> None:
+    """Generate a small mids export (the real format) and run the whole pipeline on it.
 
-    Needs nothing but this repository: the export comes from the project's own generator.
+    Needs nothing but this repository: the export comes from the project's own generator, and
+    with no database URL the tables load into a PostgreSQL of the project's own (`etl db`).
 
     \b
-    Example:
+    Examples:
       etl demo
+      etl demo --database-url postgresql://postgres@127.0.0.1:5432/postgres
+      etl demo --no-load
     """
     from etl.gen.mids import generate_mids
-    from etl.pipeline import run_pipeline
+    from etl.pipeline import run_all, run_pipeline
 
+    settings = _settings(ctx, database_url=database_url)
     made = generate_mids(out, powersets=powersets, seed=0)
     err.print(f"generated a mids export: {made.files:,} files, {made.bytes / 1e6:,.1f} MB in {out}")
     with _progress() as progress:
-        result = run_pipeline(get_dataset("mids"), [str(out)], settings=_settings(ctx), progress=progress)
+        if no_load:
+            result = run_pipeline(get_dataset("mids"), [str(out)], settings=settings, progress=progress)
+        else:
+            result = run_all(get_dataset("mids"), [str(out)], settings=settings, progress=progress)
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
         return
     print_report(result.report)
-    print_phases(result.phases)
+    if result.load is not None:
+        _print_load(result.load)
+    print_phases(result.phases, title=f"{result.run.id}: {sum(p.seconds for p in result.phases):.2f} s")
+    if result.load is not None:
+        _connect_hint(result.load.url, settings)
     click.echo(result.run.path)
 
 
@@ -392,23 +583,29 @@ def demo_cmd(ctx: click.Context, out: Path, powersets: int, as_json: bool) -> No
               help="Real export to amplify; falls back to the synthetic generator if missing.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".etl/bench"), show_default=True)
+@click.option("--database-url", help="Where to load (default: the embedded server).")
+@click.option("--no-load", is_flag=True, help="Measure stage, validate and transform only.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
 @_handle_errors
-def bench_cmd(entries: tuple[int, ...], template: Path, work_dir: Path, as_json: bool) -> None:
-    """Measure stage, validate and transform on generated exports of realistic sizes.
+def bench_cmd(entries: tuple[int, ...], template: Path, work_dir: Path, database_url: str | None,
+              no_load: bool, as_json: bool) -> None:
+    """Measure the whole pipeline on generated exports of realistic sizes.
 
-    Each phase runs in its own process, as `etl stage/validate/transform` would, and reports
-    wall time, rows, rows/s and that process's peak RSS.
+    Each phase runs in its own process, as `etl stage/validate/transform/load` would, and
+    reports time, rows, rows/s and that process's peak RSS. The load is measured through keys,
+    indexes, the materialized view, verification and the swap, and compared with the ceiling:
+    a server-side COPY ... FROM file (FORMAT binary) of the same final rows.
 
     \b
-    Example:
+    Examples:
       etl bench --entries 78000 --entries 360000
+      etl bench --entries 360000 --database-url postgresql://postgres@127.0.0.1/bench
     """
     from etl.bench import run_bench
 
     sizes = list(entries) or [78_000, 360_000]
     results = run_bench(sizes, template=template if template.is_dir() else None, work_dir=work_dir,
-                        log=lambda msg: err.print(msg))
+                        log=lambda msg: err.print(msg), database_url=database_url, load=not no_load)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
@@ -416,9 +613,23 @@ def bench_cmd(entries: tuple[int, ...], template: Path, work_dir: Path, as_json:
         print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"]) for p in res["phases"]],
                      title=f"{res['entries']:,} entries, {res['files']:,} files, "
                            f"{res['bytes'] / 1e6:,.0f} MB")
-        err.print(f"three phases: {res['total_seconds']:.2f} s in-process "
-                  f"({res['total_wall_seconds']:.2f} s with interpreter start); max peak RSS "
+        if res["load_parts"]:
+            print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"])
+                          for p in res["load_parts"]], title="load, step by step")
+        err.print(f"whole run: {res['total_seconds']:.2f} s in-process "
+                  f"({res['total_wall_seconds']:.2f} s with interpreter starts); max peak RSS "
                   f"{_mb(res['max_peak_rss'])}")
+        if res["unsafe_fast_parts"]:
+            safe = {p["name"]: p["seconds"] for p in res["load_parts"]}
+            fast = {p["name"]: p["seconds"] for p in res["unsafe_fast_parts"]}
+            err.print("--unsafe-fast (UNLOGGED, synchronous_commit off): " + ", ".join(
+                f"{name} {fast[name]:.2f} s (vs {safe[name]:.2f} s)" for name in fast if name in safe))
+        if res["copy_ceiling"]:
+            copy = next(p for p in res["load_parts"] if p["name"] == "load")
+            ceiling = res["copy_ceiling"]["seconds"]
+            err.print(f"COPY ceiling (server-side COPY FROM binary file, same rows): {ceiling:.2f} s; "
+                      f"the load's COPY phase took {copy['seconds']:.2f} s = "
+                      f"{copy['seconds'] / ceiling:.2f}x the ceiling")
 
 
 # ------------------------------------------------------------------------------ db (the embedded server)
