@@ -187,7 +187,10 @@ def inspect_file(path: Path, relpath: str, source: str, *, keep: int = 0) -> tup
     first_at = -1
     whole: bytes | None = None
     with open(path, "rb") as f:
-        first = f.read(keep + 1) if keep and inflate is None else b""
+        # read() sized from the file's length: asking for ``keep`` bytes would allocate (and
+        # map and unmap) a buffer of that size for every small file.
+        small = keep and inflate is None and os.fstat(f.fileno()).st_size <= keep
+        first = f.read() if small else b""
         if first and len(first) <= keep:
             whole = first
             blocks: Iterator[bytes] = iter((first,))
@@ -203,7 +206,7 @@ def inspect_file(path: Path, relpath: str, source: str, *, keep: int = 0) -> tup
                     raise InputError(f"not a valid gzip file: {exc}", file=path,
                                      hint="re-compress or decompress the file") from exc
             if not head:
-                stripped = block.lstrip(_WS)
+                stripped = block.lstrip(_WS)  # the block itself when nothing is stripped
                 if stripped:
                     head = stripped[:4]
                     first_at = offset + len(block) - len(stripped)
@@ -211,7 +214,8 @@ def inspect_file(path: Path, relpath: str, source: str, *, keep: int = 0) -> tup
                     # NDJSON: the first line is a whole object and more lines follow.
                     ndjson = newline > 0 and stripped[:newline].rstrip().endswith(b"}") \
                         and bool(stripped[newline:].strip(_WS))
-            end = block.rstrip(_WS)
+            # A window first: rstrip of a whole block with a trailing newline would copy it.
+            end = block[-4096:].rstrip(_WS) or block.rstrip(_WS)
             if end:
                 tail = (tail + end[-4:])[-4:]
             offset += len(block)
@@ -535,24 +539,38 @@ def _scan_in_order(
 
 
 def _object_records(items: list[tuple[InputFile, bytes]]) -> pa.Table:
-    """A numbered record table from whole one-object files (record 0 of each)."""
-    data = pa.array([c for _, c in items], pa.binary())
+    """A numbered record table from whole one-object files (record 0 of each).
+
+    The contents are joined into one buffer with an offsets array (far cheaper than converting
+    a list of bytes objects), then checked to be valid UTF-8."""
+    data = b"".join(c for _, c in items)
+    large = len(data) >= 1 << 31
+    offsets = np.zeros(len(items) + 1, dtype=np.int64 if large else np.int32)
+    np.cumsum([len(c) for _, c in items], out=offsets[1:])
+    text = pa.Array.from_buffers(pa.large_string() if large else pa.string(), len(items),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     try:
-        text = data.cast(pa.string())  # checks UTF-8
-    except pa.ArrowInvalid:
-        for info, content in items:
-            try:
-                content.decode("utf-8")
-            except UnicodeDecodeError:
-                record, offset, reason = diagnose_json(info.path)
-                raise InputError(f"malformed JSON: {reason}", file=info.path, record=record,
-                                 offset=offset, hint="fix or remove this file, then stage again") from None
-        raise
+        text.validate(full=True)  # checks UTF-8
+    except pa.ArrowInvalid as exc:
+        m = re.search(r"string index (\d+)", str(exc))
+        info = items[int(m.group(1))][0] if m else next(
+            (i for i, c in items if not _is_utf8(c)), items[0][0])
+        record, offset, reason = diagnose_json(info.path)
+        raise InputError(f"malformed JSON: {reason}", file=info.path, record=record,
+                         offset=offset, hint="fix or remove this file, then stage again") from None
     return pa.table({
         "_file": pa.array([i.relpath for i, _ in items], pa.string()),
         "_record": pa.array(np.zeros(len(items), dtype=np.int64)),
         "json": text,
     })
+
+
+def _is_utf8(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _source_batches(
