@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +43,7 @@ from etl.dataset import Dataset, Table
 from etl.errors import EtlError, RunStateError
 from etl.metrics import Phase, peak_rss_bytes
 from etl.pg import DatabaseError, quote_ident
-from etl.run import Run, frames_checksum
+from etl.run import Run, canonical_json_columns, frames_checksum
 from etl.schema import constraints_sql, create_tables_sql
 
 log = logging.getLogger(__name__)
@@ -133,17 +133,50 @@ def sql_files(dataset: Dataset) -> list[Path]:
     return sorted(folder.glob("*.sql")) if folder.is_dir() else []
 
 
-def _table_reader(run: Run, table: Table, entry: dict[str, Any]) -> tuple[pa.RecordBatchReader, int]:
-    """A stream of the table's staged rows (bounded memory), and its row count."""
+def _json_columns(table: Table) -> list[str]:
+    return [c.name for c in table.columns if c.type == "jsonb"]
+
+
+def _frames(batches: Iterable[pa.RecordBatch], table: Table) -> Iterator[pl.DataFrame]:
+    """Arrow batches (staged or read back) as frames typed like the table, jsonb text in canonical
+    form: what checksums are computed over."""
+    schema = dict(table.polars_schema)
+    json_cols = _json_columns(table)
+    for batch in batches:
+        if any(isinstance(f.type, pa.BaseExtensionType) for f in batch.schema):  # jsonb: arrow.json
+            batch = pa.RecordBatch.from_arrays(
+                [c.storage if isinstance(c.type, pa.BaseExtensionType) else c for c in batch.columns],
+                names=batch.schema.names)
+        df = pl.from_arrow(batch)
+        assert isinstance(df, pl.DataFrame)
+        yield canonical_json_columns(df.cast(schema), json_cols)  # type: ignore[arg-type]
+
+
+def _table_reader(run: Run, table: Table, entry: dict[str, Any], *,
+                  for_copy: bool = False) -> tuple[pa.RecordBatchReader, int]:
+    """A stream of the table's staged rows (bounded memory), and its row count.
+
+    ``for_copy``: jsonb columns are tagged as Arrow JSON, which ADBC sends as jsonb (plain
+    strings into a jsonb column are refused by the binary COPY)."""
     schema = table.polars_schema.to_arrow()
     paths = [run.path / c["path"] for c in entry.get("chunks", [])]
+    json_cols = set(_json_columns(table)) if for_copy else set()
+    out_schema = pa.schema([pa.field(f.name, pa.json_(pa.string())) if f.name in json_cols else f
+                            for f in schema])
+
+    def tag(batch: pa.RecordBatch) -> pa.RecordBatch:
+        arrays = [pa.ExtensionArray.from_storage(pa.json_(pa.string()), col.cast(pa.string()))
+                  if name in json_cols else col for name, col in zip(batch.schema.names, batch.columns,
+                                                                      strict=True)]
+        return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
 
     def batches() -> Iterator[pa.RecordBatch]:
         for path in paths:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
-                yield batch if batch.schema == schema else batch.cast(schema)
+                batch = batch if batch.schema == schema else batch.cast(schema)
+                yield tag(batch) if json_cols else batch
 
-    return pa.RecordBatchReader.from_batches(schema, batches()), int(entry["rows"])
+    return pa.RecordBatchReader.from_batches(out_schema, batches()), int(entry["rows"])
 
 
 # ------------------------------------------------------------------------------ the load
@@ -263,7 +296,7 @@ class _Loader:
         table = self.tables[name]
 
         def attempt() -> None:
-            reader, expected = _table_reader(self.run, table, self.entries[name])
+            reader, expected = _table_reader(self.run, table, self.entries[name], for_copy=True)
             conn = self._adbc()
             try:
                 cur = conn.cursor()
@@ -351,16 +384,7 @@ class _Loader:
             try:
                 cur = conn.cursor()
                 cur.execute(f"SELECT {cols} FROM {quote_ident(self.build)}.{quote_ident(name)}")
-                reader = cur.fetch_record_batch()
-                schema = table.polars_schema
-
-                def frames() -> Iterator[pl.DataFrame]:
-                    for batch in reader:
-                        df = pl.from_arrow(batch)
-                        assert isinstance(df, pl.DataFrame)
-                        yield df.cast(dict(schema))  # type: ignore[arg-type]
-
-                checksum = frames_checksum(frames())
+                checksum = frames_checksum(_frames(cur.fetch_record_batch(), table))
                 cur.close()
                 conn.rollback()
             except BaseException:
@@ -379,15 +403,7 @@ class _Loader:
         if entry.get("checksum_polars") == pl.__version__:
             return str(entry["checksum"])
         reader, _ = _table_reader(self.run, self.tables[name], entry)
-        schema = self.tables[name].polars_schema
-
-        def frames() -> Iterator[pl.DataFrame]:
-            for batch in reader:
-                df = pl.from_arrow(batch)
-                assert isinstance(df, pl.DataFrame)
-                yield df.cast(dict(schema))  # type: ignore[arg-type]
-
-        return frames_checksum(frames())
+        return frames_checksum(_frames(reader, self.tables[name]))
 
     def _verify(self, conn: Any) -> dict[str, Any]:
         results: dict[str, tuple[int, str]] = {}
@@ -646,9 +662,7 @@ def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None) ->
             cols = ", ".join(quote_ident(c.name) for c in table.columns)
             cur = conn.cursor()
             cur.execute(f"SELECT {cols} FROM {quote_ident(schema or dataset.name)}.{quote_ident(table.name)}")
-            frames = (pl.from_arrow(b).cast(dict(table.polars_schema))  # type: ignore[arg-type]
-                      for b in cur.fetch_record_batch())
-            out[table.name] = frames_checksum(frames)  # type: ignore[arg-type]
+            out[table.name] = frames_checksum(_frames(cur.fetch_record_batch(), table))
             cur.close()
     finally:
         conn.close()

@@ -71,6 +71,29 @@ def level_schema(level: Level, levels: Mapping[str, Level]) -> pl.Schema:
     return pl.Schema(cols)
 
 
+def canonical_json(text: str | None) -> str | None:
+    """JSON text in one canonical form (keys sorted, no spaces), so a value staged from the
+    export and the same value read back from a ``jsonb`` column (which PostgreSQL reorders and
+    reformats) compare equal. ``None`` and unparseable text are returned as they are."""
+    if text is None:
+        return None
+    try:
+        return orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONDecodeError:
+        return text
+    except TypeError:  # integers beyond 64 bits: the standard library handles them
+        return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_json_columns(df: pl.DataFrame, columns: Iterable[str]) -> pl.DataFrame:
+    """``df`` with the given JSON text columns in canonical form (see :func:`canonical_json`)."""
+    cols = [c for c in columns if c in df.columns]
+    if not cols or df.height == 0:
+        return df
+    return df.with_columns(pl.col(c).map_elements(canonical_json, return_dtype=pl.String,
+                                                  skip_nulls=True) for c in cols)
+
+
 def frames_checksum(frames: Iterable[pl.DataFrame]) -> str:
     """A content checksum of a table given in pieces, independent of row order and chunking.
 

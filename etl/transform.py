@@ -23,6 +23,7 @@ from etl.run import (
     MANIFEST,
     ChunkWriter,
     Run,
+    canonical_json_columns,
     frames_checksum,
     replace_dir,
     schema_to_json,
@@ -53,6 +54,10 @@ def _shape(table: Table, lf: pl.LazyFrame) -> pl.LazyFrame:
         raise RunStateError(f"transform for table {table.name} gives no column(s) {missing}",
                             hint="fix the dataset's transform")
     return lf.select([pl.col(c.name).cast(table.polars_schema[c.name]) for c in table.columns])
+
+
+def _json_columns(table: Table) -> list[str]:
+    return [c.name for c in table.columns if c.type == "jsonb"]
 
 
 def _check_keys(table: Table, df: pl.DataFrame) -> None:
@@ -100,7 +105,9 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
         # One table at a time, written and dropped before the next is built: peak memory is
         # the largest table, not all of them (collect_all would share work but hold them all).
         for i, (table, plan) in enumerate(zip(tables, plans, strict=True)):
-            df = plan.collect()
+            # jsonb columns are written canonical, so the staged checksum equals the one of the
+            # values read back from PostgreSQL.
+            df = canonical_json_columns(plan.collect(), _json_columns(table))
             _check_keys(table, df)
             writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
                                  schema=table.polars_schema.to_arrow())
