@@ -383,6 +383,20 @@ def _print_load(result: Any) -> None:
     err.print(table)
 
 
+def _print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:
+    """The end of `etl run` and `etl demo`: JSON, or report, load, phases, how to connect."""
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    print_report(result.report)
+    if result.load is not None:
+        _print_load(result.load)
+    print_phases(result.phases, title=f"{result.run.id}: {sum(p.seconds for p in result.phases):.2f} s")
+    if result.load is not None:
+        _connect_hint(result.load.url, settings)
+    click.echo(result.run.path)
+
+
 @main.command("load")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @_load_options
@@ -455,16 +469,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
         result = run_all(get_dataset(dataset), list(sources), settings=settings,
                          max_reject_ratio=max_reject_ratio, mode=mode, force=opts.get("force", False),
                          progress=progress)
-    if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
-        return
-    print_report(result.report)
-    if result.load is not None:
-        _print_load(result.load)
-    print_phases(result.phases, title=f"{result.run.id}: {sum(p.seconds for p in result.phases):.2f} s")
-    if result.load is not None:
-        _connect_hint(result.load.url, settings)
-    click.echo(result.run.path)
+    _print_pipeline(result, settings, as_json=as_json)
 
 
 @main.command("rebuild")
@@ -563,16 +568,7 @@ def demo_cmd(ctx: click.Context, out: Path, powersets: int, database_url: str | 
             result = run_pipeline(get_dataset("mids"), [str(out)], settings=settings, progress=progress)
         else:
             result = run_all(get_dataset("mids"), [str(out)], settings=settings, progress=progress)
-    if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
-        return
-    print_report(result.report)
-    if result.load is not None:
-        _print_load(result.load)
-    print_phases(result.phases, title=f"{result.run.id}: {sum(p.seconds for p in result.phases):.2f} s")
-    if result.load is not None:
-        _connect_hint(result.load.url, settings)
-    click.echo(result.run.path)
+    _print_pipeline(result, settings, as_json=as_json)
 
 
 @main.command("bench")
