@@ -22,10 +22,11 @@ from etl import Settings, get_dataset, open_run
 from etl.metrics import prefer_jemalloc
 prefer_jemalloc()
 phase, arg, staging = sys.argv[1], sys.argv[2], sys.argv[3]
+dataset = sys.argv[5] if len(sys.argv) > 5 else "mids"
 settings = Settings(staging_dir=staging)
 if phase == "stage":
     from etl.stage import stage
-    r = stage(get_dataset("mids"), [arg], settings=settings, force=True)
+    r = stage(get_dataset(dataset), [arg], settings=settings, force=True)
     out = {"run": str(r.run.path), **r.phase.to_dict()}
 elif phase in ("load", "load-unsafe"):
     from etl.load import load
@@ -48,9 +49,10 @@ print(json.dumps(out))
 """
 
 
-def _run_phase(phase: str, arg: str, staging: Path, url: str = "") -> dict[str, Any]:
+def _run_phase(phase: str, arg: str, staging: Path, url: str = "", dataset: str = "mids") -> dict[str, Any]:
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", _PHASE_SCRIPT, phase, arg, str(staging), url],
+    proc = subprocess.Popen([sys.executable, "-c", _PHASE_SCRIPT, phase, arg, str(staging), url,
+                             dataset],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, errs = proc.communicate()
     wall = time.perf_counter() - start
@@ -96,6 +98,27 @@ def copy_ceiling(url: str, dataset_name: str = "mids") -> dict[str, Any]:
     return {"seconds": seconds, "bytes": size}
 
 
+def _generate(dataset: str, export: Path, size: int, seed: int,
+              template: Path | None) -> dict[str, Any]:
+    """Write the bench export of ``size`` for ``dataset``; what the marker file records."""
+    if dataset == "aodb":
+        from etl.errors import ConfigError
+        from etl.gen.aodb import generate_aodb
+
+        if template is None:
+            raise ConfigError("the aodb bench amplifies a real sample and needs --template",
+                              hint="pass --template ../shared/data/aodb")
+        made = generate_aodb(export, items=size, template=template, seed=seed)
+        return {"files": made.files, "bytes": made.bytes, "entries": made.items}
+    if dataset != "mids":
+        from etl.errors import ConfigError
+
+        raise ConfigError(f"no bench generator for dataset {dataset!r}", hint="use mids or aodb")
+    made_mids = generate_mids(export, powersets=powersets_for_entries(size), seed=seed,
+                              template_dir=template)
+    return {"files": made_mids.files, "bytes": made_mids.bytes, "entries": made_mids.entries}
+
+
 def run_bench(
     sizes: list[int],
     *,
@@ -105,10 +128,14 @@ def run_bench(
     seed: int = 1,
     database_url: str | None = None,
     load: bool = True,
+    dataset: str = "mids",
 ) -> list[dict[str, Any]]:
     """Generate an export per size (kept between runs), then time each phase in its own process:
     stage, validate, transform and (with ``load``) the load through indexes, the materialized
-    view, verification and the swap, plus the server-side COPY ceiling."""
+    view, verification and the swap, plus the server-side COPY ceiling.
+
+    ``dataset``: ``mids`` (sizes are entries: powersets + powers + effects) or ``aodb`` (sizes
+    are items, amplified from ``template``, which it needs)."""
     url = ""
     if load:
         from etl.pg import resolve_url
@@ -116,33 +143,33 @@ def run_bench(
         url = resolve_url(database_url)
     results = []
     for entries in sizes:
-        export = work_dir / f"mids-{entries}-{'real' if template else 'synthetic'}-s{seed}"
+        kind = "real" if template else "synthetic"
+        export = work_dir / f"{dataset}-{entries}-{kind}-s{seed}"
         marker = export / ".complete.json"
         if not marker.exists():
             shutil.rmtree(export, ignore_errors=True)
-            log(f"generating a {entries:,}-entry export in {export} …")
-            made = generate_mids(export, powersets=powersets_for_entries(entries), seed=seed,
-                                 template_dir=template)
-            marker.write_text(json.dumps({"files": made.files, "bytes": made.bytes,
-                                          "entries": made.entries}))
+            log(f"generating a {entries:,}-{'item' if dataset == 'aodb' else 'entry'} export "
+                f"in {export} …")
+            marker.write_text(json.dumps(_generate(dataset, export, entries, seed, template)))
         info = json.loads(marker.read_text())
         staging = work_dir / "staging"
         log(f"measuring {info['entries']:,} entries ({info['files']:,} files, "
             f"{info['bytes'] / 1e6:,.0f} MB) …")
-        staged = _run_phase("stage", str(export), staging)
-        checked = _run_phase("validate", staged["run"], staging)
-        built = _run_phase("transform", staged["run"], staging)
+        staged = _run_phase("stage", str(export), staging, dataset=dataset)
+        checked = _run_phase("validate", staged["run"], staging, dataset=dataset)
+        built = _run_phase("transform", staged["run"], staging, dataset=dataset)
         phases = [staged, checked, built]
         ceiling = None
         unsafe: dict[str, Any] = {}
         if load:
             loaded = _run_phase("load", staged["run"], staging, url)
             phases.append(loaded)
-            ceiling = copy_ceiling(url)
+            ceiling = copy_ceiling(url, dataset)
             unsafe = _run_phase("load-unsafe", staged["run"], staging, url)
             # Leave the bench database with logged tables, as a normal load would.
             _run_phase("load", staged["run"], staging, url)
         results.append({
+            "dataset": dataset,
             "entries": info["entries"], "files": info["files"], "bytes": info["bytes"],
             "phases": phases,
             "total_seconds": sum(p["seconds"] for p in phases),

@@ -33,10 +33,17 @@ RuleKind = Literal["required", "range", "one_of", "unique", "references", "check
 #: JSON path of nested records inside it (``Powers[3].Effects[1]``), position in the parent list.
 LINEAGE = ("_file", "_record", "_path", "_index")
 
+#: The key of a :class:`Field` that stages the record itself, as compact JSON text, less the
+#: lists its child levels are staged from (those become rows of their own). Useful for records
+#: whose keys differ from one to the next: keep them all, losslessly, and type the common ones.
+ELEMENT = "*"
+
 
 @dataclass(frozen=True, slots=True)
 class Field:
-    """One staged column: ``name`` in Parquet, read from JSON ``key`` (dots go deeper)."""
+    """One staged column: ``name`` in Parquet, read from JSON ``key`` (dots go deeper).
+
+    The key :data:`ELEMENT` (``"*"``, type ``JSON`` only) reads the whole record of the level."""
 
     name: str
     key: str
@@ -53,7 +60,8 @@ class Level:
 
     ``path`` is the array key holding the records inside the parent record (or inside the
     file's top-level object when ``parent`` is None); ``path=None`` means the file's records
-    themselves. ``inherit`` copies parent fields into each child row (parent name, child name).
+    themselves. ``inherit`` copies parent fields into each child row (parent name, child name);
+    the parent's own inherited columns can be named too, so a key reaches every level below.
     """
 
     name: str
@@ -67,6 +75,27 @@ class Level:
             if f.name == name:
                 return f
         raise KeyError(f"level {self.name} has no field {name}")
+
+    @property
+    def whole(self) -> bool:
+        """Whether a field stages the record itself (key :data:`ELEMENT`)."""
+        return any(f.key == ELEMENT for f in self.fields)
+
+
+def inherited_field(levels: Mapping[str, Level], level: Level, name: str) -> Field:
+    """The field that ``level``'s parent column ``name`` comes from: a field of the parent, or
+    (for a column the parent inherits in turn) of an ancestor. KeyError when there is none."""
+    if level.parent is None:
+        raise KeyError(f"level {level.name} has no parent")
+    parent = levels[level.parent]
+    for f in parent.fields:
+        if f.name == name:
+            return f
+    for src, dst in parent.inherit:
+        if dst == name:
+            return inherited_field(levels, parent, src)
+    raise KeyError(f"level {level.name} inherits {name}, which its parent {parent.name} "
+                   "neither has nor inherits")
 
 
 @dataclass(frozen=True, slots=True)

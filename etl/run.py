@@ -31,7 +31,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.dataset import LINEAGE, Dataset, Level
+from etl.dataset import LINEAGE, Dataset, Level, inherited_field
 from etl.errors import RunStateError
 
 log = logging.getLogger(__name__)
@@ -62,9 +62,8 @@ def level_schema(level: Level, levels: Mapping[str, Level]) -> pl.Schema:
     cols: dict[str, pl.DataType] = {
         "_file": pl.String(), "_record": pl.Int64(), "_path": pl.String(), "_index": pl.Int64()}
     if level.parent is not None:
-        parent = levels[level.parent]
         for src, dst in level.inherit:
-            cols[dst] = field_dtype(parent.field(src).type)
+            cols[dst] = field_dtype(inherited_field(levels, level, src).type)
     for f in level.fields:
         cols[f.name] = field_dtype(f.type)
     cols["_type_errors"] = pl.List(pl.String())

@@ -418,11 +418,15 @@ def _read_batches(
     whole = [f for f in files if f.shape == "object"]
     streamed = [f for f in files if f.shape != "object"]
     state: dict[str, Any] = {"relpath": {str(f.path): f.relpath for f in files}}
-    for group, sql in (
-        (whole, "SELECT filename, content AS json FROM read_text({paths})"),
-        (streamed, "SELECT filename, json FROM read_json_objects({paths}, format='auto', "
-                   "filename=true, maximum_object_size=4194304)"),
-    ):
+    groups: list[tuple[list[InputFile], str]] = [
+        (whole, "SELECT filename, content AS json FROM read_text({paths})")]
+    # Arrays are read as arrays: format='auto' sniffs with buffers that grow past the reader's
+    # memory limit on one large array file (a 530 MB export failed at 512MB). Consecutive files
+    # of one kind share a query, so file and record order hold.
+    for fmt, run in itertools.groupby(streamed, key=_stream_format):
+        groups.append((list(run), "SELECT filename, json FROM read_json_objects({paths}, "
+                                  f"format='{fmt}', filename=true, maximum_object_size=4194304)"))
+    for group, sql in groups:
         if not group:
             continue
         paths = "[" + ", ".join(sql_str(str(f.path)) for f in group) + "]"
@@ -440,6 +444,21 @@ def _read_batches(
                 yield _number_records(pa.Table.from_batches(pending), state)
         except (duckdb.Error, pa.ArrowInvalid, OSError) as exc:
             raise _duckdb_error(exc, group) from exc
+
+
+def _stream_format(info: InputFile) -> str:
+    """``read_json_objects``'s format for a streamed file: ``array`` when its JSON text starts
+    with ``[`` (past white space and a byte-order mark), ``auto`` otherwise."""
+    opener = gzip.open if info.path.name.lower().endswith(".gz") else open
+    with opener(info.path, "rb") as f:
+        head = f.read(4096)
+        while head and not head.lstrip(_WS).removeprefix(b"\xef\xbb\xbf").lstrip(_WS):
+            more = f.read(1 << 20)
+            if not more:
+                break
+            head = more
+    return "array" if head.lstrip(_WS).removeprefix(b"\xef\xbb\xbf").lstrip(_WS)[:1] == b"[" \
+        else "auto"
 
 
 def _small_chunks(table: pa.Table, target_bytes: int = 1 << 20) -> pa.Table:

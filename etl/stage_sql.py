@@ -21,6 +21,13 @@ What ``from_json`` cannot tell apart, and so is staged alike:
 * a list of records that is missing, ``null``, ``[]`` or not a list: no rows.
 
 An array field holding a string is a type error, even when the string's text is a JSON array.
+
+A field with the key :data:`etl.dataset.ELEMENT` (``"*"``) stages the record itself as compact
+JSON text (for records whose keys differ from one to the next). Its level's list is then declared
+as a list of ``"JSON"`` values in the source's structure, and each element is parsed once more,
+with the level's own structure, as it is unnested; the lists its child levels are staged from
+are removed from that text (a JSON merge patch), since they become rows of their own. For a
+top-level record the text is the record as read, minified.
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from etl.dataset import Field, Level
+from etl.dataset import ELEMENT, Field, Level
 from etl.errors import ConfigError
 
-#: A JSON structure for ``from_json``: a scalar type name, an object (dict) or a list of one object.
-Node: TypeAlias = str | dict[str, "Node"] | list[dict[str, "Node"]]
+#: A JSON structure for ``from_json``: a scalar type name, an object (dict) or a list of one
+#: object (or of ``"JSON"`` values, for a level that stages its records whole).
+Node: TypeAlias = str | dict[str, "Node"] | list["Node"]
 
 
 def sql_str(text: str) -> str:
@@ -106,10 +114,17 @@ def _list_at(obj: dict[str, Node], path: str, level: Level) -> dict[str, Node]:
             f"level {level.name}: its records sit at {path!r}, but the dataset's levels also read "
             f"{path!r} as {_what(node)}",
             hint="read the whole value (type JSON) or the records inside it, not both")
-    return node[0]
+    element = node[0]
+    assert isinstance(element, dict)  # lists of "JSON" are only set once every level is placed
+    return element
 
 
 def _put(obj: dict[str, Node], field: Field, level: Level) -> None:
+    if field.key == ELEMENT:
+        if field.type != "JSON":
+            raise ConfigError(f"level {level.name}: field {field.name} reads the whole record "
+                              f"({ELEMENT!r}), which must be of type JSON, not {field.type}")
+        return  # taken from the element's JSON text (see _field_value)
     *parents, last = field.key.split(".")
     holder = _object_at(obj, parents, level, field.key)
     want = _json_type(field)
@@ -148,6 +163,17 @@ def source_structure(levels: Sequence[Level]) -> tuple[dict[str, Node], dict[str
     for lvl in levels:
         for f in lvl.fields:
             _put(where[lvl.name], f, lvl)
+    # A level staged whole is read as JSON values in its parent's structure; its own structure
+    # (``where``) parses each element again as it is unnested.
+    for lvl in levels:
+        if lvl.whole and lvl.path is not None:
+            holder: Node = record if lvl.parent is None else where[lvl.parent]
+            *parents, last = lvl.path.split(".")
+            for part in parents:
+                assert isinstance(holder, dict)
+                holder = holder[part]
+            assert isinstance(holder, dict)
+            holder[last] = ["JSON"]
     return record, where
 
 
@@ -158,8 +184,13 @@ def _access(expr: str, key: str) -> str:
     return expr + "".join(f"[{sql_str(part)}]" for part in key.split("."))
 
 
-def _raw(element: dict[str, Node], field: Field, expr: str = "_e") -> str:
-    """SQL for ``field``'s value in the parsed element ``expr``: text, or JSON for arrays."""
+def _raw(element: dict[str, Node], field: Field, expr: str = "_e",
+         children: Sequence[str] = ()) -> str:
+    """SQL for ``field``'s value in the parsed element ``expr``: text, or JSON for arrays.
+    The whole element (:data:`ELEMENT`) is the element's text, ``_j``, less the lists at
+    ``children`` (its child levels' paths)."""
+    if field.key == ELEMENT:
+        return element_text(children, "_j")
     value = _access(expr, field.key)
     node: Node = element
     for part in field.key.split("."):
@@ -170,11 +201,29 @@ def _raw(element: dict[str, Node], field: Field, expr: str = "_e") -> str:
     return value
 
 
-def _field_value(element: dict[str, Node], field: Field, expr: str = "_e") -> str:
-    raw = _raw(element, field, expr)
+def _field_value(element: dict[str, Node], field: Field, expr: str = "_e",
+                 children: Sequence[str] = ()) -> str:
+    raw = _raw(element, field, expr, children)
     if field.type == "JSON":
         return f"CAST({raw} AS VARCHAR)"
     return typed(raw, field.type)
+
+
+def element_text(child_paths: Sequence[str], expr: str) -> str:
+    """SQL for the JSON text ``expr`` less the keys at the dotted ``child_paths``.
+
+    A key is removed only where its holder is an object, so ``"A": null`` stays null."""
+    out = expr
+    for path in child_paths:
+        *parents, last = path.split(".")
+        patch: object = {last: None}
+        for part in reversed(parents):
+            patch = {part: patch}
+        holder = "$" + "".join(f'."{p}"' for p in parents)
+        out = (f"CASE WHEN json_type({out}, {sql_str(holder)}) = 'OBJECT' "
+               f"THEN CAST(json_merge_patch({out}, {sql_str(json.dumps(patch))}) AS VARCHAR) "
+               f"ELSE {out} END")
+    return out
 
 
 def _has_path(level: Level) -> bool:
@@ -220,30 +269,59 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
     structure = json.dumps(record, separators=(",", ":"))
     by_name = {lvl.name: lvl for lvl in levels}
     elements: dict[str, str] = {}
+    # The lists each level's children are staged from (a top-level record holds the lists of
+    # the source's other top-level levels).
+    children: dict[str, list[str]] = {lvl.name: [] for lvl in levels}
+    roots = [lvl.name for lvl in levels if lvl.parent is None and lvl.path is None]
+    for lvl in levels:
+        if lvl.path is None:
+            continue
+        if lvl.parent is not None:
+            children[lvl.parent].append(lvl.path)
+        else:
+            for root in roots:
+                children[root].append(lvl.path)
+    whole_root = any(by_name[r].whole for r in roots)
+
+    def value(lvl: Level, f: Field) -> str:
+        return _field_value(where[lvl.name], f, children=children[lvl.name])
+
+    def whole(sql: str, lvl: Level) -> str:
+        """Rows of ``sql`` (``_e`` a JSON value) with ``_j``, its text, and ``_e`` parsed."""
+        carry = "".join(", " + ident(c) for _, c in lvl.inherit)
+        element = sql_str(json.dumps(where[lvl.name], separators=(",", ":")))
+        parsed = f"from_json(_e, {element})" if where[lvl.name] else "CAST(NULL AS VARCHAR)"
+        return (f"SELECT _file, _record, _path, _index{carry}, CAST(_e AS VARCHAR) AS _j, "
+                f"{parsed} AS _e FROM ({sql})")
 
     def element_rows(lvl: Level) -> str:
-        """Lineage, inherited columns and ``_e`` (the parsed element) of each of lvl's rows."""
+        """Lineage, inherited columns and ``_e`` (the parsed element) of each of lvl's rows,
+        and ``_j``, its JSON text, for a level staged whole."""
         if lvl.name not in elements:
             if lvl.parent is None and lvl.path is None:
-                sql = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, _s AS _e "
-                       "FROM _parsed")
+                sql = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, _s AS _e"
+                       f"{', _j' if lvl.whole else ''} FROM _parsed")
             elif lvl.parent is None:
                 sql = _unnest("_parsed", _access("_s", lvl.path or ""), lvl.path or "", (),
                               nested=False)
             else:
                 parent = by_name[lvl.parent]
+                carried = {c for _, c in parent.inherit}
                 inherited = []
                 for p, c in lvl.inherit:
-                    try:
-                        f = parent.field(p)
-                    except KeyError:
+                    if any(f.name == p for f in parent.fields):
+                        inherited.append(f"{value(parent, parent.field(p))} AS {ident(c)}")
+                    elif p in carried:
+                        inherited.append(f"{ident(p)} AS {ident(c)}")
+                    else:
                         raise ConfigError(f"level {lvl.name} inherits {p}, which its parent "
-                                          f"{parent.name} does not have") from None
-                    inherited.append(f"{_field_value(where[parent.name], f)} AS {ident(c)}")
+                                          f"{parent.name} neither has nor inherits")
                 src = (f"(SELECT _file, _record, _path{''.join(', ' + i for i in inherited)}, "
                        f"_e AS _pe FROM ({element_rows(parent)}))")
                 sql = _unnest(src, _access("_pe", lvl.path or ""), lvl.path or "",
                               [ident(c) for _, c in lvl.inherit], nested=_has_path(parent))
+            if lvl.whole and lvl.path is not None:
+                sql = whole(sql, lvl)
             elements[lvl.name] = sql
         return elements[lvl.name]
 
@@ -251,7 +329,7 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
     for lvl in levels:
         element = where[lvl.name]
         inherit = "".join(", " + ident(c) for _, c in lvl.inherit)
-        values = "".join(f", {_field_value(element, f)} AS {ident(f.name)}" for f in lvl.fields)
+        values = "".join(f", {value(lvl, f)} AS {ident(f.name)}" for f in lvl.fields)
         names = "".join(", " + ident(f.name) for f in lvl.fields)
         checks = [f"CASE WHEN {_raw(element, f)} IS NOT NULL AND {ident(f.name)} IS NULL "
                   f"THEN {sql_str(f.name)} END"
@@ -262,5 +340,6 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
             f"SELECT _file, _record, _path, _index{inherit}{names}, {errors} AS _type_errors "
             f"FROM (SELECT _file, _record, _path, _index{inherit}{values}, _e "
             f"FROM ({element_rows(lvl)}))")
-    parse = f"SELECT _file, _record, from_json(json, {sql_str(structure)}) AS _s FROM _records"
+    text = ", CAST(json(json) AS VARCHAR) AS _j" if whole_root else ""
+    parse = f"SELECT _file, _record, from_json(json, {sql_str(structure)}) AS _s{text} FROM _records"
     return SourcePlan(structure, parse, queries)

@@ -22,6 +22,10 @@ from etl.schema import (
 )
 
 MIDS = get_dataset("mids")
+AODB = get_dataset("aodb")
+#: The migrations that create the dataset schemas, in order (later ones may follow them).
+ALL = ["0001_ledger", "0002_mids", "0003_aodb"]
+LIVE = {"mids": MIDS, "aodb": AODB}
 
 
 @pytest.fixture
@@ -50,7 +54,10 @@ def diff(engine: sa.Engine, metadata: sa.MetaData, schemas: set[str]) -> list[An
 
 
 def expected() -> sa.MetaData:
-    return table_metadata(MIDS, metadata=ledger_metadata())
+    md = ledger_metadata()
+    for ds in LIVE.values():
+        table_metadata(ds, metadata=md)
+    return md
 
 
 def tables_in(engine: sa.Engine, schema: str) -> set[str]:
@@ -60,16 +67,18 @@ def tables_in(engine: sa.Engine, schema: str) -> set[str]:
 def test_upgrade_creates_ledger_and_live_schema_once(pg_url: str, engine: sa.Engine) -> None:
     assert ledger.current(pg_url) is None
     applied = ledger.upgrade(pg_url)
-    assert applied == ["0001_ledger", "0002_mids"]
-    assert ledger.current(pg_url) == ledger.heads()[0] == "0002_mids"
-    assert tables_in(engine, "etl") == {"alembic_version", "runs", "load_steps"}
-    assert tables_in(engine, "mids") == {t.name for t in MIDS.tables}
+    assert applied[:len(ALL)] == ALL
+    assert ledger.current(pg_url) == ledger.heads()[0] == applied[-1]
+    assert tables_in(engine, "etl") >= {"alembic_version", "runs", "load_steps"}
+    for name, ds in LIVE.items():
+        assert tables_in(engine, name) == {t.name for t in ds.tables}
 
     assert ledger.upgrade(pg_url) == []  # again: nothing to do
-    assert ledger.current(pg_url) == "0002_mids"
+    assert ledger.current(pg_url) == applied[-1]
     with engine.connect() as conn:
         # keys come from the transform: no SERIAL sequences (autogenerate would not notice them)
-        sequences = conn.execute(sa.text("SELECT count(*) FROM pg_sequences WHERE schemaname = 'mids'"))
+        sequences = conn.execute(sa.text(
+            "SELECT count(*) FROM pg_sequences WHERE schemaname IN ('mids', 'aodb')"))
         assert sequences.scalar() == 0
 
 
@@ -85,12 +94,14 @@ def test_upgrade_step_by_step(pg_url: str, engine: sa.Engine) -> None:
     assert ledger.upgrade(pg_url, "0001_ledger") == ["0001_ledger"]
     assert ledger.current(pg_url) == "0001_ledger"
     assert "mids" not in sa.inspect(engine).get_schema_names()
-    assert ledger.upgrade(pg_url) == ["0002_mids"]
+    assert ledger.upgrade(pg_url, "0002_mids") == ["0002_mids"]
+    assert "aodb" not in sa.inspect(engine).get_schema_names()
+    assert ledger.upgrade(pg_url)[0] == "0003_aodb"
 
 
 def test_migrations_agree_with_dataset_tables(pg_url: str, engine: sa.Engine) -> None:
     ledger.upgrade(pg_url)
-    assert diff(engine, expected(), {"etl", "mids"}) == []
+    assert diff(engine, expected(), {"etl", *LIVE}) == []
     with engine.connect() as conn:
         assert schema_diff(conn, expected()) == []
 
@@ -103,12 +114,15 @@ def test_migrations_agree_with_dataset_tables(pg_url: str, engine: sa.Engine) ->
     "ALTER TABLE mids.powers DROP CONSTRAINT powers_powerset_id_fkey",
     "ALTER TABLE etl.runs ADD COLUMN extra text",
     "CREATE TABLE mids.stray (id integer)",
+    "ALTER TABLE aodb.spells ALTER COLUMN params TYPE json",
+    "ALTER TABLE aodb.stat_values DROP CONSTRAINT stat_values_stat_value_key",
+    "ALTER TABLE aodb.item_stats DROP CONSTRAINT item_stats_stat_value_id_fkey",
 ])
 def test_agreement_check_has_teeth(pg_url: str, engine: sa.Engine, change: str) -> None:
     ledger.upgrade(pg_url)
     with engine.begin() as conn:
         conn.execute(sa.text(change))
-    assert diff(engine, expected(), {"etl", "mids"}) != []
+    assert diff(engine, expected(), {"etl", *LIVE}) != []
 
 
 def test_downgrade_removes_what_upgrade_created(pg_url: str, engine: sa.Engine) -> None:
@@ -117,9 +131,9 @@ def test_downgrade_removes_what_upgrade_created(pg_url: str, engine: sa.Engine) 
     ledger.upgrade(pg_url)
     command.downgrade(ledger.alembic_config(pg_url), "base")
     assert ledger.current(pg_url) is None
-    assert "mids" not in sa.inspect(engine).get_schema_names()
+    assert not set(LIVE) & set(sa.inspect(engine).get_schema_names())
     assert tables_in(engine, "etl") == {"alembic_version"}
-    assert ledger.upgrade(pg_url) == ["0001_ledger", "0002_mids"]
+    assert ledger.upgrade(pg_url)[:len(ALL)] == ALL
 
 
 @pytest.mark.parametrize("unlogged", [False, True])

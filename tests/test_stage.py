@@ -256,3 +256,76 @@ def test_malformed_object_file_is_named_by_full_path(tmp_path: Path) -> None:
     err = info.value
     assert Path(str(err.file)) == broken
     assert err.record == 0 and err.offset is not None
+
+
+# ------------------------------------------------------------------------------ whole records
+
+
+SPELLBOOK = Dataset(
+    name="wholetest", version="1", description="records staged whole, keys inherited down",
+    sources=(Source("books", ("*.json", "*.ndjson"), (
+        Level("books", fields=(Field("id", "Id", "BIGINT"), Field("doc", "*", "JSON"))),
+        Level("chapters", path="Chapters", parent="books", inherit=(("id", "book_id"),),
+              fields=(Field("event", "Event", "INTEGER"),)),
+        Level("spells", path="Spells", parent="chapters", inherit=(("book_id", "book_id"),),
+              fields=(Field("spell_id", "SpellID", "BIGINT"), Field("params", "*", "JSON"))),
+        Level("criteria", path="Req.Criteria", parent="spells",
+              inherit=(("book_id", "book"), ("spell_id", "spell")),
+              fields=(Field("op", "Op", "INTEGER"), Field("raw", "*", "JSON"))),
+        Level("tags", path="Tags", fields=(Field("tag", "*", "JSON"),)),
+    )),),
+    transform=lambda frames: {}, tables=(),
+)
+
+
+@pytest.mark.parametrize("ndjson", [True, False], ids=["ndjson", "object-files"])
+def test_whole_records_and_chained_inherit(tmp_path: Path, ndjson: bool) -> None:
+    """A ``"*"`` field keeps every key of its record (less the lists its child levels are staged
+    from), whatever keys each record has; keys inherited by a parent reach its children."""
+    spells = [
+        {"SpellID": 1, "Stat": 93, "Amount": 62, "Patch": None, "Nested": {"A": [1, {"B": "x"}]},
+         "Req": {"Criteria": [{"Op": 2, "V": 1}, {"Op": 4}], "Keep": True}},
+        {"SpellID": 2, "Texture": 9266, "Location": "Arms", "Req": None},
+        {"SpellID": 3, "Req": {"Criteria": []}, "Text": "ünïcode \"quoted\""},
+        7,
+    ]
+    records = [{"Id": 10, "Chapters": [{"Event": 14, "Spells": spells}], "Tags": ["a", {"b": 1}]},
+               {"Id": 11, "Chapters": [{"Event": 0, "Spells": []}]}]
+    run = _stage_with(tmp_path, SPELLBOOK, records, ndjson=ndjson)
+    for lvl in SPELLBOOK.levels.values():
+        assert run.raw(lvl.name).collect_schema() == level_schema(lvl, SPELLBOOK.levels)
+    got = run.raw("spells").sort("_record", "_path").collect().to_dicts()
+    assert [r["book_id"] for r in got] == [10, 10, 10, 10]
+    assert [r["spell_id"] for r in got] == [1, 2, 3, None]
+    expected = [{k: v for k, v in s.items() if k != "Req"} | {"Req": {"Keep": True}} for s in spells[:1]]
+    expected += [spells[1], {"SpellID": 3, "Req": {}, "Text": "ünïcode \"quoted\""}, 7]
+    assert [json.loads(r["params"]) for r in got] == expected
+    crit = run.raw("criteria").sort("_path").collect().to_dicts()
+    assert [(r["book"], r["spell"], r["op"], json.loads(r["raw"])) for r in crit] == [
+        (10, 1, 2, {"Op": 2, "V": 1}), (10, 1, 4, {"Op": 4})]
+    assert run.raw("criteria").collect_schema()["spell"] == pl.Int64()
+    # The top-level record, less its child lists (Chapters under books, Tags a root level).
+    docs = run.raw("books").sort("_record").collect()["doc"].to_list()
+    assert [json.loads(d) for d in docs] == [{"Id": 10}, {"Id": 11}]
+    tags = run.raw("tags").sort("_path").collect()["tag"].to_list()
+    assert [json.loads(t) for t in tags] == ["a", {"b": 1}]
+
+
+def _stage_with(tmp_path: Path, dataset: Dataset, records: list[Any], *, ndjson: bool) -> Run:
+    src = tmp_path / "export"
+    src.mkdir()
+    if ndjson:
+        (src / "things.ndjson").write_text("".join(json.dumps(r) + "\n" for r in records))
+    else:
+        for i, r in enumerate(records):
+            (src / f"r{i:03d}.json").write_text(json.dumps(r))
+    return stage(dataset, [src], settings=Settings(staging_dir=tmp_path / "st")).run
+
+
+def test_whole_record_field_must_be_json() -> None:
+    with pytest.raises(ConfigError, match="must be of type JSON"):
+        source_plan((Level("a", fields=(Field("x", "*", "VARCHAR"),)),))
+    with pytest.raises(ConfigError, match="neither has nor inherits"):
+        source_plan((Level("a", fields=(Field("x", "X"),)),
+                     Level("b", path="L", parent="a", fields=(Field("y", "Y"),)),
+                     Level("c", path="M", parent="b", inherit=(("x", "x"),), fields=())))
