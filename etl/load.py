@@ -38,7 +38,8 @@ import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl import ledger, pg
+from etl import cache, ledger, pg
+from etl.config import load_settings
 from etl.dataset import Dataset, Table
 from etl.errors import EtlError, RunStateError
 from etl.metrics import Phase, peak_rss_bytes
@@ -207,6 +208,10 @@ class _Loader:
         self._local = threading.local()
         self._adbc_conns: list[Any] = []
         self._dropped: set[str] = set()  # fault-injection points already dropped (test hook)
+        # read cache (etl.cache): where the swap publishes the new generation
+        self.redis_url: str | None = None
+        self.generation = 0
+        self.cache_ns = ""
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -473,6 +478,18 @@ class _Loader:
         ledger.finish_run(conn, self.ledger_id, status="succeeded", phases=self.phases,
                           rows={n: int(e["rows"]) for n, e in self.entries.items()},
                           peak_rss=peak_rss_bytes())
+        # -- read cache (etl.cache): the generation moves in this same transaction, and Redis
+        # learns it before the commit (again after it, in _publish_generation).
+        self.generation = cache.bump_generation(conn, self.live, run_id=self.run.id,
+                                                ledger_id=self.ledger_id)
+        self.cache_ns = cache.namespace(conn)
+        cache.publish_generation(self.redis_url, self.cache_ns, self.live, self.generation)
+
+    def _publish_generation(self) -> None:
+        """After the swap committed: the new generation to Redis again (the pre-commit write
+        may have expired if the commit was slow)."""
+        if self.generation and self.cache_ns:
+            cache.publish_generation(self.redis_url, self.cache_ns, self.live, self.generation)
 
     # -- driver ---------------------------------------------------------------------------
 
@@ -579,6 +596,7 @@ class _Loader:
         self._timed("post-load", total_rows, post_load)
         self._timed("verify", total_rows, lambda: self._step("verify", self._verify))
         self._timed("swap", 0, lambda: self._step("swap", self._swap))
+        self._publish_generation()
 
     def _fail(self, exc: BaseException) -> None:
         if not self.ledger_id:
@@ -611,11 +629,14 @@ def load(
     retries: int = 4,
     retry_delay: float = 0.5,
     progress: Progress | None = None,
+    redis_url: str | None = None,
 ) -> LoadResult:
     """Load a transformed run into PostgreSQL (see the module docstring for the steps).
 
-    ``database_url=None`` uses the embedded server. The ledger is created or upgraded first if
-    needed. A run already loaded (same content, same mode) is skipped unless ``force``.
+    ``database_url=None`` uses the embedded server. ``redis_url`` (default: ``ETL_REDIS_URL``) is
+    the read cache's Redis, told the new generation at the swap (see :mod:`etl.cache`). The
+    ledger is created or upgraded first if needed. A run already loaded (same content, same
+    mode) is skipped unless ``force``.
     Raises :class:`~etl.pg.LockBusy` if another load of the dataset runs,
     :class:`VerificationFailed` if the database differs from the staged tables, and
     :class:`~etl.pg.DatabaseError` when the connection keeps dropping.
@@ -627,6 +648,7 @@ def load(
     ensure_ledger(url)
     loader = _Loader(run, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
                      progress=progress)
+    loader.redis_url = redis_url or load_settings().redis_url
     result = loader.execute(force=force)
     if not result.skipped:
         log.info("loaded %s into %s (%d rows, ledger #%s)", run.id, result.schema,

@@ -114,7 +114,8 @@ def table_metadata(dataset: Dataset, schema: str | None = None,
 
 
 def ledger_metadata(metadata: sa.MetaData | None = None) -> sa.MetaData:
-    """The run ledger: ``etl.runs`` (one row per load) and ``etl.load_steps`` (resume points)."""
+    """The run ledger: ``etl.runs`` (one row per load), ``etl.load_steps`` (resume points), and the
+    read cache's ``etl.generations`` and ``etl.instance``."""
     md = metadata if metadata is not None else sa.MetaData()
     sa.Table(
         "runs", md,
@@ -147,6 +148,29 @@ def ledger_metadata(metadata: sa.MetaData | None = None) -> sa.MetaData:
         sa.PrimaryKeyConstraint("run", "step", name="load_steps_pkey"),
         sa.ForeignKeyConstraint(["run"], [f"{LEDGER_SCHEMA}.runs.id"], name="load_steps_run_fkey",
                                 ondelete="CASCADE"),
+        schema=LEDGER_SCHEMA,
+    )
+    # The read cache (etl.cache, migration 0004): each dataset's generation, bumped by every swap,
+    # and the random id naming this database in a shared Redis.
+    sa.Table(
+        "generations", md,
+        sa.Column("dataset", sa.Text, nullable=False),
+        sa.Column("generation", sa.BigInteger, nullable=False),
+        sa.Column("run_id", sa.Text),
+        sa.Column("ledger_id", sa.BigInteger),
+        sa.Column("swapped_at", sa.TIMESTAMP(timezone=True), nullable=False,
+                  server_default=sa.text("now()")),
+        sa.PrimaryKeyConstraint("dataset", name="generations_pkey"),
+        schema=LEDGER_SCHEMA,
+    )
+    sa.Table(
+        "instance", md,
+        sa.Column("singleton", sa.Boolean, nullable=False, server_default=sa.text("true")),
+        sa.Column("id", postgresql.UUID, nullable=False, server_default=sa.text("gen_random_uuid()")),
+        sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False,
+                  server_default=sa.text("now()")),
+        sa.PrimaryKeyConstraint("singleton", name="instance_pkey"),
+        sa.CheckConstraint("singleton", name="instance_singleton_check"),
         schema=LEDGER_SCHEMA,
     )
     return md
