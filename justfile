@@ -44,3 +44,41 @@ test *ARGS:
 lint:
     {{venv}}ruff check .
     {{venv}}mypy
+
+# ---- everyday commands of the original tool (each calls the CLI)
+
+# import an export: stage, validate, transform, load (just import mids ../shared/data/mids)
+import DATASET +SOURCES:
+    {{venv}}etl run {{DATASET}} {{SOURCES}}
+
+# resume an interrupted import: load the staged run again (finished steps are kept)
+import-resume RUN *ARGS:
+    {{venv}}etl load {{RUN}} {{ARGS}}
+
+# is everything in order? database, migrations, Redis, staging space, last loads (exit 1 if not)
+import-health *ARGS:
+    {{venv}}etl health {{ARGS}}
+
+# rows, table and index sizes, the last loads with their timings
+import-stats *ARGS:
+    {{venv}}etl stats {{ARGS}}
+
+# cache hits and misses per tier and query, Redis memory and keys
+cache-stats *ARGS:
+    {{venv}}etl cache stats {{ARGS}}
+
+# delete this database's keys from the shared Redis cache
+cache-clear *ARGS:
+    {{venv}}etl cache clear {{ARGS}}
+
+# preload the hottest keys of a dataset after a load: just cache-warm mids
+cache-warm DATASET="mids" *ARGS:
+    {{venv}}etl cache warm {{DATASET}} {{ARGS}}
+
+# refresh materialized views (concurrently) and ANALYZE
+db-optimize *ARGS:
+    {{venv}}etl db optimize {{ARGS}}
+
+# read benchmark: concurrent cached readers while mids reloads (replaces the database's mids data)
+bench-reads *ARGS:
+    {{venv}}etl bench-reads {{ARGS}}

@@ -508,23 +508,39 @@ def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_
 
 
 @main.command("generate")
-@click.argument("dataset", type=click.Choice(["mids"]))
+@click.argument("dataset", type=click.Choice(["mids", "aodb"]))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--powersets", type=int, help="Number of powerset files.")
-@click.option("--entries", type=int, help="Or: about this many entries (powersets + powers + effects).")
+@click.option("--powersets", type=int, help="mids: number of powerset files.")
+@click.option("--entries", type=int, help="mids: or about this many entries (powersets + powers + effects).")
+@click.option("--items", type=int, help="aodb: number of items (default 1,000).")
+@click.option("--files", type=int, default=1, show_default=True, help="aodb: split the items over this "
+              "many files.")
+@click.option("--ndjson", is_flag=True, help="aodb: one item a line instead of a JSON array.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--template", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="A real export to amplify (e.g. ../shared/data/mids); synthetic when absent.")
+@click.option("--template", type=click.Path(exists=True, path_type=Path),
+              help="A real export to amplify (mids: e.g. ../shared/data/mids, synthetic when absent; "
+                   "aodb: default ../shared/data/aodb).")
 @_handle_errors
-def generate_cmd(dataset: str, out: Path, powersets: int | None, entries: int | None, seed: int,
-                 template: Path | None) -> None:
+def generate_cmd(dataset: str, out: Path, powersets: int | None, entries: int | None, items: int | None,
+                 files: int, ndjson: bool, seed: int, template: Path | None) -> None:
     """Write an export in the real format, of any size, deterministic by seed.
 
     \b
     Examples:
       etl generate mids /tmp/mids-demo --powersets 50
       etl generate mids /tmp/mids-360k --entries 360000 --template ../shared/data/mids
+      etl generate aodb /tmp/aodb-170k --items 170000 --template ../shared/data/aodb
     """
+    if dataset == "aodb":
+        from etl.gen.aodb import generate_aodb
+
+        made_items = generate_aodb(out, items=items or 1_000, seed=seed, files=files, ndjson=ndjson,
+                                   template=template or Path("../shared/data/aodb"))
+        err.print(f"wrote {made_items.files:,} file(s), {made_items.bytes / 1e6:,.1f} MB: "
+                  f"{made_items.items:,} items, {made_items.stat_values:,} stat values, "
+                  f"{made_items.spells:,} spells")
+        click.echo(out)
+        return
     from etl.gen.mids import generate_mids, powersets_for_entries
 
     count = powersets or powersets_for_entries(entries or 2_000)
@@ -572,19 +588,22 @@ def demo_cmd(ctx: click.Context, out: Path, powersets: int, database_url: str | 
 
 
 @main.command("bench")
+@click.option("--dataset", type=click.Choice(["mids", "aodb"]), default="mids", show_default=True,
+              help="What to measure: mids (sizes in entries) or aodb (sizes in items).")
 @click.option("--entries", type=int, multiple=True, help="Export sizes to measure (repeatable). "
-              "Default: the real export's size (78k) and the original tool's scale (360k).")
+              "Default: mids the real export's size (78k) and the original tool's scale (360k); "
+              "aodb the full export's 170,000 items.")
 @click.option("--template", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("../shared/data/mids"), show_default=True,
-              help="Real export to amplify; falls back to the synthetic generator if missing.")
+              help="Real export to amplify (default ../shared/data/<dataset>); mids falls back to "
+                   "the synthetic generator if missing.")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".etl/bench"), show_default=True)
 @click.option("--database-url", help="Where to load (default: the embedded server).")
 @click.option("--no-load", is_flag=True, help="Measure stage, validate and transform only.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
 @_handle_errors
-def bench_cmd(entries: tuple[int, ...], template: Path, work_dir: Path, database_url: str | None,
-              no_load: bool, as_json: bool) -> None:
+def bench_cmd(dataset: str, entries: tuple[int, ...], template: Path | None, work_dir: Path,
+              database_url: str | None, no_load: bool, as_json: bool) -> None:
     """Measure the whole pipeline on generated exports of realistic sizes.
 
     Each phase runs in its own process, as `etl stage/validate/transform/load` would, and
@@ -596,18 +615,22 @@ def bench_cmd(entries: tuple[int, ...], template: Path, work_dir: Path, database
     Examples:
       etl bench --entries 78000 --entries 360000
       etl bench --entries 360000 --database-url postgresql://postgres@127.0.0.1/bench
+      etl bench --dataset aodb --entries 170000
     """
     from etl.bench import run_bench
 
-    sizes = list(entries) or [78_000, 360_000]
+    sizes = list(entries) or ([170_000] if dataset == "aodb" else [78_000, 360_000])
+    template = template or Path("../shared/data") / dataset
     results = run_bench(sizes, template=template if template.is_dir() else None, work_dir=work_dir,
-                        log=lambda msg: err.print(msg), database_url=database_url, load=not no_load)
+                        log=lambda msg: err.print(msg), database_url=database_url, load=not no_load,
+                        dataset=dataset)
     if as_json:
         click.echo(json.dumps(results, indent=2))
         return
     for res in results:
         print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"]) for p in res["phases"]],
-                     title=f"{res['entries']:,} entries, {res['files']:,} files, "
+                     title=f"{res['dataset']} {res['entries']:,} "
+                           f"{'items' if res['dataset'] == 'aodb' else 'entries'}, {res['files']:,} files, "
                            f"{res['bytes'] / 1e6:,.0f} MB")
         if res["load_parts"]:
             print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"])
@@ -912,6 +935,446 @@ def runs_show_cmd(ctx: click.Context, run: str, as_json: bool, database_url: str
         err.print(steps)
     if r["error"]:
         err.print(f"[bold red]error:[/] {escape(r['error'])}", soft_wrap=True)
+
+
+# ------------------------------------------------------------------------------ cached reads and operations
+# (issue 6: etl query, etl cache, etl health, etl stats, etl db optimize, etl bench-reads)
+
+_redis_url_option = click.option(
+    "--redis-url", help="Redis for the shared cache tier (env ETL_REDIS_URL; default: none, the cache is "
+                        "in-process only).")
+
+
+def _redis_url(ctx: click.Context, flag: str | None) -> str | None:
+    """The Redis to use: --redis-url > ETL_REDIS_URL > none."""
+    return _settings(ctx, redis_url=flag).redis_url or None
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(_jsonable(data), indent=2, default=str))
+
+
+def _cache_options(fn: F) -> F:
+    return _database_url_option(_redis_url_option(fn))
+
+
+@main.group("query")
+def query_group() -> None:
+    """Cached reads of the live data (in-process LRU, then Redis, then PostgreSQL), as JSON.
+
+    Every answer carries the dataset's generation: which load it comes from. A read that starts
+    after a load's swap committed always sees that load.
+
+    \b
+    Examples:
+      etl query mids power 42
+      etl query mids powerset Blaster_Ranged.Fire_Blast
+      etl query mids build-summary Blaster --redis-url redis://127.0.0.1:6379/0
+    """
+
+
+@query_group.group("mids")
+def query_mids_group() -> None:
+    """Reads of the mids dataset: a power, a powerset with its powers, an archetype's build summary.
+
+    \b
+    Example:
+      etl query mids power 42
+    """
+
+
+def _run_query(ctx: click.Context, name: str, arg: str, database_url: str | None,
+               redis_url: str | None) -> None:
+    from etl.cache import Cache
+    from etl.query import run
+
+    with Cache(_database_url(ctx, database_url), redis_url=_redis_url(ctx, redis_url)) as cache:
+        result = run(cache, "mids", name, arg)
+    _echo_json(result)
+
+
+@query_mids_group.command("power")
+@click.argument("power_id", type=int)
+@_cache_options
+@click.pass_context
+@_handle_errors
+def query_power_cmd(ctx: click.Context, power_id: int, database_url: str | None,
+                    redis_url: str | None) -> None:
+    """A power by id, with its powerset, effects and requirements (JSON on stdout).
+
+    \b
+    Example:
+      etl query mids power 42
+    """
+    _run_query(ctx, "power", str(power_id), database_url, redis_url)
+
+
+@query_mids_group.command("powerset")
+@click.argument("name")
+@_cache_options
+@click.pass_context
+@_handle_errors
+def query_powerset_cmd(ctx: click.Context, name: str, database_url: str | None,
+                       redis_url: str | None) -> None:
+    """A powerset by full name (case-insensitive), with its powers (JSON on stdout).
+
+    \b
+    Example:
+      etl query mids powerset Blaster_Ranged.Fire_Blast
+    """
+    _run_query(ctx, "powerset", name, database_url, redis_url)
+
+
+@query_mids_group.command("build-summary")
+@click.argument("archetype")
+@_cache_options
+@click.pass_context
+@_handle_errors
+def query_build_summary_cmd(ctx: click.Context, archetype: str, database_url: str | None,
+                            redis_url: str | None) -> None:
+    """An archetype's build summary: one row per power of its powersets, from the materialized
+    view power_build_summary (JSON on stdout). ARCHETYPE is a class name or a display name.
+
+    \b
+    Examples:
+      etl query mids build-summary Class_Blaster
+      etl query mids build-summary blaster
+    """
+    _run_query(ctx, "build-summary", archetype, database_url, redis_url)
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """The shared read cache in Redis: statistics, clearing, warming.
+
+    Keys carry the dataset's generation, which every load bumps, so nothing ever needs clearing
+    for correctness.
+
+    \b
+    Examples:
+      etl cache stats
+      etl cache warm mids --top 100
+      etl cache clear
+    """
+
+
+@cache_group.command("stats")
+@_cache_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@click.pass_context
+@_handle_errors
+def cache_stats_cmd(ctx: click.Context, database_url: str | None, redis_url: str | None,
+                    as_json: bool) -> None:
+    """Hits and misses per tier and per query (all processes), Redis memory and keys, LRU sizes.
+
+    Counters are kept in Redis; without Redis only the generations are shown.
+
+    \b
+    Example:
+      etl cache stats --json
+    """
+    from etl import cache
+
+    info = cache.stats(_database_url(ctx, database_url), _redis_url(ctx, redis_url))
+    if as_json:
+        _echo_json(info)
+        return
+    gens = Table(title=f"generations (namespace {info['namespace']})", title_justify="left")
+    for col in ("dataset", "generation", "run", "swapped at"):
+        gens.add_column(col)
+    for name, g in info["generations"].items():
+        gens.add_row(name, str(g["generation"]), escape(str(g["run_id"])), _when(g["swapped_at"]))
+    err.print(gens)
+    r = info["redis"]
+    if r is None:
+        err.print("no Redis configured (--redis-url, ETL_REDIS_URL): counters live in each process only")
+        return
+    if "error" in r:
+        err.print(f"[yellow]Redis unreachable[/] at {escape(r['url'])}: {escape(r['error'])}")
+        return
+    table = Table(title="reads per query and tier (all processes)", title_justify="left")
+    for col in ("query", "lru hit", "lru miss", "redis hit", "redis miss", "db read"):
+        table.add_column(col, justify="left" if col == "query" else "right")
+    for q, c in r["queries"].items():
+        table.add_row(q, *(f"{c.get(k, 0):,}" for k in ("lru_hit", "lru_miss", "redis_hit", "redis_miss",
+                                                         "db_read")))
+    err.print(table)
+    ratio = r["hit_ratio"]
+    err.print(f"Redis {escape(r['url'])}: {r['used_memory_human']} used, {r['keys']:,} keys of this database "
+              f"({r['value_keys']:,} values); hit ratio lru {ratio['lru']}, redis {ratio['redis']}")
+    for proc in r["processes"][:5]:
+        err.print(f"  LRU of {escape(proc['process'])}: {proc['lru_entries']:,} entries, "
+                  f"{_mb(proc['lru_bytes'])}")
+
+
+@cache_group.command("clear")
+@_cache_options
+@click.option("--all", "everything", is_flag=True, help="Every database's keys (all of etl:*), not just "
+                                                        "this one's.")
+@click.pass_context
+@_handle_errors
+def cache_clear_cmd(ctx: click.Context, database_url: str | None, redis_url: str | None,
+                    everything: bool) -> None:
+    """Delete this database's keys from Redis: values, generations, counters, hot keys.
+
+    Never needed for correctness (a reload changes the keys readers use); useful to free memory
+    or reset the counters. The in-process caches of running programs are not touched.
+
+    \b
+    Examples:
+      etl cache clear
+      etl cache clear --all --redis-url redis://127.0.0.1:6379/0
+    """
+    from etl import cache
+    from etl.errors import ConfigError
+
+    url = _redis_url(ctx, redis_url)
+    if not url:
+        raise ConfigError("no Redis configured: there is nothing shared to clear",
+                          hint="give --redis-url or set ETL_REDIS_URL")
+    db = None if everything else _database_url(ctx, database_url)
+    deleted = cache.clear(db, url, everything=everything)
+    err.print(f"deleted {deleted:,} keys")
+    click.echo(deleted)
+
+
+@cache_group.command("warm")
+@click.argument("dataset")
+@click.option("--top", type=int, default=200, show_default=True, help="How many keys to preload.")
+@_cache_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+@_handle_errors
+def cache_warm_cmd(ctx: click.Context, dataset: str, top: int, database_url: str | None,
+                   redis_url: str | None, as_json: bool) -> None:
+    """Preload the hottest keys of DATASET into Redis for the current generation (run it after a
+    load). Hot keys are counted by every reader; with none yet, every archetype's build summary
+    and every powerset are loaded.
+
+    \b
+    Examples:
+      etl load staging/mids/<run> && etl cache warm mids
+      etl cache warm mids --top 50 --json
+    """
+    from etl.cache import Cache
+    from etl.errors import ConfigError
+    from etl.query import warm
+
+    url = _redis_url(ctx, redis_url)
+    if not url:
+        raise ConfigError("no Redis configured: warming an in-process cache that exits at once is useless",
+                          hint="give --redis-url or set ETL_REDIS_URL")
+    with Cache(_database_url(ctx, database_url), redis_url=url) as c:
+        result = warm(c, dataset, top=top)
+    if as_json:
+        _echo_json(result)
+        return
+    err.print(f"warmed {result['keys']} keys of {dataset} (generation {result['generation']}, "
+              f"{result['from_hot_list']} from the hot list) in {result['seconds']:.2f} s: {result['tiers']}")
+
+
+_HEALTH_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+
+
+@main.command("health")
+@_cache_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@click.pass_context
+@_handle_errors
+def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | None, as_json: bool) -> None:
+    """Check each part: database (reachable, version), migrations (at head), Redis (optional),
+    staging directory (writable, free space), each dataset's last load.
+
+    Exits 0 when every required part is ok, 1 when one fails (Redis, free space and failed last
+    loads only warn).
+
+    \b
+    Examples:
+      etl health
+      etl health --json --database-url postgresql://etl@db:5432/etl
+    """
+    from etl.ops import health
+
+    settings = _settings(ctx)
+    try:
+        url = _database_url(ctx, database_url)
+    except EtlError as exc:  # the embedded server could not start: report it as the failed part
+        report: dict[str, Any] = {"ok": False, "checks": [{"name": "database", "status": "fail",
+                                                           "required": True, "detail": exc.message}]}
+    else:
+        report = health(url, redis_url=_redis_url(ctx, redis_url), staging_dir=settings.staging_dir)
+    if as_json:
+        _echo_json(report)
+    else:
+        table = Table(title="health", title_justify="left")
+        for col in ("part", "status", "detail"):
+            table.add_column(col, overflow="fold")
+        for c in report["checks"]:
+            style = _HEALTH_STYLE[c["status"]]
+            detail = c["detail"] + (f"\n  next: {c['hint']}" if c.get("hint") else "")
+            table.add_row(escape(c["name"]) + ("" if c["required"] else " (optional)"),
+                          f"[{style}]{c['status']}[/]", escape(detail))
+        err.print(table)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@main.command("stats")
+@_database_url_option
+@click.option("--runs", "last_runs", type=int, default=10, show_default=True, help="How many last loads.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@click.pass_context
+@_handle_errors
+def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_json: bool) -> None:
+    """Rows per table per dataset, table and index sizes, and the last loads with their timings.
+
+    \b
+    Examples:
+      etl stats
+      etl stats --json --runs 3
+    """
+    from etl.ops import stats
+
+    info = stats(_database_url(ctx, database_url), runs=last_runs)
+    if as_json:
+        _echo_json(info)
+        return
+    for name, ds in info["datasets"].items():
+        table = Table(title=f"{name}: {ds['rows']:,} rows, {_mb(ds['total_bytes'])}"
+                            + (f", generation {ds['generation']}" if "generation" in ds else ""),
+                      title_justify="left")
+        for col in ("table", "rows", "table size", "index size", "total"):
+            table.add_column(col, justify="left" if col == "table" else "right")
+        for t in ds["tables"]:
+            label = t["table"] + (" (view)" if t["kind"] == "view" else "")
+            table.add_row(escape(label), "-" if t["rows"] is None else f"{t['rows']:,}",
+                          _kb(t["table_bytes"]), _kb(t["index_bytes"]), _kb(t["total_bytes"]))
+        err.print(table)
+    runs = Table(title="last loads", title_justify="left")
+    for col in ("id", "dataset", "run", "status", "ended", "time", "rows", "phases"):
+        runs.add_column(col, overflow="fold")
+    for r in info["runs"]:
+        phases = " ".join(f"{k} {v:.2f}s" for k, v in r["phases"].items())
+        runs.add_row(str(r["id"]), r["dataset"], escape(r["run_id"]), _status(r["status"]),
+                     _when(r["ended_at"]),
+                     "-" if r["seconds"] is None else f"{r['seconds']:.2f} s", f"{r['rows']:,}", phases)
+    err.print(runs)
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1024:,.0f} kB"
+
+
+@db_group.command("optimize")
+@_database_url_option
+@click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable; default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.pass_context
+@_handle_errors
+def db_optimize_cmd(ctx: click.Context, database_url: str | None, datasets: tuple[str, ...],
+                    as_json: bool) -> None:
+    """Refresh the materialized views (CONCURRENTLY when they have a unique index, so reads go
+    on), then ANALYZE every table, and report what was done and how long it took.
+
+    \b
+    Examples:
+      etl db optimize
+      etl db optimize --dataset mids --json
+    """
+    from etl.ops import optimize
+
+    report = optimize(_database_url(ctx, database_url), datasets=list(datasets) or None)
+    if as_json:
+        _echo_json(report)
+        return
+    table = Table(title=f"optimize ({report['seconds']:.2f} s)", title_justify="left")
+    for col in ("dataset", "what", "how", "time"):
+        table.add_column(col)
+    for name, entry in report["datasets"].items():
+        for v in entry["views"]:
+            how = "concurrently" if v["concurrently"] else f"blocking ({v['why_not']})"
+            table.add_row(name, f"refresh {v['view']}", how, f"{v['seconds']:.3f} s")
+        total = sum(a["seconds"] for a in entry["analyze"])
+        table.add_row(name, f"analyze {len(entry['analyze'])} tables", "", f"{total:.3f} s")
+    err.print(table)
+
+
+@main.command("bench-reads")
+@click.option("--template", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("../shared/data/mids"), show_default=True, help="The mids export to load.")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".etl/bench-reads"), show_default=True)
+@click.option("--reloads", type=int, default=4, show_default=True, help="Full reloads during the reads.")
+@click.option("--lru-procs", type=int, default=2, show_default=True, help="Reader processes with an LRU.")
+@click.option("--redis-procs", type=int, default=1, show_default=True, help="Reader processes without LRU.")
+@click.option("--db-procs", type=int, default=1, show_default=True, help="Uncached reader processes.")
+@click.option("--threads", type=int, default=2, show_default=True, help="Reader threads per process.")
+@click.option("--rate", type=float, default=0, show_default=True,
+              help="Reads per second per thread, paced (0: as fast as possible, a closed loop).")
+@_cache_options
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@click.pass_context
+@_handle_errors
+def bench_reads_cmd(ctx: click.Context, template: Path, work_dir: Path, reloads: int, lru_procs: int,
+                    redis_procs: int, db_procs: int, threads: int, rate: float, database_url: str | None,
+                    redis_url: str | None, as_json: bool) -> None:
+    """Read benchmark: concurrent reader processes (LRU, Redis, uncached groups) on a hot key set
+    while `etl load` reloads mids in full again and again; p50/p99 latency per tier, errors and
+    stale reads.
+
+    The mids data of the database is replaced (by the template export and a copy of it without
+    one powerset, loaded in turn). Exits 1 on any error or stale read.
+
+    \b
+    Examples:
+      etl bench-reads --redis-url redis://127.0.0.1:6379/0
+      etl bench-reads --reloads 6 --lru-procs 3 --json --database-url postgresql://postgres@127.0.0.1/bench
+    """
+    import shutil
+
+    from etl.readbench import PROBE_SET, run_benchmark
+    from etl.stage import stage
+    from etl.transform import transform
+    from etl.validate import require_passed, validate
+
+    if not (template / "I12.json").is_file():
+        from etl.errors import ConfigError
+
+        raise ConfigError(f"no mids export at {template}", hint="give --template DIR (a MidsReborn export)")
+    settings = _settings(ctx).with_overrides(staging_dir=work_dir / "staging")
+    small = work_dir / "export-small"
+    if not small.exists():
+        shutil.copytree(template, small)
+        for victim in (small / "db").rglob(f"*{PROBE_SET}.json"):
+            victim.unlink()
+    runs = {}
+    for variant, source in (("full", template), ("small", small)):
+        staged = stage(get_dataset("mids"), [source], settings=settings)
+        run = staged.run
+        if "tables" not in run.manifest:
+            require_passed(validate(run))
+            run = transform(run).run
+        runs[variant] = run
+    result = run_benchmark(_database_url(ctx, database_url), redis_url=_redis_url(ctx, redis_url), runs=runs,
+                           reloads=reloads, lru_procs=lru_procs, redis_procs=redis_procs,
+                           db_procs=db_procs, threads=threads, rate=rate,
+                           progress=lambda text: err.print(text))
+    if as_json:
+        _echo_json(result)
+    else:
+        table = Table(title=f"{result['reads']:,} reads in {result['seconds']} s "
+                            f"({result['reads_per_s']:,}/s), "
+                            f"{result['reloads']} reloads", title_justify="left")
+        for col in ("tier", "reads", "p50", "p99", "max"):
+            table.add_column(col, justify="left" if col == "tier" else "right")
+        for tier, t in result["tiers"].items():
+            table.add_row(tier, f"{t['reads']:,}", f"{t['p50_ms']:.3f} ms", f"{t['p99_ms']:.3f} ms",
+                          f"{t['max_ms']:.1f} ms")
+        err.print(table)
+        err.print(f"errors {result['errors']}, stale reads {result['stale_reads']}, wrong content "
+                  f"{result['wrong_content']}; reloads took {result['reload_seconds']} s")
+    if result["errors"] or result["stale_reads"] or result["wrong_content"]:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover
