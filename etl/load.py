@@ -26,7 +26,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +44,7 @@ from etl.dataset import Dataset, Table
 from etl.errors import EtlError, RunStateError
 from etl.metrics import Phase, peak_rss_bytes
 from etl.pg import DatabaseError, quote_ident
-from etl.run import Run, canonical_json_columns, frames_checksum
+from etl.run import Run, comparable_json, frames_checksum
 from etl.schema import constraints_sql, create_tables_sql
 
 log = logging.getLogger(__name__)
@@ -138,9 +138,10 @@ def _json_columns(table: Table) -> list[str]:
     return [c.name for c in table.columns if c.type == "jsonb"]
 
 
-def _frames(batches: Iterable[pa.RecordBatch], table: Table) -> Iterator[pl.DataFrame]:
-    """Arrow batches (staged or read back) as frames typed like the table, jsonb text in canonical
-    form: what checksums are computed over."""
+def _frames(batches: Iterable[pa.RecordBatch], table: Table,
+            json_dtypes: Mapping[str, str] | None = None) -> Iterator[pl.DataFrame]:
+    """Arrow batches (staged or read back) as frames typed like the table, jsonb columns in
+    comparable form (see :func:`etl.run.comparable_json`): what checksums are computed over."""
     schema = dict(table.polars_schema)
     json_cols = _json_columns(table)
     for batch in batches:
@@ -150,7 +151,7 @@ def _frames(batches: Iterable[pa.RecordBatch], table: Table) -> Iterator[pl.Data
                 names=batch.schema.names)
         df = pl.from_arrow(batch)
         assert isinstance(df, pl.DataFrame)
-        yield canonical_json_columns(df.cast(schema), json_cols)  # type: ignore[arg-type]
+        yield comparable_json(df.cast(schema), json_cols, json_dtypes or {})  # type: ignore[arg-type]
 
 
 def _table_reader(run: Run, table: Table, entry: dict[str, Any], *,
@@ -389,7 +390,8 @@ class _Loader:
             try:
                 cur = conn.cursor()
                 cur.execute(f"SELECT {cols} FROM {quote_ident(self.build)}.{quote_ident(name)}")
-                checksum = frames_checksum(_frames(cur.fetch_record_batch(), table))
+                checksum = frames_checksum(_frames(cur.fetch_record_batch(), table,
+                                                    self.entries[name].get("json_dtypes")))
                 cur.close()
                 conn.rollback()
             except BaseException:
@@ -408,7 +410,7 @@ class _Loader:
         if entry.get("checksum_polars") == pl.__version__:
             return str(entry["checksum"])
         reader, _ = _table_reader(self.run, self.tables[name], entry)
-        return frames_checksum(_frames(reader, self.tables[name]))
+        return frames_checksum(_frames(reader, self.tables[name], entry.get("json_dtypes")))
 
     def _verify(self, conn: Any) -> dict[str, Any]:
         results: dict[str, tuple[int, str]] = {}
@@ -674,8 +676,11 @@ def live_tables(url: str, dataset: Dataset) -> dict[str, int]:
     return out
 
 
-def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None) -> dict[str, str]:
-    """Content checksums of the dataset's tables as they are in the database."""
+def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None,
+                    run: Run | None = None) -> dict[str, str]:
+    """Content checksums of the dataset's tables as they are in the database (jsonb columns
+    compared in the types recorded by ``run``'s transform, when given)."""
+    entries = (run.manifest.get("tables") or {}) if run is not None else {}
     names: Sequence[Table] = dataset.tables
     out = {}
     conn = pg.connect_adbc(url, autocommit=True)
@@ -684,7 +689,8 @@ def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None) ->
             cols = ", ".join(quote_ident(c.name) for c in table.columns)
             cur = conn.cursor()
             cur.execute(f"SELECT {cols} FROM {quote_ident(schema or dataset.name)}.{quote_ident(table.name)}")
-            out[table.name] = frames_checksum(_frames(cur.fetch_record_batch(), table))
+            out[table.name] = frames_checksum(_frames(cur.fetch_record_batch(), table,
+                                                      entries.get(table.name, {}).get("json_dtypes")))
             cur.close()
     finally:
         conn.close()

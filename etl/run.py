@@ -15,6 +15,7 @@ manifest atomically, so a killed process never leaves a run that looks complete.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -91,6 +92,47 @@ def canonical_json_columns(df: pl.DataFrame, columns: Iterable[str]) -> pl.DataF
         return df
     return df.with_columns(pl.col(c).map_elements(canonical_json, return_dtype=pl.String,
                                                   skip_nulls=True) for c in cols)
+
+
+def _dtype_to_text(dtype: pl.DataType) -> str:
+    field = pa.field("x", pl.Series("x", [], dtype).to_arrow().type)
+    return base64.b64encode(pa.schema([field]).serialize().to_pybytes()).decode()
+
+
+def _dtype_from_text(text: str) -> pl.DataType:
+    schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(text)))
+    series = pl.from_arrow(pa.array([], schema.field("x").type))
+    assert isinstance(series, pl.Series)
+    return series.dtype
+
+
+def json_dtypes(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, str]:
+    """For each JSON text column, the Polars type all its values decode into (inferred over every
+    row), serialized for the manifest. A column whose values do not share one shape (objects
+    here, arrays there) is left out and compared as canonical text instead."""
+    out = {}
+    for col in columns:
+        if col not in df.columns or df.get_column(col).null_count() == df.height:
+            continue
+        try:
+            dtype = df.get_column(col).str.json_decode(infer_schema_length=None).dtype
+        except pl.exceptions.PolarsError:
+            continue
+        out[col] = _dtype_to_text(dtype)
+    return out
+
+
+def comparable_json(df: pl.DataFrame, columns: Iterable[str], dtypes: Mapping[str, str]) -> pl.DataFrame:
+    """JSON text columns in a form that compares by meaning, not by text: decoded into their
+    recorded type (vectorized; key order, spacing and number spelling no longer matter), or,
+    for columns without one, canonical text. Staged values and the same values read back from
+    a ``jsonb`` column (which PostgreSQL reorders and reformats) then hash the same."""
+    cols = [c for c in columns if c in df.columns]
+    if not cols or df.height == 0:
+        return df
+    typed = {c: _dtype_from_text(dtypes[c]) for c in cols if c in dtypes}
+    df = df.with_columns(pl.col(c).str.json_decode(dtype) for c, dtype in typed.items())
+    return canonical_json_columns(df, [c for c in cols if c not in typed])
 
 
 def frames_checksum(frames: Iterable[pl.DataFrame]) -> str:

@@ -23,8 +23,9 @@ from etl.run import (
     MANIFEST,
     ChunkWriter,
     Run,
-    canonical_json_columns,
+    comparable_json,
     frames_checksum,
+    json_dtypes,
     replace_dir,
     schema_to_json,
     write_json_atomic,
@@ -105,10 +106,11 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
         # One table at a time, written and dropped before the next is built: peak memory is
         # the largest table, not all of them (collect_all would share work but hold them all).
         for i, (table, plan) in enumerate(zip(tables, plans, strict=True)):
-            # jsonb columns are written canonical, so the staged checksum equals the one of the
-            # values read back from PostgreSQL.
-            df = canonical_json_columns(plan.collect(), _json_columns(table))
+            df = plan.collect()
             _check_keys(table, df)
+            # jsonb columns are checksummed by meaning (PostgreSQL reorders and reformats them).
+            json_cols = _json_columns(table)
+            dtypes = json_dtypes(df, json_cols)
             writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
                                  schema=table.polars_schema.to_arrow())
             writer.write(df.to_arrow())
@@ -119,7 +121,8 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
                 "rows": df.height,
                 "schema": schema_to_json(table.polars_schema),
                 "primary_key": list(table.primary_key),
-                "checksum": table_checksum(df),
+                "checksum": frames_checksum([comparable_json(df, json_cols, dtypes)]),
+                "json_dtypes": dtypes,
                 "checksum_polars": pl.__version__,
                 "chunks": chunks,
             }
