@@ -5,8 +5,9 @@ A full load never touches the live schema (named after the dataset) until the ve
 1. ``create``: a build schema ``<dataset>__b<ledger id>`` beside it, with bare tables.
 2. ``copy:<table>``: each table streamed from its Parquet chunks through ADBC's binary COPY
    (``adbc_ingest``), tables concurrently, each in one transaction with its ledger step.
-3. ``keys:<table>``, ``fkeys``: primary and unique keys, ANALYZE and each table read back for
-   its checksum (tables concurrently), then foreign keys.
+3. ``keys:<table>``, ``fkeys``, ``validate:<fk>``: primary and unique keys, ANALYZE and each
+   table read back for its checksum (tables concurrently), then foreign keys added NOT VALID
+   and validated (tables concurrently).
 4. ``sql``: the dataset's SQL under ``sql/<dataset>/`` (secondary indexes, materialized views).
 5. ``verify``: every table's row count and content checksum (read back in step 3) must equal
    the staged ones.
@@ -45,7 +46,7 @@ from etl.errors import EtlError, RunStateError
 from etl.metrics import Phase, peak_rss_bytes
 from etl.pg import DatabaseError, quote_ident
 from etl.run import Run, comparable_json, frames_checksum
-from etl.schema import constraints_sql, create_tables_sql
+from etl.schema import constraints_sql, create_tables_sql, fkey_name
 
 log = logging.getLogger(__name__)
 
@@ -362,9 +363,28 @@ class _Loader:
         self._step(f"keys:{name}", run)
 
     def _fkeys(self, conn: Any) -> None:
+        """Every foreign key, added NOT VALID (no scan, so no long lock on the referenced
+        tables); ``validate:<name>`` steps then check them, concurrently."""
         for stmt in constraints_sql(self.dataset, self.build):
             if "FOREIGN KEY" in stmt:
-                conn.execute(stmt)
+                conn.execute(stmt + " NOT VALID")
+
+    def _foreign_keys(self) -> list[tuple[str, str]]:
+        return [(t.name, fkey_name(t, fk)) for t in self.dataset.tables for fk in t.foreign_keys]
+
+    def _validate_fk(self, item: tuple[str, str]) -> None:
+        table, name = item
+        # VALIDATE takes SHARE UPDATE EXCLUSIVE on the referencing table only (and ROW SHARE on
+        # the referenced one), so foreign keys of different tables check in parallel.
+        def run(conn: Any) -> None:
+            conn.execute(f"ALTER TABLE {quote_ident(self.build)}.{quote_ident(table)} "
+                         f"VALIDATE CONSTRAINT {quote_ident(name)}")
+
+        self._step(f"validate:{name}", run)
+
+    def _validate_fks(self, group: list[tuple[str, str]]) -> None:
+        for fk in group:
+            self._validate_fk(fk)
 
     def _post_sql(self, conn: Any) -> dict[str, Any]:
         conn.execute(f"SET LOCAL search_path = {quote_ident(self.build)}, public")
@@ -588,7 +608,13 @@ class _Loader:
         def keys_all() -> None:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etl-keys") as pool:
                 list(pool.map(self._keys, order))
-            self._step("fkeys", self._fkeys)
+                self._step("fkeys", self._fkeys)
+                # Biggest referencing tables first; one table's keys share a lock, so group them.
+                fks = sorted(self._foreign_keys(), key=lambda f: -int(self.entries[f[0]]["rows"]))
+                by_table: dict[str, list[tuple[str, str]]] = {}
+                for fk in fks:
+                    by_table.setdefault(fk[0], []).append(fk)
+                list(pool.map(self._validate_fks, by_table.values()))
 
         def post_load() -> None:
             self._step("sql", self._post_sql)
