@@ -106,16 +106,25 @@ def _dtype_from_text(text: str) -> pl.DataType:
     return series.dtype
 
 
+#: Values a jsonb column's comparable type is inferred from, and rows decoded at a time.
+JSON_SAMPLE = 50_000
+_JSON_SLICE = 100_000
+
+
 def json_dtypes(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, str]:
-    """For each JSON text column, the Polars type all its values decode into (inferred over every
-    row), serialized for the manifest. A column whose values do not share one shape (objects
-    here, arrays there) is left out and compared as canonical text instead."""
+    """For each JSON text column, the Polars type its values decode into, inferred from the
+    first :data:`JSON_SAMPLE` values and serialized for the manifest. A column whose values do
+    not share one shape (objects here, arrays there) is left out and compared as canonical text.
+    """
     out = {}
     for col in columns:
-        if col not in df.columns or df.get_column(col).null_count() == df.height:
+        if col not in df.columns:
+            continue
+        sample = df.get_column(col).drop_nulls().head(JSON_SAMPLE)
+        if sample.len() == 0:
             continue
         try:
-            dtype = df.get_column(col).str.json_decode(infer_schema_length=None).dtype
+            dtype = sample.str.json_decode(infer_schema_length=None).dtype
         except pl.exceptions.PolarsError:
             continue
         out[col] = _dtype_to_text(dtype)
@@ -126,10 +135,15 @@ def comparable_json(df: pl.DataFrame, columns: Iterable[str], dtypes: Mapping[st
     """JSON text columns in a form that compares by meaning, not by text: decoded into their
     recorded type (vectorized; key order, spacing and number spelling no longer matter), or,
     for columns without one, canonical text. Staged values and the same values read back from
-    a ``jsonb`` column (which PostgreSQL reorders and reformats) then hash the same."""
+    a ``jsonb`` column (which PostgreSQL reorders and reformats) then hash the same. Keys the
+    recorded type does not know (absent from the sample it was inferred from) are left out of
+    the comparison on both sides alike."""
     cols = [c for c in columns if c in df.columns]
     if not cols or df.height == 0:
         return df
+    if df.height > _JSON_SLICE:  # decoded structs are wide: a slice at a time bounds memory
+        return pl.concat([comparable_json(df.slice(i, _JSON_SLICE), cols, dtypes)
+                          for i in range(0, df.height, _JSON_SLICE)])
     typed = {c: _dtype_from_text(dtypes[c]) for c in cols if c in dtypes}
     df = df.with_columns(pl.col(c).str.json_decode(dtype) for c, dtype in typed.items())
     return canonical_json_columns(df, [c for c in cols if c not in typed])

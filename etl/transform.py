@@ -106,14 +106,15 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
         # One table at a time, written and dropped before the next is built: peak memory is
         # the largest table, not all of them (collect_all would share work but hold them all).
         for i, (table, plan) in enumerate(zip(tables, plans, strict=True)):
-            df = plan.collect()
+            df = plan.collect(engine="streaming")
             _check_keys(table, df)
             # jsonb columns are checksummed by meaning (PostgreSQL reorders and reformats them).
             json_cols = _json_columns(table)
             dtypes = json_dtypes(df, json_cols)
             writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
                                  schema=table.polars_schema.to_arrow())
-            writer.write(df.to_arrow())
+            for i in range(0, df.height, chunk_rows):  # to Arrow a chunk at a time: no full copy
+                writer.write(df.slice(i, chunk_rows).to_arrow())
             chunks = writer.close()
             for c in chunks:  # paths are recorded as they will be after the rename
                 c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
@@ -121,7 +122,9 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
                 "rows": df.height,
                 "schema": schema_to_json(table.polars_schema),
                 "primary_key": list(table.primary_key),
-                "checksum": frames_checksum([comparable_json(df, json_cols, dtypes)]),
+                "checksum": frames_checksum(
+                    comparable_json(df.slice(i, 100_000), json_cols, dtypes)
+                    for i in range(0, max(df.height, 1), 100_000)),
                 "json_dtypes": dtypes,
                 "checksum_polars": pl.__version__,
                 "chunks": chunks,
