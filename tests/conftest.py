@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from etl import Settings
+from etl import Run, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETL_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -70,3 +72,36 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     finally:
         with _admin() as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# ------------------------------------------------------------------------------ runs ready to load
+
+
+@dataclass(frozen=True)
+class MidsRuns:
+    """Two transformed runs of the real sample: all of it, and without one powerset file (so a
+    reload visibly changes counts)."""
+
+    full: Run
+    small: Run
+
+
+def transformed_run(dataset: str, sources: list[Path], staging: Path) -> Run:
+    """Stage, validate and transform ``sources``: a run ready to load."""
+    from etl import get_dataset
+    from etl.stage import stage
+    from etl.transform import transform
+    from etl.validate import require_passed, validate
+
+    staged = stage(get_dataset(dataset), sources, settings=Settings(staging_dir=staging))
+    require_passed(validate(staged.run))
+    return transform(staged.run).run
+
+
+def mids_runs(sample: Path, root: Path, drop: str) -> MidsRuns:
+    """:class:`MidsRuns` staged under ``root``; ``drop`` names the powerset file left out."""
+    small = root / "export-small"
+    shutil.copytree(sample, small)
+    next((small / "db").rglob(f"*{drop}")).unlink()
+    return MidsRuns(full=transformed_run("mids", [sample], root / "staging"),
+                    small=transformed_run("mids", [small], root / "staging"))

@@ -19,49 +19,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
 from click.testing import CliRunner
 
-from etl import Settings, get_dataset, query
 from etl import cache as cache_mod
+from etl import get_dataset, query
 from etl.cache import Cache, db_generation, gen_key
 from etl.cli import main
 from etl.load import load
 from etl.pg import connect
 from etl.readbench import PROBE_SET, run_benchmark
-from etl.run import Run
-from etl.stage import stage
-from etl.transform import transform
-from etl.validate import require_passed, validate
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, MidsRuns, mids_runs
 
 MIDS = get_dataset("mids")
 REPO = Path(__file__).resolve().parents[1]
 
 
-@dataclass(frozen=True)
-class Runs:
-    full: Run
-    small: Run  # without PROBE_SET's file
-
-
-def _staged(sources: list[Path], staging: Path) -> Run:
-    staged = stage(MIDS, sources, settings=Settings(staging_dir=staging))
-    require_passed(validate(staged.run))
-    return transform(staged.run).run
-
-
 @pytest.fixture(scope="module")
-def runs(mids_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    root = tmp_path_factory.mktemp("cache")
-    small = root / "export-small"
-    shutil.copytree(mids_sample, small)
-    next((small / "db").rglob(f"*{PROBE_SET}.json")).unlink()
-    return Runs(full=_staged([mids_sample], root / "staging"), small=_staged([small], root / "staging"))
+def runs(mids_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> MidsRuns:
+    return mids_runs(mids_sample, tmp_path_factory.mktemp("cache"), f"{PROBE_SET}.json")
 
 
 @pytest.fixture
@@ -79,7 +58,7 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def loaded(pg_url: str, runs: Runs, redis_url: str) -> Iterator[str]:
+def loaded(pg_url: str, runs: MidsRuns, redis_url: str) -> Iterator[str]:
     """``pg_url`` with the full run loaded (generation 1); this database's Redis keys are deleted
     afterwards."""
     load(runs.full, database_url=pg_url, redis_url=redis_url)
@@ -186,7 +165,7 @@ def _probe_present(c: Cache) -> tuple[bool, str, int]:
 
 
 def test_reload_bumps_generation_and_both_tiers_serve_the_new_data(loaded: str, redis_url: str,
-                                                                   runs: Runs) -> None:
+                                                                   runs: MidsRuns) -> None:
     with Cache(loaded, redis_url=redis_url) as lru, Cache(loaded, redis_url=redis_url, lru_items=0) as red:
         assert _probe_present(lru) == (True, "db", 1)
         assert _probe_present(lru) == (True, "lru", 1)
@@ -205,7 +184,8 @@ def test_reload_bumps_generation_and_both_tiers_serve_the_new_data(loaded: str, 
         assert _probe_present(lru)[::2] == (True, 3)
 
 
-def test_generation_reaches_redis_before_the_swap_commits(loaded: str, redis_url: str, runs: Runs) -> None:
+def test_generation_reaches_redis_before_the_swap_commits(
+        loaded: str, redis_url: str, runs: MidsRuns) -> None:
     """Kill the loader after its swap did everything but commit: Redis already holds the next
     generation, the database the old one, and readers get the old (still committed) data,
     labelled with its true generation, so nothing old is ever stored under the new key. The
@@ -236,7 +216,7 @@ def test_generation_reaches_redis_before_the_swap_commits(loaded: str, redis_url
 
 
 def test_no_read_older_than_the_last_committed_swap_during_reloads(pg_url: str, redis_url: str,
-                                                                   runs: Runs) -> None:
+                                                                   runs: MidsRuns) -> None:
     """Concurrent readers of every tier during two full reloads; a watcher records each
     generation once it is committed; any read that started later and returned older data, or
     content not matching its generation, is counted."""
@@ -269,7 +249,7 @@ def test_missing_generation_key_is_refilled_from_the_database(loaded: str, redis
 
 
 def test_without_redis_reads_work_through_lru_and_database(loaded: str, caplog: pytest.LogCaptureFixture,
-                                                           runs: Runs) -> None:
+                                                           runs: MidsRuns) -> None:
     with Cache(loaded, redis_url=None) as c:
         assert query.fetch(c, "mids", "power", 3).tier == "db"
         assert query.fetch(c, "mids", "power", 3).tier == "lru"

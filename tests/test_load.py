@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,12 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from etl import Settings, get_dataset, ledger, open_run
+from etl import get_dataset, ledger, open_run
 from etl.cli import main
 from etl.load import VerificationFailed, live_tables, load, table_checksums
 from etl.pg import DatabaseError, LockBusy, advisory_lock, connect, lock_key
 from etl.run import Run, write_json_atomic
-from etl.stage import stage
-from etl.transform import transform
-from etl.validate import require_passed, validate
+from tests.conftest import MidsRuns, mids_runs
 
 REPO = Path(__file__).resolve().parents[1]
 MIDS = get_dataset("mids")
@@ -37,28 +34,9 @@ TABLES = [t.name for t in MIDS.tables]
 DROPPED_SET = "Class_Blaster_Blaster_Ranged.Fire_Blast.json"
 
 
-@dataclass(frozen=True)
-class Runs:
-    full: Run
-    small: Run
-
-
-def _staged(sources: list[Path], staging: Path) -> Run:
-    """Stage, validate and transform ``sources``: a run ready to load."""
-    staged = stage(MIDS, sources, settings=Settings(staging_dir=staging))
-    require_passed(validate(staged.run))
-    return transform(staged.run).run
-
-
 @pytest.fixture(scope="module")
-def runs(mids_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    root = tmp_path_factory.mktemp("load")
-    small_export = root / "export-small"
-    shutil.copytree(mids_sample, small_export)
-    victim = next((small_export / "db").rglob(DROPPED_SET))
-    victim.unlink()
-    runs = Runs(full=_staged([mids_sample], root / "staging"),
-                small=_staged([small_export], root / "staging"))
+def runs(mids_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> MidsRuns:
+    runs = mids_runs(mids_sample, tmp_path_factory.mktemp("load"), DROPPED_SET)
     assert runs.full.id != runs.small.id
     assert rows_of(runs.full)["powers"] > rows_of(runs.small)["powers"]
     return runs
@@ -130,7 +108,7 @@ def assert_clean_load_of(url: str, run: Run) -> None:
 # ------------------------------------------------------------------------------ a clean load
 
 
-def test_load_cli_builds_keys_indexes_view_and_records_the_run(pg_url: str, runs: Runs) -> None:
+def test_load_cli_builds_keys_indexes_view_and_records_the_run(pg_url: str, runs: MidsRuns) -> None:
     run = runs.full
     res = cli("load", str(run.path), "--database-url", pg_url, "--json")
     assert res.exit_code == 0, res.output
@@ -191,7 +169,7 @@ def test_load_cli_builds_keys_indexes_view_and_records_the_run(pg_url: str, runs
 # ------------------------------------------------------------------------------ atomicity
 
 
-def test_readers_see_old_or_new_never_a_mix(pg_url: str, runs: Runs) -> None:
+def test_readers_see_old_or_new_never_a_mix(pg_url: str, runs: MidsRuns) -> None:
     """Readers querying in a loop while a reload runs see the old rows, then the new ones: never
     an empty table, a missing view, or (within one REPEATABLE READ snapshot) a table from one
     load and the view from the other. Two readers, in opposite orders, so a transaction that
@@ -250,7 +228,7 @@ def test_readers_see_old_or_new_never_a_mix(pg_url: str, runs: Runs) -> None:
 
 
 @pytest.mark.parametrize("field", ["checksum", "rows"])
-def test_verification_mismatch_fails_and_keeps_the_live_schema(pg_url: str, runs: Runs, tmp_path: Path,
+def test_verification_mismatch_fails_and_keeps_the_live_schema(pg_url: str, runs: MidsRuns, tmp_path: Path,
                                                                field: str) -> None:
     load(runs.small, database_url=pg_url)
     before = table_checksums(pg_url, MIDS)
@@ -271,7 +249,7 @@ def test_verification_mismatch_fails_and_keeps_the_live_schema(pg_url: str, runs
 
 
 def test_verification_catches_a_corrupted_copy_and_the_next_load_redoes_it(
-        pg_url: str, runs: Runs, monkeypatch: pytest.MonkeyPatch) -> None:
+        pg_url: str, runs: MidsRuns, monkeypatch: pytest.MonkeyPatch) -> None:
     """A row changed by the COPY (as a silent corruption would) fails the load at verification;
     running it again rebuilds the schema instead of resuming the bad copy."""
     run = runs.full
@@ -308,7 +286,7 @@ KILL_POINTS = [
 
 
 @pytest.mark.parametrize(("point", "done_before", "old_data"), KILL_POINTS)
-def test_killed_load_resumes_to_a_clean_load(pg_url: str, runs: Runs, point: str, done_before: set[str],
+def test_killed_load_resumes_to_a_clean_load(pg_url: str, runs: MidsRuns, point: str, done_before: set[str],
                                              old_data: bool) -> None:
     run = runs.full
     if old_data:
@@ -343,7 +321,7 @@ def test_killed_load_resumes_to_a_clean_load(pg_url: str, runs: Runs, point: str
 # ------------------------------------------------------------------------------ lock, dropped connections
 
 
-def test_second_load_is_refused_while_one_runs(pg_url: str, runs: Runs) -> None:
+def test_second_load_is_refused_while_one_runs(pg_url: str, runs: MidsRuns) -> None:
     load(runs.small, database_url=pg_url)
     before = table_checksums(pg_url, MIDS)
     with connect(pg_url) as holder:
@@ -363,7 +341,8 @@ def test_second_load_is_refused_while_one_runs(pg_url: str, runs: Runs) -> None:
 
 
 def test_dropped_connection_is_retried_then_fails_naming_the_next_step(
-        pg_url: str, runs: Runs, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        pg_url: str, runs: MidsRuns, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     run = runs.full
     monkeypatch.setenv("ETL_FAULT_DROP_AT", "copy:powers")  # once: the retry succeeds
     with caplog.at_level("WARNING"):
@@ -391,7 +370,7 @@ def test_dropped_connection_is_retried_then_fails_naming_the_next_step(
 # ------------------------------------------------------------------------------ etl run, rebuild, unsafe-fast
 
 
-def test_run_end_to_end_json(pg_url: str, mids_sample: Path, tmp_path: Path, runs: Runs) -> None:
+def test_run_end_to_end_json(pg_url: str, mids_sample: Path, tmp_path: Path, runs: MidsRuns) -> None:
     args = ("--staging-dir", str(tmp_path / "st"), "run", "mids", str(mids_sample),
             "--database-url", pg_url, "--json")
     res = cli(*args)
@@ -426,7 +405,8 @@ def test_run_stops_on_validation_errors_before_the_database(pg_url: str, mids_sa
     assert query(pg_url, "SELECT nspname FROM pg_namespace WHERE nspname IN ('etl', 'mids')") == []
 
 
-def test_rebuild_checks_files_and_reproduces_the_checksums(pg_url: str, runs: Runs, tmp_path: Path) -> None:
+def test_rebuild_checks_files_and_reproduces_the_checksums(
+        pg_url: str, runs: MidsRuns, tmp_path: Path) -> None:
     run = copy_run(runs.full, tmp_path / "run")
     res = cli("load", str(run.path), "--database-url", pg_url)
     assert res.exit_code == 0, res.output
@@ -460,7 +440,7 @@ def test_rebuild_checks_files_and_reproduces_the_checksums(pg_url: str, runs: Ru
     assert loads_of(pg_url, run) == 2
 
 
-def test_unsafe_fast_asks_and_builds_unlogged_tables(pg_url: str, runs: Runs) -> None:
+def test_unsafe_fast_asks_and_builds_unlogged_tables(pg_url: str, runs: MidsRuns) -> None:
     args = ("load", str(runs.full.path), "--database-url", pg_url, "--unsafe-fast")
     res = cli(*args, input="n\n")
     assert res.exit_code != 0
