@@ -62,12 +62,16 @@ def _json_columns(table: Table) -> list[str]:
 
 
 def _check_keys(table: Table, df: pl.DataFrame) -> None:
+    """Primary key present and unique, required columns filled. ``df`` is sorted by its key."""
     pk = list(table.primary_key)
     nulls = df.select(pl.any_horizontal([pl.col(c).is_null() for c in pk]).sum()).item()
     if nulls:
         raise RunStateError(f"table {table.name}: {nulls} row(s) with an empty primary key {pk}",
                             hint="the dataset's transform or rules miss a case; report it")
-    dups = df.select(pl.struct(pk).is_duplicated().sum()).item()
+    # ``df`` is sorted by its key, so duplicates sit next to each other: comparing each row with
+    # the one before costs a pass, where is_duplicated() hashed every key (~450 MB at 2.5M rows).
+    same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in pk])
+    dups = df.select(same_as_previous.fill_null(False).sum()).item()
     if dups:
         raise RunStateError(f"table {table.name}: {dups} row(s) share a primary key {pk}",
                             hint="add a unique rule for the key to the dataset's rules")
