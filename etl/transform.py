@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from etl.dataset import Table
 from etl.errors import RunStateError
@@ -55,6 +57,16 @@ def _shape(table: Table, lf: pl.LazyFrame) -> pl.LazyFrame:
         raise RunStateError(f"transform for table {table.name} gives no column(s) {missing}",
                             hint="fix the dataset's transform")
     return lf.select([pl.col(c.name).cast(table.polars_schema[c.name]) for c in table.columns])
+
+
+def _read_chunks(folder: Path, table: Table, batch_rows: int = 100_000) -> Iterator[pl.DataFrame]:
+    """A table's written chunks, read back a slice at a time, typed like the table."""
+    schema = dict(table.polars_schema)
+    for path in sorted(folder.glob("*.parquet")):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            df = pl.from_arrow(batch)
+            assert isinstance(df, pl.DataFrame)
+            yield df.cast(schema)  # type: ignore[arg-type]
 
 
 def _json_columns(table: Table) -> list[str]:
@@ -117,24 +129,27 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
             dtypes = json_dtypes(df, json_cols)
             writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
                                  schema=table.polars_schema.to_arrow())
-            for i in range(0, df.height, chunk_rows):  # to Arrow a chunk at a time: no full copy
-                writer.write(df.slice(i, chunk_rows).to_arrow())
+            for start in range(0, df.height, chunk_rows):  # to Arrow a chunk at a time
+                writer.write(df.slice(start, chunk_rows).to_arrow())
             chunks = writer.close()
+            rows[table.name] = df.height
+            del df
+            # The checksum reads the chunks back a slice at a time once the table is dropped, so
+            # its work (decoding jsonb, hashing) does not add to the table's memory.
+            checksum = frames_checksum(
+                comparable_json(part, json_cols, dtypes)
+                for part in _read_chunks(tmp / table.name, table))
             for c in chunks:  # paths are recorded as they will be after the rename
                 c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
             entries[table.name] = {
-                "rows": df.height,
+                "rows": rows[table.name],
                 "schema": schema_to_json(table.polars_schema),
                 "primary_key": list(table.primary_key),
-                "checksum": frames_checksum(
-                    comparable_json(df.slice(i, 100_000), json_cols, dtypes)
-                    for i in range(0, max(df.height, 1), 100_000)),
+                "checksum": checksum,
                 "json_dtypes": dtypes,
                 "checksum_polars": pl.__version__,
                 "chunks": chunks,
             }
-            rows[table.name] = df.height
-            del df
             if progress:
                 progress("transform", i + 1, len(tables))
         tmp.mkdir(parents=True, exist_ok=True)
