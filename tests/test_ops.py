@@ -18,8 +18,8 @@ from etl.cli import main
 from etl.load import live_tables, load
 from etl.ops import health, optimize, stats
 from etl.pg import connect
-from tests.conftest import REDIS_URL
-from tests.test_cache import MIDS, Runs, runs  # noqa: F401  (the module's staged runs fixture)
+from tests.conftest import REDIS_URL, MidsRuns
+from tests.test_cache import MIDS, runs  # noqa: F401  (the module's staged runs fixture)
 
 
 def _free_port() -> int:
@@ -29,7 +29,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def loaded(pg_url: str, runs: Runs) -> str:  # noqa: F811
+def loaded(pg_url: str, runs: MidsRuns) -> str:  # noqa: F811
     load(runs.full, database_url=pg_url, redis_url=None)
     return pg_url
 
