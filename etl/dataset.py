@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import polars as pl
@@ -28,6 +29,9 @@ FieldType = Literal[
 ]
 Severity = Literal["error", "warning"]
 RuleKind = Literal["required", "range", "one_of", "unique", "references", "check", "types"]
+#: What staging does with a source file that is not valid JSON: stop the stage (``fail``), or
+#: leave it out, listed with the reason in the manifest and the validation report (``quarantine``).
+OnBadFile = Literal["fail", "quarantine"]
 
 #: Lineage columns every staged row carries: source file, record number in that file (0-based),
 #: JSON path of nested records inside it (``Powers[3].Effects[1]``), position in the parent list.
@@ -101,12 +105,49 @@ def inherited_field(levels: Mapping[str, Level], level: Level, name: str) -> Fie
 @dataclass(frozen=True, slots=True)
 class Source:
     """Files of one kind: matched by ``match`` (fnmatch on the path under the input root,
-    then on the bare file name), holding the record ``levels``."""
+    then on the bare file name), holding the record ``levels``.
+
+    ``on_bad_file="quarantine"`` suits exports of many small independent files (one search
+    result each): a file that is not valid JSON is left out and listed, and the rest loads;
+    ``etl stage --strict`` makes it fatal again. A source with no ``match`` patterns holds no
+    JSON files: its levels are filled by a :class:`SideFiles` hook."""
 
     name: str
     match: tuple[str, ...]
     levels: tuple[Level, ...]
     required: bool = True
+    on_bad_file: OnBadFile = "fail"
+
+
+@dataclass(frozen=True, slots=True)
+class SideInput:
+    """What a :class:`SideFiles` hook gets: the staged rows it looks beside, where each input
+    file was found, and a content-addressed store under the staging directory."""
+
+    #: The staged rows of :attr:`SideFiles.beside` (lineage columns and fields).
+    records: pl.DataFrame
+    #: Input root of each staged file, by its relative path (``_file``): files beside it must
+    #: resolve under this root, or they are refused unread.
+    roots: Mapping[str, Path]
+    #: Folder for copies of side files (``<staging_dir>/<dataset>/_store``), shared by runs.
+    store: Path
+    #: What stored paths are written relative to (the staging directory).
+    store_base: Path
+    threads: int
+
+
+@dataclass(frozen=True, slots=True)
+class SideFiles:
+    """Files that sit beside a source's JSON files (screenshots, attachments), staged by a hook.
+
+    After the JSON levels are staged, ``stage(SideInput)`` is called with the rows of level
+    ``beside`` and returns the rows of level ``level`` (declared, with its fields, in a
+    :class:`Source` without match patterns), lineage columns included. Each row's ``sha256``
+    column (when there is one) joins the run id, so a changed side file is a new run."""
+
+    level: str
+    beside: str
+    stage: Callable[[SideInput], pl.DataFrame]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +303,12 @@ class Dataset:
     rules: tuple[Rule, ...] = ()
     cleaning: tuple[Clean, ...] = ()
     sql_dir: str | None = None
+    #: Files beside the JSON (screenshots…), staged by hooks.
+    side_files: tuple[SideFiles, ...] = ()
+    #: Table → column holding the import's tag (a name for one import among several in the
+    #: same tables). ``etl load --tag`` sets it at load time; ``--delete-missing`` in merge
+    #: mode deletes only rows carrying the import's tag(s).
+    tag_columns: Mapping[str, str] = field(default_factory=dict)
     #: Reconciliation hints shown by ``etl datasets``: where each table's rows come from.
     notes: Mapping[str, str] = field(default_factory=dict)
 
@@ -291,6 +338,7 @@ class Dataset:
                 {
                     "name": s.name,
                     "match": list(s.match),
+                    **({"on_bad_file": s.on_bad_file} if s.on_bad_file != "fail" else {}),
                     "levels": [
                         {
                             "name": lvl.name,

@@ -7,6 +7,7 @@ retry policy live in one place.
 from __future__ import annotations
 
 import logging
+import random
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -90,8 +91,10 @@ def is_connection_error(exc: BaseException) -> bool:
 
 def retry(fn: Callable[[], T], *, what: str, attempts: int = 4, first_delay: float = 0.5,
           next_step: str, sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call ``fn``; on a lost connection wait (0.5 s, 1 s, 2 s, …) and try again, then give up
-    with a :class:`DatabaseError` that names ``next_step``."""
+    """Call ``fn``; on a lost connection wait (about 0.5 s, 1 s, 2 s, …: exponential backoff,
+    each wait drawn from [½, 1½] of it so that parallel workers do not retry in step) and try
+    again, then give up with a :class:`DatabaseError` that names ``next_step``. Any other error
+    (a refused statement: a constraint, a bad value) is permanent and raised at once, unretried."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
@@ -102,9 +105,10 @@ def retry(fn: Callable[[], T], *, what: str, attempts: int = 4, first_delay: flo
             if attempt == attempts:
                 raise DatabaseError(f"{what}: connection lost {attempts} times: {exc}".strip(),
                                     hint=next_step) from exc
+            wait = delay * random.uniform(0.5, 1.5)
             log.warning("%s: connection lost (%s); retry %d/%d in %.1f s", what,
-                        mask_secrets(str(exc)).strip(), attempt, attempts - 1, delay)
-            sleep(delay)
+                        mask_secrets(str(exc)).strip(), attempt, attempts - 1, wait)
+            sleep(wait)
             delay *= 2
     raise AssertionError("unreachable")
 

@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,12 +39,13 @@ from typing import Any, Literal
 import duckdb
 import numpy as np
 import orjson
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl import __version__
 from etl.config import Settings
-from etl.dataset import Dataset, Source
+from etl.dataset import Dataset, SideInput, Source
 from etl.errors import ConfigError, EtlError, InputError
 from etl.metrics import Phase, peak_rss_bytes, timed
 from etl.run import (
@@ -151,8 +152,9 @@ def _walk_json(root: Path) -> list[str]:
 def assign_sources(dataset: Dataset, files: list[tuple[Path, str]]) -> dict[str, list[tuple[Path, str]]]:
     """Give each file to the first source whose pattern matches its relative path or name."""
     out: dict[str, list[tuple[Path, str]]] = {s.name: [] for s in dataset.sources}
+    # A source without patterns holds no JSON files (its levels come from side-file hooks).
     patterns = [(s.name, re.compile("|".join(fnmatch.translate(p) for p in s.match)))
-                for s in dataset.sources]
+                for s in dataset.sources if s.match]
     ignored = []
     for path, rel in files:
         name = rel.rsplit("/", 1)[-1]
@@ -530,12 +532,38 @@ class _LevelWorker:
                           hint="fix or remove this file, then stage again")
 
 
+def _inspect_or_quarantine(path: Path, relpath: str, source: str, *, keep: int,
+                           max_record_bytes: int) -> tuple[InputFile | dict[str, Any], bytes | None]:
+    """:func:`inspect_file`, and for one-object files a full parse; a file that fails either
+    comes back as its quarantine entry (name, size, hash, reason) instead of raising."""
+    try:
+        info, content = inspect_file(path, relpath, source, keep=keep)
+        if info.shape == "object":
+            text = content
+            if text is None and info.size <= max_record_bytes:
+                text = path.read_bytes()
+            if text is not None:
+                try:
+                    orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
+                    raise InputError(f"malformed JSON: {exc}", file=path,
+                                     offset=getattr(exc, "pos", None)) from None
+        return info, content
+    except InputError as exc:
+        log.warning("quarantined %s: %s", relpath, exc.message)
+        return {"source": source, "relpath": relpath, "path": str(path),
+                "size": os.stat(path).st_size, "sha256": sha256_file(path),
+                "reason": exc.message, "offset": exc.offset}, None
+
+
 def _scan_in_order(
     jobs: Sequence[tuple[Path, str, str, int]], pool: ThreadPoolExecutor, *, keep: int, window: int,
+    quarantine: list[dict[str, Any]] | None = None, max_record_bytes: int = 64 << 20,
 ) -> Iterator[tuple[InputFile, bytes | None]]:
     """Inspect files on ``pool`` and yield them in order, with at most ``window`` bytes of files
-    read ahead (so memory does not grow with the input)."""
-    ahead: deque[tuple[Future[tuple[InputFile, bytes | None]], int]] = deque()
+    read ahead (so memory does not grow with the input). With ``quarantine``, files that are
+    not valid JSON are appended to it (see :func:`_inspect_or_quarantine`), not yielded."""
+    ahead: deque[tuple[Future[tuple[Any, bytes | None]], int]] = deque()
     ahead_bytes = 0
     it = iter(jobs)
     try:
@@ -545,13 +573,24 @@ def _scan_in_order(
                 if job is None:
                     break
                 path, rel, src, size = job
-                ahead.append((pool.submit(inspect_file, path, rel, src, keep=keep), size))
+                fut: Future[tuple[Any, bytes | None]]
+                if quarantine is None:
+                    fut = pool.submit(inspect_file, path, rel, src, keep=keep)
+                else:
+                    fut = pool.submit(_inspect_or_quarantine, path, rel, src, keep=keep,
+                                      max_record_bytes=max_record_bytes)
+                ahead.append((fut, size))
                 ahead_bytes += size
             if not ahead:
                 return
             fut, size = ahead.popleft()
             ahead_bytes -= size
-            yield fut.result()
+            info, content = fut.result()
+            if isinstance(info, dict):
+                assert quarantine is not None
+                quarantine.append(info)
+                continue
+            yield info, content
     finally:
         for fut, _ in ahead:
             fut.cancel()
@@ -600,6 +639,7 @@ def _source_batches(
     batch_bytes: int,
     max_record_bytes: int,
     inspected: list[InputFile],
+    quarantine: list[dict[str, Any]] | None = None,
 ) -> Iterator[tuple[pa.Table, int]]:
     """Record tables of about ``batch_bytes`` for one source, each with the input bytes it
     completes. Files are hashed and checked on the way (appended to ``inspected``).
@@ -610,7 +650,8 @@ def _source_batches(
     pending_bytes = 0
     later: list[InputFile] = []
     keep = min(batch_bytes, max_record_bytes)
-    for info, content in _scan_in_order(jobs, scan_pool, keep=keep, window=batch_bytes):
+    for info, content in _scan_in_order(jobs, scan_pool, keep=keep, window=batch_bytes,
+                                        quarantine=quarantine, max_record_bytes=max_record_bytes):
         inspected.append(info)
         if content is None:
             later.append(info)
@@ -699,7 +740,9 @@ def _previous_run(
 
     Only when an earlier run lists the same files with the same sizes are the files hashed
     (without parsing) to compute the run id; a new export costs nothing extra here."""
-    if not root.is_dir():
+    if not root.is_dir() or dataset.side_files:
+        # Side files (screenshots) are not listed among the sources: stage again, which finds
+        # the run by its id (and copies nothing twice into the store).
         return None
     wanted = sorted((src, rel, size) for _, rel, src, size in jobs)
     for run_dir in sorted(root.iterdir()):
@@ -707,7 +750,8 @@ def _previous_run(
         if run_dir.name.startswith(".") or not manifest.is_file():
             continue
         try:
-            sources = orjson.loads(manifest.read_bytes()).get("sources", [])
+            data = orjson.loads(manifest.read_bytes())
+            sources = [*data.get("sources", []), *data.get("quarantined", [])]
             listed = sorted((f["source"], f["relpath"], f["size"]) for f in sources)
         except (orjson.JSONDecodeError, KeyError, TypeError):
             continue
@@ -730,12 +774,15 @@ def stage(
     force: bool = False,
     max_record_bytes: int = 64 << 20,
     progress: Progress | None = None,
+    strict: bool = False,
 ) -> StageResult:
     """Stage ``sources`` for ``dataset`` into ``<staging_dir>/<dataset>/<run>/``.
 
     Returns the run (and ``skipped=True`` when the same content was staged before and
     ``force`` is false). Raises :class:`InputError` naming the file and record on bad input;
-    nothing is left that looks like a complete run.
+    nothing is left that looks like a complete run. Files of a quarantining source
+    (``on_bad_file="quarantine"``) that are not valid JSON are left out and listed in the
+    manifest's ``quarantined``; ``strict`` makes them an :class:`InputError` too.
     """
     started = time.perf_counter()
     with timed("stage") as phase:
@@ -754,6 +801,7 @@ def stage(
         if previous is not None:
             log.info("run %s already staged at %s; skipping (use force to redo)", previous.name, previous)
             run = open_run(previous)
+            _check_strict(run.manifest, strict)
             phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
             return StageResult(run, True, phase)
 
@@ -763,7 +811,9 @@ def stage(
         tmp.mkdir(parents=True)
         try:
             manifest = _stage_into(dataset, jobs, tmp, settings=settings,
-                                   max_record_bytes=max_record_bytes, progress=progress)
+                                   max_record_bytes=max_record_bytes, progress=progress,
+                                   roots=_roots(sources, found))
+            _check_strict(manifest, strict)
             final = root / manifest["run_id"]
             if (final / MANIFEST).is_file() and not force:
                 # Same content under other names or places than any earlier run listed.
@@ -787,6 +837,67 @@ def stage(
     return StageResult(run, False, phase)
 
 
+def _check_strict(manifest: Mapping[str, Any], strict: bool) -> None:
+    bad = manifest.get("quarantined") or []
+    if strict and bad:
+        first = bad[0]
+        raise InputError(f"{len(bad)} file(s) are not valid JSON (--strict): {first['reason']}"
+                         + (f"; also {', '.join(b['relpath'] for b in bad[1:4])}" if len(bad) > 1
+                            else ""),
+                         dataset=str(manifest.get("dataset")), file=first["path"],
+                         offset=first.get("offset"),
+                         hint="fix or remove the file(s), or stage without --strict to quarantine "
+                              "them and load the rest")
+
+
+def _roots(sources: Sequence[str | Path], found: Sequence[tuple[Path, str]]) -> dict[str, Path]:
+    """The input root each file was found under, by its relative path: the directory given
+    (for a directory), the glob's fixed head, or the file's own folder."""
+    out: dict[str, Path] = {}
+    for path, rel in found:
+        text = str(path)
+        root = Path(text[: -len(rel)]) if rel and text.endswith(rel) else path.parent
+        out[rel] = root if str(root) else Path(".")
+    return out
+
+
+def _stage_side_files(dataset: Dataset, tmp: Path, writers: dict[str, ChunkWriter], *,
+                      roots: Mapping[str, Path], settings: Settings,
+                      threads: int) -> list[tuple[str, str, str]]:
+    """Run the dataset's side-file hooks over the staged levels they look beside; write their
+    rows; return (level, file, sha256) entries for the run id."""
+    entries: list[tuple[str, str, str]] = []
+    levels = dataset.levels
+    store_base = Path(settings.staging_dir)
+    for side in dataset.side_files:
+        chunks = writers[side.beside].close()
+        files = [str(tmp / c["path"]) for c in chunks]
+        schema = level_schema(levels[side.beside], levels)
+        records = pl.read_parquet(files) if files else pl.DataFrame(schema=schema)
+        writers[side.beside] = _Closed(chunks)  # type: ignore[assignment]
+        rows = side.stage(SideInput(records=records, roots=roots,
+                                    store=store_base / dataset.name / "_store",
+                                    store_base=store_base, threads=threads))
+        target = level_schema(levels[side.level], levels)
+        rows = rows.with_columns(*(pl.lit(None, dtype).alias(n) for n, dtype in target.items()
+                                   if n not in rows.columns)).select(list(target)).cast(target)
+        writers[side.level].write(rows.to_arrow())
+        if "sha256" in rows.columns:
+            entries.extend((side.level, f or "", h or "") for f, h in
+                           rows.select("_file", "sha256").iter_rows())
+    return entries
+
+
+class _Closed:
+    """A level writer already closed (its chunks listed), for levels side hooks read."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self.chunks = chunks
+
+    def close(self) -> list[dict[str, Any]]:
+        return self.chunks
+
+
 def _stage_into(
     dataset: Dataset,
     jobs: Sequence[tuple[Path, str, str, int]],
@@ -795,6 +906,7 @@ def _stage_into(
     settings: Settings,
     max_record_bytes: int,
     progress: Progress | None,
+    roots: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     # The memory limit is shared out: a quarter for the reader of streamed files (one thread,
     # so file and record order hold), the rest split between the workers that unpack levels.
@@ -823,14 +935,17 @@ def _stage_into(
     total = sum(j[3] for j in jobs)
     done = [0]
     inspected: list[InputFile] = []
+    quarantined: list[dict[str, Any]] = []
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
             for src in dataset.sources:
                 src_jobs = [j for j in jobs if j[2] == src.name]
                 if not src_jobs:
                     continue
-                batches = _source_batches(reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
-                                          max_record_bytes=max_record_bytes, inspected=inspected)
+                batches = _source_batches(
+                    reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
+                    max_record_bytes=max_record_bytes, inspected=inspected,
+                    quarantine=quarantined if src.on_bad_file == "quarantine" else None)
                 _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
                               worker_memory=worker_memory, progress=progress, done_bytes=done,
                               total_bytes=total, files=inspected)
@@ -838,6 +953,8 @@ def _stage_into(
         reader.close()
     for leftover in tmp.glob(".duckdb_tmp*"):
         shutil.rmtree(leftover, ignore_errors=True)
+    side_entries = _stage_side_files(dataset, tmp, writers, roots=roots or {}, settings=settings,
+                                     threads=threads) if dataset.side_files else []
     level_entries = {}
     for name, lvl in levels.items():
         chunks = writers[name].close()
@@ -848,7 +965,10 @@ def _stage_into(
             "schema": schema_to_json(level_schema(lvl, levels)),
             "chunks": chunks,
         }
-    run_id = compute_run_id(dataset, [(f.source, f.relpath, f.sha256) for f in inspected])
+    run_id = compute_run_id(dataset, [
+        *((f.source, f.relpath, f.sha256) for f in inspected),
+        *((q["source"], q["relpath"], "quarantined:" + q["sha256"]) for q in quarantined),
+        *((f"side:{level}", rel, sha) for level, rel, sha in side_entries)])
     return {
         "format": MANIFEST_FORMAT,
         "run_id": run_id,
@@ -860,5 +980,6 @@ def _stage_into(
                      "max_record_bytes": max_record_bytes},
         "sources": [f.to_dict() for f in sorted(inspected, key=lambda f: (f.source, f.relpath))],
         "levels": level_entries,
+        "quarantined": sorted(quarantined, key=lambda q: (q["source"], q["relpath"])),
         "phases": {},
     }

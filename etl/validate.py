@@ -220,6 +220,9 @@ def validate(
             "levels": levels_out,
             "rules": rules_out,
             "cleaning": cleaning_out,
+            # Files a quarantining source left out at staging (not valid JSON), with the reason.
+            "quarantined": [{k: q.get(k) for k in ("source", "relpath", "reason", "offset")}
+                            for q in run.manifest.get("quarantined") or []],
         }
         replace_dir(tmp, run.path / "rejects")
         phase.rows = total_rows

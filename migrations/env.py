@@ -18,7 +18,7 @@ from etl.schema import LEDGER_SCHEMA, target_metadata
 config = context.config
 
 #: The datasets whose live schema the migrations create.
-DATASETS = ("mids", "aodb")
+DATASETS = ("mids", "aodb", "licenses")
 
 target = target_metadata(get_dataset(name) for name in DATASETS)
 SCHEMAS = {LEDGER_SCHEMA, *DATASETS}

@@ -23,9 +23,10 @@ from etl.schema import (
 
 MIDS = get_dataset("mids")
 AODB = get_dataset("aodb")
+LICENSES = get_dataset("licenses")
 #: The migrations that create the dataset schemas, in order (later ones may follow them).
 ALL = ["0001_ledger", "0002_mids", "0003_aodb"]
-LIVE = {"mids": MIDS, "aodb": AODB}
+LIVE = {"mids": MIDS, "aodb": AODB, "licenses": LICENSES}
 
 
 @pytest.fixture
@@ -117,6 +118,8 @@ def test_migrations_agree_with_dataset_tables(pg_url: str, engine: sa.Engine) ->
     "ALTER TABLE aodb.spells ALTER COLUMN params TYPE json",
     "ALTER TABLE aodb.stat_values DROP CONSTRAINT stat_values_stat_value_key",
     "ALTER TABLE aodb.item_stats DROP CONSTRAINT item_stats_stat_value_id_fkey",
+    "ALTER TABLE licenses.search_results ALTER COLUMN issue_date TYPE text",
+    "ALTER TABLE licenses.search_results DROP CONSTRAINT search_results_image_sha256_fkey",
 ])
 def test_agreement_check_has_teeth(pg_url: str, engine: sa.Engine, change: str) -> None:
     ledger.upgrade(pg_url)

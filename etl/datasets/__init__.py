@@ -20,7 +20,8 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "etl.datasets"
 #: Built-in datasets: name → module holding ``DATASET``.
-BUILTINS = {"mids": "etl.datasets.mids", "aodb": "etl.datasets.aodb"}
+BUILTINS = {"mids": "etl.datasets.mids", "aodb": "etl.datasets.aodb",
+            "licenses": "etl.datasets.licenses"}
 
 
 @cache
