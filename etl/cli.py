@@ -122,6 +122,8 @@ _stage_options = [
     click.option("--max-record-bytes", type=int, default=64 << 20, show_default=True,
                  help="Refuse a single JSON record larger than this."),
     click.option("--force", is_flag=True, help="Stage again even if this content was staged before."),
+    click.option("--strict", is_flag=True, help="Stop on a file that is not valid JSON even where the "
+                 "dataset quarantines such files (licenses)."),
 ]
 
 
@@ -163,13 +165,14 @@ def datasets_cmd(as_json: bool) -> None:
 
 
 def _do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, force: bool,
-              max_record_bytes: int, **flags: Any) -> tuple[Run, Phase, bool]:
+              max_record_bytes: int, strict: bool = False, **flags: Any) -> tuple[Run, Phase, bool]:
     from etl.stage import stage
 
     settings = _settings(ctx, **flags)
     with _progress() as progress:
         result = stage(get_dataset(dataset), list(sources), settings=settings, force=force,
-                       max_record_bytes=max_record_bytes, progress=progress)
+                       max_record_bytes=max_record_bytes, progress=progress, strict=strict)
+    _print_quarantined(result.run.manifest.get("quarantined") or [])
     if result.skipped:
         err.print(f"[yellow]already staged[/] (same content, dataset version "
                   f"{result.run.manifest['dataset_version']}): {escape(str(result.run.path))} "
@@ -200,6 +203,17 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
         _print_levels(run)
         print_phases([phase])
     click.echo(run.path)
+
+
+def _print_quarantined(bad: list[dict[str, Any]]) -> None:
+    if not bad:
+        return
+    err.print(f"[yellow]quarantined {len(bad)} file(s)[/] that are not valid JSON (left out; "
+              "--strict makes this fatal):")
+    for q in bad[:20]:
+        err.print(f"  {escape(q['relpath'])}: {escape(q['reason'])}", soft_wrap=True)
+    if len(bad) > 20:
+        err.print(f"  … and {len(bad) - 20} more (see the manifest's \"quarantined\")")
 
 
 def _print_levels(run: Run) -> None:
@@ -342,12 +356,25 @@ def _load_options(fn: F) -> F:
                           "server crash). Asks for confirmation."),
         click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --unsafe-fast)."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+        click.option("--mode", "load_mode", type=click.Choice(["full", "merge"]), default="full",
+                     show_default=True,
+                     help="full: build a new schema and swap it in; merge: upsert into the live "
+                          "tables (insert new rows, update changed ones, report unchanged)."),
+        click.option("--tag", help="Name of the import (the dataset row its rows belong to; "
+                     "licenses). Default: the dataset's default tag."),
+        click.option("--delete-missing", is_flag=True,
+                     help="With --mode merge: delete live rows (of the import's tag) that the "
+                          "import no longer has."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _mode(unsafe_fast: bool, yes: bool) -> Any:
+def _mode(unsafe_fast: bool, yes: bool, load_mode: str = "full") -> Any:
+    if load_mode == "merge":
+        if unsafe_fast:
+            raise click.UsageError("--unsafe-fast applies to full loads, not --mode merge")
+        return "merge"
     if not unsafe_fast:
         return "full"
     err.print(f"[bold yellow]warning:[/] {escape(_UNSAFE_WARNING)}", soft_wrap=True)
@@ -367,6 +394,19 @@ def _connect_hint(url: str, settings: Settings) -> None:
 
 
 def _print_load(result: Any) -> None:
+    if result.merged:
+        title = f"merged into schema {result.schema} (ledger #{result.ledger_id}" + (
+            f", tag {result.tag})" if result.tag else ")")
+        table = Table(title=title, title_justify="left")
+        for col in ("table", "staged", "inserted", "updated", "unchanged", "deleted"):
+            table.add_column(col, justify="left" if col == "table" else "right")
+        for name, c in result.merged.items():
+            table.add_row(name, *(f"{c[k]:,}" if k in c else "-"
+                                  for k in ("staged", "inserted", "updated", "unchanged", "deleted")))
+        err.print(table)
+        if not result.changed:
+            err.print("nothing changed: every row is already in the database as imported")
+        return
     if result.skipped:
         err.print(f"run {result.run.id} is already loaded into schema {result.schema} "
                   f"(ledger #{result.ledger_id}); nothing to do. Use --force to load it again.")
@@ -404,7 +444,8 @@ def _print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:
 @click.pass_context
 @_handle_errors
 def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe_fast: bool, yes: bool,
-             as_json: bool, force: bool) -> None:
+             as_json: bool, force: bool, load_mode: str, tag: str | None,
+             delete_missing: bool) -> None:
     """Load a transformed run into PostgreSQL: a new schema, COPY, keys, indexes, views, checks,
     then one swap.
 
@@ -416,18 +457,21 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
     Examples:
       etl load staging/mids/mids-1a2b3c4d5e6f
       etl load staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db:5432/games
+      etl load staging/licenses/licenses-1a2b3c4d5e6f --mode merge --tag baseline
     """
     from etl.load import load
 
     settings = _settings(ctx, database_url=database_url)
-    mode = _mode(unsafe_fast, yes)
+    mode = _mode(unsafe_fast, yes, load_mode)
     run = open_run(run_dir)
     with _progress() as progress:
-        result = load(run, database_url=settings.database_url, mode=mode, force=force, progress=progress)
+        result = load(run, database_url=settings.database_url, mode=mode, force=force, progress=progress,
+                      tag=tag, delete_missing=delete_missing)
     if as_json:
         click.echo(json.dumps({
             "run": str(run.path), "run_id": run.id, "schema": result.schema,
             "ledger_id": result.ledger_id, "mode": result.mode, "skipped": result.skipped,
+            "merged": result.merged, "changed": result.changed, "tag": result.tag,
             "rows": result.rows, "checksums": result.checksums,
             "phases": [p.to_dict() for p in result.phases]}, indent=2))
         return
@@ -448,8 +492,8 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
 @click.pass_context
 @_handle_errors
 def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reject_ratio: float,
-            database_url: str | None, unsafe_fast: bool, yes: bool, as_json: bool,
-            **opts: Any) -> None:
+            database_url: str | None, unsafe_fast: bool, yes: bool, as_json: bool, load_mode: str,
+            tag: str | None, delete_missing: bool, **opts: Any) -> None:
     """Stage, validate, transform and load an export in one go.
 
     Validation errors stop the run before anything reaches the database. Ends with a per-phase
@@ -464,11 +508,13 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
 
     settings = _settings(ctx, database_url=database_url, memory_limit=opts.get("memory_limit"),
                          chunk_rows=opts.get("chunk_rows"), threads=opts.get("threads"))
-    mode = _mode(unsafe_fast, yes)
+    mode = _mode(unsafe_fast, yes, load_mode)
     with _progress() as progress:
         result = run_all(get_dataset(dataset), list(sources), settings=settings,
                          max_reject_ratio=max_reject_ratio, mode=mode, force=opts.get("force", False),
-                         progress=progress)
+                         progress=progress, tag=tag, delete_missing=delete_missing,
+                         strict=opts.get("strict", False))
+    _print_quarantined(result.run.manifest.get("quarantined") or [])
     _print_pipeline(result, settings, as_json=as_json)
 
 
@@ -508,8 +554,9 @@ def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_
 
 
 @main.command("generate")
-@click.argument("dataset", type=click.Choice(["mids", "aodb"]))
+@click.argument("dataset", type=click.Choice(["mids", "aodb", "licenses"]))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--results", type=int, help="licenses: number of result files (default 515).")
 @click.option("--powersets", type=int, help="mids: number of powerset files.")
 @click.option("--entries", type=int, help="mids: or about this many entries (powersets + powers + effects).")
 @click.option("--items", type=int, help="aodb: number of items (default 1,000).")
@@ -521,8 +568,9 @@ def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_
               help="A real export to amplify (mids: e.g. ../shared/data/mids, synthetic when absent; "
                    "aodb: default ../shared/data/aodb).")
 @_handle_errors
-def generate_cmd(dataset: str, out: Path, powersets: int | None, entries: int | None, items: int | None,
-                 files: int, ndjson: bool, seed: int, template: Path | None) -> None:
+def generate_cmd(dataset: str, out: Path, results: int | None, powersets: int | None,
+                 entries: int | None, items: int | None, files: int, ndjson: bool, seed: int,
+                 template: Path | None) -> None:
     """Write an export in the real format, of any size, deterministic by seed.
 
     \b
@@ -530,7 +578,16 @@ def generate_cmd(dataset: str, out: Path, powersets: int | None, entries: int | 
       etl generate mids /tmp/mids-demo --powersets 50
       etl generate mids /tmp/mids-360k --entries 360000 --template ../shared/data/mids
       etl generate aodb /tmp/aodb-170k --items 170000 --template ../shared/data/aodb
+      etl generate licenses /tmp/licenses-515 --results 515
     """
+    if dataset == "licenses":
+        from etl.gen.licenses import generate_licenses
+
+        tree = generate_licenses(out, results=results or 515, seed=seed)
+        err.print(f"wrote {tree.files:,} files, {tree.bytes / 1e6:,.1f} MB: {tree.results:,} "
+                  f"results, {tree.images:,} screenshots")
+        click.echo(out)
+        return
     if dataset == "aodb":
         from etl.gen.aodb import generate_aodb
 
@@ -588,8 +645,9 @@ def demo_cmd(ctx: click.Context, out: Path, powersets: int, database_url: str | 
 
 
 @main.command("bench")
-@click.option("--dataset", type=click.Choice(["mids", "aodb"]), default="mids", show_default=True,
-              help="What to measure: mids (sizes in entries) or aodb (sizes in items).")
+@click.option("--dataset", type=click.Choice(["mids", "aodb", "licenses"]), default="mids",
+              show_default=True, help="What to measure: mids (sizes in entries), aodb (sizes in "
+              "items) or licenses (sizes in result files; first import and re-import).")
 @click.option("--entries", type=int, multiple=True, help="Export sizes to measure (repeatable). "
               "Default: mids the real export's size (78k) and the original tool's scale (360k); "
               "aodb the full export's 170,000 items.")
@@ -619,9 +677,12 @@ def bench_cmd(dataset: str, entries: tuple[int, ...], template: Path | None, wor
     """
     from etl.bench import run_bench
 
-    sizes = list(entries) or ([170_000] if dataset == "aodb" else [78_000, 360_000])
+    sizes = list(entries) or {"aodb": [170_000], "licenses": [515]}.get(dataset, [78_000, 360_000])
     template = template or Path("../shared/data") / dataset
-    results = run_bench(sizes, template=template if template.is_dir() else None, work_dir=work_dir,
+    if dataset == "licenses":
+        template = None  # generated from scratch (the sample's shape and dirt)
+    results = run_bench(sizes, template=template if template and template.is_dir() else None,
+                        work_dir=work_dir,
                         log=lambda msg: err.print(msg), database_url=database_url, load=not no_load,
                         dataset=dataset)
     if as_json:
@@ -638,6 +699,12 @@ def bench_cmd(dataset: str, entries: tuple[int, ...], template: Path | None, wor
         err.print(f"whole run: {res['total_seconds']:.2f} s in-process "
                   f"({res['total_wall_seconds']:.2f} s with interpreter starts); max peak RSS "
                   f"{_mb(res['max_peak_rss'])}")
+        if res.get("reimport"):
+            print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"])
+                          for p in res["reimport"]], title="re-import (merge, nothing changed)")
+            err.print(f"first import {res['total_seconds']:.2f} s in-process "
+                      f"({res['total_wall_seconds']:.2f} s wall); re-import "
+                      f"{res['reimport_seconds']:.2f} s ({res['reimport_wall_seconds']:.2f} s wall)")
         if res["unsafe_fast_parts"]:
             safe = {p["name"]: p["seconds"] for p in res["load_parts"]}
             fast = {p["name"]: p["seconds"] for p in res["unsafe_fast_parts"]}

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from etl import cache, ledger, pg
 from etl.config import load_settings
 from etl.dataset import Dataset, Table
-from etl.errors import EtlError, RunStateError
+from etl.errors import ConfigError, EtlError, RunStateError
 from etl.metrics import Phase, peak_rss_bytes
 from etl.pg import DatabaseError, quote_ident
 from etl.run import Run, comparable_json, frames_checksum
@@ -50,7 +50,7 @@ from etl.schema import constraints_sql, create_tables_sql, fkey_name
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["full", "unsafe-fast", "rebuild"]
+Mode = Literal["full", "unsafe-fast", "rebuild", "merge"]
 Progress = Callable[[str, int, int], None]
 
 #: The project's SQL folder: ``sql/<dataset>/*.sql`` run in file-name order after the keys.
@@ -76,6 +76,15 @@ class LoadResult:
     phases: list[Phase] = field(default_factory=list)
     resumed_from: list[str] = field(default_factory=list)
     skipped: bool = False
+    #: Merge mode: per table, rows ``inserted``, ``updated``, ``unchanged`` (and ``deleted``).
+    merged: dict[str, dict[str, int]] = field(default_factory=dict)
+    tag: str | None = None
+
+    @property
+    def changed(self) -> bool:
+        """Merge mode: whether anything was inserted, updated or deleted."""
+        return any(c.get("inserted", 0) or c.get("updated", 0) or c.get("deleted", 0)
+                   for c in self.merged.values())
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -115,10 +124,12 @@ def _backend_pid(conn: Any) -> int:
     return pid
 
 
-def manifest_digest(run: Run) -> str:
+def manifest_digest(run: Run, tag: str | None = None) -> str:
     """What identifies the loaded content: the run id and its tables' entries (rows, chunk
-    hashes, checksums), not the manifest's timings."""
-    data = {"run_id": run.id, "tables": run.manifest.get("tables")}
+    hashes, checksums), not the manifest's timings; and the import tag, when one is given."""
+    data: dict[str, Any] = {"run_id": run.id, "tables": run.manifest.get("tables")}
+    if tag is not None:
+        data["tag"] = tag
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -155,31 +166,73 @@ def _frames(batches: Iterable[pa.RecordBatch], table: Table,
         yield comparable_json(df.cast(schema), json_cols, json_dtypes or {})  # type: ignore[arg-type]
 
 
-def _table_reader(run: Run, table: Table, entry: dict[str, Any], *,
-                  for_copy: bool = False) -> tuple[pa.RecordBatchReader, int]:
+def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bool = False,
+                  tag: tuple[str, str] | None = None) -> tuple[pa.RecordBatchReader, int]:
     """A stream of the table's staged rows (bounded memory), and its row count.
 
     ``for_copy``: jsonb columns are tagged as Arrow JSON, which ADBC sends as jsonb (plain
-    strings into a jsonb column are refused by the binary COPY)."""
+    strings into a jsonb column are refused by the binary COPY). ``tag``: (column, value):
+    that column holds ``value`` in every row (``etl load --tag``)."""
     schema = table.polars_schema.to_arrow()
     paths = [run.path / c["path"] for c in entry.get("chunks", [])]
     json_cols = set(_json_columns(table)) if for_copy else set()
     out_schema = pa.schema([pa.field(f.name, pa.json_(pa.string())) if f.name in json_cols else f
                             for f in schema])
 
-    def tag(batch: pa.RecordBatch) -> pa.RecordBatch:
+    def tag_json(batch: pa.RecordBatch) -> pa.RecordBatch:
         arrays = [pa.ExtensionArray.from_storage(pa.json_(pa.string()), col.cast(pa.string()))
                   if name in json_cols else col for name, col in zip(batch.schema.names, batch.columns,
                                                                       strict=True)]
         return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
 
+    def retag(batch: pa.RecordBatch) -> pa.RecordBatch:
+        assert tag is not None
+        i = batch.schema.get_field_index(tag[0])
+        value = pa.array([tag[1]] * batch.num_rows, batch.schema.field(i).type)
+        return batch.set_column(i, batch.schema.field(i), value)
+
     def batches() -> Iterator[pa.RecordBatch]:
         for path in paths:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
                 batch = batch if batch.schema == schema else batch.cast(schema)
-                yield tag(batch) if json_cols else batch
+                if tag is not None:
+                    batch = retag(batch)
+                yield tag_json(batch) if json_cols else batch
 
     return pa.RecordBatchReader.from_batches(out_schema, batches()), int(entry["rows"])
+
+
+def _copy_error(exc: BaseException, run: Run, name: str, entry: Mapping[str, Any]) -> EtlError:
+    """A refused COPY (a permanent error: a constraint, a bad value) as an error naming the
+    staged chunk file and row it stopped at, and the source file of that row when the table
+    records one (a ``source_file`` column)."""
+    import re
+
+    text = str(exc).strip()
+    chunks = entry.get("chunks", [])
+    file: Path | None = run.path / chunks[0]["path"] if chunks else None
+    record = None
+    m = re.search(r"COPY [^,]+, line (\d+)", text)
+    source = ""
+    if m and chunks:
+        row = int(m.group(1)) - 1
+        for c in chunks:
+            if row < int(c["rows"]):
+                file, record = run.path / c["path"], row
+                break
+            row -= int(c["rows"])
+        if record is not None and file is not None:
+            try:
+                names = pq.ParquetFile(file).schema_arrow.names
+                if "source_file" in names:
+                    values = pq.read_table(file, columns=["source_file"]).column(0)
+                    source = f" (source file {values[record].as_py()})"
+            except Exception:  # best effort: the error itself matters more
+                log.debug("cannot read the failing row's source file", exc_info=True)
+    return EtlError(f"COPY of table {name} refused{source}: {text}", dataset=run.dataset_name,
+                    run=run.id, file=file, record=record,
+                    hint="a permanent error (not retried): fix the input or the dataset's rules, "
+                         "then run the load again")
 
 
 # ------------------------------------------------------------------------------ the load
@@ -189,7 +242,7 @@ class _Loader:
     """One load of one run: owns the lock connection and the ledger row."""
 
     def __init__(self, run: Run, url: str, *, mode: Mode, workers: int, retries: int,
-                 retry_delay: float, progress: Progress | None) -> None:
+                 retry_delay: float, progress: Progress | None, tag: str | None = None) -> None:
         self.run = run
         self.dataset = run.dataset()
         self.url = url
@@ -214,6 +267,13 @@ class _Loader:
         self.redis_url: str | None = None
         self.generation = 0
         self.cache_ns = ""
+        #: ``etl load --tag``: the value of the dataset's tag columns in every loaded row.
+        self.tag = tag
+
+    def _tag_of(self, name: str) -> tuple[str, str] | None:
+        """(column, value) when table ``name`` has a tag column and a tag was given."""
+        column = self.dataset.tag_columns.get(name)
+        return (column, self.tag) if column and self.tag is not None else None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -303,7 +363,8 @@ class _Loader:
         table = self.tables[name]
 
         def attempt() -> None:
-            reader, expected = _table_reader(self.run, table, self.entries[name], for_copy=True)
+            reader, expected = _table_reader(self.run, table, self.entries[name], for_copy=True,
+                                             tag=self._tag_of(name))
             conn = self._adbc()
             try:
                 cur = conn.cursor()
@@ -312,8 +373,13 @@ class _Loader:
                 # with wal_level=minimal PostgreSQL can skip writing the rows to WAL.
                 cur.execute(f"TRUNCATE {target}")
                 _drop_once(step, conn, url=self.url, dropped=self._dropped)
-                cur.adbc_ingest(name, self._counted(reader), mode="append",
-                                db_schema_name=self.build)
+                try:
+                    cur.adbc_ingest(name, self._counted(reader), mode="append",
+                                    db_schema_name=self.build)
+                except Exception as exc:
+                    if pg.is_connection_error(exc):
+                        raise
+                    raise _copy_error(exc, self.run, name, self.entries[name]) from exc
                 detail = orjson.dumps({"rows": expected}).decode()
                 cur.execute(f"INSERT INTO etl.load_steps (run, step, detail) VALUES "
                             f"({self.ledger_id}, {_lit(step)}, {_lit(detail)}::jsonb) "
@@ -427,9 +493,10 @@ class _Loader:
         """The staged table's checksum, recomputed when it was made by another Polars version
         (the row hash is Polars' own and may change between versions)."""
         entry = self.entries[name]
-        if entry.get("checksum_polars") == pl.__version__:
+        tag = self._tag_of(name)
+        if entry.get("checksum_polars") == pl.__version__ and tag is None:
             return str(entry["checksum"])
-        reader, _ = _table_reader(self.run, self.tables[name], entry)
+        reader, _ = _table_reader(self.run, self.tables[name], entry, tag=tag)
         return frames_checksum(_frames(reader, self.tables[name], entry.get("json_dtypes")))
 
     def _verify(self, conn: Any) -> dict[str, Any]:
@@ -526,7 +593,7 @@ class _Loader:
                 conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
 
     def execute(self, *, force: bool) -> LoadResult:
-        digest = manifest_digest(self.run)
+        digest = manifest_digest(self.run, self.tag)
         result = LoadResult(self.run, self.url, None, self.live, self.mode)
         with pg.connect(self.url) as lock_conn:
             lock_conn.execute("SET application_name = 'etl load'")
@@ -640,6 +707,185 @@ class _Loader:
         except Exception:  # the database may be what failed; the error itself is what matters
             log.warning("could not record the failure in the ledger", exc_info=True)
 
+    # -- merge mode -----------------------------------------------------------------------
+    #
+    # A clearly separate path: no build schema, no swap. In one transaction on one ADBC
+    # connection, each table's staged rows are COPYed into a temporary table (ON COMMIT DROP),
+    # then upserted into the live table, parents before children:
+    #
+    #   INSERT … SELECT … FROM temp ON CONFLICT (primary key) DO UPDATE SET …
+    #   WHERE (live row) IS DISTINCT FROM (EXCLUDED row)  RETURNING (xmax = 0)
+    #
+    # so only new rows are inserted and only rows whose values differ are updated (and
+    # counted: inserted / updated / unchanged). With ``delete_missing`` rows absent from the
+    # import are deleted, children first — only rows carrying the import's tag(s) in tables
+    # with a tag column, and in other tables only rows no live row references. Every staged
+    # row is then checked to be in the live table as staged (EXCEPT), or nothing commits.
+    # If the live schema does not exist (the migrations normally create it), the merge
+    # creates it, with its keys and the dataset's SQL, in the same transaction. The ledger
+    # row (mode ``merge``, counts in its phases) is finished and the read cache's generation
+    # bumped, when anything changed, right after the commit.
+
+    def _merge_order(self) -> list[str]:
+        """Tables with the tables they reference first."""
+        order: list[str] = []
+
+        def visit(name: str, trail: tuple[str, ...] = ()) -> None:
+            if name in order or name in trail:
+                return
+            for fk in self.tables[name].foreign_keys:
+                if fk.table != name:
+                    visit(fk.table, (*trail, name))
+            order.append(name)
+
+        for t in self.dataset.tables:
+            visit(t.name)
+        return order
+
+    def _merge_table(self, cur: Any, name: str, *, delete_missing: bool) -> dict[str, int]:
+        table = self.tables[name]
+        live = f"{quote_ident(self.live)}.{quote_ident(name)}"
+        temp = quote_ident(f"_merge_{name}")
+        cols = [c.name for c in table.columns]
+        col_list = ", ".join(quote_ident(c) for c in cols)
+        pk = list(table.primary_key)
+        rest = [c for c in cols if c not in pk]
+        cur.execute(f"CREATE TEMP TABLE {temp} (LIKE {live} INCLUDING DEFAULTS) ON COMMIT DROP")
+        reader, staged = _table_reader(self.run, table, self.entries[name], for_copy=True,
+                                       tag=self._tag_of(name))
+        try:
+            cur.adbc_ingest(f"_merge_{name}", reader, mode="append", temporary=True)
+        except Exception as exc:
+            if pg.is_connection_error(exc):
+                raise
+            raise _copy_error(exc, self.run, name, self.entries[name]) from exc
+        if rest:
+            sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in rest)
+            mine = ", ".join(f"t.{quote_ident(c)}" for c in rest)
+            theirs = ", ".join(f"EXCLUDED.{quote_ident(c)}" for c in rest)
+            conflict = (f"DO UPDATE SET {sets} WHERE ROW({mine}) IS DISTINCT FROM ROW({theirs})")
+        else:
+            conflict = "DO NOTHING"
+        cur.execute(
+            f"WITH up AS (INSERT INTO {live} AS t ({col_list}) SELECT {col_list} FROM {temp} "
+            f"ON CONFLICT ({', '.join(quote_ident(c) for c in pk)}) {conflict} "
+            "RETURNING (xmax = 0) AS inserted) "
+            "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM up")
+        inserted, updated = (int(v) for v in cur.fetchone())
+        counts = {"staged": staged, "inserted": inserted, "updated": updated,
+                  "unchanged": staged - inserted - updated}
+        if delete_missing:
+            counts["deleted"] = 0
+        return counts
+
+    def _delete_missing(self, cur: Any, name: str) -> int:
+        table = self.tables[name]
+        live = f"{quote_ident(self.live)}.{quote_ident(name)}"
+        temp = quote_ident(f"_merge_{name}")
+        match = " AND ".join(f"m.{quote_ident(c)} = t.{quote_ident(c)}" for c in table.primary_key)
+        where = [f"NOT EXISTS (SELECT 1 FROM {temp} m WHERE {match})"]
+        tag_col = self.dataset.tag_columns.get(name)
+        if tag_col:
+            where.append(f"t.{quote_ident(tag_col)} IN (SELECT DISTINCT {quote_ident(tag_col)} "
+                         f"FROM {temp})")
+        for child in self.dataset.tables:
+            for fk in child.foreign_keys:
+                if fk.table != name:
+                    continue
+                on = " AND ".join(f"c.{quote_ident(a)} = t.{quote_ident(b)}"
+                                  for a, b in zip(fk.columns, fk.ref_columns, strict=True))
+                where.append(f"NOT EXISTS (SELECT 1 FROM {quote_ident(self.live)}."
+                             f"{quote_ident(child.name)} c WHERE {on})")
+        cur.execute(f"WITH gone AS (DELETE FROM {live} AS t WHERE {' AND '.join(where)} "
+                    "RETURNING 1) SELECT count(*) FROM gone")
+        return int(cur.fetchone()[0])
+
+    def _merge_check(self, cur: Any, name: str) -> None:
+        """Every staged row must now be in the live table exactly as staged."""
+        cols = ", ".join(quote_ident(c.name) for c in self.tables[name].columns)
+        cur.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {quote_ident(f'_merge_{name}')} "
+                    f"EXCEPT SELECT {cols} FROM {quote_ident(self.live)}.{quote_ident(name)}) x")
+        missing = int(cur.fetchone()[0])
+        if missing:
+            raise VerificationFailed(
+                f"merge of {name}: {missing} staged row(s) are not in the live table as staged; "
+                "nothing was committed", dataset=self.live, run=self.run.id,
+                hint="a row may share its primary key with another staged row; check the "
+                     "dataset's unique rules, then merge again")
+
+    def _merge_once(self, *, delete_missing: bool) -> dict[str, dict[str, int]]:
+        conn = self._adbc()
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = " + _lit(self.live))
+            if cur.fetchone() is None:
+                log.info("schema %s does not exist; the merge creates it", self.live)
+                cur.execute(f"CREATE SCHEMA {quote_ident(self.live)}")
+                for stmt in [*create_tables_sql(self.dataset, self.live),
+                             *constraints_sql(self.dataset, self.live)]:
+                    cur.execute(stmt)
+                if sql_files(self.dataset):
+                    cur.execute(f"SET LOCAL search_path = {quote_ident(self.live)}, public")
+                    for path in sql_files(self.dataset):
+                        cur.execute(path.read_text())
+                    cur.execute("SET LOCAL search_path TO DEFAULT")
+            order = self._merge_order()
+            counts = {}
+            for name in order:
+                _drop_once(f"merge:{name}", conn, url=self.url, dropped=self._dropped)
+                counts[name] = self._merge_table(cur, name, delete_missing=delete_missing)
+            if delete_missing:
+                for name in reversed(order):
+                    counts[name]["deleted"] = self._delete_missing(cur, name)
+            for name in order:
+                self._merge_check(cur, name)
+            _fault("merge")
+            conn.commit()
+            cur.close()
+        except BaseException:
+            self._drop_adbc()
+            raise
+        return counts
+
+    def execute_merge(self, *, delete_missing: bool) -> LoadResult:
+        digest = manifest_digest(self.run, self.tag)
+        result = LoadResult(self.run, self.url, None, self.live, self.mode, tag=self.tag)
+        with pg.connect(self.url) as lock_conn:
+            lock_conn.execute("SET application_name = 'etl load'")
+            with pg.advisory_lock(lock_conn, f"load:{self.live}", what=f"load of {self.live}"):
+                self.ledger_id = ledger.start_run(lock_conn, dataset=self.live, run_id=self.run.id,
+                                                  manifest_sha256=digest, mode=self.mode)
+                result.ledger_id = self.ledger_id
+                try:
+                    start = time.perf_counter()
+                    counts: dict[str, dict[str, int]] = self._retry(
+                        "merge", lambda: self._merge_once(delete_missing=delete_missing))
+                    rows = sum(c["staged"] for c in counts.values())
+                    self.phases.append(Phase("merge", time.perf_counter() - start, rows,
+                                             peak_rss_bytes(), extra={"tables": counts}))
+                    result.merged = counts
+                    with pg.connect(self.url, autocommit=False) as conn:
+                        ledger.finish_run(conn, self.ledger_id, status="succeeded",
+                                          phases=self.phases,
+                                          rows={n: c["staged"] for n, c in counts.items()},
+                                          peak_rss=peak_rss_bytes())
+                        if result.changed:
+                            self.generation = cache.bump_generation(
+                                conn, self.live, run_id=self.run.id, ledger_id=self.ledger_id)
+                            self.cache_ns = cache.namespace(conn)
+                            cache.publish_generation(self.redis_url, self.cache_ns, self.live,
+                                                     self.generation)
+                        conn.commit()
+                    self._publish_generation()
+                except BaseException as exc:
+                    self._fail(exc)
+                    raise
+                finally:
+                    self.close()
+        result.rows = {n: c["staged"] for n, c in result.merged.items()}
+        result.phases = self.phases
+        return result
+
     def _drop_old(self, conn: Any) -> None:
         try:
             self._cleanup_stale(conn)
@@ -658,6 +904,8 @@ def load(
     retry_delay: float = 0.5,
     progress: Progress | None = None,
     redis_url: str | None = None,
+    tag: str | None = None,
+    delete_missing: bool = False,
 ) -> LoadResult:
     """Load a transformed run into PostgreSQL (see the module docstring for the steps).
 
@@ -668,15 +916,32 @@ def load(
     Raises :class:`~etl.pg.LockBusy` if another load of the dataset runs,
     :class:`VerificationFailed` if the database differs from the staged tables, and
     :class:`~etl.pg.DatabaseError` when the connection keeps dropping.
+
+    ``mode="merge"`` upserts into the live tables instead (see :meth:`_Loader.execute_merge`):
+    the result's ``merged`` counts rows inserted, updated, unchanged (and, with
+    ``delete_missing``, deleted). ``tag`` sets the dataset's tag columns (e.g. the licenses
+    import's ``datasets.tag``) in every row, in any mode.
     """
     if "tables" not in run.manifest:
         raise RunStateError(f"run {run.id} has no transformed tables", run=run.id,
                             hint=f"run `etl transform {run.path}` first")
     url = pg.resolve_url(database_url)
     ensure_ledger(url)
+    if tag is not None and not run.dataset().tag_columns:
+        raise ConfigError(f"dataset {run.dataset_name} has no tag column; --tag does not apply",
+                          hint="leave out --tag")
+    if delete_missing and mode != "merge":
+        raise ConfigError("--delete-missing applies to --mode merge only",
+                          hint="a full load replaces every row anyway")
     loader = _Loader(run, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
-                     progress=progress)
+                     progress=progress, tag=tag)
     loader.redis_url = redis_url or load_settings().redis_url
+    if mode == "merge":
+        result = loader.execute_merge(delete_missing=delete_missing)
+        log.info("merged %s into %s: %s", run.id, result.schema, ", ".join(
+            f"{n} +{c['inserted']} ~{c['updated']} ={c['unchanged']}"
+            + (f" -{c['deleted']}" if "deleted" in c else "") for n, c in result.merged.items()))
+        return result
     result = loader.execute(force=force)
     if not result.skipped:
         log.info("loaded %s into %s (%d rows, ledger #%s)", run.id, result.schema,

@@ -47,6 +47,9 @@ class PipelineResult:
                 "ledger_id": self.load.ledger_id,
                 "mode": self.load.mode,
                 "skipped": self.load.skipped,
+                "merged": self.load.merged,
+                "changed": self.load.changed if self.load.merged else None,
+                "tag": self.load.tag,
                 "resumed_steps": self.load.resumed_from,
                 "checksums": self.load.checksums,
             }
@@ -67,9 +70,12 @@ def run_pipeline(
     max_reject_ratio: float = 0.0,
     force: bool = False,
     progress: Progress | None = None,
+    strict: bool = False,
 ) -> PipelineResult:
-    """Stage, validate and transform ``sources``; stop with :class:`ValidationFailed` on errors."""
-    staged = stage(dataset, sources, settings=settings, force=force, progress=progress)
+    """Stage, validate and transform ``sources``; stop with :class:`ValidationFailed` on errors
+    (``strict``: also on a file a quarantining source would leave out)."""
+    staged = stage(dataset, sources, settings=settings, force=force, progress=progress,
+                   strict=strict)
     checked = validate(staged.run, max_reject_ratio=max_reject_ratio, progress=progress)
     require_passed(checked)
     built = transform(staged.run, progress=progress)
@@ -86,14 +92,18 @@ def run_all(
     mode: Mode = "full",
     force: bool = False,
     progress: Progress | None = None,
+    tag: str | None = None,
+    delete_missing: bool = False,
+    strict: bool = False,
 ) -> PipelineResult:
-    """Stage → validate → transform → load (with indexes, views, verification and the swap).
+    """Stage → validate → transform → load (with indexes, views, verification and the swap;
+    or, with ``mode="merge"``, an upsert into the live tables).
 
     Validation errors stop the run before anything reaches the database."""
     first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
-                         force=force, progress=progress)
+                         force=force, progress=progress, strict=strict)
     loaded = load(first.run, database_url=settings.database_url, mode=mode, force=force,
-                  progress=progress)
+                  progress=progress, tag=tag, delete_missing=delete_missing)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
                           loaded)
 
