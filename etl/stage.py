@@ -72,8 +72,9 @@ _FETCH_ROWS = 16
 
 Progress = Callable[[str, int, int], None]
 #: How a file is read: "object" files hold one JSON object and are read whole (read_text);
-#: "stream" files (arrays, NDJSON, gzip) go through DuckDB's streaming read_json_objects.
-Shape = Literal["object", "stream"]
+#: "array" files (a top-level JSON array) and "stream" files (NDJSON, gzip) go through DuckDB's
+#: streaming read_json_objects.
+Shape = Literal["object", "array", "stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +248,7 @@ def inspect_file(path: Path, relpath: str, source: str, *, keep: int = 0) -> tup
                          file=path, offset=offset, hint="the export was cut off; export it again")
     plain_object = (opener == b"{" and inflate is None and not ndjson
                     and not path.name.lower().endswith((".ndjson", ".jsonl")))
-    shape: Shape = "object" if plain_object else "stream"
+    shape: Shape = "object" if plain_object else ("array" if opener == b"[" else "stream")
     info = InputFile(path, relpath, source, size, digest.hexdigest(), shape)
     if not plain_object or whole is None:
         return info, None
@@ -449,18 +450,9 @@ def _read_batches(
 
 
 def _stream_format(info: InputFile) -> str:
-    """``read_json_objects``'s format for a streamed file: ``array`` when its JSON text starts
-    with ``[`` (past white space and a byte-order mark), ``auto`` otherwise."""
-    opener = gzip.open if info.path.name.lower().endswith(".gz") else open
-    with opener(info.path, "rb") as f:
-        head = f.read(4096)
-        while head and not head.lstrip(_WS).removeprefix(b"\xef\xbb\xbf").lstrip(_WS):
-            more = f.read(1 << 20)
-            if not more:
-                break
-            head = more
-    return "array" if head.lstrip(_WS).removeprefix(b"\xef\xbb\xbf").lstrip(_WS)[:1] == b"[" \
-        else "auto"
+    """``read_json_objects``'s format for a streamed file: ``array`` for a top-level array (as
+    inspection found it), ``auto`` otherwise."""
+    return "array" if info.shape == "array" else "auto"
 
 
 def _small_chunks(table: pa.Table, target_bytes: int = 1 << 20) -> pa.Table:

@@ -53,14 +53,7 @@ DATASET = Dataset(
 
 
 def _stage(tmp_path: Path, records: list[Any], *, ndjson: bool = True) -> Run:
-    src = tmp_path / "export"
-    src.mkdir()
-    if ndjson:
-        (src / "things.ndjson").write_text("".join(json.dumps(r) + "\n" for r in records))
-    else:
-        for i, r in enumerate(records):
-            (src / f"r{i:03d}.json").write_text(json.dumps(r))
-    return stage(DATASET, [src], settings=Settings(staging_dir=tmp_path / "st")).run
+    return _stage_with(tmp_path, DATASET, records, ndjson=ndjson)
 
 
 def _rows(run: Run, level: str) -> list[dict[str, Any]]:
