@@ -8,21 +8,32 @@ asking for the old generation's keys, which expire on their own (Redis TTL, LRU 
 How a read learns the current generation
 ========================================
 
-Each read asks first for the dataset's current generation, then looks the value up under
+Each read needs the dataset's current generation, then looks the value up under
 ``<namespace>:<dataset>:<generation>:<query>:<arg>`` in the LRU, then in Redis, then reads
 PostgreSQL.
 
-* With Redis: the generation is one ``GET <namespace>:gen:<dataset>`` per read (a few dozen
-  microseconds). The loader writes that key **before** the swap commits (as the last thing the
-  swap transaction does) and again right after the commit, both with a "never go down" script
-  (:data:`_SET_MAX`). So from the moment the swap commits, Redis already holds the new generation
-  (or a higher one), and every read that starts after the commit looks for new-generation keys.
-  The key lives :data:`GEN_TTL_MS` (2 s); when it is missing a reader reads the generation from
-  PostgreSQL and writes it back the same way. That bounds the damage if the loader could not
-  reach Redis at the swap (it logs a warning): then readers may see the previous load for at most
-  ``GEN_TTL_MS`` after the commit.
+* With Redis, from a **lease** (no round trip): a background thread of each :class:`Cache`
+  reads the generation key and the dataset's **fence** key (``MGET``, every
+  :data:`LEASE_REFRESH_MS`). When the generation is there and no fence is up, the process may use
+  that generation for :data:`LEASE_MS`, counted from before the ``MGET`` was sent. A loader puts
+  the fence up, waits :data:`LEASE_MS` (so every lease granted before the fence has run out), and
+  only then swaps; it takes the fence down after the commit, once Redis holds the new generation.
+  So no lease can be valid at the commit, and no lease granted after it names the old
+  generation. While a fence is up, or a lease has run out (a starved thread, Redis slow), reads
+  take the slow path below, which is right at every instant.
+* With Redis, slow path: one ``GET <namespace>:gen:<dataset>`` per read. The loader writes that
+  key **before** the swap commits (as the last thing the swap transaction does) and again right
+  after the commit, both with a "never go down" script (:data:`_SET_MAX`). So from the moment the
+  swap commits, Redis already holds the new generation (or a higher one), and every read that
+  starts after the commit looks for new-generation keys. The key lives :data:`GEN_TTL_MS` (2 s);
+  when it is missing a reader reads the generation from PostgreSQL and writes it back the same
+  way. That bounds the damage if the loader could not reach Redis at the swap (it logs a
+  warning): then readers may see the previous load for at most ``GEN_TTL_MS`` (plus a lease)
+  after the commit.
 * Without Redis (not configured, or down): the generation is read from PostgreSQL on every read
-  (a primary-key lookup, well under a millisecond). The LRU still saves the real query.
+  (a primary-key lookup, well under a millisecond). The LRU still saves the real query. With no
+  LRU either there is nothing to look up, so the read goes straight to the query, which returns
+  the generation with the data.
 * ``gen_max_age_ms > 0`` trades the guarantee for speed: a process reuses a generation it learned
   less than that long ago (reads may then be that much behind a reload). The default is 0.
 
@@ -82,6 +93,12 @@ GEN_TTL_MS = 2_000
 DATA_TTL_S = 24 * 3600
 #: Cached reads are counted locally and added to Redis at most this often (seconds).
 STATS_FLUSH_S = 1.0
+#: How long a generation read from Redis with no fence up may be reused without asking again.
+LEASE_MS = 200
+#: How often a cache's lease thread renews its leases (a few renewals per lease).
+LEASE_REFRESH_MS = 40
+#: A loader's fence lives this long if the loader dies before taking it down.
+FENCE_TTL_MS = 30_000
 #: Channel the swap transaction notifies (``<dataset>:<generation>``), delivered at commit.
 NOTIFY_CHANNEL = "etl_generation"
 
@@ -94,6 +111,19 @@ if new >= cur then
   return new
 end
 return cur
+"""
+
+# KEYS[1] = generation key, KEYS[2] = fence key; ARGV = generation, generation TTL, fence TTL.
+# Publishes the generation (never lowering it) and keeps the fence up; returns 1 if the fence
+# was still up, 0 if it had expired (then leases may be out and the caller must wait again).
+_PUBLISH_FENCED = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) >= cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+local up = redis.call('EXISTS', KEYS[2])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+return up
 """
 
 _NO_MIGRATION = "run `etl db upgrade` (the cache needs migration 0004_generations)"
@@ -161,6 +191,10 @@ def gen_key(ns: str, dataset: str) -> str:
     return f"{ns}:gen:{dataset}"
 
 
+def fence_key(ns: str, dataset: str) -> str:
+    return f"{ns}:fence:{dataset}"
+
+
 def redis_client(redis_url: str) -> Any:
     """A Redis client with short timeouts: an unreachable Redis costs a read milliseconds, not
     seconds."""
@@ -187,6 +221,81 @@ def publish_generation(redis_url: str | None, ns: str, dataset: str, generation:
         return False
     finally:
         client.close()
+
+
+class Fence:
+    """A loader's fence around the commit that moves a dataset's generation (see the module
+    docstring): :meth:`up` before the work that ends in the swap, :meth:`wait` before the swap
+    takes its locks, :meth:`before_commit` as the last statement of the swap transaction,
+    :meth:`down` after the commit (or after a failure). Without a Redis URL every call is a no-op
+    but :meth:`wait`, which still waits out leases (a reader may use a Redis the loader was not
+    told about only if it was misconfigured; waiting costs a fraction of a second)."""
+
+    def __init__(self, redis_url: str | None, ns: str, dataset: str) -> None:
+        self.redis_url = redis_url or None
+        self.ns = ns
+        self.dataset = dataset
+        self._client = redis_client(redis_url) if redis_url else None
+        self._up_at: float | None = None
+
+    def _warn(self, what: str, exc: Exception) -> None:
+        log.warning("could not %s for %s in Redis at %s (%s): readers may see the previous data "
+                    "for up to %.0f s", what, self.dataset, mask_secrets(self.redis_url or ""), exc,
+                    (GEN_TTL_MS + LEASE_MS) / 1000)
+
+    def up(self) -> None:
+        """Put the fence up: from now on no reader gets a new lease on this dataset."""
+        if self._up_at is not None:
+            return
+        if self._client is not None:
+            try:
+                self._client.set(fence_key(self.ns, self.dataset), b"1", px=FENCE_TTL_MS)
+            except Exception as exc:
+                self._warn("put up the fence", exc)
+        self._up_at = time.monotonic()  # after the reply: the fence was up by then
+
+    def wait(self) -> None:
+        """Sleep until every lease granted before the fence went up has run out."""
+        self.up()
+        assert self._up_at is not None
+        left = self._up_at + LEASE_MS * 1.1 / 1000 - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+
+    def before_commit(self, generation: int) -> None:
+        """Publish ``generation`` and check the fence is still up (if it expired, a reader may
+        hold a lease on the old generation: wait one out again, inside the transaction)."""
+        if self._client is None:
+            return
+        try:
+            up = self._client.eval(_PUBLISH_FENCED, 2, gen_key(self.ns, self.dataset),
+                                   fence_key(self.ns, self.dataset), generation, GEN_TTL_MS,
+                                   FENCE_TTL_MS)
+        except Exception as exc:
+            self._warn(f"write generation {generation}", exc)
+            return
+        if not int(up):
+            log.warning("the read-cache fence of %s expired before the swap committed; waiting "
+                        "%d ms for readers' leases to run out", self.dataset, LEASE_MS)
+            time.sleep(LEASE_MS * 1.1 / 1000)
+
+    def down(self, generation: int | None = None) -> None:
+        """After the commit: publish ``generation`` again (the pre-commit write may have expired)
+        and take the fence down; after a failure (``generation`` None): just take it down."""
+        if self._client is None or self._up_at is None:
+            return
+        try:
+            if generation:
+                self._client.eval(_SET_MAX, 1, gen_key(self.ns, self.dataset), generation, GEN_TTL_MS)
+            self._client.delete(fence_key(self.ns, self.dataset))
+        except Exception as exc:
+            self._warn("take down the fence", exc)
+        finally:
+            self._up_at = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
 
 
 # ------------------------------------------------------------------------------ the LRU
@@ -250,7 +359,7 @@ class Cache:
 
     def __init__(self, database_url: str, *, redis_url: str | None = None, prefix: str = "etl",
                  lru_items: int = 10_000, lru_bytes: int = 64 << 20, gen_max_age_ms: float = 0,
-                 retry_after: float = 1.0, data_ttl: int = DATA_TTL_S) -> None:
+                 retry_after: float = 1.0, data_ttl: int = DATA_TTL_S, leases: bool = True) -> None:
         self.url = pg.normalize_url(database_url)
         self.redis_url = redis_url or None
         self.prefix = prefix
@@ -267,6 +376,12 @@ class Cache:
         self._lock = threading.Lock()
         self._ns: str | None = None
         self._gens: dict[str, tuple[int, float]] = {}
+        # leases (see the module docstring): dataset -> (generation, valid until, monotonic)
+        self._use_leases = leases and self._redis is not None
+        self._leases: dict[str, tuple[int, float]] = {}
+        self._lease_datasets: set[str] = set()
+        self._lease_thread: threading.Thread | None = None
+        self._closing = threading.Event()
         self._counts: Counter[str] = Counter()
         self._hot: Counter[tuple[str, str, str]] = Counter()
         self._next_flush = time.monotonic() + STATS_FLUSH_S
@@ -281,7 +396,11 @@ class Cache:
         self.close()
 
     def close(self) -> None:
-        """Flush the counters to Redis, close the connections."""
+        """Stop the lease thread, flush the counters to Redis, close the connections."""
+        self._closing.set()
+        if self._lease_thread is not None:
+            self._lease_thread.join(5)
+        self._leases.clear()
         self.flush_stats()
         with self._lock:
             conns, self._conns = self._conns, []
@@ -346,6 +465,11 @@ class Cache:
 
     def generation(self, dataset: str) -> int:
         """The dataset's current generation (see the module docstring for where it comes from)."""
+        lease = self._leases.get(dataset)
+        if lease is not None and time.monotonic() < lease[1]:
+            return lease[0]
+        if self._use_leases and dataset not in self._lease_datasets:
+            self._start_leasing(dataset)
         if self.gen_max_age > 0:
             known = self._gens.get(dataset)
             if known is not None and time.monotonic() - known[1] < self.gen_max_age:
@@ -354,6 +478,60 @@ class Cache:
         if self.gen_max_age > 0:
             self._gens[dataset] = (gen, time.monotonic())
         return gen
+
+    def _start_leasing(self, dataset: str) -> None:
+        with self._lock:
+            self._lease_datasets.add(dataset)
+            if self._lease_thread is None and not self._closing.is_set():
+                self._lease_thread = threading.Thread(target=self._keep_leases, daemon=True,
+                                                      name="etl-cache-leases")
+                self._lease_thread.start()
+
+    def _keep_leases(self) -> None:
+        """The lease thread: renews leases, and flushes the counters so no read pays for it."""
+        while not self._closing.wait(LEASE_REFRESH_MS / 1000):
+            self.renew_leases()
+            if time.monotonic() >= self._next_flush:
+                try:
+                    self.flush_stats()
+                except Exception:
+                    log.exception("flushing the read-cache counters failed")
+
+    def renew_leases(self) -> None:
+        """Renew the lease of every dataset read so far (the lease thread does this every
+        :data:`LEASE_REFRESH_MS`)."""
+        for dataset in list(self._lease_datasets):
+            try:
+                self._renew_lease(dataset)
+            except Exception:  # never let the thread die; reads fall back to the slow path
+                self._leases.pop(dataset, None)
+                log.exception("renewing the read-cache lease of %s failed", dataset)
+
+    def _renew_lease(self, dataset: str) -> None:
+        if not self.redis_usable():
+            self._leases.pop(dataset, None)
+            return
+        assert self._redis is not None
+        ns = self.namespace
+        sent = time.monotonic()  # the lease counts from before the question
+        try:
+            gen, fence = self._redis.mget(gen_key(ns, dataset), fence_key(ns, dataset))
+        except Exception as exc:
+            self._leases.pop(dataset, None)
+            if not _is_redis_error(exc):
+                raise
+            self._redis_failed(exc)
+            return
+        self._redis_ok()
+        if gen is not None and fence is None:
+            self._leases[dataset] = (int(gen), sent + LEASE_MS / 1000)
+        else:
+            self._leases.pop(dataset, None)
+
+    def lease(self, dataset: str) -> int | None:
+        """The generation this process may use without asking (None: no valid lease now)."""
+        lease = self._leases.get(dataset)
+        return lease[0] if lease is not None and time.monotonic() < lease[1] else None
 
     def _generation(self, dataset: str) -> int:
         if self.redis_usable():
@@ -387,6 +565,8 @@ class Cache:
 
         ``sql`` must return one row: the value as JSON text (NULL for nothing found) and the
         dataset's generation read in the same statement (``%(dataset)s`` is bound to it)."""
+        if self.lru.max_items == 0 and not self.redis_usable():
+            return self._read_db(dataset, query, arg, sql, params)  # no tier to look in
         gen = self.generation(dataset)
         ns = self.namespace
         key = f"{ns}:{dataset}:{gen}:{query}:{arg}"
@@ -409,6 +589,11 @@ class Cache:
                 if not _is_redis_error(exc):
                     raise
                 self._redis_failed(exc)
+        return self._read_db(dataset, query, arg, sql, params)
+
+    def _read_db(self, dataset: str, query: str, arg: str, sql: str, params: dict[str, Any]) -> Fetched:
+        """Read PostgreSQL, store the value under the generation it belongs to."""
+        ns = self.namespace
 
         def read(conn: psycopg.Connection[Any]) -> tuple[Any, Any]:
             row = conn.execute(sql, {**params, "dataset": dataset}).fetchone()
@@ -449,8 +634,8 @@ class Cache:
             self.totals[field] += 1
             if what in ("lru:hit", "lru:miss"):
                 self._hot[(dataset, query, arg)] += 1
-        if time.monotonic() >= self._next_flush:
-            self.flush_stats()
+        if self._lease_thread is None and time.monotonic() >= self._next_flush:
+            self.flush_stats()  # else the lease thread flushes
 
     def flush_stats(self) -> None:
         """Add this process's counters since the last flush to Redis (shared by every process),

@@ -365,6 +365,9 @@ def _load_options(fn: F) -> F:
         click.option("--delete-missing", is_flag=True,
                      help="With --mode merge: delete live rows (of the import's tag) that the "
                           "import no longer has."),
+        click.option("--warm", "warm", type=int, default=0, show_default=True, metavar="N",
+                     help="After the load, preload the read cache's N hottest keys into Redis "
+                          "(ETL_REDIS_URL) for the new data; 0: don't."),
     ]):
         fn = opt(fn)
     return fn
@@ -445,7 +448,7 @@ def _print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:
 @_handle_errors
 def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe_fast: bool, yes: bool,
              as_json: bool, force: bool, load_mode: str, tag: str | None,
-             delete_missing: bool) -> None:
+             delete_missing: bool, warm: int) -> None:
     """Load a transformed run into PostgreSQL: a new schema, COPY, keys, indexes, views, checks,
     then one swap.
 
@@ -458,6 +461,7 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
       etl load staging/mids/mids-1a2b3c4d5e6f
       etl load staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db:5432/games
       etl load staging/licenses/licenses-1a2b3c4d5e6f --mode merge --tag baseline
+      ETL_REDIS_URL=redis://localhost:6379/0 etl load staging/mids/mids-1a2b3c4d5e6f --warm 200
     """
     from etl.load import load
 
@@ -466,7 +470,7 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
     run = open_run(run_dir)
     with _progress() as progress:
         result = load(run, database_url=settings.database_url, mode=mode, force=force, progress=progress,
-                      tag=tag, delete_missing=delete_missing)
+                      tag=tag, delete_missing=delete_missing, warm=warm)
     if as_json:
         click.echo(json.dumps({
             "run": str(run.path), "run_id": run.id, "schema": result.schema,
@@ -493,7 +497,7 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
 @_handle_errors
 def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reject_ratio: float,
             database_url: str | None, unsafe_fast: bool, yes: bool, as_json: bool, load_mode: str,
-            tag: str | None, delete_missing: bool, **opts: Any) -> None:
+            tag: str | None, delete_missing: bool, warm: int, **opts: Any) -> None:
     """Stage, validate, transform and load an export in one go.
 
     Validation errors stop the run before anything reaches the database. Ends with a per-phase
@@ -513,7 +517,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
         result = run_all(get_dataset(dataset), list(sources), settings=settings,
                          max_reject_ratio=max_reject_ratio, mode=mode, force=opts.get("force", False),
                          progress=progress, tag=tag, delete_missing=delete_missing,
-                         strict=opts.get("strict", False))
+                         strict=opts.get("strict", False), warm=warm)
     _print_quarantined(result.run.manifest.get("quarantined") or [])
     _print_pipeline(result, settings, as_json=as_json)
 
@@ -1432,12 +1436,23 @@ def bench_reads_cmd(ctx: click.Context, template: Path, work_dir: Path, reloads:
         table = Table(title=f"{result['reads']:,} reads in {result['seconds']} s "
                             f"({result['reads_per_s']:,}/s), "
                             f"{result['reloads']} reloads", title_justify="left")
-        for col in ("tier", "reads", "p50", "p99", "max"):
-            table.add_column(col, justify="left" if col == "tier" else "right")
+        for col in ("answered by", "reads", "p50", "p99", "max", "p99 between reloads"):
+            table.add_column(col, justify="left" if col == "answered by" else "right")
+        quiet = result["tiers_between_reloads"]
         for tier, t in result["tiers"].items():
+            q = quiet.get(tier, {})
             table.add_row(tier, f"{t['reads']:,}", f"{t['p50_ms']:.3f} ms", f"{t['p99_ms']:.3f} ms",
-                          f"{t['max_ms']:.1f} ms")
+                          f"{t['max_ms']:.1f} ms", f"{q['p99_ms']:.3f} ms" if "p99_ms" in q else "-")
         err.print(table)
+        groups = Table(title="per reader group (lru: LRU+Redis; redis: no LRU; db: no cache at all)",
+                       title_justify="left")
+        for col in ("group", "reads", "p50", "p99", "max", "p99 between reloads"):
+            groups.add_column(col, justify="left" if col == "group" else "right")
+        for group, g in result["groups"].items():
+            t, q = g["all"], g["between_reloads"]
+            groups.add_row(group, f"{t['reads']:,}", f"{t['p50_ms']:.3f} ms", f"{t['p99_ms']:.3f} ms",
+                           f"{t['max_ms']:.1f} ms", f"{q['p99_ms']:.3f} ms" if "p99_ms" in q else "-")
+        err.print(groups)
         err.print(f"errors {result['errors']}, stale reads {result['stale_reads']}, wrong content "
                   f"{result['wrong_content']}; reloads took {result['reload_seconds']} s")
     if result["errors"] or result["stale_reads"] or result["wrong_content"]:

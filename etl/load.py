@@ -43,7 +43,7 @@ from etl import cache, ledger, pg
 from etl.config import load_settings
 from etl.dataset import Dataset, Table
 from etl.errors import ConfigError, EtlError, RunStateError
-from etl.metrics import Phase, peak_rss_bytes
+from etl.metrics import Phase, peak_rss_bytes, timed
 from etl.pg import DatabaseError, quote_ident
 from etl.run import Run, comparable_json, frames_checksum
 from etl.schema import constraints_sql, create_tables_sql, fkey_name
@@ -267,6 +267,7 @@ class _Loader:
         self.redis_url: str | None = None
         self.generation = 0
         self.cache_ns = ""
+        self._fence: cache.Fence | None = None
         #: ``etl load --tag``: the value of the dataset's tag columns in every loaded row.
         self.tag = tag
 
@@ -557,8 +558,26 @@ class _Loader:
                         f"waits in schema {self.build}", dataset=self.live, run=self.run.id,
                         hint=f"run `etl load {self.run.path}` again: it resumes at the swap") from None
 
+    def _fence_up(self) -> cache.Fence:
+        """The read cache's fence (see :mod:`etl.cache`): up from the verification on, so the
+        wait for readers' leases to run out overlaps it, and the swap rarely waits at all."""
+        if self._fence is None:
+            with pg.connect(self.url) as conn:
+                self.cache_ns = cache.namespace(conn)
+            self._fence = cache.Fence(self.redis_url, self.cache_ns, self.live)
+        self._fence.up()
+        return self._fence
+
+    def _fence_down(self, generation: int | None = None) -> None:
+        if self._fence is not None:
+            self._fence.down(generation)
+            self._fence.close()
+            self._fence = None
+
     def _swap(self, conn: Any) -> None:
         old = f"{self.live}__old{self.ledger_id}"
+        fence = self._fence_up()
+        fence.wait()  # before any lock: readers are never blocked by it
         conn.execute("SET LOCAL lock_timeout = '30s'")
         if _schema_exists(conn, self.live):
             self._lock_live(conn)
@@ -571,14 +590,12 @@ class _Loader:
         # learns it before the commit (again after it, in _publish_generation).
         self.generation = cache.bump_generation(conn, self.live, run_id=self.run.id,
                                                 ledger_id=self.ledger_id)
-        self.cache_ns = cache.namespace(conn)
-        cache.publish_generation(self.redis_url, self.cache_ns, self.live, self.generation)
+        fence.before_commit(self.generation)
 
     def _publish_generation(self) -> None:
         """After the swap committed: the new generation to Redis again (the pre-commit write
-        may have expired if the commit was slow)."""
-        if self.generation and self.cache_ns:
-            cache.publish_generation(self.redis_url, self.cache_ns, self.live, self.generation)
+        may have expired if the commit was slow), and the fence down."""
+        self._fence_down(self.generation or None)
 
     # -- driver ---------------------------------------------------------------------------
 
@@ -689,11 +706,14 @@ class _Loader:
         self._timed("load", total_rows, copy_all)
         self._timed("keys", total_rows, keys_all)
         self._timed("post-load", total_rows, post_load)
+        if "swap" not in self.steps:
+            self._fence_up()
         self._timed("verify", total_rows, lambda: self._step("verify", self._verify))
         self._timed("swap", 0, lambda: self._step("swap", self._swap))
         self._publish_generation()
 
     def _fail(self, exc: BaseException) -> None:
+        self._fence_down()  # no new generation: readers may take leases again
         if not self.ledger_id:
             return
         try:
@@ -870,11 +890,11 @@ class _Loader:
                                           rows={n: c["staged"] for n, c in counts.items()},
                                           peak_rss=peak_rss_bytes())
                         if result.changed:
+                            self._fence_up().wait()
                             self.generation = cache.bump_generation(
                                 conn, self.live, run_id=self.run.id, ledger_id=self.ledger_id)
-                            self.cache_ns = cache.namespace(conn)
-                            cache.publish_generation(self.redis_url, self.cache_ns, self.live,
-                                                     self.generation)
+                            assert self._fence is not None
+                            self._fence.before_commit(self.generation)
                         conn.commit()
                     self._publish_generation()
                 except BaseException as exc:
@@ -906,6 +926,7 @@ def load(
     redis_url: str | None = None,
     tag: str | None = None,
     delete_missing: bool = False,
+    warm: int = 0,
 ) -> LoadResult:
     """Load a transformed run into PostgreSQL (see the module docstring for the steps).
 
@@ -921,6 +942,9 @@ def load(
     the result's ``merged`` counts rows inserted, updated, unchanged (and, with
     ``delete_missing``, deleted). ``tag`` sets the dataset's tag columns (e.g. the licenses
     import's ``datasets.tag``) in every row, in any mode.
+
+    ``warm > 0``: after a load that changed the data, preload that many of the read cache's
+    hottest keys into Redis for the new generation (a ``warm`` phase; needs ``redis_url``).
     """
     if "tables" not in run.manifest:
         raise RunStateError(f"run {run.id} has no transformed tables", run=run.id,
@@ -941,12 +965,34 @@ def load(
         log.info("merged %s into %s: %s", run.id, result.schema, ", ".join(
             f"{n} +{c['inserted']} ~{c['updated']} ={c['unchanged']}"
             + (f" -{c['deleted']}" if "deleted" in c else "") for n, c in result.merged.items()))
-        return result
-    result = loader.execute(force=force)
-    if not result.skipped:
-        log.info("loaded %s into %s (%d rows, ledger #%s)", run.id, result.schema,
-                 sum(result.rows.values()), result.ledger_id)
+    else:
+        result = loader.execute(force=force)
+        if not result.skipped:
+            log.info("loaded %s into %s (%d rows, ledger #%s)", run.id, result.schema,
+                     sum(result.rows.values()), result.ledger_id)
+    if warm > 0 and not result.skipped and (mode != "merge" or result.changed):
+        result.phases.append(_warm(url, loader.redis_url, loader.live, warm))
     return result
+
+
+def _warm(url: str, redis_url: str | None, dataset: str, top: int) -> Phase:
+    """The ``warm`` phase: the ``top`` hottest keys read into Redis for the new generation. A
+    failure here is logged, never raised: the load itself has succeeded."""
+    from etl.query import warm
+
+    with timed("warm") as phase:
+        if not redis_url:
+            log.warning("--warm needs the read cache's Redis (ETL_REDIS_URL): nothing warmed")
+            return phase
+        try:
+            with cache.Cache(url, redis_url=redis_url, lru_items=0, leases=False) as c:
+                done = warm(c, dataset, top=top)
+            phase.rows = int(done["keys"])
+            phase.extra = {"generation": done["generation"], "tiers": done["tiers"]}
+        except Exception as exc:
+            log.warning("warming the read cache of %s failed: %s", dataset, exc)
+            phase.extra = {"error": str(exc)[:500]}
+    return phase
 
 
 def ensure_ledger(url: str) -> None:

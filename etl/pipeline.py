@@ -95,6 +95,7 @@ def run_all(
     tag: str | None = None,
     delete_missing: bool = False,
     strict: bool = False,
+    warm: int = 0,
 ) -> PipelineResult:
     """Stage → validate → transform → load (with indexes, views, verification and the swap;
     or, with ``mode="merge"``, an upsert into the live tables).
@@ -103,7 +104,7 @@ def run_all(
     first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
                          force=force, progress=progress, strict=strict)
     loaded = load(first.run, database_url=settings.database_url, mode=mode, force=force,
-                  progress=progress, tag=tag, delete_missing=delete_missing)
+                  progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
                           loaded)
 

@@ -69,6 +69,11 @@ SELECT (
 ), {_GEN}
 """
 
+# Built with json, not jsonb: an archetype's summary is ~100 KB, and json_agg over the row
+# (row_to_json) builds it about three times faster than to_jsonb of each row with keys removed.
+_SUMMARY_COLUMNS = ("power_id, power_full_name, power_name, available_level, power_type, end_cost, "
+                    "recharge_time, cast_time, accuracy, max_boosts, powerset_id, powerset_full_name, "
+                    "powerset_name, powerset_type, effect_count, distinct_effect_types, total_mag")
 _BUILD_SUMMARY_SQL = f"""
 SELECT (
   WITH at AS (
@@ -79,21 +84,19 @@ SELECT (
     ORDER BY (a.class_name = %(arg)s) DESC, a.archetype_id
     LIMIT 1
   ), rows AS (
-    SELECT s.* FROM mids.power_build_summary s
+    SELECT {_SUMMARY_COLUMNS} FROM mids.power_build_summary s
     WHERE s.powerset_id IN (SELECT ps.powerset_id FROM mids.powersets ps, at
                             WHERE ps.archetype_id = at.archetype_id OR ps.at_class = at.class_name)
   )
-  SELECT jsonb_build_object(
-           'archetype', jsonb_build_object('archetype_id', at.archetype_id,
-                                           'class_name', at.class_name,
-                                           'display_name', at.display_name),
+  SELECT json_build_object(
+           'archetype', json_build_object('archetype_id', at.archetype_id,
+                                          'class_name', at.class_name,
+                                          'display_name', at.display_name),
            'powersets', (SELECT count(DISTINCT powerset_id) FROM rows),
            'power_count', (SELECT count(*) FROM rows),
-           'powers', coalesce((SELECT jsonb_agg(to_jsonb(r) - 'archetype_id' - 'archetype_class'
-                                                - 'archetype_name'
-                                                ORDER BY r.powerset_full_name, r.available_level,
-                                                         r.power_id)
-                               FROM rows r), '[]'::jsonb))::text
+           'powers', coalesce((SELECT json_agg(r ORDER BY r.powerset_full_name, r.available_level,
+                                               r.power_id)
+                               FROM rows r), '[]'::json))::text
   FROM at
 ), {_GEN}
 """

@@ -9,11 +9,11 @@ Three groups of reader processes (each with a few threads, each process its own
 
 Meanwhile ``etl load`` (a process of its own, as in production) reloads ``mids`` ``reloads``
 times, alternating two runs whose content differs (one powerset less), and a watcher thread
-polls ``etl.generations`` every millisecond. Afterwards each read is checked: once the watcher had
-seen a generation committed, every read that *started* later must have returned that generation
-or a newer one (else it is a stale read), and the probe powerset's presence must match the run
-loaded as the generation returned (else it is wrong content). Times are ``time.monotonic()``,
-one clock for every process on Linux.
+listens for the notification each swap sends as it commits. Afterwards each read is checked:
+once the watcher had seen a generation committed, every read that *started* later must have
+returned that generation or a newer one (else it is a stale read), and the probe powerset's
+presence must match the run loaded as the generation returned (else it is wrong content). Times
+are ``time.monotonic()``, one clock for every process on Linux.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import orjson
 
 from etl import pg
-from etl.cache import Cache, db_generation
+from etl.cache import NOTIFY_CHANNEL, Cache, db_generation
 from etl.load import load
 from etl.query import fetch
 from etl.run import Run
@@ -102,6 +102,17 @@ def _reader_process(group: str, index: int, threads: int, rate: float, url: str,
     out.put((group, [r for mine in reads for r in mine], errors[:20], len(errors)))
 
 
+def _latencies(seconds: list[float], *, peak: bool = True) -> dict[str, Any]:
+    if not seconds:
+        return {"reads": 0}
+    arr = np.array(seconds) * 1000
+    out = {"reads": len(seconds), "p50_ms": round(float(np.percentile(arr, 50)), 3),
+           "p99_ms": round(float(np.percentile(arr, 99)), 3)}
+    if peak:
+        out["max_ms"] = round(float(arr.max()), 3)
+    return out
+
+
 def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, Run],
                   reloads: int = 4, lru_procs: int = 2, redis_procs: int = 1, db_procs: int = 1,
                   threads: int = 2, rate: float = 0, settle: float = 2.0, seed: int = 0,
@@ -132,12 +143,15 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
     watching = threading.Event()
 
     def watcher() -> None:
+        # The swap notifies NOTIFY_CHANNEL as it commits: listening is as prompt as polling
+        # every millisecond was, without a thousand queries a second competing with the readers.
         with pg.connect(url) as conn:
+            conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             while not watching.is_set():
-                gen = db_generation(conn, "mids")
-                if gen > committed[-1][0]:
-                    committed.append((gen, time.monotonic()))
-                time.sleep(0.001)
+                for note in conn.notifies(timeout=0.05):
+                    dataset, _, gen = note.payload.rpartition(":")
+                    if dataset == "mids" and int(gen) > committed[-1][0]:
+                        committed.append((int(gen), time.monotonic()))
 
     for proc in procs:
         proc.start()
@@ -176,6 +190,8 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
     by_tier: dict[str, list[float]] = {}
     quiet: dict[str, list[float]] = {}  # reads that started while no reload ran
     by_group: dict[str, int] = {}
+    group_times: dict[str, list[float]] = {}
+    group_quiet: dict[str, list[float]] = {}
     stale: list[str] = []
     wrong: list[str] = []
     stale_count = wrong_count = 0
@@ -186,8 +202,10 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
         by_group[group] = by_group.get(group, 0) + len(reads)
         for tier, start, took, gen, probe in reads:
             by_tier.setdefault(tier, []).append(took)
+            group_times.setdefault(group, []).append(took)
             if not any(a <= start <= b for a, b in windows):
                 quiet.setdefault(tier, []).append(took)
+                group_quiet.setdefault(group, []).append(took)
             floor = max((g for g, at in seen_at if at <= start), default=0)
             if gen < floor:
                 stale_count += 1
@@ -198,23 +216,17 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
                 wrong_count += 1
                 if len(wrong) < 10:
                     wrong.append(f"{group}/{tier}: generation {gen} ({loaded_as}) but probe present={probe}")
-    tiers = {}
-    for tier, values in sorted(by_tier.items()):
-        arr = np.array(values) * 1000
-        tiers[tier] = {"reads": len(values), "p50_ms": round(float(np.percentile(arr, 50)), 3),
-                       "p99_ms": round(float(np.percentile(arr, 99)), 3),
-                       "max_ms": round(float(arr.max()), 3)}
-    quiet_tiers = {tier: {"reads": len(v),
-                          "p50_ms": round(float(np.percentile(np.array(v) * 1000, 50)), 3),
-                          "p99_ms": round(float(np.percentile(np.array(v) * 1000, 99)), 3)}
-                   for tier, v in sorted(quiet.items())}
+    tiers = {tier: _latencies(v) for tier, v in sorted(by_tier.items())}
+    quiet_tiers = {tier: _latencies(v, peak=False) for tier, v in sorted(quiet.items())}
+    groups_out = {g: {"all": _latencies(v), "between_reloads": _latencies(group_quiet.get(g, []), peak=False)}
+                  for g, v in sorted(group_times.items())}
     total = sum(by_group.values())
     return {"reads": total, "reads_per_s": round(total / wall), "seconds": round(wall, 2),
             "processes": groups, "threads_per_process": threads, "rate_per_thread": rate or "max",
             "keys": len(keys),
             "reloads": len(reload_times), "generations_seen": [g for g, _ in committed],
             "reload_seconds": [round(t, 2) for t in reload_times], "tiers": tiers,
-            "tiers_between_reloads": quiet_tiers,
+            "tiers_between_reloads": quiet_tiers, "groups": groups_out,
             "reads_per_group": by_group, "errors": error_count, "stale_reads": stale_count,
             "wrong_content": wrong_count,
             "examples": {k: v for k, v in (("errors", errors[:10]), ("stale", stale), ("wrong", wrong)) if v},

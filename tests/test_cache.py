@@ -233,6 +233,86 @@ def test_no_read_older_than_the_last_committed_swap_during_reloads(pg_url: str, 
     assert {"lru", "redis", "db"} <= set(result["tiers"])
 
 
+def test_lease_answers_lru_hits_without_asking_redis(loaded: str, redis_url: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a lease, the generation comes from the process, not from Redis: a bogus generation
+    written into Redis behind the lease's back is not seen until the lease is renewed."""
+    monkeypatch.setattr(cache_mod, "LEASE_MS", 60_000)  # no lease runs out during the test
+    monkeypatch.setattr(cache_mod, "LEASE_REFRESH_MS", 600_000)  # renewed by hand only
+    with connect(loaded) as conn:
+        ns = cache_mod.namespace(conn)
+    client = redis.Redis.from_url(redis_url)
+    with Cache(loaded, redis_url=redis_url) as c:
+        assert c.lease("mids") is None
+        assert _probe_present(c) == (True, "db", 1)  # slow path; starts leasing mids
+        c.renew_leases()
+        assert c.lease("mids") == 1
+        client.set(gen_key(ns, "mids"), b"99", px=cache_mod.GEN_TTL_MS)
+        assert _probe_present(c) == (True, "lru", 1)  # the lease, no GET of the generation
+        c.renew_leases()
+        assert c.lease("mids") == 99
+        assert _probe_present(c)[1:] == ("db", 1)  # generation 99 has no values: read, label 1
+    client.delete(gen_key(ns, "mids"))
+    client.close()
+
+
+def test_fence_stops_leases_until_the_loader_takes_it_down(loaded: str, redis_url: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cache_mod, "LEASE_REFRESH_MS", 600_000)
+    with connect(loaded) as conn:
+        ns = cache_mod.namespace(conn)
+    client = redis.Redis.from_url(redis_url)
+    with Cache(loaded, redis_url=redis_url) as c:
+        c.generation("mids")
+        c.renew_leases()
+        assert c.lease("mids") == 1
+        fence = cache_mod.Fence(redis_url, ns, "mids")
+        fence.up()
+        assert client.exists(cache_mod.fence_key(ns, "mids"))
+        c.renew_leases()
+        assert c.lease("mids") is None  # fence up: no lease, every read asks Redis
+        fence.wait()
+        fence.before_commit(2)
+        assert client.get(gen_key(ns, "mids")) == b"2"
+        c.renew_leases()
+        assert c.lease("mids") is None
+        assert c.generation("mids") == 2  # the slow path sees the published generation
+        fence.down(2)
+        fence.close()
+        assert not client.exists(cache_mod.fence_key(ns, "mids"))
+        c.renew_leases()
+        assert c.lease("mids") == 2
+    client.delete(gen_key(ns, "mids"))
+    client.close()
+
+
+def test_loader_puts_the_fence_up_before_the_swap_and_takes_it_down_after(
+        loaded: str, redis_url: str, runs: MidsRuns) -> None:
+    """Killed inside the swap, the loader leaves its fence up (it expires on its own), so no
+    reader takes a lease on a generation about to change; a finished load leaves none."""
+    with connect(loaded) as conn:
+        ns = cache_mod.namespace(conn)
+    client = redis.Redis.from_url(redis_url)
+    assert not client.exists(cache_mod.fence_key(ns, "mids"))
+    env = {**os.environ, "ETL_FAULT_KILL_AT": "swap", "ETL_REDIS_URL": redis_url}
+    proc = subprocess.run([sys.executable, "-m", "etl.cli", "load", str(runs.small.path),
+                           "--database-url", loaded], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert 0 < client.pttl(cache_mod.fence_key(ns, "mids")) <= cache_mod.FENCE_TTL_MS
+    load(runs.small, database_url=loaded, redis_url=redis_url)  # resumes at the swap
+    assert not client.exists(cache_mod.fence_key(ns, "mids"))
+    assert client.get(gen_key(ns, "mids")) == b"2"
+    client.close()
+
+
+def test_without_any_tier_a_read_goes_straight_to_the_query(loaded: str) -> None:
+    with Cache(loaded, redis_url=None, lru_items=0) as c:
+        got = query.fetch(c, "mids", "power", 3)
+        assert (got.tier, got.generation) == ("db", 1)
+        assert c.local_stats()["counts"] == {"db:power:read": 1}  # no LRU lookup, no generation read
+
+
 def test_missing_generation_key_is_refilled_from_the_database(loaded: str, redis_url: str) -> None:
     with connect(loaded) as conn:
         ns = cache_mod.namespace(conn)
@@ -330,3 +410,23 @@ def test_query_and_cache_cli(loaded: str, redis_url: str) -> None:
 
     res = cli.invoke(main, ["query", "--help"])
     assert "Example" in res.output
+
+
+def test_load_warm_fills_redis_for_the_new_generation(loaded: str, redis_url: str, runs: MidsRuns,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """`etl load --warm N`: right after the swap, the N hottest keys (here: the defaults) are in
+    Redis under the new generation, so the first readers of the new data skip the database."""
+    monkeypatch.setenv("ETL_REDIS_URL", redis_url)
+    with connect(loaded) as conn:
+        ns = cache_mod.namespace(conn)
+    res = CliRunner().invoke(main, ["load", str(runs.small.path), "--database-url", loaded,
+                                    "--warm", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    phases = {p["name"]: p for p in json.loads(res.stdout)["phases"]}
+    assert phases["warm"]["rows"] == 5 and phases["warm"]["extra"]["generation"] == 2
+    client = redis.Redis.from_url(redis_url)
+    assert len(list(client.scan_iter(match=f"{ns}:mids:2:*"))) == 5
+    client.close()
+    with Cache(loaded, redis_url=redis_url, lru_items=0) as c:
+        got = query.fetch(c, "mids", "build-summary", "Class_Blaster")
+        assert (got.tier, got.generation) == ("redis", 2)
