@@ -45,7 +45,7 @@ from etl.dataset import Dataset, Table
 from etl.errors import ConfigError, EtlError, RunStateError
 from etl.metrics import Phase, peak_rss_bytes, timed
 from etl.pg import DatabaseError, quote_ident
-from etl.run import Run, comparable_json, frames_checksum
+from etl.run import JSON_PIECE_ROWS, Run, comparable_json, frames_checksum
 from etl.schema import constraints_sql, create_tables_sql, fkey_name
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,12 @@ def _frames(batches: Iterable[pa.RecordBatch], table: Table,
                 names=batch.schema.names)
         df = pl.from_arrow(batch)
         assert isinstance(df, pl.DataFrame)
-        yield comparable_json(df.cast(schema), json_cols, json_dtypes or {})  # type: ignore[arg-type]
+        df = df.cast(schema)  # type: ignore[arg-type]
+        if not json_cols:
+            yield df
+            continue
+        for start in range(0, df.height, JSON_PIECE_ROWS):  # decoded jsonb is many times its text
+            yield comparable_json(df.slice(start, JSON_PIECE_ROWS), json_cols, json_dtypes or {})
 
 
 def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bool = False,

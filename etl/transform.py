@@ -4,6 +4,11 @@ The dataset's transform turns LazyFrames of accepted, cleaned levels into one La
 target table. Here every table is cast to its declared columns, checked (primary key present and
 unique), sorted by its primary key — so the same input always gives the same files — and written
 in chunks. Only rows that passed validation are read.
+
+The sort never copies a whole table: the table is built in whatever order its plan gives, the
+order by primary key is computed on the key columns alone, and each chunk gathers its rows
+through a slice of that order. Sorting the frame itself would gather a full second copy of every
+column (a wide text column such as a jsonb ``params`` doubles) while the first is alive.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from etl.dataset import Table
 from etl.errors import RunStateError
 from etl.metrics import Phase, timed
 from etl.run import (
+    JSON_PIECE_ROWS,
+    JSON_SAMPLE,
     MANIFEST,
+    TABLE_COMPRESSION,
     ChunkWriter,
     Run,
     comparable_json,
@@ -59,34 +66,85 @@ def _shape(table: Table, lf: pl.LazyFrame) -> pl.LazyFrame:
     return lf.select([pl.col(c.name).cast(table.polars_schema[c.name]) for c in table.columns])
 
 
-def _read_chunks(folder: Path, table: Table, batch_rows: int = 100_000) -> Iterator[pl.DataFrame]:
-    """A table's written chunks, read back a slice at a time, typed like the table."""
-    schema = dict(table.polars_schema)
+#: Chunks go to Arrow in Polars' own string layout (string_view), which is what the tables'
+#: Arrow schema declares: no conversion to large_string and back. The Parquet bytes are the same.
+_ARROW_LEVEL = pl.CompatLevel.newest()
+
+
+def _read_chunks(folder: Path, table: Table, batch_rows: int = 100_000,
+                 columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """A table's written chunks (or some of their ``columns``), read back a file at a time,
+    typed like the table, in pieces of ``batch_rows``."""
+    schema = {name: dtype for name, dtype in table.polars_schema.items()
+              if columns is None or name in columns}
     for path in sorted(folder.glob("*.parquet")):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            df = pl.from_arrow(batch)
-            assert isinstance(df, pl.DataFrame)
-            yield df.cast(schema)  # type: ignore[arg-type]
+        df = pl.read_parquet(path, columns=list(schema)).cast(schema)  # type: ignore[arg-type]
+        for start in range(0, df.height, batch_rows):
+            yield df.slice(start, batch_rows)
+        del df
 
 
 def _json_columns(table: Table) -> list[str]:
     return [c.name for c in table.columns if c.type == "jsonb"]
 
 
-def _check_keys(table: Table, df: pl.DataFrame) -> None:
-    """Primary key present and unique, required columns filled. ``df`` is sorted by its key."""
+def _key_order(df: pl.DataFrame, pk: list[str]) -> pl.Series | None:
+    """The row order that sorts ``df`` by ``pk`` (computed on the key columns alone), or None
+    when ``df`` is in that order already. With a unique key any sort gives this one order."""
+    if df.height < 2:
+        return None
+    order = df.select(pl.arg_sort_by(pk).alias("order")).get_column("order")
+    return None if order.is_sorted() else order  # a sorted permutation is 0, 1, 2…
+
+
+def _rows(df: pl.DataFrame, order: pl.Series | None, start: int, length: int) -> pl.DataFrame:
+    """Rows ``start``… (``length`` of them) of ``df`` in key order: a slice of the order, so
+    only this piece is copied. Always one contiguous piece: the Parquet writer's page layout
+    follows the Arrow chunks it is given, so the same rows give the same file bytes whatever
+    the engine's internal chunking was (which varied with the thread count)."""
+    piece = df.slice(start, length) if order is None else df[order.slice(start, length)]
+    return piece.rechunk()
+
+
+def _written_json_dtypes(folder: Path, table: Table, columns: list[str]) -> dict[str, str]:
+    """:func:`etl.run.json_dtypes` of a written table: the same sample (the first values in key
+    order), read back from its first chunk(s) once the table itself is dropped, so the decoding
+    the inference does is not added to the table's memory."""
+    if not columns:
+        return {}
+    found: dict[str, list[pl.Series]] = {c: [pl.Series(c, [], dtype=pl.String)] for c in columns}
+    have = dict.fromkeys(columns, 0)
+    for part in _read_chunks(folder, table, JSON_SAMPLE, columns):
+        for col in columns:
+            if have[col] < JSON_SAMPLE:
+                values = part.get_column(col).drop_nulls()
+                found[col].append(values)
+                have[col] += values.len()
+        if min(have.values()) >= JSON_SAMPLE:
+            break
+    out: dict[str, str] = {}
+    for col in columns:
+        out.update(json_dtypes(pl.DataFrame(pl.concat(found[col])), [col]))
+    return out
+
+
+def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) -> None:
+    """Primary key present and unique, required columns filled. ``order`` sorts ``df`` by its
+    key (None: ``df`` is sorted already)."""
     pk = list(table.primary_key)
-    nulls = df.select(pl.any_horizontal([pl.col(c).is_null() for c in pk]).sum()).item()
+    keys = df.select(pk) if order is None else df.select(pk)[order]
+    nulls = keys.select(pl.any_horizontal([pl.col(c).is_null() for c in pk]).sum()).item()
     if nulls:
         raise RunStateError(f"table {table.name}: {nulls} row(s) with an empty primary key {pk}",
                             hint="the dataset's transform or rules miss a case; report it")
-    # ``df`` is sorted by its key, so duplicates sit next to each other: comparing each row with
-    # the one before costs a pass, where is_duplicated() hashed every key (~450 MB at 2.5M rows).
+    # ``keys`` are sorted, so duplicates sit next to each other: comparing each row with the
+    # one before costs a pass, where is_duplicated() hashed every key (~450 MB at 2.5M rows).
     same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in pk])
-    dups = df.select(same_as_previous.fill_null(False).sum()).item()
+    dups = keys.select(same_as_previous.fill_null(False).sum()).item()
     if dups:
         raise RunStateError(f"table {table.name}: {dups} row(s) share a primary key {pk}",
                             hint="add a unique rule for the key to the dataset's rules")
+    del keys
     for col in table.columns:
         if not col.nullable:
             n = df.get_column(col.name).null_count()
@@ -114,7 +172,7 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
         if unknown:
             raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
         tables = list(dataset.tables)
-        plans = [_shape(t, frames[t.name]).sort(list(t.primary_key)) for t in tables]
+        plans = [_shape(t, frames[t.name]) for t in tables]
         tmp = run.path / ".tables.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         entries: dict[str, Any] = {}
@@ -122,23 +180,26 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
         # One table at a time, written and dropped before the next is built: peak memory is
         # the largest table, not all of them (collect_all would share work but hold them all).
         for i, (table, plan) in enumerate(zip(tables, plans, strict=True)):
-            df = plan.collect(engine="streaming")
-            _check_keys(table, df)
-            # jsonb columns are checksummed by meaning (PostgreSQL reorders and reformats them).
-            json_cols = _json_columns(table)
-            dtypes = json_dtypes(df, json_cols)
+            df = plan.collect(engine="streaming")  # in the plan's order; sorted chunk by chunk
+            order = _key_order(df, list(table.primary_key))
+            _check_keys(table, df, order)
             writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
-                                 schema=table.polars_schema.to_arrow())
+                                 schema=table.polars_schema.to_arrow(),
+                                 compression=TABLE_COMPRESSION)
             for start in range(0, df.height, chunk_rows):  # to Arrow a chunk at a time
-                writer.write(df.slice(start, chunk_rows).to_arrow())
+                writer.write(_rows(df, order, start, chunk_rows).to_arrow(compat_level=_ARROW_LEVEL))
             chunks = writer.close()
             rows[table.name] = df.height
-            del df
+            del df, order
+            # jsonb columns are checksummed by meaning (PostgreSQL reorders and reformats them).
+            json_cols = _json_columns(table)
+            dtypes = _written_json_dtypes(tmp / table.name, table, json_cols)
             # The checksum reads the chunks back a slice at a time once the table is dropped, so
             # its work (decoding jsonb, hashing) does not add to the table's memory.
             checksum = frames_checksum(
                 comparable_json(part, json_cols, dtypes)
-                for part in _read_chunks(tmp / table.name, table))
+                for part in _read_chunks(tmp / table.name, table,
+                                         JSON_PIECE_ROWS if json_cols else chunk_rows))
             for c in chunks:  # paths are recorded as they will be after the rename
                 c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
             entries[table.name] = {

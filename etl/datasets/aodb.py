@@ -291,14 +291,27 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     spell_data = _ranked(_of_items(levels["spell_data"], items).with_columns(
         position=pl.col("_index").cast(pl.Int32)), ["aoid", "position"], "spell_data_id",
         pl.Int64())
-    spells = _of_items(levels["spells"], items).with_columns(
-        *_positions("data_position", "position"),
-        stat=pl.col("stat").cast(pl.Int32, strict=False),
-        amount=pl.col("amount").cast(pl.Int64, strict=False))
-    spells = _ranked(spells, ["aoid", "data_position", "position"], "spell_entry_id", pl.Int64())
-    spells = spells.join(spell_data.select("aoid", pl.col("position").alias("data_position"),
-                                           "spell_data_id"),
-                         on=["aoid", "data_position"], how="inner")
+    # Spells carry params (their whole JSON text, the largest column of the export). Their ids
+    # and joins are worked out on their keys alone (``spell_keys``: where each staged spell came
+    # from and its ids); the staged rows then get their ids by that place, in a left join that
+    # keeps their order, so params is never sorted or gathered here (the transform writes the
+    # table sorted a chunk at a time). At 1.2M spells an inner join held ~150 MB more, and a
+    # place given by ``_path`` (text) ~40 MB more than by its list positions. A staged spell
+    # has ids exactly when its item and its spell data were accepted.
+    spell_place = ["_file", "_record", "data_position", "position"]
+    spell_keys = _ranked(
+        _of_items(levels["spells"].select("_file", "_record", "_path", "aoid"), items)
+        .with_columns(*_positions("data_position", "position")).drop("_path"),
+        ["aoid", "data_position", "position"], "spell_entry_id", pl.Int64(),
+    ).join(spell_data.select("aoid", pl.col("position").alias("data_position"), "spell_data_id"),
+           on=["aoid", "data_position"], how="inner")
+    spells = (levels["spells"].drop("aoid")
+              .with_columns(*_positions("data_position", "position"))
+              .join(spell_keys.select(*spell_place, "spell_entry_id", "spell_data_id"),
+                    on=spell_place, how="left", maintain_order="left")
+              .filter(pl.col("spell_entry_id").is_not_null())
+              .with_columns(stat=pl.col("stat").cast(pl.Int32, strict=False),
+                            amount=pl.col("amount").cast(pl.Int64, strict=False)))
     spell_crit = _of_items(levels["spell_criteria"], items).with_columns(
         *_positions("data_position", "spell_position", "position"))
 
@@ -309,8 +322,8 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
         actions.select("aoid", pl.col("position").alias("action_position"), "action_id"),
         on=["aoid", "action_position"], how="inner").join(criteria, on=crit_cols, how="inner")
     spell_criteria = spell_crit.join(
-        spells.select("aoid", "data_position", pl.col("position").alias("spell_position"),
-                      "spell_entry_id"),
+        spell_keys.select("aoid", "data_position", pl.col("position").alias("spell_position"),
+                          "spell_entry_id"),
         on=["aoid", "data_position", "spell_position"], how="inner",
     ).join(criteria, on=crit_cols, how="inner")
 
