@@ -5,9 +5,13 @@ a copy of a real one with a new AOID, and with variation drawn from the sample's
 key names, value types, the optional-key mix and the heterogeneous spell parameters are exactly
 those of the real program:
 
-* stat values: about a third of each item's ``RawValue``s are replaced by a value seen for the
-  same stat elsewhere in the sample (QL, stat 54, is drawn from 1-300), so (Stat, RawValue)
-  pairs stay shared across items and deduplication matters as in the full export;
+* quality level: each item gets a new QL (stat 54, drawn from 1-300) and, as the game's QL
+  variants of one item do, about half of its small numbers (stat values, criteria thresholds,
+  spell amounts below 10,000; not flags or ids) scale with it, so the export has many distinct
+  (Stat, RawValue) pairs and criteria, as the full export does, not just the sample's;
+* stat values: about a third of the other ``RawValue``s are replaced by a value seen for the
+  same stat elsewhere in the sample, so pairs stay shared across items and deduplication
+  matters;
 * criteria: about a quarter get the ``Value2`` of another criterion on the same ``Value1``;
 * spells: about a fifth get another spell's ``Amount`` for the same stat, and one spell in ten is
   swapped for a real spell from another item (so parameter sets mix);
@@ -100,18 +104,40 @@ class _Pools:
         return out
 
 
+#: Numbers below this scale with an item's QL (larger ones are flags, ids, hashes).
+SCALABLE_BELOW = 10_000
+#: Share of an item's small numbers that scale with its QL.
+SCALE_SHARE = 0.5
+
+
+def _scaled(rng: random.Random, value: Any, ratio: float) -> Any:
+    """``value`` scaled by the item's QL ratio, for about half of the small positive ints."""
+    if (isinstance(value, int) and not isinstance(value, bool) and 1 < value < SCALABLE_BELOW
+            and rng.random() < SCALE_SHARE):
+        return max(1, round(value * ratio))
+    return value
+
+
 def _vary(rng: random.Random, item: dict[str, Any], pools: _Pools, aoid: int) -> dict[str, Any]:
     item["AOID"] = aoid
     if rng.random() < NANO_SHARE:
         item["DBType"] = DBTYPE_NANO
-    for sv in item.get("StatValues") or []:
+    stats = item.get("StatValues") or []
+    old_ql = next((sv["RawValue"] for sv in stats if sv["Stat"] == 54), None)
+    new_ql = rng.randint(1, 300)
+    ratio = new_ql / old_ql if isinstance(old_ql, int) and old_ql > 0 else 1.0
+    for sv in stats:
         if sv["Stat"] == 54:
-            sv["RawValue"] = rng.randint(1, 300)
+            sv["RawValue"] = new_ql
         elif rng.random() < 0.33:
             sv["RawValue"] = rng.choice(pools.stat_values[sv["Stat"]])
+        else:
+            sv["RawValue"] = _scaled(rng, sv["RawValue"], ratio)
     for c in _Pools._criteria(item):
         if rng.random() < 0.25:
             c["Value2"] = rng.choice(pools.value2[(c["Value1"], c["Operator"])])
+        else:
+            c["Value2"] = _scaled(rng, c["Value2"], ratio)
     for sd in item.get("SpellData") or []:
         spells = sd.get("Items") or []
         for i, s in enumerate(spells):
@@ -119,6 +145,8 @@ def _vary(rng: random.Random, item: dict[str, Any], pools: _Pools, aoid: int) ->
                 spells[i] = s = orjson.loads(orjson.dumps(rng.choice(pools.spells)))
             if "Amount" in s and rng.random() < 0.2 and pools.amounts.get(s.get("Stat")):
                 s["Amount"] = rng.choice(pools.amounts[s.get("Stat")])
+            elif "Amount" in s:
+                s["Amount"] = _scaled(rng, s["Amount"], ratio)
     return item
 
 
