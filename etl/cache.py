@@ -72,6 +72,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,8 @@ STATS_FLUSH_S = 1.0
 LEASE_MS = 200
 #: How often a cache's lease thread renews its leases (a few renewals per lease).
 LEASE_REFRESH_MS = 40
+#: How long a loader waits after its fence is up (a lease, and a margin for clock rates).
+LEASE_WAIT_S = LEASE_MS * 1.1 / 1000
 #: A loader's fence lives this long if the loader dies before taking it down.
 FENCE_TTL_MS = 30_000
 #: Channel the swap transaction notifies (``<dataset>:<generation>``), delivered at commit.
@@ -204,25 +207,6 @@ def redis_client(redis_url: str) -> Any:
                                 retry_on_timeout=False)
 
 
-def publish_generation(redis_url: str | None, ns: str, dataset: str, generation: int) -> bool:
-    """Write ``generation`` as the dataset's current one in Redis (never lowering it). The loader
-    calls this just before the swap commits and again after; False (and a warning) when Redis
-    cannot be reached."""
-    if not redis_url:
-        return True
-    client = redis_client(redis_url)
-    try:
-        client.eval(_SET_MAX, 1, gen_key(ns, dataset), generation, GEN_TTL_MS)
-        return True
-    except Exception as exc:
-        log.warning("could not write generation %d of %s to Redis at %s (%s): readers using that "
-                    "Redis may see the previous data for up to %.0f s", generation, dataset,
-                    mask_secrets(redis_url), exc, GEN_TTL_MS / 1000)
-        return False
-    finally:
-        client.close()
-
-
 class Fence:
     """A loader's fence around the commit that moves a dataset's generation (see the module
     docstring): :meth:`up` before the work that ends in the swap, :meth:`wait` before the swap
@@ -258,7 +242,7 @@ class Fence:
         """Sleep until every lease granted before the fence went up has run out."""
         self.up()
         assert self._up_at is not None
-        left = self._up_at + LEASE_MS * 1.1 / 1000 - time.monotonic()
+        left = self._up_at + LEASE_WAIT_S - time.monotonic()
         if left > 0:
             time.sleep(left)
 
@@ -277,7 +261,7 @@ class Fence:
         if not int(up):
             log.warning("the read-cache fence of %s expired before the swap committed; waiting "
                         "%d ms for readers' leases to run out", self.dataset, LEASE_MS)
-            time.sleep(LEASE_MS * 1.1 / 1000)
+            time.sleep(LEASE_WAIT_S)
 
     def down(self, generation: int | None = None) -> None:
         """After the commit: publish ``generation`` again (the pre-commit write may have expired)
@@ -382,6 +366,9 @@ class Cache:
         self._lease_datasets: set[str] = set()
         self._lease_thread: threading.Thread | None = None
         self._closing = threading.Event()
+        # A forked child (a pre-forking web server) has no lease thread: start one there afresh.
+        me = weakref.WeakMethod(self._after_fork)
+        os.register_at_fork(after_in_child=lambda: (m := me()) is not None and m())
         self._counts: Counter[str] = Counter()
         self._hot: Counter[tuple[str, str, str]] = Counter()
         self._next_flush = time.monotonic() + STATS_FLUSH_S
@@ -465,9 +452,9 @@ class Cache:
 
     def generation(self, dataset: str) -> int:
         """The dataset's current generation (see the module docstring for where it comes from)."""
-        lease = self._leases.get(dataset)
-        if lease is not None and time.monotonic() < lease[1]:
-            return lease[0]
+        leased = self.lease(dataset)
+        if leased is not None:
+            return leased
         if self._use_leases and dataset not in self._lease_datasets:
             self._start_leasing(dataset)
         if self.gen_max_age > 0:
@@ -478,6 +465,15 @@ class Cache:
         if self.gen_max_age > 0:
             self._gens[dataset] = (gen, time.monotonic())
         return gen
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.lru._lock = threading.Lock()
+        self._lease_thread = None
+        self._leases.clear()
+        self._lease_datasets.clear()
+        self._local = threading.local()  # the parent's connections are not this process's
+        self._conns = []
 
     def _start_leasing(self, dataset: str) -> None:
         with self._lock:

@@ -273,7 +273,7 @@ class _Loader:
         self.generation = 0
         self.cache_ns = ""
         self._fence: cache.Fence | None = None
-        self._load_extra: dict[str, Any] = {}  # details of the phase being timed
+        self._phase_extra: dict[str, Any] = {}  # details of the phase being timed
         #: ``etl load --tag``: the value of the dataset's tag columns in every loaded row.
         self.tag = tag
 
@@ -352,10 +352,10 @@ class _Loader:
 
     def _timed(self, name: str, rows: int, fn: Callable[[], None]) -> None:
         start = time.perf_counter()
-        self._load_extra = {}
+        self._phase_extra = {}
         fn()
         self.phases.append(Phase(name, time.perf_counter() - start, rows, peak_rss_bytes(),
-                                 extra=self._load_extra))
+                                 extra=self._phase_extra))
 
     # -- steps ----------------------------------------------------------------------------
 
@@ -699,7 +699,7 @@ class _Loader:
                 list(pool.map(self._copy_table, order))
                 # The COPY statements alone (what the benchmark's server-side ceiling measures),
                 # apart from creating the build schema and opening the connections.
-                self._load_extra["copy_seconds"] = round(time.perf_counter() - started, 4)
+                self._phase_extra["copy_seconds"] = round(time.perf_counter() - started, 4)
 
         def keys_all() -> None:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etl-keys") as pool:

@@ -115,7 +115,6 @@ JSON_SAMPLE = 50_000
 #: text's size: checksumming the 1.2M spells of a 170k-item aodb export peaked at ~745 MB in
 #: pieces of 100,000 rows, ~225 MB in pieces of 10,000, and ran faster.
 JSON_PIECE_ROWS = 10_000
-_JSON_SLICE = JSON_PIECE_ROWS
 
 
 def json_dtypes(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, str]:
@@ -148,9 +147,9 @@ def comparable_json(df: pl.DataFrame, columns: Iterable[str], dtypes: Mapping[st
     cols = [c for c in columns if c in df.columns]
     if not cols or df.height == 0:
         return df
-    if df.height > _JSON_SLICE:  # decoded structs are wide: a slice at a time bounds memory
-        return pl.concat([comparable_json(df.slice(i, _JSON_SLICE), cols, dtypes)
-                          for i in range(0, df.height, _JSON_SLICE)])
+    if df.height > JSON_PIECE_ROWS:  # decoded structs are wide: a slice at a time bounds memory
+        return pl.concat([comparable_json(df.slice(i, JSON_PIECE_ROWS), cols, dtypes)
+                          for i in range(0, df.height, JSON_PIECE_ROWS)])
     typed = {c: _dtype_from_text(dtypes[c]) for c in cols if c in dtypes}
     df = df.with_columns(pl.col(c).str.json_decode(dtype) for c, dtype in typed.items())
     return canonical_json_columns(df, [c for c in cols if c not in typed])

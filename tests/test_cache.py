@@ -286,6 +286,30 @@ def test_fence_stops_leases_until_the_loader_takes_it_down(loaded: str, redis_ur
     client.close()
 
 
+def test_forked_child_leases_on_its_own(loaded: str, redis_url: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pre-forking server forks after the cache was used: the child has no lease thread (threads
+    do not survive fork) and must start its own, with its own connection."""
+    monkeypatch.setattr(cache_mod, "LEASE_REFRESH_MS", 600_000)
+    with Cache(loaded, redis_url=redis_url) as c:
+        assert _probe_present(c) == (True, "db", 1)
+        parent_thread = c._lease_thread
+        assert parent_thread is not None
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if it leases and reads on its own
+            ok = False
+            try:
+                ok = (c._lease_thread is None and _probe_present(c)[::2] == (True, 1)
+                      and c._lease_thread is not None and c._lease_thread is not parent_thread)
+                c.renew_leases()
+                ok = ok and c.lease("mids") == 1
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert c._lease_thread is parent_thread and _probe_present(c)[::2] == (True, 1)
+
+
 def test_loader_puts_the_fence_up_before_the_swap_and_takes_it_down_after(
         loaded: str, redis_url: str, runs: MidsRuns) -> None:
     """Killed inside the swap, the loader leaves its fence up (it expires on its own), so no
