@@ -722,7 +722,11 @@ def bench_cmd(dataset: str, entries: tuple[int, ...], template: Path | None, wor
                       f"the load's COPY phase took {copy['seconds']:.2f} s = "
                       f"{copy['seconds'] / ceiling:.2f}x the ceiling"
                       + (f" (its COPY statements {statements:.2f} s = {statements / ceiling:.2f}x; the "
-                         "rest creates the build schema and opens the connections)" if statements else ""))
+                         "rest creates the build schema)" if statements else ""))
+            workers = (copy.get("extra") or {}).get("worker_peak_rss")
+            if workers:
+                err.print(f"the COPY worker processes' peak RSS: {_mb(workers)} each (pages shared "
+                          "with the loading process counted in full)")
 
 
 # ------------------------------------------------------------------------------ db (the embedded server)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 _SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
 
@@ -40,6 +41,10 @@ class EtlError(Exception):
         self.offset = offset
         self.hint = hint
         super().__init__(str(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its fields (errors cross from the loader's worker processes)."""
+        return (_restore, (type(self), dict(self.__dict__)))
 
     def where(self) -> str:
         parts = []
@@ -81,3 +86,10 @@ class RunStateError(EtlError):
     """A run directory is incomplete, changed, or from another dataset version."""
 
     exit_code = 2
+
+
+def _restore(cls: type[EtlError], state: dict[str, Any]) -> EtlError:
+    err = cls.__new__(cls)
+    err.__dict__.update(state)
+    Exception.__init__(err, str(err))
+    return err

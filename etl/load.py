@@ -37,9 +37,10 @@ import orjson
 import polars as pl
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl import cache, ledger, pg
+from etl import cache, forked, ledger, pg
 from etl.config import load_settings
 from etl.dataset import Dataset, Table
 from etl.errors import ConfigError, EtlError, RunStateError
@@ -95,13 +96,17 @@ def _fault(point: str) -> None:
     prove a load resumes after dying anywhere. Does nothing otherwise."""
     if os.environ.get("ETL_FAULT_KILL_AT") == point:
         log.warning("fault injection: killing the process at %s", point)
+        parent = forked.parent_pid()  # in a worker: the load dies with it
+        if parent is not None:
+            os.kill(parent, signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _drop_once(point: str, conn: Any, *, url: str, dropped: set[str]) -> None:
     """Test hook: ``ETL_FAULT_DROP_AT=<point>`` (optionally ``<point>@always``) terminates this
     connection's server process at that point, as a network drop would: once per load (points
-    in ``dropped`` are spared), or on every attempt with ``@always``."""
+    in ``dropped`` are spared), or on every attempt with ``@always``. ``<point>@abort`` instead
+    aborts the worker process there, once, as a crashing driver would."""
     spec = os.environ.get("ETL_FAULT_DROP_AT", "")
     name, _, how = spec.partition("@")
     if name != point:
@@ -109,6 +114,9 @@ def _drop_once(point: str, conn: Any, *, url: str, dropped: set[str]) -> None:
     if how != "always" and point in dropped:
         return
     dropped.add(point)
+    if how == "abort" and forked.parent_pid() is not None:
+        os.write(2, f"fault injection: aborting the worker at {point}\n".encode())
+        os.abort()
     log.warning("fault injection: dropping the connection at %s", point)
     with pg.connect(url) as admin:
         admin.execute("SELECT pg_terminate_backend(%s)", (_backend_pid(conn),))
@@ -172,20 +180,27 @@ def _frames(batches: Iterable[pa.RecordBatch], table: Table,
 
 
 def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bool = False,
-                  tag: tuple[str, str] | None = None) -> tuple[pa.RecordBatchReader, int]:
+                  tag: tuple[str, str] | None = None, schema: pa.Schema | None = None
+                  ) -> tuple[pa.RecordBatchReader, int]:
     """A stream of the table's staged rows (bounded memory), and its row count.
 
-    ``for_copy``: jsonb columns are tagged as Arrow JSON, which ADBC sends as jsonb (plain
-    strings into a jsonb column are refused by the binary COPY). ``tag``: (column, value):
-    that column holds ``value`` in every row (``etl load --tag``)."""
-    schema = table.polars_schema.to_arrow()
+    ``for_copy``: jsonb columns are sent in jsonb's binary wire form, a version byte (1) and
+    the JSON text, as Arrow binary: the binary COPY refuses plain text in a jsonb column, and
+    bytes pass through every ADBC driver version unchanged (the Arrow JSON extension type is
+    only understood from adbc-driver-postgresql 1.9, whose wheels are unoptimized builds; see
+    DESIGN.md). ``tag``: (column, value): that column holds ``value`` in every row
+    (``etl load --tag``). ``schema``: the table's Arrow schema, when the caller has it (a
+    forked worker must not call Polars)."""
+    schema = schema if schema is not None else table.polars_schema.to_arrow()
     paths = [run.path / c["path"] for c in entry.get("chunks", [])]
     json_cols = set(_json_columns(table)) if for_copy else set()
-    out_schema = pa.schema([pa.field(f.name, pa.json_(pa.string())) if f.name in json_cols else f
+    out_schema = pa.schema([pa.field(f.name, pa.binary()) if f.name in json_cols else f
                             for f in schema])
+    jsonb_version = pa.scalar(b"\x01")
 
     def tag_json(batch: pa.RecordBatch) -> pa.RecordBatch:
-        arrays = [pa.ExtensionArray.from_storage(pa.json_(pa.string()), col.cast(pa.string()))
+        arrays = [pc.binary_join_element_wise(jsonb_version, col.cast(pa.string()).cast(pa.binary()),
+                                              b"")
                   if name in json_cols else col for name, col in zip(batch.schema.names, batch.columns,
                                                                       strict=True)]
         return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
@@ -240,6 +255,35 @@ def _copy_error(exc: BaseException, run: Run, name: str, entry: Mapping[str, Any
                          "then run the load again")
 
 
+class _Reported(set[str]):
+    """A set that reports each new member (a worker's fault points, to the loading process)."""
+
+    def __init__(self, members: set[str], report: Callable[[str], None]) -> None:
+        super().__init__(members)
+        self._report = report
+
+    def add(self, member: str) -> None:
+        self._report(member)
+        super().add(member)
+
+
+class _ReadBack:
+    """What a forked worker of :func:`table_checksums` serves: queries read through ADBC."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def rows(self, query: str) -> Iterator[pa.RecordBatch]:
+        conn = pg.connect_adbc(self.url, autocommit=True)
+        try:
+            cur = conn.cursor()
+            cur.execute(query)
+            yield from cur.fetch_record_batch()
+            cur.close()
+        finally:
+            conn.close()
+
+
 # ------------------------------------------------------------------------------ the load
 
 
@@ -266,7 +310,15 @@ class _Loader:
         self._progress_lock = threading.Lock()
         self._copied_rows = 0
         self._local = threading.local()
-        self._adbc_conns: list[Any] = []
+        self._adbc_conns: list[Any] = []  # in a worker process: its ADBC connections
+        # The worker processes that run every ADBC call (see etl.forked), one per thread.
+        self._workers: list[forked.Worker] = []
+        self._worker_peak_rss = 0
+        #: Rows copied so far, reported (in the worker) as each batch goes out.
+        self._on_rows: Callable[[int], None] | None = self._add_rows if progress else None
+        pg.preload_adbc()  # before any worker is forked
+        # Each table's Arrow schema, made here: a forked worker must not call Polars.
+        self._arrow_schemas = {t.name: t.polars_schema.to_arrow() for t in self.dataset.tables}
         self._dropped: set[str] = set()  # fault-injection points already dropped (test hook)
         # read cache (etl.cache): where the swap publishes the new generation
         self.redis_url: str | None = None
@@ -296,8 +348,8 @@ class _Loader:
         return sets
 
     def _adbc(self) -> Any:
-        """This thread's ADBC connection, opened once (opening one reads the server's type
-        catalog, which costs tens of milliseconds) and reused for every table it copies."""
+        """In a worker process: its ADBC connection, opened once (opening one reads the server's
+        type catalog, which costs tens of milliseconds) and reused for every table it copies."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = pg.connect_adbc(self.url)
@@ -325,12 +377,60 @@ class _Loader:
                     self._adbc_conns.remove(conn)
 
     def close(self) -> None:
+        self._close_workers()
         for conn in list(self._adbc_conns):
             try:
                 conn.close()
             except Exception:
                 log.debug("closing a connection failed", exc_info=True)
         self._adbc_conns.clear()
+
+    # -- worker processes (etl.forked) ----------------------------------------------------
+
+    def _worker(self) -> forked.Worker:
+        """This thread's worker process: forked on first use, and again after one died."""
+        worker: forked.Worker | None = getattr(self._local, "worker", None)
+        if worker is None or worker.closed:
+            worker = forked.Worker(self, _Loader._become_worker)
+            self._local.worker = worker
+            with self._progress_lock:
+                self._workers.append(worker)
+        return worker
+
+    @staticmethod
+    def _become_worker(loader: _Loader, send: Callable[[str, Any], None]) -> None:
+        """In a freshly forked worker: its own locks and connections, and its reports (rows
+        copied, fault points used) sent to the loading process."""
+        loader._local = threading.local()
+        loader._progress_lock = threading.Lock()
+        loader._adbc_conns = []
+        loader._workers = []
+        loader.progress = None
+        if loader._on_rows is not None:
+            loader._on_rows = lambda n: send("rows", n)
+        loader._dropped = _Reported(loader._dropped, lambda point: send("dropped", point))
+
+    def _message(self, kind: str, value: Any) -> None:
+        """A worker's report during a call."""
+        if kind == "rows":
+            self._add_rows(int(value))
+        elif kind == "dropped":
+            self._dropped.add(str(value))
+
+    def _in_worker(self, op: str, *args: Any) -> Any:
+        return self._worker().call(op, *args, on_message=self._message)
+
+    def _close_workers(self) -> None:
+        """Stop the worker processes (each phase forks its own: they hold connections)."""
+        with self._progress_lock:
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close()
+            self._worker_peak_rss = max(self._worker_peak_rss, worker.peak_rss)
+
+    def _ready(self) -> None:
+        """In a worker: open the ADBC connection ahead of the first call."""
+        self._adbc()
 
     def _step(self, name: str, fn: Callable[[Any], Any]) -> None:
         """Run ``fn(conn)`` and record step ``name`` in one transaction (skipped if done)."""
@@ -369,52 +469,60 @@ class _Loader:
         step = f"copy:{name}"
         if step in self.steps:
             return
+        rows: int = self._retry(f"copy of {name}", lambda: self._in_worker("_copy_once", name))
+        self.steps[step] = {"rows": rows}
+
+    def _copy_once(self, name: str) -> int:
+        """In a worker: one try at table ``name``'s COPY, committed with its ledger step."""
+        step = f"copy:{name}"
         table = self.tables[name]
-
-        def attempt() -> None:
-            reader, expected = _table_reader(self.run, table, self.entries[name], for_copy=True,
-                                             tag=self._tag_of(name))
-            conn = self._adbc()
+        reader, expected = _table_reader(self.run, table, self.entries[name], for_copy=True,
+                                         tag=self._tag_of(name),
+                                         schema=self._arrow_schemas[name])
+        conn = self._adbc()
+        try:
+            cur = conn.cursor()
+            target = f"{quote_ident(self.build)}.{quote_ident(name)}"
+            # TRUNCATE in the same transaction as the COPY: nothing to undo on a retry, and
+            # with wal_level=minimal PostgreSQL can skip writing the rows to WAL.
+            cur.execute(f"TRUNCATE {target}")
+            _drop_once(step, conn, url=self.url, dropped=self._dropped)
             try:
-                cur = conn.cursor()
-                target = f"{quote_ident(self.build)}.{quote_ident(name)}"
-                # TRUNCATE in the same transaction as the COPY: nothing to undo on a retry, and
-                # with wal_level=minimal PostgreSQL can skip writing the rows to WAL.
-                cur.execute(f"TRUNCATE {target}")
-                _drop_once(step, conn, url=self.url, dropped=self._dropped)
-                try:
-                    cur.adbc_ingest(name, self._counted(reader), mode="append",
-                                    db_schema_name=self.build)
-                except Exception as exc:
-                    if pg.is_connection_error(exc):
-                        raise
-                    raise _copy_error(exc, self.run, name, self.entries[name]) from exc
-                detail = orjson.dumps({"rows": expected}).decode()
-                cur.execute(f"INSERT INTO etl.load_steps (run, step, detail) VALUES "
-                            f"({self.ledger_id}, {_lit(step)}, {_lit(detail)}::jsonb) "
-                            "ON CONFLICT DO NOTHING")
-                _fault(step)
-                conn.commit()
-                cur.close()
-            except BaseException:
-                self._drop_adbc()
-                raise
-            self.steps[step] = {"rows": expected}
+                cur.adbc_ingest(name, self._counted(reader), mode="append",
+                                db_schema_name=self.build)
+            except Exception as exc:
+                if pg.is_connection_error(exc):
+                    raise
+                raise _copy_error(exc, self.run, name, self.entries[name]) from exc
+            detail = orjson.dumps({"rows": expected}).decode()
+            cur.execute(f"INSERT INTO etl.load_steps (run, step, detail) VALUES "
+                        f"({self.ledger_id}, {_lit(step)}, {_lit(detail)}::jsonb) "
+                        "ON CONFLICT DO NOTHING")
+            _fault(step)
+            conn.commit()
+            cur.close()
+        except BaseException:
+            self._drop_adbc()
+            raise
+        return expected
 
-        self._retry(f"copy of {name}", attempt)
+    def _add_rows(self, rows: int) -> None:
+        """Progress: ``rows`` more rows copied."""
+        total = sum(int(e["rows"]) for e in self.entries.values())
+        with self._progress_lock:
+            self._copied_rows += rows
+            done = self._copied_rows
+        if self.progress:
+            self.progress("load", done, total)
 
     def _counted(self, reader: pa.RecordBatchReader) -> pa.RecordBatchReader:
-        if self.progress is None:
+        report = self._on_rows
+        if report is None:
             return reader
-        total = sum(int(e["rows"]) for e in self.entries.values())
 
         def batches() -> Iterator[pa.RecordBatch]:
             for batch in reader:
-                with self._progress_lock:
-                    self._copied_rows += batch.num_rows
-                    done = self._copied_rows
-                if self.progress:
-                    self.progress("load", done, total)
+                report(batch.num_rows)
                 yield batch
 
         return pa.RecordBatchReader.from_batches(reader.schema, batches())
@@ -481,22 +589,27 @@ class _Loader:
         cols = ", ".join(quote_ident(c.name) for c in table.columns)
 
         def attempt() -> tuple[int, str]:
-            conn = self._adbc()
-            try:
-                cur = conn.cursor()
-                cur.execute(f"SELECT {cols} FROM {quote_ident(self.build)}.{quote_ident(name)}")
-                checksum = frames_checksum(_frames(cur.fetch_record_batch(), table,
-                                                    self.entries[name].get("json_dtypes")))
-                cur.close()
-                conn.rollback()
-            except BaseException:
-                self._drop_adbc()
-                raise
+            batches = self._worker().stream(
+                "_read_back", f"SELECT {cols} FROM {quote_ident(self.build)}.{quote_ident(name)}")
+            checksum = frames_checksum(_frames(batches, table, self.entries[name].get("json_dtypes")))
             rows = int(checksum.rsplit("-", 1)[1]) if "-" in checksum else 0
             return rows, checksum
 
         result: tuple[int, str] = self._retry(f"verification of {name}", attempt)
         return result
+
+    def _read_back(self, query: str) -> Iterator[pa.RecordBatch]:
+        """In a worker: ``query``'s rows as Arrow batches (checked by the loading process)."""
+        conn = self._adbc()
+        try:
+            cur = conn.cursor()
+            cur.execute(query)
+            yield from cur.fetch_record_batch()
+            cur.close()
+            conn.rollback()
+        except BaseException:
+            self._drop_adbc()
+            raise
 
     def _staged_checksum(self, name: str) -> str:
         """The staged table's checksum, recomputed when it was made by another Polars version
@@ -683,13 +796,13 @@ class _Loader:
 
         def copy_all() -> None:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etl-load") as pool:
-                # Each worker opens its ADBC connection while the build schema is created (the
-                # barrier puts one opening on each thread).
+                # Each thread forks its worker process, which opens its ADBC connection while
+                # the build schema is created (the barrier puts one worker on each thread).
                 barrier = threading.Barrier(self.workers)
 
                 def warm() -> None:
                     barrier.wait()
-                    self._adbc()
+                    self._in_worker("_ready")
 
                 warming = [pool.submit(warm) for _ in range(self.workers)]
                 self._step("create", self._create)
@@ -700,6 +813,8 @@ class _Loader:
                 # The COPY statements alone (what the benchmark's server-side ceiling measures),
                 # apart from creating the build schema and opening the connections.
                 self._phase_extra["copy_seconds"] = round(time.perf_counter() - started, 4)
+            self._close_workers()
+            self._phase_extra["worker_peak_rss"] = self._worker_peak_rss
 
         def keys_all() -> None:
             with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="etl-keys") as pool:
@@ -711,6 +826,7 @@ class _Loader:
                 for fk in fks:
                     by_table.setdefault(fk[0], []).append(fk)
                 list(pool.map(self._validate_fks, by_table.values()))
+            self._close_workers()
 
         def post_load() -> None:
             if "swap" not in self.steps:
@@ -784,7 +900,7 @@ class _Loader:
         rest = [c for c in cols if c not in pk]
         cur.execute(f"CREATE TEMP TABLE {temp} (LIKE {live} INCLUDING DEFAULTS) ON COMMIT DROP")
         reader, staged = _table_reader(self.run, table, self.entries[name], for_copy=True,
-                                       tag=self._tag_of(name))
+                                       tag=self._tag_of(name), schema=self._arrow_schemas[name])
         try:
             cur.adbc_ingest(f"_merge_{name}", reader, mode="append", temporary=True)
         except Exception as exc:
@@ -845,7 +961,8 @@ class _Loader:
                 hint="a row may share its primary key with another staged row; check the "
                      "dataset's unique rules, then merge again")
 
-    def _merge_once(self, *, delete_missing: bool) -> dict[str, dict[str, int]]:
+    def _merge_once(self, delete_missing: bool) -> dict[str, dict[str, int]]:
+        """In a worker: the whole merge, in one transaction."""
         conn = self._adbc()
         try:
             cur = conn.cursor()
@@ -891,7 +1008,7 @@ class _Loader:
                 try:
                     start = time.perf_counter()
                     counts: dict[str, dict[str, int]] = self._retry(
-                        "merge", lambda: self._merge_once(delete_missing=delete_missing))
+                        "merge", lambda: self._in_worker("_merge_once", delete_missing))
                     rows = sum(c["staged"] for c in counts.values())
                     self.phases.append(Phase("merge", time.perf_counter() - start, rows,
                                              peak_rss_bytes(), extra={"tables": counts}))
@@ -1032,17 +1149,17 @@ def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None,
     entries = (run.manifest.get("tables") or {}) if run is not None else {}
     names: Sequence[Table] = dataset.tables
     out = {}
-    conn = pg.connect_adbc(url, autocommit=True)
+    pg.preload_adbc()
+    worker = forked.Worker(_ReadBack(url), lambda target, send: None)
     try:
         for table in names:
             cols = ", ".join(quote_ident(c.name) for c in table.columns)
-            cur = conn.cursor()
-            cur.execute(f"SELECT {cols} FROM {quote_ident(schema or dataset.name)}.{quote_ident(table.name)}")
-            out[table.name] = frames_checksum(_frames(cur.fetch_record_batch(), table,
+            batches = worker.stream(
+                "rows", f"SELECT {cols} FROM {quote_ident(schema or dataset.name)}.{quote_ident(table.name)}")
+            out[table.name] = frames_checksum(_frames(batches, table,
                                                       entries.get(table.name, {}).get("json_dtypes")))
-            cur.close()
     finally:
-        conn.close()
+        worker.close()
     return out
 
 

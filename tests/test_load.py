@@ -367,6 +367,25 @@ def test_dropped_connection_is_retried_then_fails_naming_the_next_step(
     assert_clean_load_of(pg_url, run)
 
 
+def test_a_crashed_copy_worker_is_retried_like_a_lost_connection(
+        pg_url: str, runs: MidsRuns, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ADBC runs in forked worker processes (etl.forked): a driver that aborts the process
+    (as adbc-driver-postgresql 1.8.0 does on a connection that is already gone) costs one
+    retry, not the load."""
+    run = runs.full
+    monkeypatch.setenv("ETL_FAULT_DROP_AT", "copy:power_effects@abort")
+    with caplog.at_level("WARNING"):
+        result = load(run, database_url=pg_url, retry_delay=0.01)
+    died = [r.getMessage() for r in caplog.records if "copy of power_effects" in r.getMessage()]
+    assert len(died) == 1, died
+    assert "killed by signal 6 (SIGABRT)" in died[0]
+    assert "fault injection: aborting the worker at copy:power_effects" in died[0]  # its stderr
+    assert result.checksums == checksums_of(run)
+    assert_clean_load_of(pg_url, run)
+    assert not side_schemas(pg_url)
+
+
 # ------------------------------------------------------------------------------ etl run, rebuild, unsafe-fast
 
 
