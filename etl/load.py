@@ -4,7 +4,9 @@ A full load never touches the live schema (named after the dataset) until the ve
 
 1. ``create``: a build schema ``<dataset>__b<ledger id>`` beside it, with bare tables.
 2. ``copy:<table>``: each table streamed from its Parquet chunks through ADBC's binary COPY
-   (``adbc_ingest``), tables concurrently, each in one transaction with its ledger step.
+   (``adbc_ingest``), tables concurrently, each in one transaction with its ledger step. Every
+   ADBC call runs in a forked worker process (:mod:`etl.forked`), one per thread: a driver
+   crash there is retried like a lost connection.
 3. ``keys:<table>``, ``fkeys``, ``validate:<fk>``: primary and unique keys, ANALYZE and each
    table read back for its checksum (tables concurrently), then foreign keys added NOT VALID
    and validated (tables concurrently).
