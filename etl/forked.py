@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection
@@ -171,8 +172,9 @@ class Worker:
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         return " / ".join(lines[-3:])
 
-    def close(self, *, kill: bool = False) -> None:
-        """Stop the child (at once with ``kill``) and reap it."""
+    def close(self, *, kill: bool = False, grace: float = 5.0) -> None:
+        """Stop the child and reap it: asked to stop, it ends after its current call; one still
+        busy after ``grace`` seconds (or any, with ``kill``) is killed."""
         if self.closed:
             return
         try:
@@ -180,9 +182,22 @@ class Worker:
                 os.kill(self.pid, signal.SIGKILL)
             else:
                 self.conn.send(("stop", ()))
-        except OSError:
+                deadline = time.monotonic() + grace
+                while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                    if time.monotonic() > deadline:
+                        log.warning("worker %d is still busy; killing it", self.pid)
+                        os.kill(self.pid, signal.SIGKILL)
+                        break
+                    time.sleep(0.005)
+                else:  # already reaped by the poll
+                    self.closed = True
+                    self.conn.close()
+                    if self in _LIVE:
+                        _LIVE.remove(self)
+        except (OSError, ChildProcessError):
             pass
-        self._reap()
+        if not self.closed:
+            self._reap()
         self._echo()
 
     def _echo(self) -> None:
