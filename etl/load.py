@@ -188,11 +188,10 @@ def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bo
 
     ``for_copy``: jsonb columns are sent in jsonb's binary wire form, a version byte (1) and
     the JSON text, as Arrow binary: the binary COPY refuses plain text in a jsonb column, and
-    bytes pass through every ADBC driver version unchanged (the Arrow JSON extension type is
-    only understood from adbc-driver-postgresql 1.9, whose wheels are unoptimized builds; see
-    DESIGN.md). ``tag``: (column, value): that column holds ``value`` in every row
-    (``etl load --tag``). ``schema``: the table's Arrow schema, when the caller has it (a
-    forked worker must not call Polars)."""
+    bytes pass through every ADBC driver version unchanged (the pinned 1.8.0 does not know the
+    Arrow JSON extension type; README, Performance, says why that version). ``tag``: (column,
+    value): that column holds ``value`` in every row (``etl load --tag``). ``schema``: the
+    table's Arrow schema, when the caller has it (a forked worker must not call Polars)."""
     schema = schema if schema is not None else table.polars_schema.to_arrow()
     paths = [run.path / c["path"] for c in entry.get("chunks", [])]
     json_cols = set(_json_columns(table)) if for_copy else set()
