@@ -268,6 +268,14 @@ class _Reported(set[str]):
         super().add(member)
 
 
+def _query_batches(conn: Any, query: str) -> Iterator[pa.RecordBatch]:
+    """``query``'s rows through an ADBC connection, as Arrow batches."""
+    cur = conn.cursor()
+    cur.execute(query)
+    yield from cur.fetch_record_batch()
+    cur.close()
+
+
 class _ReadBack:
     """What a forked worker of :func:`table_checksums` serves: queries read through ADBC."""
 
@@ -277,10 +285,7 @@ class _ReadBack:
     def rows(self, query: str) -> Iterator[pa.RecordBatch]:
         conn = pg.connect_adbc(self.url, autocommit=True)
         try:
-            cur = conn.cursor()
-            cur.execute(query)
-            yield from cur.fetch_record_batch()
-            cur.close()
+            yield from _query_batches(conn, query)
         finally:
             conn.close()
 
@@ -603,10 +608,7 @@ class _Loader:
         """In a worker: ``query``'s rows as Arrow batches (checked by the loading process)."""
         conn = self._adbc()
         try:
-            cur = conn.cursor()
-            cur.execute(query)
-            yield from cur.fetch_record_batch()
-            cur.close()
+            yield from _query_batches(conn, query)
             conn.rollback()
         except BaseException:
             self._drop_adbc()
