@@ -28,7 +28,8 @@ FieldType = Literal[
     "VARCHAR[]", "BIGINT[]", "DOUBLE[]", "VARCHAR[][]", "BIGINT[][]",
 ]
 Severity = Literal["error", "warning"]
-RuleKind = Literal["required", "range", "one_of", "unique", "references", "check", "types"]
+RuleKind = Literal["required", "range", "one_of", "unique", "references", "check", "types",
+                   "storable"]
 #: What staging does with a source file that is not valid JSON: stop the stage (``fail``), or
 #: leave it out, listed with the reason in the manifest and the validation report (``quarantine``).
 OnBadFile = Literal["fail", "quarantine"]
@@ -36,6 +37,11 @@ OnBadFile = Literal["fail", "quarantine"]
 #: Lineage columns every staged row carries: source file, record number in that file (0-based),
 #: JSON path of nested records inside it (``Powers[3].Effects[1]``), position in the parent list.
 LINEAGE = ("_file", "_record", "_path", "_index")
+
+#: The column of a home table (see :attr:`Level.table`) that keeps, as JSON text, every key of
+#: the record that no typed column holds exactly; ``_extra`` is its staged form.
+EXTRA = "extra"
+STAGED_EXTRA = "_extra"
 
 #: The key of a :class:`Field` that stages the record itself, as compact JSON text, less the
 #: lists its child levels are staged from (those become rows of their own). Useful for records
@@ -73,6 +79,11 @@ class Level:
     path: str | None = None
     parent: str | None = None
     inherit: tuple[tuple[str, str], ...] = ()
+    #: The level's home table: the target table that holds one row per record of this level.
+    #: A field lands in the home table's column of the same name; the keys of the record that
+    #: no such column holds exactly are kept whole in the table's ``extra`` column (JSON), so
+    #: every source record can be rebuilt from its row (``etl reconcile``).
+    table: str | None = None
 
     def field(self, name: str) -> Field:
         for f in self.fields:
@@ -272,6 +283,7 @@ _PG_TO_POLARS: dict[str, pl.DataType] = {
     "boolean": pl.Boolean(),
     "text": pl.String(),
     "jsonb": pl.String(),
+    "json": pl.String(),
     "date": pl.Date(),
     "timestamptz": pl.Datetime("us", "UTC"),
 }
@@ -285,6 +297,33 @@ def pg_to_polars(pg_type: str) -> pl.DataType:
         return _PG_TO_POLARS[pg_type]
     except KeyError:
         raise ValueError(f"unsupported column type {pg_type!r}") from None
+
+
+#: Staged field type → the target column types that hold its values exactly.
+_HOLDS: dict[str, tuple[str, ...]] = {
+    "VARCHAR": ("text",),
+    "BIGINT": ("bigint",),
+    "INTEGER": ("integer", "bigint"),
+    "DOUBLE": ("double precision",),
+    "BOOLEAN": ("boolean",),
+    "JSON": ("jsonb", "json"),
+    "VARCHAR[]": ("text[]",),
+    "BIGINT[]": ("bigint[]",),
+    "DOUBLE[]": ("double precision[]",),
+    "VARCHAR[][]": ("text[][]", "text[]"),
+    "BIGINT[][]": ("bigint[][]", "bigint[]"),
+}
+
+
+def typed_in_table(field: Field, table: Table | None) -> bool:
+    """Whether ``field`` lands in a column of its level's home ``table`` that holds its value
+    exactly: a column of the same name and of a type made for the field's type. Only such a
+    field's key can leave the record's ``_extra`` (and only where its value is exact). Keys
+    below the top level (dotted) always stay in ``_extra``: it keeps nested objects whole."""
+    if table is None or field.key == ELEMENT or "." in field.key:
+        return False
+    col = next((c for c in table.columns if c.name == field.name), None)
+    return col is not None and col.type in _HOLDS.get(field.type, ())
 
 
 Transform = Callable[[Mapping[str, pl.LazyFrame]], Mapping[str, pl.LazyFrame]]
@@ -346,6 +385,7 @@ class Dataset:
                             "parent": lvl.parent,
                             "inherit": [list(i) for i in lvl.inherit],
                             "fields": [[f.name, f.key, f.type] for f in lvl.fields],
+                            **({"table": lvl.table} if lvl.table else {}),
                         }
                         for lvl in s.levels
                     ],

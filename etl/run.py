@@ -32,7 +32,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.dataset import LINEAGE, Dataset, Level, inherited_field
+from etl.dataset import LINEAGE, STAGED_EXTRA, Dataset, Level, inherited_field, typed_in_table
 from etl.errors import RunStateError
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,8 @@ def level_schema(level: Level, levels: Mapping[str, Level]) -> pl.Schema:
     for f in level.fields:
         cols[f.name] = field_dtype(f.type)
     cols["_type_errors"] = pl.List(pl.String())
+    if level.table is not None:
+        cols[STAGED_EXTRA] = pl.String()
     return pl.Schema(cols)
 
 
@@ -363,13 +365,19 @@ class Run:
 
     # -- target tables ------------------------------------------------------------------------
 
-    def table(self, name: str) -> pl.LazyFrame:
+    def table(self, name: str, *, lineage: bool = False) -> pl.LazyFrame:
+        """A transformed table's rows; with ``lineage``, also the source file, record and path
+        of each row (``_file``, ``_record``, ``_path``) where its rows come from source records."""
         entry = self.manifest.get("tables", {}).get(name)
         if entry is None:
             raise RunStateError(f"run {self.id} has no transformed table {name!r}",
                                 run=self.id, hint=f"run `etl transform {self.path}` first")
         schema = pl.Schema({k: _dtype_from_str(v) for k, v in entry["schema"].items()})
-        return _scan(self.path, entry["chunks"], schema)
+        lf = _scan(self.path, entry["chunks"], schema)
+        if not lineage or not entry.get("lineage_chunks"):
+            return lf
+        extra = pl.Schema({k: _dtype_from_str(v) for k, v in entry["lineage"].items()})
+        return pl.concat([lf, _scan(self.path, entry["lineage_chunks"], extra)], how="horizontal")
 
     def tables(self) -> dict[str, pl.LazyFrame]:
         return {name: self.table(name) for name in self.manifest.get("tables", {})}
@@ -404,7 +412,7 @@ class Run:
             for c in entry["chunks"]:
                 yield self.path / c["path"], c
         for entry in self.manifest.get("tables", {}).values():
-            for c in entry["chunks"]:
+            for c in (*entry["chunks"], *entry.get("lineage_chunks", ())):
                 yield self.path / c["path"], c
 
 
@@ -431,11 +439,61 @@ def _scan(root: Path, chunks: list[dict[str, Any]], schema: pl.Schema) -> pl.Laz
 
 
 def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame) -> pl.LazyFrame:
-    """The dataset's cleaning steps for ``level``, in order."""
-    for step in dataset.cleaning:
-        if step.level == level:
-            lf = lf.with_columns(step.fn(pl.col(step.column)).alias(step.column))
+    """The dataset's cleaning steps for ``level``, in order.
+
+    Lossless: where a step changes a value that its typed column held exactly (so its key had
+    left the row's ``_extra``), the export's original value goes back into ``_extra`` under its
+    key. The column holds the cleaned value; ``_extra`` what the export said."""
+    steps = [step for step in dataset.cleaning if step.level == level]
+    if not steps:
+        return lf
+    lvl = dataset.levels[level]
+    table = dataset.table(lvl.table) if lvl.table is not None else None
+    keep = {}
+    for step in steps:
+        field = next((f for f in lvl.fields if f.name == step.column), None)
+        if field is not None and typed_in_table(field, table) and step.column not in keep:
+            keep[step.column] = field.key
+    if keep:
+        lf = lf.with_columns(pl.col(c).alias(f"__orig_{c}") for c in keep)
+    for step in steps:
+        lf = lf.with_columns(step.fn(pl.col(step.column)).alias(step.column))
+    if keep:
+        parts = [pl.col(STAGED_EXTRA)]
+        for c, key in keep.items():
+            orig = pl.col(f"__orig_{c}")
+            parts += [orig.ne_missing(pl.col(c)) & orig.is_not_null(),
+                      pl.struct(orig.alias(key)).struct.json_encode()]
+        lf = lf.with_columns(pl.struct(parts).map_batches(
+            _restore_originals, return_dtype=pl.String()).alias(STAGED_EXTRA),
+        ).drop([f"__orig_{c}" for c in keep])
     return lf
+
+
+def _restore_originals(rows: pl.Series) -> pl.Series:
+    """``_extra`` with the original values of the cleaned fields put back, where a step changed
+    them: the struct's fields are ``_extra`` then pairs (changed?, ``{"Key": original}``). Only
+    changed rows are touched, in Python: cleaning changes few values."""
+    names = rows.struct.fields
+    extra = rows.struct.field(names[0])
+    changed = rows.struct.field(names[1]).fill_null(False)
+    for n in names[3::2]:
+        changed = changed | rows.struct.field(n).fill_null(False)
+    if not changed.any():
+        return extra
+    idx = changed.arg_true()
+    sub = rows.gather(idx).to_list()
+    values = extra.to_list()
+    for i, row in zip(idx.to_list(), sub, strict=True):
+        doc = orjson.loads(row[names[0]]) if row[names[0]] is not None else {}
+        if not isinstance(doc, dict):
+            continue
+        for flag, enc in zip(names[1::2], names[2::2], strict=True):
+            if row[flag]:
+                for key, value in orjson.loads(row[enc]).items():
+                    doc.setdefault(key, value)
+        values[i] = orjson.dumps(doc).decode()
+    return pl.Series(rows.name, values, dtype=pl.String())
 
 
 def open_run(path: str | Path) -> Run:

@@ -38,6 +38,7 @@ _TYPES: dict[str, Any] = {
     "boolean": sa.Boolean,
     "text": sa.Text,
     "jsonb": postgresql.JSONB,
+    "json": postgresql.JSON,
     "date": sa.Date,
     "timestamptz": lambda: sa.TIMESTAMP(timezone=True),
 }

@@ -60,6 +60,7 @@ from etl.run import (
     sha256_file,
     write_json_atomic,
 )
+from etl.stage_extra import ExtraPlan, attach
 from etl.stage_sql import SourcePlan, source_plan, sql_str
 
 log = logging.getLogger(__name__)
@@ -475,15 +476,16 @@ class _LevelWorker:
     unnested from it. The level queries are bound once (DuckDB relations, re-run per batch):
     binding them costs more than running them on a batch of a few MB."""
 
-    def __init__(self, source: Source, plan: SourcePlan, *, memory: str, temp: Path,
-                 files: Sequence[InputFile] = ()) -> None:
+    def __init__(self, source: Source, plan: SourcePlan, extra_plan: ExtraPlan, *, memory: str,
+                 temp: Path, files: Sequence[InputFile] = ()) -> None:
         self.source = source
         self.plan = plan
         self.files = files  # the files inspected so far, to name a broken one by its full path
         self.con = duckdb.connect(config={
-            "memory_limit": memory, "threads": 1, "preserve_insertion_order": False,
+            "memory_limit": memory, "threads": 1, "preserve_insertion_order": True,
             "temp_directory": str(temp)})
         self.levels: dict[str, duckdb.DuckDBPyRelation] = {}
+        self.extra_plan = extra_plan
 
     def close(self) -> None:
         self.con.close()
@@ -499,7 +501,8 @@ class _LevelWorker:
             if not self.levels:
                 self.levels = {lvl.name: con.sql(self.plan.queries[lvl.name])
                                for lvl in self.source.levels}
-            return {name: rel.to_arrow_table() for name, rel in self.levels.items()}
+            tables = {name: rel.to_arrow_table() for name, rel in self.levels.items()}
+            return attach(tables, records, self.extra_plan)
         except duckdb.Error as exc:
             raise self._explain(exc, records) from exc
         finally:
@@ -673,6 +676,7 @@ def _stage_source(
     plan: SourcePlan,
     writers: dict[str, ChunkWriter],
     *,
+    extra_plan: ExtraPlan,
     tmp: Path,
     workers: int,
     worker_memory: str,
@@ -690,7 +694,7 @@ def _stage_source(
     def work(records: pa.Table) -> dict[str, pa.Table]:
         worker = getattr(local, "worker", None)
         if worker is None:
-            worker = _LevelWorker(source, plan, memory=worker_memory,
+            worker = _LevelWorker(source, plan, extra_plan, memory=worker_memory,
                                   temp=tmp / f".duckdb_tmp_{threading.get_ident()}", files=files)
             local.worker = worker
             with lock:
@@ -939,6 +943,7 @@ def _stage_into(
                     max_record_bytes=max_record_bytes, inspected=inspected,
                     quarantine=quarantined if src.on_bad_file == "quarantine" else None)
                 _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
+                              extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
                               worker_memory=worker_memory, progress=progress, done_bytes=done,
                               total_bytes=total, files=inspected)
     finally:

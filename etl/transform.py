@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from etl.dataset import Table
+from etl.dataset import EXTRA, STAGED_EXTRA, Table
 from etl.errors import RunStateError
 from etl.metrics import Phase, timed
 from etl.run import (
@@ -57,13 +57,29 @@ def table_checksum(df: pl.DataFrame) -> str:
     return frames_checksum([df])
 
 
-def _shape(table: Table, lf: pl.LazyFrame) -> pl.LazyFrame:
+#: Lineage columns a table's chunks keep (beside its own columns) where its rows come one to one
+#: from staged records: where each row came from, for errors and ``etl reconcile``. They are not
+#: loaded.
+TABLE_LINEAGE = ("_file", "_record", "_path")
+
+
+def _shape(table: Table, lf: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.Schema]:
+    """The table's columns, typed, then the lineage columns the plan has; and their schema.
+    A table's ``extra`` column is the staged ``_extra`` when the plan does not name it."""
     have = lf.collect_schema()
+    if EXTRA in (c.name for c in table.columns) and EXTRA not in have and STAGED_EXTRA in have:
+        lf = lf.with_columns(pl.col(STAGED_EXTRA).alias(EXTRA))
+        have = lf.collect_schema()
     missing = [c.name for c in table.columns if c.name not in have]
     if missing:
         raise RunStateError(f"transform for table {table.name} gives no column(s) {missing}",
                             hint="fix the dataset's transform")
-    return lf.select([pl.col(c.name).cast(table.polars_schema[c.name]) for c in table.columns])
+    schema = dict(table.polars_schema)
+    lineage = ({c: have[c] for c in TABLE_LINEAGE}
+               if all(c in have for c in TABLE_LINEAGE) and not set(TABLE_LINEAGE) & set(schema)
+               else {})
+    out = lf.select([pl.col(c.name).cast(schema[c.name]) for c in table.columns] + list(lineage))
+    return out, pl.Schema({**schema, **lineage})
 
 
 #: Chunks go to Arrow in Polars' own string layout (string_view), which is what the tables'
@@ -172,23 +188,35 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
         if unknown:
             raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
         tables = list(dataset.tables)
-        plans = [_shape(t, frames[t.name]) for t in tables]
+        shaped = [_shape(t, frames[t.name]) for t in tables]
         tmp = run.path / ".tables.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         entries: dict[str, Any] = {}
         rows: dict[str, int] = {}
         # One table at a time, written and dropped before the next is built: peak memory is
         # the largest table, not all of them (collect_all would share work but hold them all).
-        for i, (table, plan) in enumerate(zip(tables, plans, strict=True)):
+        for i, (table, (plan, chunk_schema)) in enumerate(zip(tables, shaped, strict=True)):
             df = plan.collect(engine="streaming")  # in the plan's order; sorted chunk by chunk
             order = _key_order(df, list(table.primary_key))
             _check_keys(table, df, order)
             writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
                                  schema=table.polars_schema.to_arrow(),
                                  compression=TABLE_COMPRESSION)
+            # Lineage goes to files of its own beside the chunks (same rows, same order), so a
+            # table's chunks hold exactly what is loaded and do not depend on file names.
+            lineage = [c for c in chunk_schema if c not in table.polars_schema]
+            lineage_writer = ChunkWriter(tmp / table.name / "lineage", run.path,
+                                         chunk_rows=chunk_rows, schema=pl.Schema(
+                                             {c: chunk_schema[c] for c in lineage}).to_arrow(),
+                                         compression=TABLE_COMPRESSION) if lineage else None
             for start in range(0, df.height, chunk_rows):  # to Arrow a chunk at a time
-                writer.write(_rows(df, order, start, chunk_rows).to_arrow(compat_level=_ARROW_LEVEL))
+                piece = _rows(df, order, start, chunk_rows)
+                writer.write(piece.drop(lineage).to_arrow(compat_level=_ARROW_LEVEL))
+                if lineage_writer is not None:
+                    lineage_writer.write(piece.select(lineage).to_arrow(compat_level=_ARROW_LEVEL))
+                del piece
             chunks = writer.close()
+            lineage_chunks = lineage_writer.close() if lineage_writer is not None else []
             rows[table.name] = df.height
             del df, order
             # jsonb columns are checksummed by meaning (PostgreSQL reorders and reformats them).
@@ -200,11 +228,13 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
                 comparable_json(part, json_cols, dtypes)
                 for part in _read_chunks(tmp / table.name, table,
                                          JSON_PIECE_ROWS if json_cols else chunk_rows))
-            for c in chunks:  # paths are recorded as they will be after the rename
+            for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
                 c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
             entries[table.name] = {
                 "rows": rows[table.name],
                 "schema": schema_to_json(table.polars_schema),
+                "lineage": schema_to_json(pl.Schema({c: chunk_schema[c] for c in lineage})),
+                "lineage_chunks": lineage_chunks,
                 "primary_key": list(table.primary_key),
                 "checksum": checksum,
                 "json_dtypes": dtypes,

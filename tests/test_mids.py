@@ -40,9 +40,10 @@ def _source_counts(root: Path) -> dict[str, int]:
         "power_requirements": requirements,
         "enhancements": len(enh["Enhancements"]),
         "enhancement_sets": len(enh["EnhancementSets"]),
-        "set_bonuses": sum(len(s["Bonus"]) + sum(1 for b in s["SpecialBonus"] if b["Name"])
-                           for s in enh["EnhancementSets"]),
+        # every entry of both lists, empty special bonuses too: each source record is a row
+        "set_bonuses": sum(len(s["Bonus"]) + len(s["SpecialBonus"]) for s in enh["EnhancementSets"]),
         "salvage": len(json.loads((root / "Salvage.json").read_text())["Salvage"]),
+        "documents": 3,  # the header files I12.json, EnhDB.json, Salvage.json
     }
 
 

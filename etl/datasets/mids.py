@@ -33,12 +33,13 @@ from etl.dataset import (
     unique,
 )
 
-VERSION = "1"
+VERSION = "2"
 
 # ------------------------------------------------------------------------------ staged levels
 
 ARCHETYPES = Level(
     "archetypes",
+    table="archetypes",
     path="Archetypes",
     fields=(
         Field("class_name", "ClassName"),
@@ -68,6 +69,7 @@ ARCHETYPES = Level(
 
 POWERSETS = Level(
     "powersets",
+    table="powersets",
     fields=(
         Field("full_name", "FullName"),
         Field("set_name", "SetName"),
@@ -85,6 +87,7 @@ POWERSETS = Level(
 
 POWERS = Level(
     "powers",
+    table="powers",
     path="Powers",
     parent="powersets",
     inherit=(("full_name", "powerset_full_name"),),
@@ -122,6 +125,7 @@ POWERS = Level(
 
 POWER_EFFECTS = Level(
     "power_effects",
+    table="power_effects",
     path="Effects",
     parent="powers",
     inherit=(("full_name", "power_full_name"),),
@@ -150,6 +154,7 @@ POWER_EFFECTS = Level(
 
 ENHANCEMENTS = Level(
     "enhancements",
+    table="enhancements",
     path="Enhancements",
     fields=(
         Field("uid", "UID"),
@@ -177,6 +182,7 @@ ENHANCEMENTS = Level(
 
 ENHANCEMENT_SETS = Level(
     "enhancement_sets",
+    table="enhancement_sets",
     path="EnhancementSets",
     fields=(
         Field("uid", "Uid"),
@@ -198,13 +204,15 @@ _BONUS_FIELDS = (
     Field("power_indexes", "Index", "BIGINT[]"),
     Field("alt_string", "AltString"),
 )
-SET_BONUSES = Level("set_bonuses", path="Bonus", parent="enhancement_sets",
+SET_BONUSES = Level("set_bonuses", path="Bonus", parent="enhancement_sets", table="set_bonuses",
                     inherit=(("uid", "set_uid"),), fields=_BONUS_FIELDS)
 SET_SPECIAL_BONUSES = Level("set_special_bonuses", path="SpecialBonus", parent="enhancement_sets",
+                            table="set_bonuses",
                             inherit=(("uid", "set_uid"),), fields=_BONUS_FIELDS)
 
 SALVAGE = Level(
     "salvage",
+    table="salvage",
     path="Salvage",
     fields=(
         Field("internal_name", "InternalName"),
@@ -214,11 +222,16 @@ SALVAGE = Level(
     ),
 )
 
+# The header files themselves (I12.json's Version, Issue, Entities…; whatever EnhDB.json and
+# Salvage.json hold beside their lists): one row each in ``documents``, all in ``extra``.
+HEADER_FILES = tuple(Level(f"{name}_file", fields=(), table="documents")
+                     for name in ("archetypes", "enhancements", "salvage"))
+
 SOURCES = (
-    Source("archetypes", ("I12.json", "I12.json.gz"), (ARCHETYPES,)),
+    Source("archetypes", ("I12.json", "I12.json.gz"), (HEADER_FILES[0], ARCHETYPES)),
     Source("enhancements", ("EnhDB.json", "EnhDB.json.gz"),
-           (ENHANCEMENTS, ENHANCEMENT_SETS, SET_BONUSES, SET_SPECIAL_BONUSES)),
-    Source("salvage", ("Salvage.json", "Salvage.json.gz"), (SALVAGE,)),
+           (HEADER_FILES[1], ENHANCEMENTS, ENHANCEMENT_SETS, SET_BONUSES, SET_SPECIAL_BONUSES)),
+    Source("salvage", ("Salvage.json", "Salvage.json.gz"), (HEADER_FILES[2], SALVAGE)),
     Source("powersets", ("*",), (POWERSETS, POWERS, POWER_EFFECTS)),
 )
 
@@ -316,11 +329,11 @@ TABLES = (
         "base_recovery:double precision", "base_regen:double precision",
         "base_threat:double precision", "primary_group:text", "secondary_group:text",
         "epic_group:text", "playable:boolean", "hero:boolean", "origins:text[]",
-        "desc_short:text", "desc_long:text"), ("archetype_id",)),
+        "desc_short:text", "desc_long:text", "extra:json!"), ("archetype_id",)),
     Table("powersets", _cols(
         "powerset_id:integer!", "full_name:text!", "set_name:text!", "display_name:text",
         "group_name:text", "set_type:integer", "archetype_id:integer", "at_class:text",
-        "sub_name:text", "description:text", "source_file:text!"), ("powerset_id",),
+        "sub_name:text", "description:text", "source_file:text!", "extra:json!"), ("powerset_id",),
         unique=(("full_name",),),
         foreign_keys=(ForeignKey(("archetype_id",), "archetypes", ("archetype_id",)),)),
     Table("powers", _cols(
@@ -331,7 +344,7 @@ TABLES = (
         "arc:integer", "max_targets:integer", "target:integer", "effect_area:integer",
         "max_boosts:integer", "toggle_cost:double precision", "static_index:bigint",
         "boosts_allowed:text[]", "enhancements:bigint[]", "set_types:bigint[]",
-        "desc_short:text", "desc_long:text"), ("power_id",),
+        "desc_short:text", "desc_long:text", "extra:json!"), ("power_id",),
         unique=(("full_name",),),
         foreign_keys=(ForeignKey(("powerset_id",), "powersets", ("powerset_id",)),)),
     Table("power_effects", _cols(
@@ -340,7 +353,7 @@ TABLES = (
         "scale:double precision", "probability:double precision", "duration:double precision",
         "modifier_table:text", "to_who:integer", "pv_mode:integer", "stacking:integer",
         "aspect:integer", "buffable:boolean", "resistible:boolean", "effect_name:text",
-        "unique_id:bigint", "ticks:integer", "delayed_time:double precision"), ("effect_id",),
+        "unique_id:bigint", "ticks:integer", "delayed_time:double precision", "extra:json!"), ("effect_id",),
         unique=(("power_id", "effect_index"),),
         foreign_keys=(ForeignKey(("power_id",), "powers", ("power_id",)),)),
     Table("power_requirements", _cols(
@@ -351,24 +364,26 @@ TABLES = (
     Table("enhancement_sets", _cols(
         "set_id:integer!", "uid:text!", "display_name:text!", "short_name:text",
         "description:text", "set_type:integer", "level_min:integer", "level_max:integer",
-        "enhancement_ids:bigint[]", "image:text"), ("set_id",), unique=(("uid",),)),
+        "enhancement_ids:bigint[]", "image:text", "extra:json!"), ("set_id",), unique=(("uid",),)),
     Table("enhancements", _cols(
         "enhancement_id:integer!", "uid:text!", "name:text!", "short_name:text",
         "long_name:text", "description:text", "type_id:integer", "sub_type_id:integer",
         "class_ids:bigint[]", "set_id:integer", "level_min:integer", "level_max:integer",
         "is_unique:boolean", "superior:boolean", "is_proc:boolean",
         "probability:double precision", "effect_chance:double precision", "static_index:bigint",
-        "recipe_name:text", "image:text"), ("enhancement_id",), unique=(("uid",),),
+        "recipe_name:text", "image:text", "extra:json!"), ("enhancement_id",), unique=(("uid",),),
         foreign_keys=(ForeignKey(("set_id",), "enhancement_sets", ("set_id",)),)),
     Table("set_bonuses", _cols(
         "set_id:integer!", "kind:text!", "bonus_index:integer!", "slotted:integer",
-        "special:integer", "names:text[]", "power_indexes:bigint[]", "alt_string:text"),
+        "special:integer", "names:text[]", "power_indexes:bigint[]", "alt_string:text", "extra:json!"),
         ("set_id", "kind", "bonus_index"),
         foreign_keys=(ForeignKey(("set_id",), "enhancement_sets", ("set_id",)),)),
     Table("salvage", _cols(
         "salvage_id:integer!", "internal_name:text!", "external_name:text",
-        "level_min:integer", "level_max:integer"), ("salvage_id",),
+        "level_min:integer", "level_max:integer", "extra:json!"), ("salvage_id",),
         unique=(("internal_name",),)),
+    Table("documents", _cols("document_id:integer!", "file:text!", "extra:json!"), ("document_id",),
+          unique=(("file",),)),
 )
 
 # ------------------------------------------------------------------------------ transform
@@ -387,7 +402,7 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     powersets = _numbered(levels["powersets"], ["full_name"], "powerset_id")
     powersets = powersets.join(
         at_ids.with_columns(n_archetype=pl.col("archetype_id")), on="n_archetype", how="left",
-    ).rename({"_file": "source_file"})
+    ).with_columns(source_file=pl.col("_file"))
 
     ps_ids = powersets.select(pl.col("full_name").alias("powerset_full_name"), "powerset_id")
     powers = _numbered(levels["powers"], ["full_name"], "power_id").join(
@@ -412,11 +427,12 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     )
     bonuses = pl.concat([
         levels["set_bonuses"].with_columns(kind=pl.lit("bonus")),
-        levels["set_special_bonuses"].with_columns(kind=pl.lit("special"))
-        .filter(pl.col("names").list.len() > 0),
+        levels["set_special_bonuses"].with_columns(kind=pl.lit("special")),
     ]).join(set_ids, on="set_uid", how="inner").with_columns(
         set_id=pl.col("set_by_uid"), bonus_index=pl.col("_index").cast(pl.Int32))
     salvage = levels["salvage"].with_columns(salvage_id=pl.col("_index").cast(pl.Int32))
+    documents = _numbered(pl.concat([levels[lvl.name] for lvl in HEADER_FILES], how="diagonal_relaxed"),
+                          ["_file", "_record"], "document_id").with_columns(file=pl.col("_file"))
 
     return {
         "archetypes": archetypes,
@@ -428,6 +444,7 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
         "enhancements": enhancements,
         "set_bonuses": bonuses,
         "salvage": salvage,
+        "documents": documents,
     }
 
 

@@ -1,0 +1,290 @@
+"""Reconcile: rebuild every source record from the rows it became and compare it with the export.
+
+A record of a level with a home table (:attr:`etl.dataset.Level.table`) is one row of that table:
+its typed columns (the fields whose key left ``extra``, see :mod:`etl.stage_extra`) plus its
+``extra`` JSON (which wins where both have a key: it keeps the export's original of a value a
+cleaning step changed). Its child records are rows of their own, found by their lineage
+(``_file``, ``_record``, ``_path``, which the table chunks carry). Each rebuilt record is compared
+with the record as the export holds it, less the lists whose records are rows of their own;
+values compare as JSON values (``1`` equals ``1.0``; key order does not matter).
+
+The rows are read from the transformed run's table chunks; the load's verification proves the
+database holds exactly those rows (row count and content checksum per table), so a run that
+reconciles and loaded has every key of its export in the database.
+
+Records that validation rejected are counted apart (they are in ``rejects/``, not loaded).
+Memory: one source file's records at a time, and each home table's rows of that file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import polars as pl
+
+from etl.dataset import ELEMENT, EXTRA, Dataset, Level, typed_in_table
+from etl.errors import RunStateError
+from etl.run import Run
+from etl.stage_extra import parse_record
+
+log = logging.getLogger(__name__)
+
+#: Mismatches kept in the report (all are counted).
+EXAMPLES = 20
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(slots=True)
+class Reconciliation:
+    """What :func:`reconcile` found: counts, per level, and the first mismatches."""
+
+    run: str
+    records: int = 0
+    keys_compared: int = 0
+    matched: int = 0
+    rejected: int = 0
+    mismatched: int = 0
+    missing: int = 0
+    levels: dict[str, dict[str, int]] = field(default_factory=dict)
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.mismatched == 0 and self.missing == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run": self.run, "ok": self.ok, "records": self.records,
+                "keys_compared": self.keys_compared, "matched": self.matched,
+                "rejected": self.rejected, "mismatched": self.mismatched, "missing": self.missing,
+                "levels": self.levels, "mismatches": self.mismatches}
+
+
+def _chain(dataset: Dataset, level: Level) -> list[Level]:
+    levels = dataset.levels
+    out = [level]
+    while out[-1].parent is not None:
+        out.append(levels[out[-1].parent or ""])
+    return out[::-1]
+
+
+def _records_of(path: Path) -> Iterator[Any]:
+    """The records of a source file: a one-object file's object, an array's elements, NDJSON's
+    lines (gzip of any of those)."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    try:
+        doc = parse_record(data)
+    except ValueError:
+        for line in data.splitlines():
+            if line.strip():
+                yield parse_record(line)
+        return
+    if isinstance(doc, list):
+        yield from doc
+    else:
+        yield doc
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _without(element: Any, paths: list[str]) -> Any:
+    """``element`` less the non-empty lists at ``paths`` (they are rows of their own)."""
+    if not isinstance(element, dict) or not paths:
+        return element
+    out = dict(element)
+    for path in paths:
+        *parents, last = path.split(".")
+        holder: Any = out
+        for part in parents:
+            if not isinstance(holder, dict) or not isinstance(holder.get(part), dict):
+                holder = None
+                break
+            holder[part] = dict(holder[part])
+            holder = holder[part]
+        if isinstance(holder, dict):
+            value = holder.get(last)
+            if isinstance(value, list) and value:
+                del holder[last]
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """JSON equality: numbers by value (not bool against number), objects regardless of order."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+class _Rebuilder:
+    """Rebuilds the records of one level from its home table's rows."""
+
+    def __init__(self, dataset: Dataset, level: Level) -> None:
+        assert level.table is not None
+        table = dataset.table(level.table)
+        self.level = level
+        self.table = table
+        self.typed = [(f.name, f.key) for f in level.fields if typed_in_table(f, table)]
+        self.base = next((f.name for f in level.fields
+                          if f.key == ELEMENT and any(c.name == f.name for c in table.columns)), None)
+        levels = dataset.levels
+        roots = {lvl.name for lvl in levels.values() if lvl.parent is None and lvl.path is None}
+        self.children = [lvl.path for lvl in levels.values()
+                         if lvl.path is not None and lvl.table is not None
+                         and (lvl.parent == level.name or (lvl.parent is None and level.name in roots))]
+
+    def rebuild(self, row: dict[str, Any]) -> Any:
+        extra = orjson.loads(row[EXTRA]) if row.get(EXTRA) is not None else {}
+        if self.base is not None and row.get(self.base) is not None:
+            extra = orjson.loads(row[self.base])
+        if not isinstance(extra, dict):
+            return extra
+        out: dict[str, Any] = {}
+        for name, key in self.typed:
+            value = row.get(name)
+            if value is not None:
+                out[key] = value
+        out.update(extra)
+        return out
+
+
+def reconcile(run: Run, dataset: Dataset, *, progress: Progress | None = None) -> Reconciliation:
+    """Rebuild each record of every homed level of ``run`` from its transformed table rows and
+    compare it with the source file it came from (see the module's doc)."""
+    if "tables" not in run.manifest:
+        raise RunStateError(f"run {run.id} has not been transformed", run=run.id,
+                            hint=f"run `etl transform {run.path}` first")
+    result = Reconciliation(run.id)
+    homed = [lvl for lvl in dataset.levels.values() if lvl.table is not None]
+    rebuilders = {lvl.name: _Rebuilder(dataset, lvl) for lvl in homed}
+    for lvl in homed:
+        result.levels[lvl.name] = {"records": 0, "matched": 0, "rejected": 0, "mismatched": 0,
+                                   "missing": 0}
+
+    # Rows by file: (record, path) → row, per home table (only the columns that rebuild).
+    def rows_of(table: str) -> pl.DataFrame:
+        cols = {EXTRA, "_file", "_record", "_path"}
+        for rb in rebuilders.values():
+            if rb.table.name == table:
+                cols |= {name for name, _ in rb.typed}
+                if rb.base:
+                    cols.add(rb.base)
+        return run.table(table, lineage=True).select(sorted(cols)).collect()
+
+    tables = {lvl.table for lvl in homed}
+    frames = {t: rows_of(t).partition_by("_file", as_dict=True) for t in tables if t is not None}
+    rejected: dict[str, set[tuple[int, str]]] = defaultdict(set)
+    for lvl in homed:
+        rej = run.rejects(lvl.name)
+        if rej is not None:
+            for f, r, p in rej.select("_file", "_record", "_path").collect().iter_rows():
+                rejected[f].add((r, p or ""))
+
+    sources = [s for s in run.manifest.get("sources", []) if "relpath" in s]
+    for i, src in enumerate(sources):
+        relpath = src["relpath"]
+        path = Path(src["path"])
+        if not path.is_file():
+            raise RunStateError(f"source file {path} is gone; it cannot be reconciled", run=run.id,
+                                file=path, hint="reconcile where the export sits")
+        loaded: dict[tuple[int, str], dict[str, Any]] = {}
+        for parts in frames.values():
+            part = parts.get((relpath,))
+            if part is not None:
+                for row in part.iter_rows(named=True):
+                    loaded[(row["_record"], row["_path"] or "")] = row
+        ds_levels = [lvl for lvl in homed if dataset.level_source(lvl.name).name == src["source"]]
+        for record_no, record in enumerate(_records_of(path)):
+            for lvl in ds_levels:
+                for p, element in _elements(dataset, lvl, record):
+                    _compare(result, rebuilders[lvl.name], relpath, record_no, p, element,
+                             loaded, rejected[relpath])
+        if progress:
+            progress("reconcile", i + 1, len(sources))
+    log.info("reconciled %s: %d records, %d matched, %d mismatched, %d missing", run.id,
+             result.records, result.matched, result.mismatched, result.missing)
+    return result
+
+
+def _elements(dataset: Dataset, level: Level, record: Any) -> Iterator[tuple[str, Any]]:
+    """(``_path``, element) of each record of ``level`` inside a source ``record``."""
+    chain = _chain(dataset, level)
+    items: list[tuple[str, Any]] = [("", record)]
+    for lvl in chain:
+        if lvl.path is None:
+            continue
+        nxt: list[tuple[str, Any]] = []
+        for prefix, holder in items:
+            values = _get(holder, lvl.path)
+            if isinstance(values, list):
+                base = f"{prefix}." if prefix else ""
+                nxt.extend((f"{base}{lvl.path}[{j}]", v) for j, v in enumerate(values))
+        items = nxt
+    return iter(items)
+
+
+def _compare(result: Reconciliation, rb: _Rebuilder, relpath: str, record: int, path: str,
+             element: Any, loaded: dict[tuple[int, str], dict[str, Any]],
+             rejected: set[tuple[int, str]]) -> None:
+    counts = result.levels[rb.level.name]
+    result.records += 1
+    counts["records"] += 1
+    if (record, path) in rejected:
+        result.rejected += 1
+        counts["rejected"] += 1
+        return
+    row = loaded.get((record, path))
+    if row is None:
+        result.missing += 1
+        counts["missing"] += 1
+        _example(result, relpath, record, path, None, "no row holds this record")
+        return
+    want = _without(element, rb.children)
+    got = rb.rebuild(row)
+    result.keys_compared += len(want) if isinstance(want, dict) else 1
+    if _same(want, got):
+        result.matched += 1
+        counts["matched"] += 1
+        return
+    result.mismatched += 1
+    counts["mismatched"] += 1
+    if isinstance(want, dict) and isinstance(got, dict):
+        for key in sorted(set(want) | set(got)):
+            if key not in got or key not in want or not _same(want[key], got[key]):
+                _example(result, relpath, record, path, key,
+                         f"export {_short(want.get(key, '<missing>'))}, "
+                         f"loaded {_short(got.get(key, '<missing>'))}")
+                break
+    else:
+        _example(result, relpath, record, path, None, f"export {_short(want)}, loaded {_short(got)}")
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value).decode() if not isinstance(value, str) or value != "<missing>" \
+        else value
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _example(result: Reconciliation, file: str, record: int, path: str, key: str | None,
+             what: str) -> None:
+    if len(result.mismatches) < EXAMPLES:
+        result.mismatches.append({"file": file, "record": record, "path": path or None,
+                                  "key": key, "difference": what})
