@@ -61,6 +61,12 @@ SQL_ROOT = Path(__file__).resolve().parents[1] / "sql"
 _BATCH_ROWS = 65_536
 
 
+#: The share of source files the verify step reconciles (see :func:`load`).
+RECONCILE_SAMPLE = 1 / 32
+#: The key of the verify step's reconciliation in its ledger detail.
+RECONCILED = "_reconciled"
+
+
 class VerificationFailed(EtlError):
     """What reached the database differs from the staged tables; the live schema is untouched."""
 
@@ -82,6 +88,8 @@ class LoadResult:
     #: Merge mode: per table, rows ``inserted``, ``updated``, ``unchanged`` (and ``deleted``).
     merged: dict[str, dict[str, int]] = field(default_factory=dict)
     tag: str | None = None
+    #: The verify step's reconciliation of a sample of the source files (see :mod:`etl.reconcile`).
+    reconciled: dict[str, Any] | None = None
 
     @property
     def changed(self) -> bool:
@@ -157,16 +165,33 @@ def sql_files(dataset: Dataset) -> list[Path]:
 
 
 def _json_columns(table: Table) -> list[str]:
+    """The table's ``jsonb`` columns: PostgreSQL stores them decoded (keys reordered, spacing
+    and duplicate keys dropped), so they are sent in jsonb's binary form and compared by
+    meaning. A ``json`` column is not one of them: PostgreSQL keeps its text exactly as sent,
+    so it is sent and compared as plain text."""
     return [c.name for c in table.columns if c.type == "jsonb"]
+
+
+def _compared(table: Table, column: str, prefix: str = "") -> str:
+    """``column`` as SQL that compares with ``=``, ``IS DISTINCT FROM`` and ``EXCEPT``: a
+    ``json`` column has no equality operator, and its text (kept as sent) is what it holds."""
+    kind = next((c.type for c in table.columns if c.name == column), None)
+    expr = f"{prefix}{quote_ident(column)}"
+    return f"{expr}::text" if kind == "json" else expr
 
 
 def _frames(batches: Iterable[pa.RecordBatch], table: Table,
             json_dtypes: Mapping[str, str] | None = None) -> Iterator[pl.DataFrame]:
-    """Arrow batches (staged or read back) as frames typed like the table, jsonb columns in
-    comparable form (see :func:`etl.run.comparable_json`): what checksums are computed over."""
+    """Arrow batches (staged or read back) as frames of the table's columns (any other column,
+    such as the lineage ``_file``, ``_record``, ``_path``, left out), typed like the table,
+    jsonb columns in comparable form (see :func:`etl.run.comparable_json`), json columns as
+    their text: what checksums are computed over."""
     schema = dict(table.polars_schema)
+    names = list(schema)
     json_cols = _json_columns(table)
     for batch in batches:
+        if batch.schema.names != names:
+            batch = batch.select(names)
         if any(isinstance(f.type, pa.BaseExtensionType) for f in batch.schema):  # jsonb: arrow.json
             batch = pa.RecordBatch.from_arrays(
                 [c.storage if isinstance(c.type, pa.BaseExtensionType) else c for c in batch.columns],
@@ -186,6 +211,11 @@ def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bo
                   ) -> tuple[pa.RecordBatchReader, int]:
     """A stream of the table's staged rows (bounded memory), and its row count.
 
+    Only the table's columns are read from each chunk, by name: lineage columns a chunk may
+    carry beside them (``_file``, ``_record``, ``_path``: where each row came from, see
+    :func:`_copy_error`) are never sent to PostgreSQL. ``json`` columns go as plain text (the
+    binary COPY's json form is the text itself).
+
     ``for_copy``: jsonb columns are sent in jsonb's binary wire form, a version byte (1) and
     the JSON text, as Arrow binary: the binary COPY refuses plain text in a jsonb column, and
     bytes pass through every ADBC driver version unchanged (the pinned 1.8.0 does not know the
@@ -194,6 +224,12 @@ def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bo
     table's Arrow schema, when the caller has it (a forked worker must not call Polars)."""
     schema = schema if schema is not None else table.polars_schema.to_arrow()
     paths = [run.path / c["path"] for c in entry.get("chunks", [])]
+    for path in paths:  # a chunk without a column would otherwise fail mid-COPY, obscurely
+        missing = [n for n in schema.names if n not in pq.read_schema(path).names]
+        if missing:
+            raise RunStateError(f"table {table.name}'s chunk has no column(s) {missing}",
+                                dataset=run.dataset_name, run=run.id, file=path,
+                                hint=f"transform the run again: `etl transform {run.path}`")
     json_cols = set(_json_columns(table)) if for_copy else set()
     out_schema = pa.schema([pa.field(f.name, pa.binary()) if f.name in json_cols else f
                             for f in schema])
@@ -214,7 +250,8 @@ def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bo
 
     def batches() -> Iterator[pa.RecordBatch]:
         for path in paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS,
+                                                           columns=schema.names):
                 batch = batch if batch.schema == schema else batch.cast(schema)
                 if tag is not None:
                     batch = retag(batch)
@@ -223,37 +260,218 @@ def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bo
     return pa.RecordBatchReader.from_batches(out_schema, batches()), int(entry["rows"])
 
 
-def _copy_error(exc: BaseException, run: Run, name: str, entry: Mapping[str, Any]) -> EtlError:
-    """A refused COPY (a permanent error: a constraint, a bad value) as an error naming the
-    staged chunk file and row it stopped at, and the source file of that row when the table
-    records one (a ``source_file`` column)."""
+#: Lineage columns a table chunk may carry beside the table's columns (see etl.transform):
+#: the source file (path under the input root), record number in it (0-based) and JSON path of
+#: the nested record inside it. Read for errors only; never loaded.
+_LINEAGE = ("_file", "_record", "_path")
+#: Characters of a refused value shown either side of its offending part.
+_EXCERPT = 24
+
+#: Why PostgreSQL refuses a value, by SQLSTATE, for an error's hint.
+_REFUSAL_WHY = {
+    "22001": "the text is longer than the column allows",
+    "22003": "the number is beyond the column's type",
+    "22007": "the date or time is not valid",
+    "22008": "the date or time is out of PostgreSQL's range",
+    "22021": "the text is not valid UTF-8",
+    "22P02": "the value is not valid input for the column's type",
+    "22P05": "the text holds a character PostgreSQL cannot store",
+    "23502": "the column is NOT NULL",
+    "23514": "the value breaks a CHECK constraint",
+}
+
+
+def _diagnostics(exc: BaseException) -> dict[str, str]:
+    """What PostgreSQL said about a refused statement, by field: ``sqlstate``, ``message``,
+    ``detail``, ``context``, ``column``. ADBC's errors carry the server's fields
+    (``exc.details``: ``PG_DIAG_*`` pairs, ``exc.sqlstate``); anything else is parsed from
+    its text (``... ERROR:  <message>\nDETAIL: ...\nCONTEXT:  COPY t, line N, column c``)."""
     import re
 
-    text = str(exc).strip()
+    keys = {"PG_DIAG_SQLSTATE": "sqlstate", "PG_DIAG_MESSAGE_PRIMARY": "message",
+            "PG_DIAG_MESSAGE_DETAIL": "detail", "PG_DIAG_CONTEXT": "context",
+            "PG_DIAG_COLUMN_NAME": "column"}
+    out: dict[str, str] = {}
+    for key, value in getattr(exc, "details", None) or []:
+        key = key.decode() if isinstance(key, bytes) else str(key)
+        if key in keys:
+            out[keys[key]] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    text = str(exc)
+    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+    if not state and (m := re.search(r"SQLSTATE:? ([0-9A-Z]{5})", text)):
+        state = m.group(1)
+    if state:
+        out.setdefault("sqlstate", str(state))
+    if "message" not in out and (m := re.search(r"ERROR:\s+(.+)", text)):
+        out["message"] = m.group(1).strip()
+    if "detail" not in out and (m := re.search(r"DETAIL:\s+(.+)", text)):
+        out["detail"] = m.group(1).strip()
+    if "context" not in out and (m := re.search(r"CONTEXT:\s+(.*?)(?:\n\. SQLSTATE|\Z)", text, re.S)):
+        out["context"] = m.group(1).strip()
+    return out
+
+
+def _copy_position(context: str, columns: Sequence[str]) -> tuple[int | None, str | None]:
+    """The row (0-based, over the whole COPY) and column a COPY's error context names: a
+    binary COPY says ``COPY <table>, line <N>, column <name>``. The column is matched against
+    the table's own names (the longest that fits), so names with commas or colons work too."""
+    import re
+
+    m = re.search(r"COPY [^\n]*?, line (\d+)(, column ([^\n]*))?", context)
+    if m is None:
+        return None, None
+    row = int(m.group(1)) - 1
+    said = m.group(3)
+    if said is None:
+        return row, None
+    known = [c for c in columns if said == c or said.startswith((c + ":", c + " "))]
+    if known:
+        return row, max(known, key=len)
+    return row, said.split(":", 1)[0].strip() or None
+
+
+def _show(text: str) -> str:
+    """``text`` for a message: control characters (NUL first of all) escaped, quoted."""
+    return '"' + "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode()
+                         for ch in text) + '"'
+
+
+def _offending_part(value: pa.Scalar | None) -> str:
+    """What in a refused value PostgreSQL could not take, in a few words: for text, where its
+    NUL or its first invalid UTF-8 byte is, with the text around it; otherwise the value."""
+    if value is None or not value.is_valid:
+        return "the value is null"
+    t = value.type
+    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)):
+        raw = value.cast(pa.binary()).as_py()
+        assert isinstance(raw, bytes)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            before = raw[:bad.start].decode("utf-8", "replace")
+            around = (raw[max(0, bad.start - _EXCERPT):bad.start + _EXCERPT]
+                      .decode("utf-8", "backslashreplace"))
+            return (f"the text is not valid UTF-8 at byte offset {bad.start} (character "
+                    f"{len(before)}) of {len(raw)} bytes: {_show(around)}")
+        at = text.find("\x00")
+        if at >= 0:
+            count = text.count("\x00")
+            lo, hi = max(0, at - _EXCERPT), at + _EXCERPT + 1
+            excerpt = ("…" if lo else "") + _show(text[lo:hi]) + ("…" if hi < len(text) else "")
+            return (f"the text holds NUL (\\x00) at offset {at} of {len(text)} characters"
+                    + (f" ({count} NULs in all)" if count > 1 else "") + f": {excerpt}")
+        head = text[:4 * _EXCERPT]
+        return (f"the value ({len(text)} characters) begins {_show(head)}"
+                + ("…" if len(head) < len(text) else ""))
+    shown = repr(value.as_py())
+    return f"the value is {shown[:120]}{'…' if len(shown) > 120 else ''}"
+
+
+def _locate(chunks: Sequence[Mapping[str, Any]], row: int) -> tuple[str, int] | None:
+    """The chunk (its path in the run) and row in it of row ``row`` (0-based) of a table."""
+    for c in chunks:
+        if row < int(c["rows"]):
+            return str(c["path"]), row
+        row -= int(c["rows"])
+    return None
+
+
+def _failing_row(file: Path, row: int, columns: Sequence[str]) -> dict[str, pa.Scalar]:
+    """Row ``row`` of a Parquet chunk, the given columns it has, read one row group only."""
+    pf = pq.ParquetFile(file)
+    have = [c for c in columns if c in pf.schema_arrow.names]
+    first = 0
+    for i in range(pf.metadata.num_row_groups):
+        rows = pf.metadata.row_group(i).num_rows
+        if row < first + rows:
+            group = pf.read_row_group(i, columns=have)
+            return {c: group.column(c)[row - first] for c in have}
+        first += rows
+    return {}
+
+
+def _copy_error(exc: BaseException, run: Run, name: str, entry: Mapping[str, Any]) -> EtlError:
+    """A refused COPY (a permanent error: a bad value, a constraint) as an error that names
+    where the row came from: the source file and record (and the JSON path of a nested
+    record) from the failing row's lineage (``_file``, ``_record``, ``_path``: columns of the
+    chunk, or of the table's ``lineage_chunks`` beside it, row for row), or, for a table without
+    lineage, its ``source_file`` column, or else the chunk file and row;
+    the column PostgreSQL named, with the part of the value it refused (a NUL's position and
+    the text around it, an invalid UTF-8 byte, a number, a null); the SQLSTATE; and always the
+    staged chunk file and row. The error's ``file`` and ``record`` are the source's, when known.
+
+    Runs in a forked worker: PyArrow only (no Polars), and what it returns crosses back pickled.
+    """
+    diag = _diagnostics(exc)
     chunks = entry.get("chunks", [])
-    file: Path | None = run.path / chunks[0]["path"] if chunks else None
-    record = None
-    m = re.search(r"COPY [^,]+, line (\d+)", text)
-    source = ""
-    if m and chunks:
-        row = int(m.group(1)) - 1
-        for c in chunks:
-            if row < int(c["rows"]):
-                file, record = run.path / c["path"], row
-                break
-            row -= int(c["rows"])
-        if record is not None and file is not None:
-            try:
-                names = pq.ParquetFile(file).schema_arrow.names
-                if "source_file" in names:
-                    values = pq.read_table(file, columns=["source_file"]).column(0)
-                    source = f" (source file {values[record].as_py()})"
-            except Exception:  # best effort: the error itself matters more
-                log.debug("cannot read the failing row's source file", exc_info=True)
-    return EtlError(f"COPY of table {name} refused{source}: {text}", dataset=run.dataset_name,
-                    run=run.id, file=file, record=record,
-                    hint="a permanent error (not retried): fix the input or the dataset's rules, "
-                         "then run the load again")
+    chunk: Path | None = run.path / chunks[0]["path"] if chunks else None
+    row: int | None = None
+    column = diag.get("column")
+    columns: list[str] = []
+    try:
+        if chunk is not None:
+            columns = list(pq.ParquetFile(chunk).schema_arrow.names)
+    except Exception:  # best effort: the error itself matters more
+        log.debug("cannot read the chunk's schema", exc_info=True)
+    line, said = _copy_position(diag.get("context", ""), columns)
+    column = column or said
+    if line is not None and (found := _locate(chunks, line)) is not None:
+        chunk, row = run.path / found[0], found[1]
+    values: dict[str, pa.Scalar] = {}
+    if row is not None and chunk is not None:
+        try:
+            values = _failing_row(chunk, row, [*_LINEAGE, "source_file", *([column] if column else [])])
+            # Lineage kept in files of its own beside the chunks: the same rows, in order.
+            beside = _locate(entry.get("lineage_chunks") or [], line) if line is not None else None
+            if "_file" not in values and beside is not None:
+                values |= _failing_row(run.path / beside[0], beside[1], _LINEAGE)
+        except Exception:
+            log.debug("cannot read the failing row", exc_info=True)
+
+    def lineage(col: str) -> Any:
+        v = values.get(col)
+        return v.as_py() if v is not None and v.is_valid else None
+
+    file: str | Path | None = chunk
+    record: int | None = row
+    at = ""
+    if lineage("_file") is not None:
+        rel = str(lineage("_file"))
+        paths = {s.get("relpath"): s.get("path") for s in run.manifest.get("sources") or []}
+        file = paths.get(rel) or rel
+        record = lineage("_record")
+        at = f" of {lineage('_path')}" if lineage("_path") else ""
+    elif lineage("source_file") is not None:
+        file, record = str(lineage("source_file")), None
+    state = diag.get("sqlstate")
+    if not state and "message" not in diag:  # not PostgreSQL's refusal: reading the rows failed
+        text = str(exc).strip()
+        if "Python exception:" in text:  # the reader's own error, quoted by the driver
+            text = text.rstrip().rsplit("\n", 1)[-1]
+        return EtlError(f"COPY of table {name} failed: {text}", dataset=run.dataset_name,
+                        run=run.id, file=file,
+                        hint="check the run's table files (`etl rebuild` checks them) or transform "
+                             "the run again, then run the load again")
+    said_text = diag.get("message") or str(exc).strip()
+    lines = [f"COPY of table {name} refused the row{at}: {said_text}"
+             + (f" (SQLSTATE {state})" if state else "")]
+    if diag.get("detail"):
+        lines.append(f"  detail: {diag['detail']}")
+    if column is not None:
+        part = (_offending_part(values.get(column)) if column in values
+                else "the value could not be read back from the chunk")
+        lines.append(f"  column {column}: {part}")
+    if row is not None:
+        lines.append(f"  staged as: {chunk}, row {row}")
+    why = _REFUSAL_WHY.get(state or "", "PostgreSQL refused the value")
+    if state == "22021" and "0x00" in said_text:
+        why = "PostgreSQL text cannot hold NUL (\\u0000)"
+    return EtlError("\n".join(lines), dataset=run.dataset_name, run=run.id, file=file,
+                    record=record,
+                    hint=f"{why}: fix the source record, or the dataset's rules and cleaning so that "
+                         "validate catches it, then run validate, transform and the load again "
+                         "(a permanent error: not retried)")
 
 
 class _Reported(set[str]):
@@ -297,8 +515,10 @@ class _Loader:
     """One load of one run: owns the lock connection and the ledger row."""
 
     def __init__(self, run: Run, url: str, *, mode: Mode, workers: int, retries: int,
-                 retry_delay: float, progress: Progress | None, tag: str | None = None) -> None:
+                 retry_delay: float, progress: Progress | None, tag: str | None = None,
+                 reconcile_sample: float = 0.0) -> None:
         self.run = run
+        self.reconcile_sample = reconcile_sample
         self.dataset = run.dataset()
         self.url = url
         self.mode = mode
@@ -646,7 +866,38 @@ class _Loader:
                 + "; ".join(problems), dataset=self.dataset.name, run=self.run.id,
                 hint=f"inspect schema {self.build} (the next load drops it); report it with the "
                      "run directory")
-        return {name: {"rows": r, "checksum": c} for name, (r, c) in results.items()}
+        out: dict[str, Any] = {name: {"rows": r, "checksum": c} for name, (r, c) in results.items()}
+        out[RECONCILED] = self._reconcile()
+        return out
+
+    def _reconcile(self) -> dict[str, Any]:
+        """The loaded rows equal the staged tables (checked above); here the staged tables are
+        proven to rebuild the export: a sample of its files (chosen by content hash), every
+        record of them rebuilt and compared (see :mod:`etl.reconcile`). ``etl reconcile RUN``
+        does all files."""
+        from etl.reconcile import reconcile, sample_files
+
+        if self.reconcile_sample <= 0 or not any(lvl.table for lvl in self.dataset.levels.values()):
+            return {"skipped": "off"}
+        missing = [s["path"] for s in sample_files(self.run, self.reconcile_sample)
+                   if not Path(s["path"]).is_file()]
+        if missing:
+            log.warning("reconciliation skipped: %d source file(s) are not where they were staged "
+                        "(e.g. %s)", len(missing), missing[0])
+            return {"skipped": f"{len(missing)} source file(s) not found, e.g. {missing[0]}"}
+        found = reconcile(self.run, self.dataset, sample=self.reconcile_sample)
+        summary = {k: v for k, v in found.to_dict().items() if k not in ("levels", "run")}
+        if not found.ok:
+            first = found.mismatches[0] if found.mismatches else {}
+            raise VerificationFailed(
+                f"{found.mismatched + found.missing:,} of {found.records:,} source records in "
+                f"{found.files:,} file(s) are not rebuilt by the staged rows; nothing was swapped "
+                f"in (first: {first.get('file')} record {first.get('record')} "
+                f"{first.get('path') or ''} {first.get('key') or ''}: {first.get('difference')})",
+                dataset=self.dataset.name, run=self.run.id,
+                hint=f"run `etl reconcile {self.run.path}` for the full list; report it with the "
+                     "run directory")
+        return summary
 
     def _lock_live(self, conn: Any) -> None:
         """Lock the live schema's tables and views before the renames. Name lookups do not follow
@@ -788,7 +1039,9 @@ class _Loader:
                     self.close()
                 self._drop_old(lock_conn)
         result.rows = {n: int(e["rows"]) for n, e in self.entries.items()}
-        result.checksums = {n: v["checksum"] for n, v in (self.steps.get("verify") or {}).items()}
+        verified = self.steps.get("verify") or {}
+        result.checksums = {n: v["checksum"] for n, v in verified.items() if n != RECONCILED}
+        result.reconciled = verified.get(RECONCILED)
         result.phases = self.phases
         return result
 
@@ -912,8 +1165,8 @@ class _Loader:
             raise _copy_error(exc, self.run, name, self.entries[name]) from exc
         if rest:
             sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in rest)
-            mine = ", ".join(f"t.{quote_ident(c)}" for c in rest)
-            theirs = ", ".join(f"EXCLUDED.{quote_ident(c)}" for c in rest)
+            mine = ", ".join(_compared(table, c, "t.") for c in rest)
+            theirs = ", ".join(_compared(table, c, "EXCLUDED.") for c in rest)
             conflict = (f"DO UPDATE SET {sets} WHERE ROW({mine}) IS DISTINCT FROM ROW({theirs})")
         else:
             conflict = "DO NOTHING"
@@ -953,7 +1206,8 @@ class _Loader:
 
     def _merge_check(self, cur: Any, name: str) -> None:
         """Every staged row must now be in the live table exactly as staged."""
-        cols = ", ".join(quote_ident(c.name) for c in self.tables[name].columns)
+        table = self.tables[name]
+        cols = ", ".join(_compared(table, c.name) for c in table.columns)
         cur.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {quote_ident(f'_merge_{name}')} "
                     f"EXCEPT SELECT {cols} FROM {quote_ident(self.live)}.{quote_ident(name)}) x")
         missing = int(cur.fetchone()[0])
@@ -1059,6 +1313,7 @@ def load(
     tag: str | None = None,
     delete_missing: bool = False,
     warm: int = 0,
+    reconcile_sample: float = RECONCILE_SAMPLE,
 ) -> LoadResult:
     """Load a transformed run into PostgreSQL (see the module docstring for the steps).
 
@@ -1077,6 +1332,10 @@ def load(
 
     ``warm > 0``: after a load that changed the data, preload that many of the read cache's
     hottest keys into Redis for the new generation (a ``warm`` phase; needs ``redis_url``).
+
+    ``reconcile_sample``: the share of source files whose records the verify step rebuilds from
+    the staged rows and compares with the export (chosen by content hash; small sources whole;
+    0 turns it off, 1 reads every file). See :mod:`etl.reconcile`.
     """
     if "tables" not in run.manifest:
         raise RunStateError(f"run {run.id} has no transformed tables", run=run.id,
@@ -1090,7 +1349,7 @@ def load(
         raise ConfigError("--delete-missing applies to --mode merge only",
                           hint="a full load replaces every row anyway")
     loader = _Loader(run, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
-                     progress=progress, tag=tag)
+                     progress=progress, tag=tag, reconcile_sample=reconcile_sample)
     loader.redis_url = redis_url or load_settings().redis_url
     if mode == "merge":
         result = loader.execute_merge(delete_missing=delete_missing)

@@ -95,6 +95,11 @@ def is_connection_error(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection was lost (worth a retry), not a refused statement."""
     if isinstance(exc, psycopg.OperationalError | DatabaseError):
         return True
+    if isinstance(exc, EtlError):  # raised on purpose; its text may quote data (a refused value)
+        return False
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and state[:2] in ("22", "23", "42"):  # a refused value or statement
+        return False
     text = str(exc).lower()
     return any(s in text for s in ("connection", "server closed", "terminating", "broken pipe",
                                    "could not receive", "could not send", "io error"))

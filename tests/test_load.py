@@ -17,14 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
 from etl import get_dataset, ledger, open_run
 from etl.cli import main
+from etl.dataset import Table
+from etl.errors import EtlError
 from etl.load import VerificationFailed, live_tables, load, table_checksums
 from etl.pg import DatabaseError, LockBusy, advisory_lock, connect, lock_key
-from etl.run import Run, write_json_atomic
+from etl.run import MANIFEST_FORMAT, Run, write_json_atomic
 from tests.conftest import MidsRuns, mids_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -419,7 +423,11 @@ def test_run_stops_on_validation_errors_before_the_database(pg_url: str, mids_sa
               "--database-url", pg_url, "--json")
     assert res.exit_code == 1, res.output
     assert "validation failed" in res.stderr and "powers (1 of 428)" in res.stderr
-    assert res.stdout == ""
+    # --json: the error document on stdout carries the failing rules (the table goes to stderr
+    # without --json, as `etl validate` shows it).
+    doc = json.loads(res.stdout)
+    assert doc["status"] == "failed" and doc["failed_levels"][0] == "powers"
+    assert "powers.accuracy.range" in [r["name"] for r in doc["failed_rules"] if r["severity"] == "error"]
     # Not even the ledger or the live schema was created.
     assert query(pg_url, "SELECT nspname FROM pg_namespace WHERE nspname IN ('etl', 'mids')") == []
 
@@ -478,3 +486,179 @@ def test_unsafe_fast_asks_and_builds_unlogged_tables(pg_url: str, runs: MidsRuns
     assert res.exit_code == 0, res.output
     assert "Load with --unsafe-fast?" not in res.stderr
     assert loads_of(pg_url, runs.full) == 2
+
+
+# ------------------------------------------------------------------------------ crafted chunks
+#
+# Runs written by hand, chunk by chunk (no stage, validate or transform): rows that validate
+# would never pass (a NUL in text), lineage columns beside a table's own, json text in odd forms.
+
+#: Where the crafted rows say they come from (a source as a staged manifest lists it).
+SOURCE = {"relpath": "db/Player/Class_Blaster_Blaster_Ranged.Fire_Blast.json",
+          "path": "/exports/mids/db/Player/Class_Blaster_Blaster_Ranged.Fire_Blast.json",
+          "source": "mids", "size": 1, "sha256": "0" * 64, "shape": "object"}
+
+
+def crafted_rows(table: Table, n: int, **values: list[Any]) -> dict[str, list[Any]]:
+    """``n`` plausible rows of ``table`` (keys 1..n, every NOT NULL column set), by column;
+    ``values`` replaces whole columns."""
+    def column(field: pa.Field) -> list[Any]:
+        t = field.type
+        if pa.types.is_integer(t):
+            return list(range(1, n + 1))
+        if pa.types.is_floating(t):
+            return [0.5] * n
+        if pa.types.is_boolean(t):
+            return [False] * n
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return [[]] * n
+        if field.name == "extra":
+            return ["{}"] * n
+        return [f"{field.name} {i}" for i in range(1, n + 1)]
+
+    rows = {f.name: column(f) for f in table.polars_schema.to_arrow()}
+    rows.update(values)
+    return rows
+
+
+def crafted_run(root: Path, chunks: dict[str, list[dict[str, list[Any]]]], *,
+                lineage_beside: bool = False) -> Run:
+    """A transformed mids run whose table ``name`` is written as the given chunks (lists of rows
+    by column; columns beyond the table's, such as lineage, written too, or with
+    ``lineage_beside`` the lineage columns in files of their own, as ``lineage_chunks``); other
+    tables empty."""
+    tables = {}
+    for table in MIDS.tables:
+        schema = table.polars_schema.to_arrow()
+        entry: dict[str, Any] = {"rows": 0, "chunks": [], "primary_key": list(table.primary_key),
+                                 "schema": {}, "checksum": "", "json_dtypes": {}}
+        for i, rows in enumerate(chunks.get(table.name, [])):
+            if lineage_beside and "_file" in rows:
+                beside = {c: rows.pop(c) for c in ("_file", "_record", "_path")}
+                rel = f"tables/{table.name}/lineage/part-{i:05d}.parquet"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                pq.write_table(pa.table(beside), root / rel)
+                entry.setdefault("lineage_chunks", []).append(
+                    {"path": rel, "rows": len(beside["_file"])})
+            fields = [schema.field(c) if c in schema.names else
+                      pa.field(c, pa.int64() if c == "_record" else pa.string()) for c in rows]
+            data = pa.table({c: pa.array(v, f.type) for (c, v), f in zip(rows.items(), fields, strict=True)})
+            rel = f"tables/{table.name}/part-{i:05d}.parquet"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(data, root / rel)
+            entry["chunks"].append({"path": rel, "rows": data.num_rows})
+            entry["rows"] += data.num_rows
+        tables[table.name] = entry
+    manifest = {"format": MANIFEST_FORMAT, "run_id": f"mids-crafted{abs(hash(root)) % 10**6:06d}",
+                "dataset": "mids", "dataset_version": MIDS.version, "sources": [SOURCE],
+                "levels": {}, "tables": tables}
+    write_json_atomic(root / "manifest.json", manifest)
+    return open_run(root)
+
+
+def lineage(n: int, *, record: int, paths: list[str]) -> dict[str, list[Any]]:
+    return {"_file": [SOURCE["relpath"]] * n, "_record": [record] * n, "_path": paths}
+
+
+@pytest.mark.parametrize("lineage_at", ["chunk", "beside", None],
+                         ids=["lineage-in-chunk", "lineage-beside", "no-lineage"])
+def test_a_refused_row_names_its_source_record_column_and_value(
+        pg_url: str, tmp_path: Path, lineage_at: str | None) -> None:
+    """A NUL in text (which validate normally strips) reaching COPY: the error names the source
+    file, record and JSON path from the row's lineage (columns of its chunk or files beside it;
+    else the chunk file and row), the column, where the NUL is with the text around it, and the
+    staged chunk row; nothing is retried and nothing swapped in."""
+    powers = MIDS.table("powers")
+    text = "Sets the target ablaze for 10 seconds.\x00 Damage: Fire."
+    first = crafted_rows(powers, 2)
+    second = crafted_rows(powers, 3, power_id=[3, 4, 5],
+                          desc_long=["fine", text, "also fine"])
+    if lineage_at:
+        first |= lineage(2, record=0, paths=["Powers[0]", "Powers[1]"])
+        second |= lineage(3, record=0, paths=["Powers[2]", "Powers[3]", "Powers[4]"])
+    run = crafted_run(tmp_path / "run", {"powers": [first, second]},
+                      lineage_beside=lineage_at == "beside")
+
+    with pytest.raises(EtlError) as raised:
+        load(run, database_url=pg_url, retry_delay=0.01)
+    err = raised.value
+    chunk = run.path / "tables" / "powers" / "part-00001.parquet"
+    message = str(err)
+    if lineage_at:
+        assert (err.file, err.record) == (SOURCE["path"], 0)
+        assert message.startswith(f"{SOURCE['path']}, record 0: ")
+        assert "refused the row of Powers[3]" in message
+    else:
+        assert (err.file, err.record) == (str(chunk), 1)
+    assert f"staged as: {chunk}, row 1" in message
+    assert 'invalid byte sequence for encoding "UTF8": 0x00 (SQLSTATE 22021)' in message
+    assert ("column desc_long: the text holds NUL (\\x00) at offset 38 of 53 characters: "
+            '…"t ablaze for 10 seconds.\\x00 Damage: Fire."') in message
+    assert err.hint is not None and "NUL" in err.hint and "not retried" in err.hint
+    assert "connection lost" not in message  # refused once, not retried as a drop
+
+    failed = latest_load(pg_url, run)
+    assert failed["status"] == "failed" and "desc_long" in failed["error"]
+    assert query(pg_url, "SELECT count(*) FROM mids.powers") == [(0,)]  # nothing swapped in
+    [build] = side_schemas(pg_url)
+    assert query(pg_url, f'SELECT count(*) FROM "{build}".powers') == [(0,)]
+
+
+def test_lineage_columns_are_not_loaded_and_json_text_is_kept_as_sent(pg_url: str,
+                                                                      tmp_path: Path) -> None:
+    """Chunks carrying lineage columns load unchanged (only the table's columns are sent), and a
+    ``json`` column keeps its text byte for byte (spacing, key order, duplicate keys, escapes),
+    which verification compares as plain text."""
+    salvage = MIDS.table("salvage")
+    assert {c.name: c.type for c in salvage.columns}.get("extra") == "json"
+    extras = ['{"b": 1,  "a": [1, 2.50]}', '{"a":1,"a":2}', '"caf\\u00e9 \\u0000 é"', "[]",
+              '{"deep": {"x": null, "y": [true, {"z": "\\n"}]}}']
+    rows = crafted_rows(salvage, 5, extra=extras)
+    rows |= lineage(5, record=7, paths=[f"[{i}]" for i in range(5)])
+    run = crafted_run(tmp_path / "run", {"salvage": [rows]})
+    result = load(run, database_url=pg_url, retry_delay=0.01)
+    assert result.rows["salvage"] == 5
+    assert query(pg_url, "SELECT extra::text FROM mids.salvage ORDER BY salvage_id") == [
+        (e,) for e in extras]
+    columns = [r[0] for r in query(pg_url, "SELECT column_name FROM information_schema.columns "
+                                           "WHERE table_schema = 'mids' AND table_name = 'salvage'")]
+    assert "extra" in columns and not {"_file", "_record", "_path"} & set(columns)
+    assert table_checksums(pg_url, MIDS, run=run)["salvage"] == result.checksums["salvage"]
+    assert result.checksums["salvage"].endswith("-5")
+
+    # A merge compares json as its text (json has no equality operator): one respaced value is
+    # one update, the rest unchanged.
+    rows["extra"] = [*extras[:1], '{"a": 1, "a": 2}', *extras[2:]]
+    merged = load(crafted_run(tmp_path / "edited", {"salvage": [rows]}), database_url=pg_url,
+                  mode="merge")
+    assert merged.merged["salvage"] == {"staged": 5, "inserted": 0, "updated": 1, "unchanged": 4}
+    assert query(pg_url, "SELECT extra::text FROM mids.salvage WHERE salvage_id = 2") == [
+        ('{"a": 1, "a": 2}',)]
+
+
+def test_a_chunk_without_a_table_column_is_named_before_any_copy(pg_url: str, tmp_path: Path) -> None:
+    rows = crafted_rows(MIDS.table("salvage"), 3)
+    del rows["external_name"]
+    run = crafted_run(tmp_path / "run", {"salvage": [rows]})
+    with pytest.raises(EtlError, match=r"no column\(s\) \['external_name'\]") as raised:
+        load(run, database_url=pg_url, retry_delay=0.01)
+    assert raised.value.file == str(run.path / "tables" / "salvage" / "part-00000.parquet")
+    assert raised.value.hint is not None and "etl transform" in raised.value.hint
+
+
+def test_the_offending_part_of_a_refused_value() -> None:
+    """What a load error quotes of a value (no database): invalid UTF-8 where it starts, a
+    number as it is, a null as null; and PostgreSQL's fields parsed from an error's text."""
+    from etl.load import _diagnostics, _offending_part
+
+    bad = pa.array([b"caf\xc3\xa9 au l\xc3\x28ait"], pa.binary()).view(pa.string())[0]
+    assert _offending_part(bad) == ('the text is not valid UTF-8 at byte offset 10 (character 9) '
+                                    'of 15 bytes: "café au l\\xc3(ait"')
+    assert _offending_part(pa.scalar(3_000_000_000)) == "the value is 3000000000"
+    assert _offending_part(pa.scalar(None, pa.string())) == "the value is null"
+    text = ('INVALID_ARGUMENT: [libpq] Failed to execute COPY statement: PGRES_FATAL_ERROR ERROR:  '
+            'invalid input syntax for type json\nDETAIL:  Token "bad" is invalid.\nCONTEXT:  JSON '
+            'data, line 1: {bad\nCOPY t2, line 2, column js\n. SQLSTATE: 22P02')
+    assert _diagnostics(Exception(text)) == {
+        "sqlstate": "22P02", "message": "invalid input syntax for type json",
+        "detail": 'Token "bad" is invalid.', "context": "JSON data, line 1: {bad\nCOPY t2, line 2, column js"}
