@@ -1,12 +1,19 @@
-"""Settings, resolved as: flag > environment > ``[tool.etl]`` in pyproject.toml > default."""
+"""Settings, resolved as: flag > environment > ``[tool.etl]`` in pyproject.toml > default.
+
+Rule severity overrides (:class:`RuleOverride`) add up rather than replace: ``[tool.etl.rules]``
+(``"NAME" = "SEVERITY"``, or ``[tool.etl.rules.<dataset>]`` for one dataset), then
+``ETL_RULES`` (``NAME=SEVERITY,...``), then ``--rule NAME=SEVERITY`` flags; for a rule named more
+than once the later wins. They are checked against the dataset's rules when validation runs.
+"""
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from etl.errors import ConfigError
 
@@ -19,6 +26,67 @@ ENV = {
     "chunk_rows": ("ETL_CHUNK_ROWS",),
     "threads": ("ETL_THREADS",),
 }
+#: Rule severity overrides from the environment: ``NAME=SEVERITY`` items, comma-separated.
+RULES_ENV = "ETL_RULES"
+
+#: What a rule override may set a rule to: ``off`` skips the rule altogether.
+RuleSeverity = Literal["error", "warning", "off"]
+RULE_SEVERITIES: tuple[str, ...] = get_args(RuleSeverity)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleOverride:
+    """One rule's severity set by the user: ``name`` (a rule name, or a glob such as
+    ``powers.*.range``), the severity, where it was set (``source``), and, when it was set for
+    one dataset only (``[tool.etl.rules.<dataset>]``), that ``dataset``."""
+
+    name: str
+    severity: RuleSeverity
+    source: str
+    dataset: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "severity": self.severity, "source": self.source,
+                **({"dataset": self.dataset} if self.dataset else {})}
+
+
+def rule_override(name: str, severity: object, *, source: str,
+                  dataset: str | None = None) -> RuleOverride:
+    """A checked :class:`RuleOverride` (:class:`ConfigError` for a severity that is none)."""
+    sev = str(severity).strip().lower()
+    if sev not in RULE_SEVERITIES or not name.strip():
+        raise ConfigError(f"rule override {name}={severity!r} from {source} is not valid",
+                          hint=f"write NAME=SEVERITY, SEVERITY one of {', '.join(RULE_SEVERITIES)}")
+    return RuleOverride(name.strip(), sev, source, dataset)  # type: ignore[arg-type]
+
+
+def parse_rule_overrides(items: Iterable[str], *, source: str) -> tuple[RuleOverride, ...]:
+    """``NAME=SEVERITY`` items (``--rule``, ``ETL_RULES``) as overrides, in order."""
+    out = []
+    for item in items:
+        name, eq, sev = item.partition("=")
+        if not eq:
+            raise ConfigError(f"rule override {item!r} from {source} has no '='",
+                              hint="write NAME=SEVERITY, e.g. --rule powersets.full_name.unique=warning")
+        out.append(rule_override(name, sev, source=source))
+    return tuple(out)
+
+
+def _pyproject_rules(table: object, pyproject: Path) -> tuple[RuleOverride, ...]:
+    """``[tool.etl] rules``: ``{"NAME" = "SEVERITY"}`` for whichever dataset has the rule, or
+    ``[tool.etl.rules.<dataset>]`` tables for one dataset's rules."""
+    source = f"{pyproject.name} [tool.etl] rules"
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"[tool.etl] rules in {pyproject} must be a table of NAME = SEVERITY",
+                          file=pyproject, hint='e.g. rules = { "powersets.full_name.unique" = "warning" }')
+    out = []
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out += [rule_override(k, v, source=f"{pyproject.name} [tool.etl.rules.{key}]", dataset=key)
+                    for k, v in value.items()]
+        else:
+            out.append(rule_override(key, value, source=source))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,11 +102,20 @@ class Settings:
     chunk_rows: int = 100_000
     #: Worker threads for DuckDB and hashing; 0 means one per core.
     threads: int = 0
+    #: Rule severity overrides, in precedence order (a later one for the same rule wins).
+    rules: tuple[RuleOverride, ...] = ()
 
     def with_overrides(self, **flags: Any) -> Settings:
         """Apply flags that were given (``None`` means not given)."""
         given = {k: v for k, v in flags.items() if v is not None}
-        return replace(self, **_coerce(given)) if given else self
+        rules = given.pop("rules", None)
+        out = replace(self, **_coerce(given)) if given else self
+        if rules:
+            # Flags add to the rules set below them: a rule named again takes the flag's severity.
+            extra = tuple(r if isinstance(r, RuleOverride) else parse_rule_overrides([r], source="--rule")[0]
+                          for r in rules)
+            out = replace(out, rules=(*out.rules, *extra))
+        return out
 
 
 def _coerce(values: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +150,7 @@ def find_pyproject(start: Path | None = None) -> Path | None:
 def load_settings(*, start: Path | None = None, **flags: Any) -> Settings:
     """Resolve settings from flags, the environment, pyproject.toml and defaults."""
     merged: dict[str, Any] = {}
+    rules: tuple[RuleOverride, ...] = ()
     pyproject = find_pyproject(start)
     if pyproject is not None:
         try:
@@ -82,10 +160,16 @@ def load_settings(*, start: Path | None = None, **flags: Any) -> Settings:
         merged.update({k.replace("-", "_"): v for k, v in table.items()})
         if "staging_dir" in merged and not Path(merged["staging_dir"]).is_absolute():
             merged["staging_dir"] = pyproject.parent / merged["staging_dir"]
+        if "rules" in merged:
+            rules += _pyproject_rules(merged.pop("rules"), pyproject)
     for key, names in ENV.items():
         for name in names:
             if os.environ.get(name):
                 merged[key] = os.environ[name]
                 break
+    if os.environ.get(RULES_ENV):
+        items = [i for i in os.environ[RULES_ENV].replace(";", ",").split(",") if i.strip()]
+        rules += parse_rule_overrides(items, source=RULES_ENV)
     merged.update({k: v for k, v in flags.items() if v is not None})
-    return Settings().with_overrides(**merged)
+    flag_rules = merged.pop("rules", None) or ()
+    return Settings(rules=rules).with_overrides(**merged, rules=flag_rules)

@@ -77,9 +77,11 @@ class ConfigError(EtlError):
 
 
 class ValidationFailed(EtlError):
-    """Error-severity rules failed beyond the allowed reject ratio."""
+    """Error-severity rules failed beyond the allowed reject ratio. ``report`` is the
+    validation report (report.json's content), so a caller can show the failing rules."""
 
     exit_code = 1
+    report: dict[str, Any] | None = None
 
 
 class RunStateError(EtlError):

@@ -76,7 +76,8 @@ def run_pipeline(
     (``strict``: also on a file a quarantining source would leave out)."""
     staged = stage(dataset, sources, settings=settings, force=force, progress=progress,
                    strict=strict)
-    checked = validate(staged.run, max_reject_ratio=max_reject_ratio, progress=progress)
+    checked = validate(staged.run, max_reject_ratio=max_reject_ratio, rules=settings.rules,
+                       progress=progress)
     require_passed(checked)
     built = transform(staged.run, progress=progress)
     return PipelineResult(staged.run, checked.report, built.rows,
@@ -126,7 +127,7 @@ def rebuild(
     phases = [phase]
     report = run.report() or {"status": run.manifest.get("validation", {}).get("status", "unknown")}
     if "tables" not in run.manifest:
-        checked = validate(run, progress=progress)
+        checked = validate(run, rules=settings.rules, progress=progress)
         require_passed(checked)
         built = transform(run, progress=progress)
         phases += [checked.phase, built.phase]
