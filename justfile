@@ -32,7 +32,7 @@ db-upgrade *ARGS:
 validate TARGET *ARGS:
     {{venv}}etl validate {{TARGET}} {{ARGS}}
 
-# the benchmark: 78k and 360k entries amplified from the real sample, through the load
+# the benchmark: the real full export and 5 renamed copies of it (mids_full), through the load
 perf-bench *ARGS:
     {{venv}}etl bench {{ARGS}}
 

@@ -1,7 +1,9 @@
-"""The benchmark behind ``etl bench``: generated exports, one process per phase, real figures."""
+"""The benchmark behind ``etl bench``: real exports (and renamed copies of them for scale) or
+generated ones, one process per phase, real figures."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etl.gen.mids import generate_mids, powersets_for_entries
+from etl.gen.mids import COPY_VERSION, copy_mids, export_size, generate_mids, powersets_for_entries
 
 _PHASE_SCRIPT = """
 import json, sys, time
@@ -23,6 +25,7 @@ from etl.metrics import prefer_jemalloc
 prefer_jemalloc()
 phase, arg, staging = sys.argv[1], sys.argv[2], sys.argv[3]
 dataset = sys.argv[5] if len(sys.argv) > 5 else "mids"
+max_reject_ratio = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 settings = Settings(staging_dir=staging)
 if phase == "stage":
     from etl.stage import stage
@@ -39,26 +42,37 @@ elif phase in ("load", "load-unsafe", "merge"):
            "parts": parts}
 elif phase == "validate":
     from etl.validate import validate
-    r = validate(open_run(arg))
-    out = {"status": r.report["status"], **r.phase.to_dict()}
+    r = validate(open_run(arg), max_reject_ratio=max_reject_ratio)
+    out = {"status": r.report["status"], **r.phase.to_dict(),
+           "rejected": {k: v["rejected"] for k, v in r.report["levels"].items() if v["rejected"]}}
 else:
     from etl.transform import transform
     r = transform(open_run(arg))
     out = {"tables": r.rows, **r.phase.to_dict()}
 out["process_seconds"] = time.perf_counter() - t0
+import resource
+own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+out["cpu_seconds"] = own.ru_utime + own.ru_stime  # the whole process, all threads, imports too
+out["children_cpu_seconds"] = kids.ru_utime + kids.ru_stime  # worker processes that ended
 print(json.dumps(out))
 """
 
 
-def _run_phase(phase: str, arg: str, staging: Path, url: str = "", dataset: str = "mids") -> dict[str, Any]:
+def _run_phase(phase: str, arg: str, staging: Path, url: str = "", dataset: str = "mids",
+               max_reject_ratio: float = 0.0) -> dict[str, Any]:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _PHASE_SCRIPT, phase, arg, str(staging), url,
-                             dataset],
+                             dataset, repr(max_reject_ratio)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     out, errs = proc.communicate()
     wall = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"bench phase {phase} failed:\n{errs}")
+        from etl.errors import EtlError
+
+        tail = "\n".join(errs.strip().splitlines()[-12:])
+        raise EtlError(f"bench phase {phase} failed (exit {proc.returncode}):\n{tail}",
+                       hint="run that phase's command (etl stage/validate/transform/load) on the bench's "
+                            "export or run to see the whole error")
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     result["wall_seconds"] = wall
     return result
@@ -127,6 +141,45 @@ def _generate(dataset: str, export: Path, size: int, seed: int,
     return {"files": made_mids.files, "bytes": made_mids.bytes, "entries": made_mids.entries}
 
 
+def find_real_export(dataset: str, template: Path | None = None, *, full: bool = True) -> Path | None:
+    """The real export a bench of ``dataset`` measures: ``template`` when given, else the first
+    of ``$ETL_SHARED_DATA/<dataset>`` and ``../shared/data/<dataset>`` that exists, preferring
+    for mids the complete export (``mids_full``) to the 32-file sample (``mids``); with ``full``
+    false (a template to amplify, which is read whole into memory), the sample only."""
+    if template is not None:
+        return template if template.is_dir() else None
+    roots = [Path(os.environ["ETL_SHARED_DATA"])] if os.environ.get("ETL_SHARED_DATA") else []
+    roots.append(Path("../shared/data"))
+    names = (["mids_full", "mids"] if full else ["mids"]) if dataset == "mids" else [dataset]
+    for root in roots:
+        for name in names:
+            if (root / name).is_dir():
+                return root / name
+    return None
+
+
+def _real_copies(template: Path, copies: int, work_dir: Path, log: Callable[[str], None]
+                 ) -> tuple[Path, dict[str, Any]]:
+    """The real mids export times ``copies``: the export itself, read in place, for 1; otherwise
+    ``copies`` renamed copies of it under ``work_dir`` (written once, kept between runs)."""
+    template = template.resolve()
+    if copies == 1:
+        made = export_size(template)
+        return template, {"files": made.files, "bytes": made.bytes, "entries": made.entries,
+                          "copies": 1, "template": str(template), "in_place": True}
+    tag = hashlib.sha1(f"{template}|{COPY_VERSION}".encode()).hexdigest()[:8]
+    export = work_dir / f"mids-x{copies}-{template.name}-{tag}"
+    marker = export / ".complete.json"
+    if not marker.exists():
+        shutil.rmtree(export, ignore_errors=True)
+        log(f"writing {copies} renamed copies of {template} in {export} …")
+        made = copy_mids(template, export, copies=copies)
+        marker.write_text(json.dumps({"files": made.files, "bytes": made.bytes,
+                                      "entries": made.entries, "copies": copies,
+                                      "template": str(template), "in_place": False}))
+    return export, json.loads(marker.read_text())
+
+
 def run_bench(
     sizes: list[int],
     *,
@@ -137,34 +190,60 @@ def run_bench(
     database_url: str | None = None,
     load: bool = True,
     dataset: str = "mids",
+    copies: list[int] | None = None,
+    max_reject_ratio: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Generate an export per size (kept between runs), then time each phase in its own process:
+    """Prepare an export per size (kept between runs), then time each phase in its own process:
     stage, validate, transform and (with ``load``) the load through indexes, the materialized
     view, verification and the swap, plus the server-side COPY ceiling.
 
-    ``dataset``: ``mids`` (sizes are entries: powersets + powers + effects) or ``aodb`` (sizes
-    are items, amplified from ``template``, which it needs)."""
+    ``copies`` (mids): measure the real export ``template`` itself (1) and ``N`` renamed copies of
+    it (see :func:`etl.gen.mids.copy_mids`), e.g. ``[1, 5]`` for the full export and five times it.
+    ``sizes``: exports generated to about that size instead: ``mids`` entries (powersets + powers
+    + effects, amplified from ``template`` or synthetic), ``aodb`` items (amplified from
+    ``template``, which it needs), ``licenses`` result files. ``max_reject_ratio`` is passed to
+    validate, so a run whose validation rejects rows can still be measured through the load."""
+    if copies and (dataset != "mids" or template is None):
+        from etl.errors import ConfigError
+
+        raise ConfigError("--copies makes renamed copies of a real mids export and needs one",
+                          hint="pass --template ../shared/data/mids_full (or set ETL_SHARED_DATA)")
     url = ""
     if load:
         from etl.pg import resolve_url
 
         url = resolve_url(database_url)
     results = []
-    for entries in sizes:
-        kind = "real" if template else "synthetic"
-        export = work_dir / f"{dataset}-{entries}-{kind}-s{seed}"
-        marker = export / ".complete.json"
-        if not marker.exists():
-            shutil.rmtree(export, ignore_errors=True)
-            log(f"generating a {entries:,}-{'item' if dataset == 'aodb' else 'entry'} export "
-                f"in {export} …")
-            marker.write_text(json.dumps(_generate(dataset, export, entries, seed, template)))
-        info = json.loads(marker.read_text())
+    plans: list[tuple[str, int]] = [("copies", n) for n in copies or []] + [("entries", n) for n in sizes]
+    for how, entries in plans:
+        if how == "copies":
+            assert template is not None
+            export, info = _real_copies(template, entries, work_dir, log)
+        else:
+            kind = "real" if template else "synthetic"
+            export = work_dir / f"{dataset}-{entries}-{kind}-s{seed}"
+            marker = export / ".complete.json"
+            if not marker.exists():
+                shutil.rmtree(export, ignore_errors=True)
+                log(f"generating a {entries:,}-{'item' if dataset == 'aodb' else 'entry'} export "
+                    f"in {export} …")
+                marker.write_text(json.dumps(_generate(dataset, export, entries, seed, template)))
+            info = json.loads(marker.read_text())
         staging = work_dir / "staging"
         log(f"measuring {info['entries']:,} entries ({info['files']:,} files, "
             f"{info['bytes'] / 1e6:,.0f} MB) …")
         staged = _run_phase("stage", str(export), staging, dataset=dataset)
-        checked = _run_phase("validate", staged["run"], staging, dataset=dataset)
+        checked = _run_phase("validate", staged["run"], staging, dataset=dataset,
+                             max_reject_ratio=max_reject_ratio)
+        if checked["status"] != "passed":
+            from etl.errors import ValidationFailed
+
+            rejected = ", ".join(f"{k} {n:,}" for k, n in checked.get("rejected", {}).items())
+            raise ValidationFailed(
+                f"validation of the bench export {export} failed ({rejected} rows rejected): "
+                "nothing to transform or load", dataset=dataset, run=Path(staged["run"]).name,
+                hint=f"see {Path(staged['run']) / 'report.json'}; measure anyway with "
+                     "--max-reject-ratio 1")
         built = _run_phase("transform", staged["run"], staging, dataset=dataset)
         phases = [staged, checked, built]
         ceiling = None
@@ -175,7 +254,8 @@ def run_bench(
             # changes nothing), each phase in its own process as the CLI would run it.
             phases.append(_run_phase("load", staged["run"], staging, url, dataset))
             again = _run_phase("stage", str(export), staging, dataset=dataset)
-            reimport = [again, _run_phase("validate", again["run"], staging, dataset=dataset),
+            reimport = [again, _run_phase("validate", again["run"], staging, dataset=dataset,
+                                          max_reject_ratio=max_reject_ratio),
                         _run_phase("transform", again["run"], staging, dataset=dataset),
                         _run_phase("merge", again["run"], staging, url, dataset)]
         elif load:
@@ -188,11 +268,13 @@ def run_bench(
         results.append({
             "dataset": dataset,
             "entries": info["entries"], "files": info["files"], "bytes": info["bytes"],
+            "copies": info.get("copies"), "source": str(export),
             "phases": phases,
             "total_seconds": sum(p["seconds"] for p in phases),
             "total_wall_seconds": sum(p["wall_seconds"] for p in phases),
             "max_peak_rss": max(p["peak_rss"] for p in phases),
             "validation": checked["status"],
+            "rejected": checked.get("rejected", {}),
             "tables": built["tables"],
             "load_parts": phases[3]["parts"] if load else [],
             "unsafe_fast_parts": unsafe.get("parts", []),

@@ -8,6 +8,11 @@ Two sources of powersets:
 * no template: a synthetic powerset factory writes the same format from the project's own
   description of it (used by ``etl demo`` on a machine without the sample data).
 
+Amplification mixes powers across sets and fills every set with powers, so it loses some of the
+real export's quirks (pet powersets with an empty ``SetName`` and no powers, effects whose
+``PowerFullName`` is empty). For scale on real data, :func:`copy_mids` writes N renamed copies of
+a whole real export instead: every record as it is, only the names that are keys renamed.
+
 The ratio of powers per powerset and effects per power follows the full real export
 (3,568 powersets, 9,649 powers, 65,293 effects), so ``entries`` (powersets + powers + effects)
 maps to a realistic number of files and bytes.
@@ -391,6 +396,164 @@ def _amplified_sets(rng: random.Random, templates: list[tuple[str, dict[str, Any
         ps["Powers"] = powers
         prefix = rel.rsplit("/", 1)[-1].split(".", 1)[0]
         yield f"{folder}/{prefix}.{set_name}.json", ps
+
+
+# --------------------------------------------------------------------------- renamed copies
+
+#: The copier's output format: part of the bench's cache key, raised when copies change.
+COPY_VERSION = 1
+#: Where a real export's powerset files are.
+_DB = "db"
+#: The header files, written once (they are shared by every copy).
+_HEADERS = ("I12.json", "EnhDB.json", "Salvage.json")
+
+
+def _copy_suffix(copy_index: int) -> str:
+    """What copy ``copy_index`` appends to each name: copy 0 keeps the real names."""
+    return f"_c{copy_index}" if copy_index else ""
+
+
+def _export_names(files: list[Path]) -> dict[str, str]:
+    """Every powerset and power ``FullName`` of the export → the powerset ``FullName`` it sits in
+    (a powerset maps to itself)."""
+    names: dict[str, str] = {}
+    for f in files:
+        ps = orjson.loads(f.read_bytes())
+        if not isinstance(ps, dict) or not isinstance(ps.get("FullName"), str):
+            continue
+        names[ps["FullName"]] = ps["FullName"]
+        for p in ps.get("Powers") or []:
+            if isinstance(p, dict) and isinstance(p.get("FullName"), str):
+                names.setdefault(p["FullName"], ps["FullName"])
+    return names
+
+
+def _renaming(names: dict[str, str], suffix: str) -> dict[str, str]:
+    """Old name → new name for one copy: the powerset's ``FullName`` gets ``suffix``, and a
+    power named ``<powerset>.<power>`` becomes ``<powerset + suffix>.<power>`` (any other power
+    name gets ``suffix`` at its end). Raises if a new name meets one already there."""
+    out = {}
+    for name, owner in names.items():
+        head = owner + "."
+        out[name] = (owner + suffix + "." + name[len(head):] if name != owner and name.startswith(head)
+                     else name + suffix)
+    new = set(out.values())
+    if len(new) != len(out) or new & names.keys():
+        msg = f"renaming with {suffix!r} would give names the export already has; pick another suffix"
+        raise ValueError(msg)
+    return out
+
+
+def _renamed(obj: Any, renames: dict[str, str]) -> Any:
+    """``obj`` with every string value that is a key name of the export renamed (FullName,
+    FullSetName, PowerFullName, Requires.PowerID, Summon, Reward, UIDSubPower… wherever it is).
+    Everything else, dirt included, is kept as it is."""
+    if isinstance(obj, dict):
+        return {k: _renamed(v, renames) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_renamed(v, renames) for v in obj]
+    if isinstance(obj, str):
+        return renames.get(obj, obj)
+    return obj
+
+
+def _renamed_set(ps: Any, renames: dict[str, str], suffix: str) -> Any:
+    """A powerset file's object renamed for one copy: its key names, and its ``SetName`` (and
+    that of its powers) when it is not empty; an empty one stays empty."""
+    if not isinstance(ps, dict):
+        return ps
+    out = _renamed(ps, renames)
+    if isinstance(out.get("SetName"), str) and out["SetName"]:
+        out["SetName"] += suffix
+    for p in out.get("Powers") or []:
+        if isinstance(p, dict) and isinstance(p.get("SetName"), str) and p["SetName"]:
+            p["SetName"] += suffix
+    return out
+
+
+def _count(ps: Any) -> tuple[int, int]:
+    powers = [p for p in ps.get("Powers") or [] if isinstance(p, dict)] if isinstance(ps, dict) else []
+    return len(powers), sum(len(p.get("Effects") or []) for p in powers)
+
+
+def copy_mids(template_dir: Path, out_dir: Path, *, copies: int, pretty: bool = False) -> GeneratedExport:
+    """Write ``copies`` renamed copies of a real MidsReborn export (e.g. ``../shared/data/mids_full``)
+    under ``out_dir``: the export at N times its size, with the real export's records and dirt.
+
+    Every powerset file is written ``copies`` times. Copy 0 keeps the real names; copy ``k``
+    renames each powerset ``FullName`` to ``<FullName>_c<k>``, each power ``<set>.<power>`` to
+    ``<set>_c<k>.<power>``, a non-empty ``SetName`` to ``<SetName>_c<k>``, and every string value
+    anywhere in the file that names one of the export's powersets or powers (``FullSetName``,
+    ``PowerFullName``, ``Requires.PowerID``, ``Summon``…), so keys stay unique and references stay
+    inside their copy. Nothing else changes: pet sets keep their empty ``SetName`` and no powers,
+    the description with a NUL keeps it, numeric ids (``nID``, ``StaticIndex``) and display names
+    repeat as real duplicates would. ``I12.json``, ``EnhDB.json`` and ``Salvage.json`` are copied
+    once, byte for byte. Files are ``db/<folder>/<name>_c<k>.json``.
+
+    Powerset files are written compact (whitespace is not data: the real export's 140 MB are
+    90 MB compact, so five copies are ~450 MB), or with ``pretty`` indented by two spaces like the real
+    export (copy 0 then is the real file's bytes). Deterministic: the same export always gives
+    the same bytes. Memory holds one powerset file and the export's names.
+
+    Example:
+        >>> made = copy_mids(Path("../shared/data/mids_full"), Path("/tmp/mids-x5"), copies=5)
+        >>> made.entries  # doctest: +SKIP
+        392550
+    """
+    if copies < 1:
+        msg = f"copies must be at least 1, not {copies}"
+        raise ValueError(msg)
+    template_dir, out_dir = Path(template_dir), Path(out_dir)
+    files = sorted((template_dir / _DB).rglob("*.json"))
+    if not files:
+        msg = f"no powerset files under {template_dir / _DB}"
+        raise FileNotFoundError(msg)
+    names = _export_names(files)
+    renames = [_renaming(names, _copy_suffix(k)) if k else {} for k in range(copies)]
+    written = total = n_sets = n_powers = n_effects = 0
+
+    def write(path: Path, data: bytes) -> None:
+        nonlocal written, total
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        written += 1
+        total += len(data)
+
+    for name in _HEADERS:
+        if (template_dir / name).is_file():
+            write(out_dir / name, (template_dir / name).read_bytes())
+    option = orjson.OPT_INDENT_2 if pretty else 0
+    for f in files:
+        raw = f.read_bytes()
+        ps = orjson.loads(raw)
+        powers, effects = _count(ps)
+        rel = f.relative_to(template_dir / _DB)
+        for k in range(copies):
+            suffix = _copy_suffix(k)
+            if k == 0:
+                data = raw if pretty else orjson.dumps(ps)
+            else:
+                data = orjson.dumps(_renamed_set(ps, renames[k], suffix), option=option)
+            write(out_dir / _DB / rel.with_name(f"{rel.stem}{suffix}{rel.suffix}"), data)
+            n_sets += 1
+            n_powers += powers
+            n_effects += effects
+    log.info("copied %s x%d: %d files (%d bytes) under %s", template_dir, copies, written, total, out_dir)
+    return GeneratedExport(out_dir, written, total, n_sets, n_powers, n_effects)
+
+
+def export_size(root: Path) -> GeneratedExport:
+    """Count a MidsReborn export as it is (files, bytes, powersets, powers, effects)."""
+    root = Path(root)
+    files = sorted((root / _DB).rglob("*.json"))
+    headers = [root / name for name in _HEADERS if (root / name).is_file()]
+    n_powers = n_effects = 0
+    for f in files:
+        powers, effects = _count(orjson.loads(f.read_bytes()))
+        n_powers += powers
+        n_effects += effects
+    size = sum(f.stat().st_size for f in (*headers, *files))
+    return GeneratedExport(root, len(files) + len(headers), size, len(files), n_powers, n_effects)
 
 
 # --------------------------------------------------------------------------- entry point
