@@ -15,6 +15,7 @@ entry point group (see :func:`etl.datasets.get_dataset`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ FieldType = Literal[
 ]
 Severity = Literal["error", "warning"]
 RuleKind = Literal["required", "range", "one_of", "unique", "references", "check", "types",
-                   "storable"]
+                   "storable", "parent"]
 #: What staging does with a source file that is not valid JSON: stop the stage (``fail``), or
 #: leave it out, listed with the reason in the manifest and the validation report (``quarantine``).
 OnBadFile = Literal["fail", "quarantine"]
@@ -42,6 +43,23 @@ LINEAGE = ("_file", "_record", "_path", "_index")
 #: the record that no typed column holds exactly; ``_extra`` is its staged form.
 EXTRA = "extra"
 STAGED_EXTRA = "_extra"
+#: What the transform carries instead of ``_extra`` (a wide text column): where the row's
+#: ``_extra`` sits (the level's number in the dataset, shifted left 40 bits, or'ed with the row's
+#: number among the level's staged rows), and, where a cleaning step changed a typed value, the
+#: export's originals as a JSON object (``_patch``; NULL elsewhere). The transform writes each
+#: table sorted by its key and fetches the ``_extra`` texts into place a chunk at a time, so the
+#: texts are never all in memory. A dataset's transform keeps these columns (and ``_file``,
+#: ``_record``, ``_path``) on the rows of a home table; :data:`CARRY` names them all.
+XREF = "_xref"
+PATCH = "_patch"
+CARRY = ("_file", "_record", "_path", XREF, PATCH)
+XREF_SHIFT = 40
+
+
+def carried() -> pl.Expr:
+    """The columns a transform keeps on a home table's rows (:data:`CARRY`, and ``_extra`` where
+    the levels were read whole), whichever of them the frame has: ``lf.select(..., carried())``."""
+    return pl.col("^(" + "|".join((*CARRY, STAGED_EXTRA)) + ")$")
 
 #: The key of a :class:`Field` that stages the record itself, as compact JSON text, less the
 #: lists its child levels are staged from (those become rows of their own). Useful for records
@@ -241,6 +259,125 @@ class Clean:
     column: str
     fn: Callable[[pl.Expr], pl.Expr]
     description: str
+
+
+#: The built-in cleaning step every text column of every level gets (see :func:`effective_cleaning`).
+STRIP_NUL = "strip_nul"
+STRIP_NUL_DESCRIPTION = "NUL (U+0000) removed from the text; PostgreSQL text cannot hold it"
+STRIP_NUL_JSON_DESCRIPTION = ("NUL (\\u0000) removed from the strings of the JSON text; "
+                              "PostgreSQL text and jsonb cannot hold it")
+_JSON_NUL = re.compile(r"\\(\\|u0000)")
+
+
+def strip_nul(e: pl.Expr) -> pl.Expr:
+    r"""Text without its NUL characters (``"a\x00b"`` → ``"ab"``)."""
+    return e.str.replace_all("\x00", "", literal=True)
+
+
+def strip_json_nul_text(text: str) -> str:
+    r"""JSON text without the NULs its strings (and keys) hold: every ``\u0000`` escape is
+    removed, an escaped backslash followed by ``u0000`` (``\\u0000``, text) is left alone.
+    (A JSON text cannot hold a raw NUL: control characters are escaped.)"""
+    return _JSON_NUL.sub(lambda m: "\\\\" if m.group(1) == "\\" else "", text)
+
+
+def _nul_in(e: pl.Expr, depth: int) -> pl.Expr:
+    """Whether the text (a list of texts, for ``depth`` 1…) holds NUL anywhere."""
+    if depth == 0:
+        return e.str.contains("\x00", literal=True)
+    return e.list.eval(_nul_in(pl.element(), depth - 1)).list.any()
+
+
+def _stripped(e: pl.Expr, depth: int) -> pl.Expr:
+    if depth == 0:
+        return strip_nul(e)
+    return e.list.eval(_stripped(pl.element(), depth - 1))
+
+
+def _strip_json_batch(s: pl.Series) -> pl.Series:
+    """JSON texts without their NULs; only the rare values holding ``\\u0000`` are touched."""
+    hit = s.str.contains("\\u0000", literal=True).fill_null(False)
+    if not hit.any():
+        return s
+    values = s.to_list()
+    for i in hit.arg_true().to_list():
+        values[i] = strip_json_nul_text(values[i])
+    return pl.Series(s.name, values, dtype=pl.String())
+
+
+def _depth(dtype: pl.DataType) -> int:
+    depth = 0
+    while isinstance(dtype, pl.List):
+        dtype, depth = dtype.inner, depth + 1  # type: ignore[assignment]
+    return depth
+
+
+def _strip_nul_step(dtype: pl.DataType, json: bool) -> Callable[[pl.Expr], pl.Expr]:
+    if json:
+        return lambda e: e.map_batches(_strip_json_batch, return_dtype=pl.String(), is_elementwise=True)
+    depth = _depth(dtype)
+    return lambda e: _stripped(e, depth)
+
+
+def cleaning_changed(step: Clean, dtype: pl.DataType) -> pl.Expr:
+    """True for the rows whose ``step.column`` (of ``dtype``) ``step`` changes: for the built-in
+    ``strip_nul`` of text, the rows holding NUL (cheaper than cleaning and comparing)."""
+    col = pl.col(step.column)
+    if step.name == STRIP_NUL and step.description == STRIP_NUL_DESCRIPTION:
+        return _nul_in(col, _depth(dtype)).fill_null(False)
+    return step.fn(col).ne_missing(col)
+
+
+def effective_cleaning(dataset: Dataset) -> tuple[Clean, ...]:
+    """The cleaning steps ``etl validate`` runs and counts, and every reader of cleaned rows
+    applies: first the built-in ``strip_nul`` on every text column of every level (own and
+    inherited fields: VARCHAR, VARCHAR[], VARCHAR[][], and the ``\\u0000`` escapes of JSON
+    fields), then the dataset's own steps.
+
+    >>> [c.column for c in effective_cleaning(ds) if c.level == "powers"]   # doctest: +SKIP
+    ['powerset_full_name', 'full_name', 'power_name', ..., 'trim_display_names' ...]
+    """
+    levels = dataset.levels
+    steps: list[Clean] = []
+    for lvl in levels.values():
+        typed = [(dst, inherited_field(levels, lvl, src).type) for src, dst in lvl.inherit]
+        typed += [(f.name, f.type) for f in lvl.fields]
+        for column, type_ in typed:
+            base = type_.replace("[]", "")
+            if base not in ("VARCHAR", "JSON"):
+                continue
+            dtype: pl.DataType = pl.String()
+            for _ in range(type_.count("[]")):
+                dtype = pl.List(dtype)
+            json = base == "JSON"
+            steps.append(Clean(STRIP_NUL, lvl.name, column, _strip_nul_step(dtype, json),
+                               STRIP_NUL_JSON_DESCRIPTION if json else STRIP_NUL_DESCRIPTION))
+    for lvl in levels.values():
+        for f in lvl.fields:
+            if f.type.endswith("[]"):
+                steps.append(Clean(NULL_IN_LIST, lvl.name, f.name, _null_in_list(f.type.count("[]")),
+                                   NULL_IN_LIST_DESCRIPTION))
+    return (*steps, *dataset.cleaning)
+
+
+#: The built-in step every list column gets (see :func:`effective_cleaning`).
+NULL_IN_LIST = "null_in_list"
+NULL_IN_LIST_DESCRIPTION = (
+    "a list holding a null is NULL in its column (the pinned adbc-driver-postgresql 1.8.0 would "
+    "load the nulls as 0 or ''); extra keeps the list as the export wrote it")
+
+
+def _null_in_list(depth: int) -> Callable[[pl.Expr], pl.Expr]:
+    def holds_null(depth: int) -> pl.Expr:
+        element = pl.element().is_null()
+        if depth > 1:
+            element = element | pl.element().list.eval(holds_null(depth - 1)).list.any()
+        return element
+
+    def step(e: pl.Expr) -> pl.Expr:
+        return pl.when(e.list.eval(holds_null(depth)).list.any().fill_null(False)) \
+            .then(None).otherwise(e)
+    return step
 
 
 @dataclass(frozen=True, slots=True)

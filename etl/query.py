@@ -37,11 +37,32 @@ class NotFound(EtlError):
 
 _GEN = "(SELECT generation FROM etl.generations WHERE dataset = %(dataset)s)"
 
+
+def _row(alias: str, table: str, *, drop: tuple[str, ...] = ()) -> str:
+    """SQL for a mids row as a jsonb object, column by column (``to_jsonb(row)`` would convert
+    the ``extra`` json, and jsonb refuses the ``\u0000`` a real description holds: such an
+    ``extra`` comes as its JSON text instead)."""
+    from etl.datasets.mids import DATASET
+
+    parts = []
+    for col in DATASET.table(table).columns:
+        if col.name in drop:
+            continue
+        if col.name == "extra":
+            value = (f"CASE WHEN strpos({alias}.extra::text, '\\u0000') > 0 "
+                     f"THEN to_jsonb({alias}.extra::text) ELSE {alias}.extra::jsonb END")
+        else:
+            value = f"{alias}.{col.name}"
+        parts.append(f"jsonb_build_object('{col.name}', {value})")
+    return "(" + " || ".join(parts) + ")"
+
+
 _POWER_SQL = f"""
 SELECT (
-  SELECT (to_jsonb(p) || jsonb_build_object(
+  SELECT ({_row("p", "powers")} || jsonb_build_object(
             'powerset', ps.full_name,
-            'effects', coalesce((SELECT jsonb_agg(to_jsonb(e) - 'power_id' ORDER BY e.effect_index)
+            'effects', coalesce((SELECT jsonb_agg({_row("e", "power_effects", drop=("power_id",))}
+                                                  ORDER BY e.effect_index)
                                  FROM mids.power_effects e WHERE e.power_id = p.power_id), '[]'::jsonb),
             'requirements', coalesce((SELECT jsonb_agg(to_jsonb(r) - 'power_id'
                                                        ORDER BY r.kind, r.group_index, r.position)
@@ -54,7 +75,7 @@ SELECT (
 
 _POWERSET_SQL = f"""
 SELECT (
-  SELECT (to_jsonb(ps) || jsonb_build_object(
+  SELECT ({_row("ps", "powersets")} || jsonb_build_object(
             'powers', coalesce((SELECT jsonb_agg(jsonb_build_object(
                                          'power_id', p.power_id, 'full_name', p.full_name,
                                          'display_name', p.display_name, 'level', p.level,

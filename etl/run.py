@@ -16,6 +16,8 @@ manifest atomically, so a killed process never leaves a run that looks complete.
 from __future__ import annotations
 
 import base64
+import decimal
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +34,20 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from etl.dataset import LINEAGE, STAGED_EXTRA, Dataset, Level, inherited_field, typed_in_table
+from etl.dataset import (
+    LINEAGE,
+    PATCH,
+    STAGED_EXTRA,
+    XREF,
+    XREF_SHIFT,
+    Dataset,
+    Level,
+    effective_cleaning,
+    inherited_field,
+    typed_in_table,
+)
 from etl.errors import RunStateError
+from etl.stage_extra import add_keys
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +98,13 @@ def canonical_json(text: str | None) -> str | None:
         return None
     try:
         return orjson.dumps(orjson.loads(text), option=orjson.OPT_SORT_KEYS).decode()
-    except orjson.JSONDecodeError:
-        return text
-    except TypeError:  # integers beyond 64 bits: the standard library handles them
-        return json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    except (orjson.JSONDecodeError, TypeError):
+        # numbers a double cannot hold (1e400; integers beyond 64 bits): compared exactly
+        try:
+            return _exact_form(json.loads(text, parse_float=decimal.Decimal,
+                                          parse_int=decimal.Decimal))
+        except ValueError:
+            return text
 
 
 def canonical_json_columns(df: pl.DataFrame, columns: Iterable[str]) -> pl.DataFrame:
@@ -139,6 +156,23 @@ def json_dtypes(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, str]:
     return out
 
 
+#: A negative zero number in JSON text (its minus sign is group-less, so it is dropped).
+_NEGATIVE_ZERO = r"([\[:,\s])-(0(?:\.0*)?(?:[eE][+-]?\d+)?[,\]}\s])"
+
+
+def _exact_form(value: Any) -> str:
+    """JSON text of a value parsed with decimal numbers: keys sorted, each number in one form
+    (``Decimal.normalize``: 1e400 and 1 followed by 400 zeros alike, zero without a sign)."""
+    if isinstance(value, decimal.Decimal):
+        return "0" if value.is_zero() else str(value.normalize())
+    if isinstance(value, dict):
+        return "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + _exact_form(v)
+                              for k, v in sorted(value.items())) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_exact_form(v) for v in value) + "]"
+    return json.dumps(value, ensure_ascii=False)
+
+
 def comparable_json(df: pl.DataFrame, columns: Iterable[str], dtypes: Mapping[str, str]) -> pl.DataFrame:
     """JSON text columns in a form that compares by meaning, not by text: decoded into their
     recorded type (vectorized; key order, spacing and number spelling no longer matter), or,
@@ -153,6 +187,8 @@ def comparable_json(df: pl.DataFrame, columns: Iterable[str], dtypes: Mapping[st
         return pl.concat([comparable_json(df.slice(i, JSON_PIECE_ROWS), cols, dtypes)
                           for i in range(0, df.height, JSON_PIECE_ROWS)])
     typed = {c: _dtype_from_text(dtypes[c]) for c in cols if c in dtypes}
+    # jsonb keeps numbers as numeric, which has no negative zero: -0.0 reads back as 0.0.
+    df = df.with_columns(pl.col(c).str.replace_all(_NEGATIVE_ZERO, "${1}${2}") for c in cols)
     df = df.with_columns(pl.col(c).str.json_decode(dtype) for c, dtype in typed.items())
     return canonical_json_columns(df, [c for c in cols if c not in typed])
 
@@ -351,12 +387,28 @@ class Run:
         path = self.path / "rejects" / f"{level}.parquet"
         return pl.scan_parquet(path) if path.exists() else None
 
-    def accepted(self, level: str, dataset: Dataset | None = None) -> pl.LazyFrame:
-        """Cleaned rows of ``level`` that no error-severity rule rejected."""
+    def accepted(self, level: str, dataset: Dataset | None = None, *,
+                 narrow: bool = False) -> pl.LazyFrame:
+        """Cleaned rows of ``level`` that no error-severity rule rejected.
+
+        ``narrow`` (what the transform reads): without the wide ``_extra`` text, with
+        :data:`~etl.dataset.XREF` and :data:`~etl.dataset.PATCH` instead (see there)."""
         if "validation" not in self.manifest:
             raise RunStateError(f"run {self.id} has not been validated",
                                 run=self.id, hint=f"run `etl validate {self.path}` first")
-        lf = self.cleaned(level, dataset)
+        ds = dataset or self.dataset()
+        if narrow and ds.levels[level].table is not None:
+            number = list(ds.levels).index(level)
+            raw = self.raw(level).with_row_index(XREF).with_columns(
+                (pl.col(XREF).cast(pl.Int64) + (number << XREF_SHIFT)).alias(XREF))
+            lf = apply_cleaning(ds, level, raw, patch_only=True).drop(STAGED_EXTRA)
+        elif ds.levels[level].table is not None:
+            number = list(ds.levels).index(level)
+            lf = self.cleaned(level, ds).with_row_index(XREF).with_columns(
+                (pl.col(XREF).cast(pl.Int64) + (number << XREF_SHIFT)).alias(XREF),
+                pl.lit(None, pl.String()).alias(PATCH))  # _extra has the originals already
+        else:
+            lf = self.cleaned(level, ds)
         rejected = self.rejects(level)
         if rejected is None:
             return lf
@@ -438,15 +490,18 @@ def _scan(root: Path, chunks: list[dict[str, Any]], schema: pl.Schema) -> pl.Laz
     return pl.scan_parquet(files, schema=schema)
 
 
-def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame) -> pl.LazyFrame:
+def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
+                   patch_only: bool = False) -> pl.LazyFrame:
     """The dataset's cleaning steps for ``level``, in order.
 
     Lossless: where a step changes a value that its typed column held exactly (so its key had
     left the row's ``_extra``), the export's original value goes back into ``_extra`` under its
-    key. The column holds the cleaned value; ``_extra`` what the export said."""
-    steps = [step for step in dataset.cleaning if step.level == level]
+    key. The column holds the cleaned value; ``_extra`` what the export said. ``patch_only``:
+    leave ``_extra`` as staged and give those originals as a JSON object in ``_patch`` instead
+    (NULL where nothing changed; see :data:`etl.dataset.PATCH`)."""
+    steps = [step for step in effective_cleaning(dataset) if step.level == level]
     if not steps:
-        return lf
+        return lf.with_columns(pl.lit(None, pl.String()).alias(PATCH)) if patch_only else lf
     lvl = dataset.levels[level]
     table = dataset.table(lvl.table) if lvl.table is not None else None
     keep = {}
@@ -459,41 +514,43 @@ def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame) -> pl.LazyFra
     for step in steps:
         lf = lf.with_columns(step.fn(pl.col(step.column)).alias(step.column))
     if keep:
-        parts = [pl.col(STAGED_EXTRA)]
-        for c, key in keep.items():
+        parts = [pl.col(STAGED_EXTRA).alias("e")]
+        for n, c in enumerate(keep):
             orig = pl.col(f"__orig_{c}")
-            parts += [orig.ne_missing(pl.col(c)) & orig.is_not_null(),
-                      pl.struct(orig.alias(key)).struct.json_encode()]
+            parts += [(orig.ne_missing(pl.col(c)) & orig.is_not_null()).alias(f"c{n}"),
+                      orig.alias(f"o{n}")]
+        keys = list(keep.values())
+        if patch_only:
+            parts[0] = pl.lit(None, pl.String()).alias("e")
         lf = lf.with_columns(pl.struct(parts).map_batches(
-            _restore_originals, return_dtype=pl.String()).alias(STAGED_EXTRA),
-        ).drop([f"__orig_{c}" for c in keep])
+            functools.partial(_restore_originals, keys=keys, patch_only=patch_only),
+            return_dtype=pl.String(),
+        ).alias(PATCH if patch_only else STAGED_EXTRA)).drop([f"__orig_{c}" for c in keep])
+    elif patch_only:
+        lf = lf.with_columns(pl.lit(None, pl.String()).alias(PATCH))
     return lf
 
 
-def _restore_originals(rows: pl.Series) -> pl.Series:
-    """``_extra`` with the original values of the cleaned fields put back, where a step changed
-    them: the struct's fields are ``_extra`` then pairs (changed?, ``{"Key": original}``). Only
-    changed rows are touched, in Python: cleaning changes few values."""
-    names = rows.struct.fields
-    extra = rows.struct.field(names[0])
-    changed = rows.struct.field(names[1]).fill_null(False)
-    for n in names[3::2]:
-        changed = changed | rows.struct.field(n).fill_null(False)
+def _restore_originals(rows: pl.Series, keys: list[str], *, patch_only: bool = False,
+                       **_: Any) -> pl.Series:
+    """``_extra`` with the original values of the cleaned fields put back where a step changed
+    them: the struct's fields are ``_extra`` (``e``), then per key of ``keys`` whether it
+    changed (``c<n>``) and its original value (``o<n>``). Only changed rows are touched, in
+    Python: cleaning changes few values."""
+    extra = rows.struct.field("e")
+    changed = rows.struct.field("c0").fill_null(False)
+    for n in range(1, len(keys)):
+        changed = changed | rows.struct.field(f"c{n}").fill_null(False)
+    if patch_only:
+        extra = pl.Series(rows.name, [None] * rows.len(), dtype=pl.String())
     if not changed.any():
         return extra
     idx = changed.arg_true()
-    sub = rows.gather(idx).to_list()
-    values = extra.to_list()
-    for i, row in zip(idx.to_list(), sub, strict=True):
-        doc = orjson.loads(row[names[0]]) if row[names[0]] is not None else {}
-        if not isinstance(doc, dict):
-            continue
-        for flag, enc in zip(names[1::2], names[2::2], strict=True):
-            if row[flag]:
-                for key, value in orjson.loads(row[enc]).items():
-                    doc.setdefault(key, value)
-        values[i] = orjson.dumps(doc).decode()
-    return pl.Series(rows.name, values, dtype=pl.String())
+    new = []
+    for row in rows.gather(idx).to_list():
+        originals = {key: row[f"o{n}"] for n, key in enumerate(keys) if row[f"c{n}"]}
+        new.append(add_keys(row["e"] if row["e"] is not None else "{}", originals))
+    return extra.scatter(idx, pl.Series(new, dtype=pl.String()))
 
 
 def open_run(path: str | Path) -> Run:

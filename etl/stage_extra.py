@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,7 +138,7 @@ class ExtraPlan:
             order += [p for p in plans if p not in root_levels]
             index = {p.name: i for i, p in enumerate(order) if p is not None}
             by_name = {lvl.name: lvl for lvl in levels}
-            native = []
+            native: list[Any] = []
             for p in order:
                 if p is None:
                     kids = [q for q in plans if q.parent is None and q.path is not None]
@@ -238,11 +239,39 @@ def _dumps(value: Any) -> str:
 
 def parse_record(text: str | bytes) -> Any:
     """A record's JSON as Python values: orjson, or json where orjson refuses a number it cannot
-    hold (integers beyond 64 bits)."""
+    hold (integers beyond 64 bits, beyond a double; json also reads NaN and Infinity). Raises
+    ValueError for text neither reads (DuckDB's reader accepts a few more tokens)."""
+    if _LONG_NUMBER.search(text if isinstance(text, bytes) else text.encode()):
+        return json.loads(text)  # orjson reads integers beyond 64 bits as floats, rounded
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError:
         return json.loads(text)
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def add_keys(text: str, values: dict[str, Any]) -> str:
+    """The JSON object ``text`` with the keys of ``values`` it lacks added (as JSON); ``text``
+    itself when it is not an object. Numbers no Python type reads back as written stay as text
+    (the keys are appended to it)."""
+    try:
+        doc = parse_record(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        for key, value in values.items():
+            doc.setdefault(key, value)
+        return _dumps(doc)
+    body = text.strip()
+    if doc is not None or not (body.startswith("{") and body.endswith("}")):
+        return text
+    added = ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_dumps(v)}" for k, v in values.items()
+                     if json.dumps(k, ensure_ascii=False) + ":" not in body)
+    if not added:
+        return text
+    return body[:-1] + ("," if body[1:-1].strip() else "") + added + "}"
 
 
 def attach(tables: dict[str, pa.Table], records: pa.Table, plan: ExtraPlan) -> dict[str, pa.Table]:
@@ -295,7 +324,7 @@ def _native_extras(records: pa.Table, plan: ExtraPlan
     try:
         found = _native.extras(bufs[2] if bufs[2] is not None else b"", offsets, plan.native)
     except ValueError:
-        log.debug("the C walker could not walk a batch; using the Python one", exc_info=True)
+        log.warning("the C walker could not walk a batch; using the Python one", exc_info=True)
         return None
     homed = {p.name for p in plan.levels if p.homed}
     out = {}

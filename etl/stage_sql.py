@@ -212,15 +212,17 @@ def _field_value(element: dict[str, Node], field: Field, expr: str = "_e",
 def element_text(child_paths: Sequence[str], expr: str) -> str:
     """SQL for the JSON text ``expr`` less the keys at the dotted ``child_paths``.
 
-    A key is removed only where its holder is an object, so ``"A": null`` stays null."""
+    A key is removed only where it holds a non-empty array (its records are rows of their own),
+    so ``"A": null`` and ``"A": []`` stay as they were: the text stays lossless."""
     out = expr
     for path in child_paths:
         *parents, last = path.split(".")
         patch: object = {last: None}
         for part in reversed(parents):
             patch = {part: patch}
-        holder = "$" + "".join(f'."{p}"' for p in parents)
-        out = (f"CASE WHEN json_type({out}, {sql_str(holder)}) = 'OBJECT' "
+        where = "$" + "".join(f'."{p}"' for p in path.split("."))
+        out = (f"CASE WHEN json_type({expr}, {sql_str(where)}) = 'ARRAY' "
+               f"AND json_array_length({expr}, {sql_str(where)}) > 0 "
                f"THEN CAST(json_merge_patch({out}, {sql_str(json.dumps(patch))}) AS VARCHAR) "
                f"ELSE {out} END")
     return out

@@ -22,8 +22,9 @@ from typing import Any
 
 import polars as pl
 
-from etl.dataset import EXTRA, STAGED_EXTRA, Table
+from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Table
 from etl.errors import RunStateError
+from etl.extra_fetch import ExtraFetcher
 from etl.metrics import Phase, timed
 from etl.run import (
     JSON_PIECE_ROWS,
@@ -61,6 +62,8 @@ def table_checksum(df: pl.DataFrame) -> str:
 #: from staged records: where each row came from, for errors and ``etl reconcile``. They are not
 #: loaded.
 TABLE_LINEAGE = ("_file", "_record", "_path")
+#: Rows per piece (and row group) of a table whose ``extra`` texts are fetched into place.
+EXTRA_PIECE_ROWS = 16_384
 
 
 def _shape(table: Table, lf: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.Schema]:
@@ -70,7 +73,9 @@ def _shape(table: Table, lf: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.Schema]:
     if EXTRA in (c.name for c in table.columns) and EXTRA not in have and STAGED_EXTRA in have:
         lf = lf.with_columns(pl.col(STAGED_EXTRA).alias(EXTRA))
         have = lf.collect_schema()
-    missing = [c.name for c in table.columns if c.name not in have]
+    # extra comes later, fetched by each row's XREF (see etl.extra_fetch), when the plan has it
+    fetched = {EXTRA} if XREF in have and EXTRA not in have else set()
+    missing = [c.name for c in table.columns if c.name not in have and c.name not in fetched]
     if missing:
         raise RunStateError(f"transform for table {table.name} gives no column(s) {missing}",
                             hint="fix the dataset's transform")
@@ -78,8 +83,10 @@ def _shape(table: Table, lf: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.Schema]:
     lineage = ({c: have[c] for c in TABLE_LINEAGE}
                if all(c in have for c in TABLE_LINEAGE) and not set(TABLE_LINEAGE) & set(schema)
                else {})
-    out = lf.select([pl.col(c.name).cast(schema[c.name]) for c in table.columns] + list(lineage))
-    return out, pl.Schema({**schema, **lineage})
+    cols = [pl.col(c.name).cast(schema[c.name]) for c in table.columns if c.name in have]
+    hidden = {c: have[c] for c in (XREF, PATCH) if c in have and EXTRA not in have}
+    out = lf.select(cols + list(lineage) + list(hidden))
+    return out, pl.Schema({**{c: schema[c] for c in schema if c in have}, **lineage, **hidden})
 
 
 #: Chunks go to Arrow in Polars' own string layout (string_view), which is what the tables'
@@ -162,7 +169,7 @@ def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) 
                             hint="add a unique rule for the key to the dataset's rules")
     del keys
     for col in table.columns:
-        if not col.nullable:
+        if not col.nullable and col.name in df.columns:  # (extra is fetched later: never null)
             n = df.get_column(col.name).null_count()
             if n:
                 raise RunStateError(f"table {table.name}: {n} row(s) without {col.name}",
@@ -182,7 +189,7 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
                                  "with --max-reject-ratio")
     chunk_rows = int(run.manifest.get("settings", {}).get("chunk_rows", 100_000))
     with timed("transform") as phase:
-        levels = {name: run.accepted(name, dataset) for name in dataset.levels}
+        levels = {name: run.accepted(name, dataset, narrow=True) for name in dataset.levels}
         frames = dataset.transform(levels)
         unknown = set(frames) - {t.name for t in dataset.tables}
         if unknown:
@@ -204,18 +211,37 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
                                  compression=TABLE_COMPRESSION)
             # Lineage goes to files of its own beside the chunks (same rows, same order), so a
             # table's chunks hold exactly what is loaded and do not depend on file names.
-            lineage = [c for c in chunk_schema if c not in table.polars_schema]
+            lineage = [c for c in chunk_schema if c in TABLE_LINEAGE and c not in table.polars_schema]
+            hidden = [c for c in chunk_schema if c in (XREF, PATCH)]
+            fetcher = None
+            if XREF in hidden:
+                xref = df.get_column(XREF) if order is None else df.get_column(XREF).gather(order)
+                fetcher = ExtraFetcher(
+                    xref, chunk_rows=EXTRA_PIECE_ROWS, root=run.path,
+                    tmp=tmp / f".extra-{table.name}",
+                    levels=list(dataset.levels),
+                    level_chunks={n: e["chunks"] for n, e in run.manifest["levels"].items()})
+                del xref
             lineage_writer = ChunkWriter(tmp / table.name / "lineage", run.path,
                                          chunk_rows=chunk_rows, schema=pl.Schema(
                                              {c: chunk_schema[c] for c in lineage}).to_arrow(),
                                          compression=TABLE_COMPRESSION) if lineage else None
-            for start in range(0, df.height, chunk_rows):  # to Arrow a chunk at a time
-                piece = _rows(df, order, start, chunk_rows)
+            # To Arrow a chunk at a time; a table whose extra texts are fetched, a smaller piece
+            # at a time (each piece a row group), so only that many texts are in memory.
+            step = EXTRA_PIECE_ROWS if fetcher is not None else chunk_rows
+            for start in range(0, df.height, step):
+                piece = _rows(df, order, start, step)
+                if fetcher is not None:
+                    patches = piece.get_column(PATCH) if PATCH in hidden else None
+                    piece = piece.with_columns(fetcher.chunk(start // step, piece.height, patches))
+                piece = piece.select([*table.polars_schema, *lineage])
                 writer.write(piece.drop(lineage).to_arrow(compat_level=_ARROW_LEVEL))
                 if lineage_writer is not None:
                     lineage_writer.write(piece.select(lineage).to_arrow(compat_level=_ARROW_LEVEL))
                 del piece
             chunks = writer.close()
+            if fetcher is not None:
+                fetcher.close()
             lineage_chunks = lineage_writer.close() if lineage_writer is not None else []
             rows[table.name] = df.height
             del df, order
@@ -224,10 +250,11 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
             dtypes = _written_json_dtypes(tmp / table.name, table, json_cols)
             # The checksum reads the chunks back a slice at a time once the table is dropped, so
             # its work (decoding jsonb, hashing) does not add to the table's memory.
+            wide = bool(json_cols) or fetcher is not None
             checksum = frames_checksum(
                 comparable_json(part, json_cols, dtypes)
                 for part in _read_chunks(tmp / table.name, table,
-                                         JSON_PIECE_ROWS if json_cols else chunk_rows))
+                                         JSON_PIECE_ROWS if wide else chunk_rows))
             for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
                 c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
             entries[table.name] = {

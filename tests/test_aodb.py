@@ -169,11 +169,16 @@ def test_rules_reject_with_reasons(tmp_path: Path) -> None:
     # The item without an AOID takes its stats and spells with it, each with its reason.
     rejects = pl.read_parquet(run.path / "rejects" / "stat_values.parquet")
     assert set(rejects.filter(pl.col("_record") == 2)["_rules"].explode()) == {
-        "stat_values.aoid.required"}
+        "stat_values.aoid.required", "stat_values.parent"}
+    # The duplicate's (record 10) go with it: the item they sit in was rejected.
+    assert set(rejects.filter(pl.col("_record") == 10)["_rules"].explode()) == {"stat_values.parent"}
     items_rejected = pl.read_parquet(run.path / "rejects" / "items.parquet")
     assert sorted(items_rejected["_record"]) == [2, 10]
     reasons = items_rejected.sort("_record")["_reasons"].to_list()
-    assert reasons[0] == ["aoid must be present"] and reasons[1] == ["(aoid) must be unique"]
+    # (A NULL AOID could not be stored either: the built-in storable rule says so too.)
+    assert reasons[0] == ["aoid must be present",
+                          "aoid must not be NULL to be stored in items.aoid (bigint NOT NULL)"]
+    assert reasons[1] == ["(aoid) must be unique"]
 
     # Allowed through, the rejected rows are gone and the duplicate's children are not
     # attached to the accepted item of the same AOID.
@@ -243,7 +248,9 @@ def test_run_into_postgres_and_spell_round_trip(pg_url: str, tmp_path: Path) -> 
         for i, sd in enumerate(item["SpellData"]):
             for j, spell in enumerate(sd["Items"]):
                 params, spell_id, target, ticks, interval, fmt, stat, amount = got[(item["AOID"], i, j)]
-                assert params == {k: v for k, v in spell.items() if k != "Criteria"}
+                # a non-empty Criteria list is rows of spell_criteria; an empty one stays
+                assert params == {k: v for k, v in spell.items()
+                                  if k != "Criteria" or not spell["Criteria"]}
                 assert (spell_id, target, ticks, interval, fmt) == (
                     spell["SpellID"], spell["Target"], spell["TickCount"], spell["TickInterval"],
                     spell["SpellFormat"])

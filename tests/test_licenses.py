@@ -235,7 +235,8 @@ def test_full_load_and_merge(pg_url: str, tree: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     first = _built(tree, staging)
     full = load(first, database_url=pg_url)
-    assert full.rows == {"datasets": 1, "images": 10, "search_results": 10}
+    assert full.rows == {"datasets": 1, "images": 10, "search_results": 10,
+                         "search_files": 10}
     assert _count(pg_url, "SELECT count(*) FROM licenses.search_results WHERE dataset = 'default'") == 10
     gen = _count(pg_url, "SELECT generation FROM etl.generations WHERE dataset = 'licenses'")
 

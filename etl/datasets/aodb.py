@@ -41,6 +41,7 @@ from etl.dataset import (
     Level,
     Source,
     Table,
+    carried,
     check,
     in_range,
     references,
@@ -48,7 +49,7 @@ from etl.dataset import (
     unique,
 )
 
-VERSION = "1"
+VERSION = "2"
 
 #: Stat ids with a meaning the items table shows as columns (Anarchy Online's stat numbers).
 STAT_QL = 54
@@ -64,6 +65,7 @@ MAX_OPERATOR = 255
 
 ITEMS = Level(
     "items",
+    table="items",
     fields=(
         Field("aoid", "AOID", "BIGINT"),
         Field("db_type", "DBType", "BIGINT"),
@@ -84,19 +86,20 @@ _CRITERION_FIELDS = (Field("value1", "Value1", "BIGINT"), Field("value2", "Value
                      Field("operator", "Operator", "INTEGER"))
 
 STAT_VALUES = Level("stat_values", path="StatValues", parent="items", inherit=_ITEM_KEY,
-                    fields=_STAT_FIELDS)
+                    fields=_STAT_FIELDS, table="item_stats")
 ATTACKS = Level("attacks", path="AttackDefenseData.Attack", parent="items", inherit=_ITEM_KEY,
-                fields=_STAT_FIELDS)
+                fields=_STAT_FIELDS, table="attack_defense")
 DEFENSES = Level("defenses", path="AttackDefenseData.Defense", parent="items", inherit=_ITEM_KEY,
-                 fields=_STAT_FIELDS)
+                 fields=_STAT_FIELDS, table="attack_defense")
 ACTIONS = Level("actions", path="ActionData.Actions", parent="items", inherit=_ITEM_KEY,
-                fields=(Field("action", "Action", "INTEGER"),))
+                fields=(Field("action", "Action", "INTEGER"),), table="actions")
 ACTION_CRITERIA = Level("action_criteria", path="Criteria", parent="actions", inherit=_ITEM_KEY,
-                        fields=_CRITERION_FIELDS)
+                        fields=_CRITERION_FIELDS, table="action_criteria")
 SPELL_DATA = Level("spell_data", path="SpellData", parent="items", inherit=_ITEM_KEY,
-                   fields=(Field("event", "Event", "INTEGER"),))
+                   fields=(Field("event", "Event", "INTEGER"),), table="spell_data")
 SPELLS = Level(
     "spells",
+    table="spells",
     path="Items",
     parent="spell_data",
     inherit=_ITEM_KEY,
@@ -114,7 +117,7 @@ SPELLS = Level(
     ),
 )
 SPELL_CRITERIA = Level("spell_criteria", path="Criteria", parent="spells", inherit=_ITEM_KEY,
-                       fields=_CRITERION_FIELDS)
+                       fields=_CRITERION_FIELDS, table="spell_criteria")
 
 SOURCES = (
     Source("items", ("*",), (ITEMS, STAT_VALUES, ATTACKS, DEFENSES, ACTIONS, ACTION_CRITERIA,
@@ -126,6 +129,25 @@ SOURCES = (
 _CHILDREN = ("stat_values", "attacks", "defenses", "actions", "action_criteria", "spell_data",
              "spells", "spell_criteria")
 
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _shop_hash_ok(values: pl.Series) -> pl.Series:
+    """Whether each ``ShopHashData`` text becomes ``shop_hash`` rows PostgreSQL takes: JSON the
+    transform reads, with its numbers within the ``integer`` columns (NULL passes)."""
+    def ok(text: str | None) -> bool:
+        if text is None:
+            return True
+        try:
+            entries = _shop_entries(text)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return False
+        return all(v is None or _INT32[0] <= v <= _INT32[1]
+                   for row in entries for k, v in row.items() if k not in ("entry", "hash"))
+
+    return pl.Series(values.name, [ok(t) for t in values.to_list()], dtype=pl.Boolean())
+
+
 RULES = (
     required("items", "aoid"),
     unique("items", "aoid"),
@@ -134,6 +156,17 @@ RULES = (
     check("ql_range", "stat_values",
           lambda: (pl.col("stat") != STAT_QL) | pl.col("raw_value").is_between(0, MAX_QL),
           f"QL (stat {STAT_QL}) must be within [0, {MAX_QL}]", columns=("stat", "raw_value")),
+    # What the transform derives beyond the storable rules' same-named columns (see
+    # etl/storable.py): items.item_class (integer) from stat 76, the shop_hash rows.
+    check("item_class_storable", "stat_values",
+          lambda: (pl.col("stat") != STAT_ITEM_CLASS) | pl.col("raw_value").is_between(*_INT32),
+          f"item class (stat {STAT_ITEM_CLASS}) must fit items.item_class (integer)",
+          columns=("stat", "raw_value")),
+    check("shop_hash_storable", "items",
+          lambda: pl.col("shop_hash").map_batches(_shop_hash_ok, return_dtype=pl.Boolean(),
+                                                  is_elementwise=True),
+          "ShopHashData must be JSON whose MinLevel, MaxLevel, BaseAmount, RegenAmount, "
+          "RegenInterval and SpawnChance fit shop_hash's integer columns", columns=("shop_hash",)),
     # Each nested row belongs to an accepted item with an AOID (rejecting an item rejects them).
     *(required(level, "aoid") for level in _CHILDREN),
     *(references(level, "aoid", "items", "aoid") for level in _CHILDREN),
@@ -169,10 +202,11 @@ TABLES = (
     Table("items", _cols(
         "aoid:bigint!", "name:text", "description:text", "ql:integer", "item_class:integer",
         "is_nano:boolean!", "db_type:bigint", "version:bigint", "source_file:text!",
-        "source_record:bigint!"), ("aoid",)),
+        "source_record:bigint!", "extra:json!"), ("aoid",)),
     Table("stat_values", _cols("stat_value_id:integer!", "stat:integer!", "value:bigint!"),
           ("stat_value_id",), unique=(("stat", "value"),)),
-    Table("item_stats", _cols("aoid:bigint!", "position:integer!", "stat_value_id:integer!"),
+    Table("item_stats", _cols("aoid:bigint!", "position:integer!", "stat_value_id:integer!",
+                              "extra:json!"),
           ("aoid", "position"),
           foreign_keys=(_item_fk(), ForeignKey(("stat_value_id",), "stat_values",
                                                ("stat_value_id",)))),
@@ -180,29 +214,29 @@ TABLES = (
                             "operator:integer!"),
           ("criterion_id",), unique=(("value1", "value2", "operator"),)),
     Table("actions", _cols("action_id:bigint!", "aoid:bigint!", "position:integer!",
-                           "action:integer!"),
+                           "action:integer!", "extra:json!"),
           ("action_id",), unique=(("aoid", "position"),), foreign_keys=(_item_fk(),)),
     Table("action_criteria", _cols("action_id:bigint!", "position:integer!",
-                                   "criterion_id:integer!"),
+                                   "criterion_id:integer!", "extra:json!"),
           ("action_id", "position"),
           foreign_keys=(ForeignKey(("action_id",), "actions", ("action_id",)),
                         ForeignKey(("criterion_id",), "criteria", ("criterion_id",)))),
     Table("spell_data", _cols("spell_data_id:bigint!", "aoid:bigint!", "position:integer!",
-                              "event:integer"),
+                              "event:integer", "extra:json!"),
           ("spell_data_id",), unique=(("aoid", "position"),), foreign_keys=(_item_fk(),)),
     Table("spells", _cols(
         "spell_entry_id:bigint!", "spell_data_id:bigint!", "position:integer!", "spell_id:bigint!",
         "target:integer", "tick_count:integer", "tick_interval:bigint", "spell_format:text",
-        "stat:integer", "amount:bigint", "params:jsonb!"),
+        "stat:integer", "amount:bigint", "params:jsonb!", "extra:json!"),
         ("spell_entry_id",), unique=(("spell_data_id", "position"),),
         foreign_keys=(ForeignKey(("spell_data_id",), "spell_data", ("spell_data_id",)),)),
     Table("spell_criteria", _cols("spell_entry_id:bigint!", "position:integer!",
-                                  "criterion_id:integer!"),
+                                  "criterion_id:integer!", "extra:json!"),
           ("spell_entry_id", "position"),
           foreign_keys=(ForeignKey(("spell_entry_id",), "spells", ("spell_entry_id",)),
                         ForeignKey(("criterion_id",), "criteria", ("criterion_id",)))),
     Table("attack_defense", _cols("aoid:bigint!", "kind:text!", "position:integer!",
-                                  "stat:integer!", "value:bigint!"),
+                                  "stat:integer!", "value:bigint!", "extra:json!"),
           ("aoid", "kind", "position"), foreign_keys=(_item_fk(),)),
     Table("animation_mesh", _cols("aoid:bigint!", "animation_stat:integer",
                                   "animation_value:bigint", "mesh_stat:integer",
@@ -330,7 +364,7 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     attack_defense = pl.concat([
         _of_items(levels[level], items).with_columns(kind=pl.lit(kind))
         for level, kind in (("attacks", "attack"), ("defenses", "defense"))
-    ]).select("aoid", "kind", position=pl.col("_index").cast(pl.Int32), stat="stat",
+    ]).select("aoid", "kind", carried(), position=pl.col("_index").cast(pl.Int32), stat="stat",
               value="raw_value")
 
     mesh_cols = ["animation_stat", "animation_value", "mesh_stat", "mesh_value"]

@@ -49,6 +49,8 @@ import polars as pl
 
 from etl.dataset import (
     ELEMENT,
+    PATCH,
+    XREF,
     Clean,
     Column,
     Dataset,
@@ -59,13 +61,15 @@ from etl.dataset import (
     SideInput,
     Source,
     Table,
+    carried,
     check,
     required,
 )
+from etl.storable import TIMESTAMP_MIN_US
 
 log = logging.getLogger(__name__)
 
-VERSION = "1"
+VERSION = "2"
 #: The tag of an import when ``etl load --tag`` names none.
 DEFAULT_TAG = "default"
 #: What ``datasets.kind`` says of an import of per-state search results.
@@ -80,7 +84,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # ------------------------------------------------------------------------------ staged levels
 
-SEARCHES = Level("searches", fields=(
+SEARCHES = Level("searches", table="search_files", fields=(
     Field("search_name", "metadata.pharmacy_name"),
     Field("state", "metadata.state"),
     Field("search_timestamp", "metadata.search_timestamp"),
@@ -93,7 +97,7 @@ SEARCHES = Level("searches", fields=(
 _SEARCH_KEY = (("search_name", "search_name"), ("state", "state"),
                ("search_timestamp", "search_timestamp"))
 LICENSES = Level("licenses", path="search_result.licenses", parent="searches", inherit=_SEARCH_KEY,
-                 fields=(
+                 table="search_results", fields=(
                      Field("license_number", "license_number"),
                      Field("license_status", "license_status"),
                      Field("license_type", "license_type"),
@@ -309,6 +313,11 @@ RULES = (
           | parse_timestamp(pl.col("search_timestamp")).is_not_null(),
           "search_timestamp should be a date and time (kept NULL otherwise)",
           columns=("search_timestamp",), severity="warning"),
+    # search_results.search_timestamp and datasets.created (timestamptz) come from it.
+    check("timestamp_storable", "searches",
+          lambda: parse_timestamp(pl.col("search_timestamp")).cast(pl.Int64) >= TIMESTAMP_MIN_US,
+          "search_timestamp must be a time PostgreSQL can hold (from 4714-11-24 BC)",
+          columns=("search_timestamp",)),
     *(check(f"{c}_format", "licenses", _is_iso_date(c),
             f"{c} should be a date in a known format (loaded as NULL otherwise)", columns=(c,),
             severity="warning")
@@ -349,10 +358,13 @@ TABLES = (
         "license_type:text", "issue_date:date", "expiration_date:date", "licensee:text",
         "street:text", "suite:text", "city:text", "address_state:text", "zip_code:text",
         "result_status:text", "result_type:text", "image_sha256:text", "source_file:text!",
-        "raw:jsonb!"),
+        "raw:jsonb!", "extra:json!"),
         ("dataset", "state", "search_name", "license_key"),
         foreign_keys=(ForeignKey(("dataset",), "datasets", ("tag",)),
                       ForeignKey(("image_sha256",), "images", ("sha256",)))),
+    # Every result file as it was (less its licenses, which are rows of search_results).
+    Table("search_files", _cols("dataset:text!", "source_file:text!", "raw:jsonb!", "extra:json!"),
+          ("dataset", "source_file"), foreign_keys=(ForeignKey(("dataset",), "datasets", ("tag",)),)),
 )
 
 # ------------------------------------------------------------------------------ transform
@@ -366,7 +378,9 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     """Accepted staged levels → datasets, images, search_results."""
     searches = levels["searches"]
     licenses = levels["licenses"].select("_file", "_record", *_LICENSE_COLS,
-                                         _license_index=pl.col("_index"))
+                                         _license_index=pl.col("_index"),
+                                         _license_path=pl.col("_path"),
+                                         _license_xref=pl.col(XREF), _license_patch=pl.col(PATCH))
     images = levels["images"]
     # One row per license; a search with none gives one row without a license.
     rows = searches.join(licenses, on=["_file", "_record"], how="left").with_columns(
@@ -380,7 +394,12 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
         issue_date=pl.col("issue_date").str.to_date("%Y-%m-%d", strict=False),
         expiration_date=pl.col("expiration_date").str.to_date("%Y-%m-%d", strict=False),
         source_file=pl.col("_file"),
+        # the license record's lineage and extra (none for a search without a license)
+        _path=pl.col("_license_path"),
+        **{XREF: pl.col("_license_xref"), PATCH: pl.col("_license_patch")},
     )
+    search_files = searches.select(carried(), "raw", dataset=pl.lit(DEFAULT_TAG),
+                                   source_file=pl.col("_file"))
     image_rows = (images.filter(pl.col("sha256").is_not_null())
                   .group_by("sha256").agg(pl.col("size").first(), pl.col("width").first(),
                                           pl.col("height").first(),
@@ -388,7 +407,8 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     datasets = searches.select(
         tag=pl.lit(DEFAULT_TAG), kind=pl.lit(KIND),
         created=parse_timestamp(pl.col("search_timestamp")).min())
-    return {"datasets": datasets, "images": image_rows, "search_results": search_results}
+    return {"datasets": datasets, "images": image_rows, "search_results": search_results,
+            "search_files": search_files}
 
 
 DATASET = Dataset(
@@ -402,7 +422,7 @@ DATASET = Dataset(
     rules=RULES,
     cleaning=CLEANING,
     side_files=SIDE_FILES,
-    tag_columns={"datasets": "tag", "search_results": "dataset"},
+    tag_columns={"datasets": "tag", "search_results": "dataset", "search_files": "dataset"},
     notes={
         "datasets": "one row per import tag (default, or etl load --tag)",
         "images": "distinct screenshots by sha256 (stored once under staging/licenses/_store)",

@@ -1,4 +1,5 @@
-"""mids: the header files' own keys (table ``documents``), and an ``extra`` json column on every table that holds one row per source record.
+"""mids: the header files' own keys (table ``documents``), and an ``extra`` json column on
+every table that holds one row per source record.
 
 It keeps, as JSON text, every key of the record that no typed column holds exactly (see
 ``etl/stage_extra.py``), so each record of the export can be rebuilt from its row. Rows loaded
