@@ -4,6 +4,15 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+import os as _os
+import sys as _sys
+
+# Polars' jemalloc keeps freed pages for seconds by default, so a phase that builds and drops
+# one table after another holds the sum of them: purging at once measured 386 -> 311 MB at the
+# transform's peak. It must be set before Polars loads, hence here; an explicit setting wins.
+if "polars" not in _sys.modules:
+    _os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+
 from etl.config import Settings, load_settings
 from etl.dataset import Dataset
 from etl.datasets import available as available_datasets

@@ -70,3 +70,6 @@ def prefer_jemalloc() -> None:
 
     with contextlib.suppress(NotImplementedError, pa.ArrowNotImplementedError):
         pa.set_memory_pool(pa.jemalloc_memory_pool())
+        # Return freed pages at once: reading a table's extra texts a row group at a time grew
+        # the RSS by 180 MB with the default decay, 73 MB with none.
+        pa.jemalloc_set_decay_ms(0)

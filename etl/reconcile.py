@@ -31,7 +31,7 @@ import polars as pl
 from etl.dataset import ELEMENT, EXTRA, Dataset, Level, typed_in_table
 from etl.errors import RunStateError
 from etl.run import Run
-from etl.stage_extra import _dumps, parse_record
+from etl.stage_extra import dump_json, get_path, parse_record
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +103,6 @@ def _records_of(path: Path) -> Iterator[Any]:
         yield from doc
     else:
         yield doc
-
-
-def _get(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        if not isinstance(obj, dict):
-            return None
-        obj = obj.get(part)
-    return obj
 
 
 def _without(element: Any, paths: list[str]) -> Any:
@@ -222,10 +214,25 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
                 cols |= {name for name, _ in rb.typed}
                 if rb.base:
                     cols.add(rb.base)
-        lf = run.table(table, lineage=True).select(sorted(cols))
-        if sample is not None and sample < 1:
-            lf = lf.filter(pl.col("_file").is_in(selected))
-        return lf.collect()
+        if sample is None or sample >= 1:
+            return run.table(table, lineage=True).select(sorted(cols)).collect()
+        # A sample: chunk by chunk, the lineage first, and only the rows of the chosen files
+        # (the rest of a wide table is never held).
+        entry = run.manifest["tables"][table]
+        own = [c for c in sorted(cols) if c not in entry.get("lineage", {})]
+        wanted = pl.Series(selected, dtype=pl.String())
+        parts = []
+        for chunk, line in zip(entry["chunks"], entry.get("lineage_chunks", []), strict=True):
+            lineage = pl.read_parquet(run.path / line["path"]).with_row_index("_n")
+            lineage = lineage.filter(pl.col("_file").is_in(wanted.implode()))
+            if lineage.height == 0:
+                continue
+            rows = (pl.scan_parquet(run.path / chunk["path"]).select(own).with_row_index("_n")
+                    .join(lineage.lazy(), on="_n", how="inner").drop("_n").collect())
+            parts.append(rows)
+        if not parts:
+            return run.table(table, lineage=True).select(sorted(cols)).head(0).collect()
+        return pl.concat(parts, how="vertical_relaxed")
 
     tables = {lvl.table for lvl in homed}
     frames = {t: rows_of(t).filter(pl.col("_file").is_not_null()).partition_by("_file", as_dict=True)
@@ -278,7 +285,7 @@ def _elements(dataset: Dataset, level: Level, record: Any) -> Iterator[tuple[str
             continue
         nxt: list[tuple[str, Any]] = []
         for prefix, holder in items:
-            values = _get(holder, lvl.path)
+            values = get_path(holder, lvl.path)
             if isinstance(values, list):
                 base = f"{prefix}." if prefix else ""
                 nxt.extend((f"{base}{lvl.path}[{j}]", v) for j, v in enumerate(values))
@@ -325,7 +332,7 @@ def _compare(result: Reconciliation, rb: _Rebuilder, relpath: str, record: int, 
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) and value == "<missing>" else _dumps(value)
+    text = value if isinstance(value, str) and value == "<missing>" else dump_json(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 

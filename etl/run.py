@@ -524,7 +524,7 @@ def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
             parts[0] = pl.lit(None, pl.String()).alias("e")
         lf = lf.with_columns(pl.struct(parts).map_batches(
             functools.partial(_restore_originals, keys=keys, patch_only=patch_only),
-            return_dtype=pl.String(),
+            return_dtype=pl.String(), is_elementwise=True,
         ).alias(PATCH if patch_only else STAGED_EXTRA)).drop([f"__orig_{c}" for c in keep])
     elif patch_only:
         lf = lf.with_columns(pl.lit(None, pl.String()).alias(PATCH))

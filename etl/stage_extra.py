@@ -80,7 +80,8 @@ def exact(value: Any, type_: str) -> bool:
     return _checker(type_)(value)
 
 
-def _get(obj: Any, path: str) -> Any:
+def get_path(obj: Any, path: str) -> Any:
+    """The value at the dotted ``path`` inside ``obj`` (None where an object is missing)."""
     for part in path.split("."):
         if not isinstance(obj, dict):
             return None
@@ -158,7 +159,7 @@ class ExtraPlan:
 
     def _remainder(self, plan: _LevelPlan, element: Any) -> str:
         if not isinstance(element, dict):
-            return _dumps(element)
+            return dump_json(element)
         if plan.whole:
             return "{}"
         out = element.copy()
@@ -189,7 +190,7 @@ class ExtraPlan:
                 value = holder.get(last)
                 if type(value) is list and value:
                     del holder[last]
-        return _dumps(out)
+        return dump_json(out)
 
     def extras(self, docs: Sequence[Any]) -> dict[str, tuple[list[int], list[int | None], list[str]]]:
         """Per homed level: the batch row (record) of each row, its list position (None for a
@@ -205,7 +206,7 @@ class ExtraPlan:
                            else elements[plan.parent])
                 assert plan.path is not None
                 for i, _, holder in holders:
-                    items = _get(holder, plan.path)
+                    items = get_path(holder, plan.path)
                     if type(items) is list:
                         rows.extend((i, j, item) for j, item in enumerate(items))
             elements[plan.name] = rows
@@ -230,7 +231,7 @@ def _type_code(type_: str) -> tuple[int, int, int]:
     return (7, _CODES[type_], depth) if depth else (_CODES[type_], 0, 0)
 
 
-def _dumps(value: Any) -> str:
+def dump_json(value: Any) -> str:
     try:
         return orjson.dumps(value).decode()
     except TypeError:  # an integer beyond 64 bits (parsed by json, below)
@@ -263,11 +264,11 @@ def add_keys(text: str, values: dict[str, Any]) -> str:
     if isinstance(doc, dict):
         for key, value in values.items():
             doc.setdefault(key, value)
-        return _dumps(doc)
+        return dump_json(doc)
     body = text.strip()
     if doc is not None or not (body.startswith("{") and body.endswith("}")):
         return text
-    added = ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_dumps(v)}" for k, v in values.items()
+    added = ",".join(f"{json.dumps(k, ensure_ascii=False)}:{dump_json(v)}" for k, v in values.items()
                      if json.dumps(k, ensure_ascii=False) + ":" not in body)
     if not added:
         return text

@@ -168,7 +168,7 @@ def _json(jsonb: bool, *, suspects_only: bool) -> Check:
     fn = _json_ok_batch(jsonb, suspects_only)
     what = ("JSON that jsonb accepts (no NaN or Infinity, no \\u0000, numbers within numeric's "
             "range)" if jsonb else "JSON that PostgreSQL accepts (no NaN or Infinity)")
-    return (lambda e: e.map_batches(fn, return_dtype=pl.Boolean()), what)
+    return (lambda e: e.map_batches(fn, return_dtype=pl.Boolean(), is_elementwise=True), what)
 
 
 def _elementwise(check: Check) -> Check:
