@@ -1583,9 +1583,13 @@ def bench_reads_cmd(ctx: click.Context, template: Path, work_dir: Path, reloads:
 
 @main.command("reconcile")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--database-url", help="Rebuild from the rows this database holds (the dataset's "
+              "live schema, matched to the staged lineage by primary key) instead of the staged "
+              "tables.")
+@click.option("--schema", help="With --database-url: the schema to read (default: the live one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the reconciliation as JSON on stdout.")
 @_handle_errors
-def reconcile_cmd(run_dir: Path, as_json: bool) -> None:
+def reconcile_cmd(run_dir: Path, database_url: str | None, schema: str | None, as_json: bool) -> None:
     """Rebuild every source record from the rows it became and compare it with the export.
 
     Each record of a level with a home table is its row's typed columns plus its `extra` JSON
@@ -1593,14 +1597,16 @@ def reconcile_cmd(run_dir: Path, as_json: bool) -> None:
     Exit 0 when every record matches (rejected records are counted apart), 1 otherwise.
 
     \b
-    Example:
+    Examples:
       etl reconcile staging/mids/mids-1a2b3c4d5e6f --json
+      etl reconcile staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db/games
     """
     from etl.reconcile import reconcile
 
     run = open_run(run_dir)
     with _progress() as progress:
-        result = reconcile(run, run.dataset(), progress=progress)
+        result = reconcile(run, run.dataset(), database_url=database_url, schema=schema,
+                           progress=progress)
     if as_json:
         _echo_json(result.to_dict())
     else:

@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from etl.dataset import ELEMENT, EXTRA, Dataset, Level, typed_in_table
+from etl.dataset import ELEMENT, EXTRA, Dataset, Level, Table, typed_in_table
 from etl.errors import RunStateError
 from etl.run import Run
 from etl.stage_extra import dump_json, get_path, parse_record
@@ -187,13 +187,41 @@ def sample_files(run: Run, sample: float | None) -> list[dict[str, Any]]:
             if per_source[src["source"]] <= SMALL_SOURCE or int(src["sha256"][:8], 16) < limit]
 
 
+def _loaded_rows(run: Run, table: Table, columns: list[str], url: str, schema: str) -> pl.DataFrame:
+    """The rows of ``table`` as the database holds them (``columns``, JSON as its text), each
+    with the lineage of the staged row of the same primary key."""
+    from etl import pg
+
+    pk = list(table.primary_key)
+    staged = run.table(table.name, lineage=True).select(*pk, "_file", "_record", "_path").collect()
+    types = {c.name: c.type for c in table.columns}
+    select = ", ".join(f"{pg.quote_ident(c)}::text AS {pg.quote_ident(c)}"
+                       if types.get(c) in ("json", "jsonb") else pg.quote_ident(c)
+                       for c in dict.fromkeys([*pk, *columns]))
+    conn = pg.connect_adbc(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT {select} FROM {pg.quote_ident(schema)}.{pg.quote_ident(table.name)}")
+            arrow = cur.fetch_arrow_table()
+        conn.rollback()
+    finally:
+        conn.close()
+    loaded = pl.from_arrow(arrow)
+    assert isinstance(loaded, pl.DataFrame)
+    loaded = loaded.cast({c: dtype for c, dtype in staged.schema.items() if c in pk})
+    return loaded.join(staged, on=pk, how="inner")
+
+
 def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
+              database_url: str | None = None, schema: str | None = None,
               progress: Progress | None = None) -> Reconciliation:
     """Rebuild each record of every homed level of ``run`` from its transformed table rows and
     compare it with the source file it came from (see the module's doc).
 
     ``sample`` (a fraction): reconcile only the files :func:`sample_files` picks (the load's
-    verify step does; ``etl reconcile`` reads every file)."""
+    verify step does; ``etl reconcile`` reads every file). ``database_url``: rebuild from the
+    rows the database holds (``schema``, default the dataset's live schema) instead of the
+    staged ones, matched to their lineage by primary key."""
     if "tables" not in run.manifest:
         raise RunStateError(f"run {run.id} has not been transformed", run=run.id,
                             hint=f"run `etl transform {run.path}` first")
@@ -214,6 +242,10 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
                 cols |= {name for name, _ in rb.typed}
                 if rb.base:
                     cols.add(rb.base)
+        if database_url is not None:
+            own = sorted(c for c in cols if c not in ("_file", "_record", "_path"))
+            return _loaded_rows(run, dataset.table(table), own, database_url,
+                                schema or dataset.name)
         if sample is None or sample >= 1:
             return run.table(table, lineage=True).select(sorted(cols)).collect()
         # A sample: chunk by chunk, the lineage first, and only the rows of the chosen files

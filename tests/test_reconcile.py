@@ -121,3 +121,25 @@ def test_other_samples_reconcile(tmp_path: Path, dataset: str, sample: str,
     assert result.ok, result.mismatches
     assert {k: result.levels[k]["matched"] for k in levels} == levels
     assert result.records == result.matched
+
+
+def test_reconcile_from_the_loaded_rows(sample_run: Run, pg_url: str) -> None:
+    """`etl reconcile --database-url` rebuilds from what PostgreSQL holds; a changed value in
+    the database is found and named."""
+    import psycopg
+
+    from etl.load import load
+
+    fresh = _transformed([require_shared(SHARED / "mids")], sample_run.path.parents[2] / "db")
+    load(fresh, database_url=pg_url)
+    result = reconcile(fresh, get_dataset("mids"), database_url=pg_url)
+    assert result.ok, result.mismatches
+    assert result.matched == result.records > 8_000
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE mids.power_effects SET extra = json_build_object('Tampered', 1) "
+                     "WHERE effect_id = 7")
+    out = CliRunner().invoke(main, ["reconcile", str(fresh.path), "--database-url", pg_url,
+                                    "--json"])
+    assert out.exit_code == 1, out.output
+    found = json.loads(out.stdout)
+    assert found["mismatched"] == 1 and found["mismatches"][0]["path"].startswith("Powers[")
