@@ -60,6 +60,8 @@ class Reconciliation:
     #: Source files (or records) Python's JSON readers cannot read (DuckDB's reader accepts a
     #: few tokens more, e.g. ``inf``): not compared, listed.
     unreadable: list[dict[str, Any]] = field(default_factory=list)
+    #: Files a sample left out for their size (reconcile them with ``etl reconcile``).
+    too_large: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,7 +72,7 @@ class Reconciliation:
                 "keys_compared": self.keys_compared, "matched": self.matched,
                 "rejected": self.rejected, "mismatched": self.mismatched, "missing": self.missing,
                 "levels": self.levels, "mismatches": self.mismatches,
-                "unreadable": self.unreadable}
+                "unreadable": self.unreadable, "too_large": self.too_large}
 
 
 def _chain(dataset: Dataset, level: Level) -> list[Level]:
@@ -171,6 +173,10 @@ class _Rebuilder:
 
 #: Sources with at most this many files are always reconciled whole, even in a sample.
 SMALL_SOURCE = 8
+#: A sample leaves out files larger than this: a file is parsed whole in Python (several times
+#: its size in memory), which the load's verify step must not do with a 500 MB array export.
+#: ``etl reconcile`` (no sample) reads them all.
+SAMPLE_MAX_FILE = 64 << 20
 
 
 def sample_files(run: Run, sample: float | None) -> list[dict[str, Any]]:
@@ -184,7 +190,16 @@ def sample_files(run: Run, sample: float | None) -> list[dict[str, Any]]:
         per_source[src["source"]] += 1
     limit = int(sample * (1 << 32))
     return [src for src in sources
-            if per_source[src["source"]] <= SMALL_SOURCE or int(src["sha256"][:8], 16) < limit]
+            if (per_source[src["source"]] <= SMALL_SOURCE or int(src["sha256"][:8], 16) < limit)
+            and int(src.get("size") or 0) <= SAMPLE_MAX_FILE]
+
+
+def sampled_out(run: Run, sample: float | None) -> list[str]:
+    """Files a sample leaves out for their size alone (see :data:`SAMPLE_MAX_FILE`)."""
+    if sample is None or sample >= 1:
+        return []
+    return [s["relpath"] for s in run.manifest.get("sources", [])
+            if "relpath" in s and int(s.get("size") or 0) > SAMPLE_MAX_FILE]
 
 
 def _loaded_rows(run: Run, table: Table, columns: list[str], url: str, schema: str) -> pl.DataFrame:
@@ -227,7 +242,7 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
                             hint=f"run `etl transform {run.path}` first")
     sources = sample_files(run, sample)
     selected = [src["relpath"] for src in sources]
-    result = Reconciliation(run.id, files=len(sources))
+    result = Reconciliation(run.id, files=len(sources), too_large=sampled_out(run, sample))
     homed = [lvl for lvl in dataset.levels.values() if lvl.table is not None]
     rebuilders = {lvl.name: _Rebuilder(dataset, lvl) for lvl in homed}
     for lvl in homed:
