@@ -15,6 +15,7 @@ never by the input size.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import glob as globlib
 import gzip
@@ -259,6 +260,11 @@ def inspect_file(path: Path, relpath: str, source: str, *, keep: int = 0) -> tup
     return info, whole
 
 
+#: A high surrogate escape not followed by a low one, or a low one not after a high one.
+_LONE_SURROGATE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                             r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
 def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, int | None, str]:
     """Find the first broken record of a JSON file: (record, byte offset, reason).
 
@@ -284,20 +290,31 @@ def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, in
     if text.startswith("\ufeff"):
         i = 1
     record = 0
+    starts: list[int] = []
     array = text[i:i + 1] == "["
     if array:
         i += 1
+
+    def nothing_else() -> tuple[int | None, int | None, str]:
+        # Python reads a lone UTF-16 surrogate escape; DuckDB's reader (and UTF-8) does not.
+        m = _LONE_SURROGATE.search(text)
+        if m:
+            return (max(0, bisect.bisect_right(starts, m.start()) - 1), byte_at(m.start()),
+                    f"a lone UTF-16 surrogate escape {m.group(0)!r} (no character: half of a pair)")
+        return None, None, "no error found"
+
     while True:
         while i < len(text) and text[i] in " \t\r\n":
             i += 1
         if i >= len(text):
             if array:
                 return record, byte_at(i), "array ends without ']'"
-            return None, None, "no error found"
+            return nothing_else()
         if array and text[i] == "]":
             if text[i + 1:].strip():
                 return record, byte_at(i + 1), "data after the closing ']'"
-            return None, None, "no error found"
+            return nothing_else()
+        starts.append(i)
         try:
             value, end = decoder.raw_decode(text, i)
         except json.JSONDecodeError as exc:

@@ -304,3 +304,7 @@ def test_a_lone_surrogate_is_refused_at_staging_naming_the_file(tmp_path: Path) 
     with pytest.raises(InputError) as err:
         stage(MIDS, [export], settings=Settings(staging_dir=tmp_path / "staging"))
     assert path.name in str(err.value)
+    # the reason says what is wrong and where, not "no error found"
+    assert "lone UTF-16 surrogate" in err.value.message and "\\ud800" in err.value.message
+    assert err.value.offset == path.read_bytes().index(b"\\ud800")
+    assert err.value.record == 0
