@@ -877,8 +877,12 @@ class _Loader:
         does all files."""
         from etl.reconcile import reconcile, sample_files
 
-        if self.reconcile_sample <= 0 or not any(lvl.table for lvl in self.dataset.levels.values()):
+        homed = {lvl.table for lvl in self.dataset.levels.values() if lvl.table}
+        if self.reconcile_sample <= 0 or not homed:
             return {"skipped": "off"}
+        if any(not self.entries.get(t, {}).get("lineage_chunks") and int(self.entries.get(t, {})
+               .get("rows", 0)) for t in homed):
+            return {"skipped": "the run's tables carry no lineage (transformed by an older version)"}
         missing = [s["path"] for s in sample_files(self.run, self.reconcile_sample)
                    if not Path(s["path"]).is_file()]
         if missing:
