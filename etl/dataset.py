@@ -102,6 +102,12 @@ class Level:
     #: no such column holds exactly are kept whole in the table's ``extra`` column (JSON), so
     #: every source record can be rebuilt from its row (``etl reconcile``).
     table: str | None = None
+    #: Fields whose values land in a column other than the home table's column of their name:
+    #: (field, column), the column being the home table's ``"value"``, or ``"fk->table.column"``,
+    #: the column of the row the home table's ``fk`` column points at (a value deduplicated into
+    #: a lookup table). Such a key leaves ``extra`` too where that column holds it exactly, and
+    #: ``etl reconcile`` reads it back through the reference.
+    columns: tuple[tuple[str, str], ...] = ()
 
     def field(self, name: str) -> Field:
         for f in self.fields:
@@ -452,13 +458,38 @@ _HOLDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def typed_in_table(field: Field, table: Table | None) -> bool:
-    """Whether ``field`` lands in a column of its level's home ``table`` that holds its value
-    exactly: a column of the same name and of a type made for the field's type. Only such a
-    field's key can leave the record's ``_extra`` (and only where its value is exact). Keys
-    below the top level (dotted) always stay in ``_extra``: it keeps nested objects whole."""
+def field_column(level: Level, field: Field, tables: Mapping[str, Table]
+                 ) -> tuple[str | None, Table, Column] | None:
+    """Where ``field`` of ``level`` lands: (the home table's reference column, or None; the
+    table; the column), by :attr:`Level.columns` or else the home table's column of the same
+    name; None when there is no such column."""
+    home = tables.get(level.table) if level.table is not None else None
+    if home is None:
+        return None
+    target = dict(level.columns).get(field.name, field.name)
+    fk, table = None, home
+    if "->" in target:
+        fk, _, rest = target.partition("->")
+        name, _, target = rest.partition(".")
+        if name not in tables:
+            return None
+        table = tables[name]
+    col = next((c for c in table.columns if c.name == target), None)
+    return (fk, table, col) if col is not None else None
+
+
+def typed_in_table(field: Field, table: Table | None, level: Level | None = None,
+                   tables: Mapping[str, Table] | None = None) -> bool:
+    """Whether ``field`` lands in a column that holds its value exactly: a column of its level's
+    home ``table`` with the same name (or the one :attr:`Level.columns` names, with ``level`` and
+    the dataset's ``tables``) and of a type made for the field's type. Only such a field's key
+    can leave the record's ``_extra`` (and only where its value is exact). Keys below the top
+    level (dotted) always stay in ``_extra``: it keeps nested objects whole."""
     if table is None or field.key == ELEMENT or "." in field.key:
         return False
+    if level is not None and level.columns:
+        found = field_column(level, field, {**(tables or {}), table.name: table})
+        return found is not None and found[2].type in _HOLDS.get(field.type, ())
     col = next((c for c in table.columns if c.name == field.name), None)
     return col is not None and col.type in _HOLDS.get(field.type, ())
 
@@ -523,6 +554,7 @@ class Dataset:
                             "inherit": [list(i) for i in lvl.inherit],
                             "fields": [[f.name, f.key, f.type] for f in lvl.fields],
                             **({"table": lvl.table} if lvl.table else {}),
+                            **({"columns": [list(c) for c in lvl.columns]} if lvl.columns else {}),
                         }
                         for lvl in s.levels
                     ],

@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from etl.dataset import ELEMENT, EXTRA, Dataset, Level, Table, typed_in_table
+from etl.dataset import ELEMENT, EXTRA, Dataset, Level, Table, field_column, typed_in_table
 from etl.errors import RunStateError
 from etl.run import Run
 from etl.stage_extra import dump_json, get_path, parse_record
@@ -147,7 +147,23 @@ class _Rebuilder:
         table = dataset.table(level.table)
         self.level = level
         self.table = table
-        self.typed = [(f.name, f.key) for f in level.fields if typed_in_table(f, table)]
+        tables = {t.name: t for t in dataset.tables}
+        #: (column of the rebuilt frame, JSON key) of each field that left ``extra``; a field
+        #: held by a lookup row (``fk->table.column``) is read through ``vias``.
+        self.typed: list[tuple[str, str]] = []
+        self.vias: list[tuple[str, Table, str, str]] = []  # (fk, lookup table, column, alias)
+        for f in level.fields:
+            if not typed_in_table(f, table, level, tables):
+                continue
+            found = field_column(level, f, tables)
+            assert found is not None
+            fk, target, col = found
+            if fk is None:
+                self.typed.append((col.name, f.key))
+            else:
+                alias = f"__via_{f.name}"
+                self.vias.append((fk, target, col.name, alias))
+                self.typed.append((alias, f.key))
         self.base = next((f.name for f in level.fields
                           if f.key == ELEMENT and any(c.name == f.name for c in table.columns)), None)
         levels = dataset.levels
@@ -250,11 +266,46 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
                                    "missing": 0}
 
     # Rows by file: (record, path) → row, per home table (only the columns that rebuild).
+    def lookup(target: Table, column: str) -> pl.DataFrame:
+        """A lookup table's key and ``column``, from the database or the staged tables."""
+        key = target.primary_key[0]
+        if database_url is None:
+            return run.table(target.name).select(key, column).collect()
+        from etl import pg
+
+        conn = pg.connect_adbc(database_url)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"SELECT {pg.quote_ident(key)}, {pg.quote_ident(column)} FROM "
+                            f"{pg.quote_ident(schema or dataset.name)}.{pg.quote_ident(target.name)}")
+                arrow = cur.fetch_arrow_table()
+            conn.rollback()
+        finally:
+            conn.close()
+        found = pl.from_arrow(arrow)
+        assert isinstance(found, pl.DataFrame)
+        return found
+
     def rows_of(table: str) -> pl.DataFrame:
+        frame = own_rows(table)
+        for rb in rebuilders.values():
+            if rb.table.name != table:
+                continue
+            for fk, target, column, alias in rb.vias:
+                if alias in frame.columns:
+                    continue
+                found = lookup(target, column)
+                key = target.primary_key[0]
+                found = found.rename({key: fk, column: alias}).cast({fk: frame.schema[fk]})
+                frame = frame.join(found, on=fk, how="left", maintain_order="left")
+        return frame
+
+    def own_rows(table: str) -> pl.DataFrame:
         cols = {EXTRA, "_file", "_record", "_path"}
         for rb in rebuilders.values():
             if rb.table.name == table:
-                cols |= {name for name, _ in rb.typed}
+                cols |= {name for name, _ in rb.typed if not name.startswith("__via_")}
+                cols |= {fk for fk, _, _, _ in rb.vias}
                 if rb.base:
                     cols.add(rb.base)
         if database_url is not None:

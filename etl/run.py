@@ -504,10 +504,11 @@ def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
         return lf.with_columns(pl.lit(None, pl.String()).alias(PATCH)) if patch_only else lf
     lvl = dataset.levels[level]
     table = dataset.table(lvl.table) if lvl.table is not None else None
+    tables = {t.name: t for t in dataset.tables}
     keep = {}
     for step in steps:
         field = next((f for f in lvl.fields if f.name == step.column), None)
-        if field is not None and typed_in_table(field, table) and step.column not in keep:
+        if field is not None and typed_in_table(field, table, lvl, tables) and step.column not in keep:
             keep[step.column] = field.key
     if keep:
         lf = lf.with_columns(pl.col(c).alias(f"__orig_{c}") for c in keep)

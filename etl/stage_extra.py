@@ -122,9 +122,9 @@ class ExtraPlan:
                 name=lvl.name, path=lvl.path, parent=lvl.parent, homed=table is not None,
                 whole=whole,
                 typed=tuple((f.key, _checker(f.type)) for f in lvl.fields
-                            if typed_in_table(f, table) and f.type != "VARCHAR"),
+                            if typed_in_table(f, table, lvl, tables) and f.type != "VARCHAR"),
                 strings=tuple(f.key for f in lvl.fields
-                              if typed_in_table(f, table) and f.type == "VARCHAR"),
+                              if typed_in_table(f, table, lvl, tables) and f.type == "VARCHAR"),
                 children=tuple(children[lvl.name])))
         self.levels = plans
         self.homed = any(p.homed for p in plans)
@@ -152,7 +152,7 @@ class ExtraPlan:
                 table = tables.get(lvl.table) if lvl.table is not None else None
                 native.append((p.homed, p.whole,
                                [(f.key.encode(), *_type_code(f.type)) for f in lvl.fields
-                                if typed_in_table(f, table)],
+                                if typed_in_table(f, table, lvl, tables)],
                                [(index[k.name], _kpath(k.path), k.homed) for k in kids]))
             self.native = native
             self.native_names = [p.name if p is not None else None for p in order]

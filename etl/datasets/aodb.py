@@ -49,7 +49,7 @@ from etl.dataset import (
     unique,
 )
 
-VERSION = "2"
+VERSION = "3"
 
 #: Stat ids with a meaning the items table shows as columns (Anarchy Online's stat numbers).
 STAT_QL = 54
@@ -85,16 +85,21 @@ _STAT_FIELDS = (Field("stat", "Stat", "INTEGER"), Field("raw_value", "RawValue",
 _CRITERION_FIELDS = (Field("value1", "Value1", "BIGINT"), Field("value2", "Value2", "BIGINT"),
                      Field("operator", "Operator", "INTEGER"))
 
+# Values deduplicated into a lookup table are typed there: each row points at them.
+_VIA_STAT = (("stat", "stat_value_id->stat_values.stat"),
+             ("raw_value", "stat_value_id->stat_values.value"))
+_VIA_CRITERION = tuple((c, f"criterion_id->criteria.{c}") for c in ("value1", "value2", "operator"))
+
 STAT_VALUES = Level("stat_values", path="StatValues", parent="items", inherit=_ITEM_KEY,
-                    fields=_STAT_FIELDS, table="item_stats")
+                    fields=_STAT_FIELDS, table="item_stats", columns=_VIA_STAT)
 ATTACKS = Level("attacks", path="AttackDefenseData.Attack", parent="items", inherit=_ITEM_KEY,
-                fields=_STAT_FIELDS, table="attack_defense")
+                fields=_STAT_FIELDS, table="attack_defense", columns=(("raw_value", "value"),))
 DEFENSES = Level("defenses", path="AttackDefenseData.Defense", parent="items", inherit=_ITEM_KEY,
-                 fields=_STAT_FIELDS, table="attack_defense")
+                 fields=_STAT_FIELDS, table="attack_defense", columns=(("raw_value", "value"),))
 ACTIONS = Level("actions", path="ActionData.Actions", parent="items", inherit=_ITEM_KEY,
                 fields=(Field("action", "Action", "INTEGER"),), table="actions")
 ACTION_CRITERIA = Level("action_criteria", path="Criteria", parent="actions", inherit=_ITEM_KEY,
-                        fields=_CRITERION_FIELDS, table="action_criteria")
+                        fields=_CRITERION_FIELDS, table="action_criteria", columns=_VIA_CRITERION)
 SPELL_DATA = Level("spell_data", path="SpellData", parent="items", inherit=_ITEM_KEY,
                    fields=(Field("event", "Event", "INTEGER"),), table="spell_data")
 SPELLS = Level(
@@ -117,7 +122,7 @@ SPELLS = Level(
     ),
 )
 SPELL_CRITERIA = Level("spell_criteria", path="Criteria", parent="spells", inherit=_ITEM_KEY,
-                       fields=_CRITERION_FIELDS, table="spell_criteria")
+                       fields=_CRITERION_FIELDS, table="spell_criteria", columns=_VIA_CRITERION)
 
 SOURCES = (
     Source("items", ("*",), (ITEMS, STAT_VALUES, ATTACKS, DEFENSES, ACTIONS, ACTION_CRITERIA,
