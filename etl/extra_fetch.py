@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
@@ -71,11 +72,14 @@ class ExtraFetcher:
                     for batch in pf.iter_batches(batch_size=_BATCH, columns=[STAGED_EXTRA]):
                         places = place_of[start:start + batch.num_rows]
                         start += batch.num_rows
-                        keep = places >= 0
+                        # an empty object is what a row gets by default: only others travel
+                        column = batch.column(0).cast(pa.large_string())
+                        empty = pc.equal(column, "{}").fill_null(False).to_numpy(zero_copy_only=False)
+                        keep = (places >= 0) & ~empty
                         if not keep.any():
                             continue
                         idx = np.nonzero(keep)[0]
-                        texts = batch.column(0).cast(pa.large_string()).take(pa.array(idx))
+                        texts = column.take(pa.array(idx))
                         where = places[idx]
                         bucket = where // chunk_rows
                         for b in np.unique(bucket).tolist():

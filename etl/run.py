@@ -160,6 +160,17 @@ def json_dtypes(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, str]:
 _NEGATIVE_ZERO = r"([\[:,\s])-(0(?:\.0*)?(?:[eE][+-]?\d+)?[,\]}\s])"
 
 
+def _without_negative_zero(texts: pl.Series, **_: Any) -> pl.Series:
+    """JSON texts with negative zero numbers written as zero; the regex runs only on the few
+    texts that hold ``-0`` at all (a literal search first: a regex over every text of a large
+    jsonb column cost seconds)."""
+    hit = texts.str.contains("-0", literal=True).fill_null(False)
+    if not hit.any():
+        return texts
+    idx = hit.arg_true()
+    return texts.scatter(idx, texts.gather(idx).str.replace_all(_NEGATIVE_ZERO, "${1}${2}"))
+
+
 def _exact_form(value: Any) -> str:
     """JSON text of a value parsed with decimal numbers: keys sorted, each number in one form
     (``Decimal.normalize``: 1e400 and 1 followed by 400 zeros alike, zero without a sign)."""
@@ -188,7 +199,8 @@ def comparable_json(df: pl.DataFrame, columns: Iterable[str], dtypes: Mapping[st
                           for i in range(0, df.height, JSON_PIECE_ROWS)])
     typed = {c: _dtype_from_text(dtypes[c]) for c in cols if c in dtypes}
     # jsonb keeps numbers as numeric, which has no negative zero: -0.0 reads back as 0.0.
-    df = df.with_columns(pl.col(c).str.replace_all(_NEGATIVE_ZERO, "${1}${2}") for c in cols)
+    df = df.with_columns(pl.col(c).map_batches(_without_negative_zero, return_dtype=pl.String(),
+                                               is_elementwise=True) for c in cols)
     df = df.with_columns(pl.col(c).str.json_decode(dtype) for c, dtype in typed.items())
     return canonical_json_columns(df, [c for c in cols if c not in typed])
 

@@ -250,11 +250,10 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
             dtypes = _written_json_dtypes(tmp / table.name, table, json_cols)
             # The checksum reads the chunks back a slice at a time once the table is dropped, so
             # its work (decoding jsonb, hashing) does not add to the table's memory.
-            wide = bool(json_cols) or fetcher is not None
             checksum = frames_checksum(
                 comparable_json(part, json_cols, dtypes)
                 for part in _read_chunks(tmp / table.name, table,
-                                         JSON_PIECE_ROWS if wide else chunk_rows))
+                                         JSON_PIECE_ROWS if json_cols else chunk_rows))
             for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
                 c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
             entries[table.name] = {
