@@ -218,6 +218,23 @@ def sampled_out(run: Run, sample: float | None) -> list[str]:
             if "relpath" in s and int(s.get("size") or 0) > SAMPLE_MAX_FILE]
 
 
+def _query(url: str, sql: str) -> pl.DataFrame:
+    """``sql``'s rows from the database at ``url``, read as Arrow."""
+    from etl import pg
+
+    conn = pg.connect_adbc(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+            arrow = cur.fetch_arrow_table()
+        conn.rollback()
+    finally:
+        conn.close()
+    found = pl.from_arrow(arrow)
+    assert isinstance(found, pl.DataFrame)
+    return found
+
+
 def _loaded_rows(run: Run, table: Table, columns: list[str], url: str, schema: str) -> pl.DataFrame:
     """The rows of ``table`` as the database holds them (``columns``, JSON as its text), each
     with the lineage of the staged row of the same primary key."""
@@ -229,16 +246,7 @@ def _loaded_rows(run: Run, table: Table, columns: list[str], url: str, schema: s
     select = ", ".join(f"{pg.quote_ident(c)}::text AS {pg.quote_ident(c)}"
                        if types.get(c) in ("json", "jsonb") else pg.quote_ident(c)
                        for c in dict.fromkeys([*pk, *columns]))
-    conn = pg.connect_adbc(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT {select} FROM {pg.quote_ident(schema)}.{pg.quote_ident(table.name)}")
-            arrow = cur.fetch_arrow_table()
-        conn.rollback()
-    finally:
-        conn.close()
-    loaded = pl.from_arrow(arrow)
-    assert isinstance(loaded, pl.DataFrame)
+    loaded = _query(url, f"SELECT {select} FROM {pg.quote_ident(schema)}.{pg.quote_ident(table.name)}")
     loaded = loaded.cast({c: dtype for c, dtype in staged.schema.items() if c in pk})
     return loaded.join(staged, on=pk, how="inner")
 
@@ -273,18 +281,8 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
             return run.table(target.name).select(key, column).collect()
         from etl import pg
 
-        conn = pg.connect_adbc(database_url)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"SELECT {pg.quote_ident(key)}, {pg.quote_ident(column)} FROM "
-                            f"{pg.quote_ident(schema or dataset.name)}.{pg.quote_ident(target.name)}")
-                arrow = cur.fetch_arrow_table()
-            conn.rollback()
-        finally:
-            conn.close()
-        found = pl.from_arrow(arrow)
-        assert isinstance(found, pl.DataFrame)
-        return found
+        return _query(database_url, f"SELECT {pg.quote_ident(key)}, {pg.quote_ident(column)} FROM "
+                      f"{pg.quote_ident(schema or dataset.name)}.{pg.quote_ident(target.name)}")
 
     def rows_of(table: str) -> pl.DataFrame:
         frame = own_rows(table)
