@@ -75,11 +75,6 @@ def _checker(type_: str) -> Callable[[Any], bool]:
     raise ValueError(f"unsupported staged type {type_}")
 
 
-def exact(value: Any, type_: str) -> bool:
-    """Whether the JSON ``value`` is held exactly by a typed column of staged type ``type_``."""
-    return _checker(type_)(value)
-
-
 def get_path(obj: Any, path: str) -> Any:
     """The value at the dotted ``path`` inside ``obj`` (None where an object is missing)."""
     for part in path.split("."):
