@@ -509,7 +509,9 @@ class Dataset:
     tables: tuple[Table, ...]
     rules: tuple[Rule, ...] = ()
     cleaning: tuple[Clean, ...] = ()
-    sql_dir: str | None = None
+    #: Folder of post-load SQL files (``*.sql``, run in name order after the keys); usually
+    #: ``Path(__file__).parent / "sql"`` beside the dataset's module, shipped as package data.
+    sql_dir: Path | None = None
     #: Files beside the JSON (screenshots…), staged by hooks.
     side_files: tuple[SideFiles, ...] = ()
     #: Table → column holding the import's tag (a name for one import among several in the

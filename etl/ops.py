@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 import psycopg
 
-from etl import ledger, pg
 from etl.datasets import available
 from etl.errors import EtlError, mask_secrets
-from etl.pg import quote_ident
+from etl.infra import ledger, pg
+from etl.infra.pg import quote_ident
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def _redis_check(redis_url: str | None) -> dict[str, Any]:
     if not redis_url:
         return _check("redis", "skip", "not configured (ETL_REDIS_URL): the cache is in-process only",
                       required=False)
-    from etl.cache import redis_client
+    from etl.infra.cache import redis_client
 
     client = redis_client(redis_url)
     try:
@@ -167,7 +167,7 @@ def stats(database_url: str, *, runs: int = 10) -> dict[str, Any]:
                 "total_bytes": sum(t["total_bytes"] for t in tables),
             }
         try:
-            from etl.cache import generations
+            from etl.infra.cache import generations
 
             for name, gen in generations(conn).items():
                 out["datasets"].setdefault(name, {"tables": [], "rows": 0, "total_bytes": 0})
@@ -212,7 +212,7 @@ def _can_refresh_concurrently(conn: psycopg.Connection[Any], schema: str, view: 
 def optimize(database_url: str, *, datasets: list[str] | None = None) -> dict[str, Any]:
     """Refresh every materialized view of the datasets' live schemas (CONCURRENTLY when the view
     allows it, so readers are never blocked), then ANALYZE their tables. Holds each dataset's
-    load lock meanwhile (a load in progress makes it stop with :class:`~etl.pg.LockBusy`).
+    load lock meanwhile (a load in progress makes it stop with :class:`~etl.infra.pg.LockBusy`).
 
     The views are rebuilt from unchanged tables, so their content (and the cache generation)
     stays the same."""

@@ -1,16 +1,16 @@
 """Cached reads a build planner makes, as functions a web backend imports.
 
-Each function takes a :class:`~etl.cache.Cache` (one per process, shared by its threads) and
+Each function takes a :class:`~etl.infra.cache.Cache` (one per process, shared by its threads) and
 returns a JSON-able dict: ``{"dataset", "generation", ...}`` plus what was asked for. The
 generation says which load the answer comes from (handy as an HTTP ETag). PostgreSQL builds the
 JSON itself, so a value goes from the database to both cache tiers as bytes, untouched.
 
-    >>> from etl.cache import Cache
+    >>> from etl.infra.cache import Cache
     >>> from etl import query
     >>> with Cache("postgresql://etl@localhost/etl", redis_url="redis://localhost:6379/0") as c:
     ...     query.power(c, 42)["power"]["full_name"]
 
-Staleness: see :mod:`etl.cache` (a read that starts after a load's swap committed sees that load).
+Staleness: see :mod:`etl.infra.cache` (a read that starts after a load's swap committed sees that load).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from typing import Any
 
 import orjson
 
-from etl.cache import Cache, Fetched
 from etl.errors import ConfigError, EtlError
+from etl.infra.cache import Cache, Fetched
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ from etl.dataset import (
     typed_in_table,
 )
 from etl.errors import RunStateError
-from etl.stage_extra import add_keys
+from etl.jsontext import add_keys
 
 log = logging.getLogger(__name__)
 

@@ -62,7 +62,7 @@ def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A database of this test's own on the real server, dropped afterwards."""
     import uuid
 
-    from etl.pg import with_database
+    from etl.infra.pg import with_database
 
     name = f"etl_test_{uuid.uuid4().hex[:10]}"
     with _admin() as admin:

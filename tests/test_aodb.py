@@ -278,7 +278,7 @@ def _distinct_criteria(items: list[dict[str, Any]]) -> int:
 
 
 def test_generator_is_deterministic_and_passes_validation(tmp_path: Path) -> None:
-    from etl.gen.aodb import generate_aodb
+    from etl.datasets.aodb.gen import generate_aodb
 
     template = require_shared(SAMPLE).parent
     a = generate_aodb(tmp_path / "a", items=300, template=template, seed=7, files=2)

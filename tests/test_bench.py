@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset
 from etl.cli import main
-from etl.gen.mids import copy_mids
+from etl.datasets.mids.gen import copy_mids
 from etl.stage import stage
 from etl.validate import validate
 from tests.conftest import SHARED, require_shared

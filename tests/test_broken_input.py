@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from etl import InputError, Settings, get_dataset
 from etl.cli import main
-from etl.gen.mids import generate_mids
+from etl.datasets.mids.gen import generate_mids
 from etl.stage import stage
 from tests.conftest import SHARED, require_shared
 

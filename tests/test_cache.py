@@ -25,13 +25,13 @@ import pytest
 import redis
 from click.testing import CliRunner
 
-from etl import cache as cache_mod
 from etl import get_dataset, query
-from etl.cache import Cache, db_generation, gen_key
+from etl.bench.reads import PROBE_SET, run_benchmark
 from etl.cli import main
+from etl.infra import cache as cache_mod
+from etl.infra.cache import Cache, db_generation, gen_key
+from etl.infra.pg import connect
 from etl.load import load
-from etl.pg import connect
-from etl.readbench import PROBE_SET, run_benchmark
 from tests.conftest import REDIS_URL, MidsRuns, mids_runs
 
 MIDS = get_dataset("mids")
@@ -363,7 +363,7 @@ def test_without_redis_reads_work_through_lru_and_database(loaded: str, caplog: 
 
 
 def test_redis_down_then_back(loaded: str, own_redis: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="etl.cache")
+    caplog.set_level(logging.INFO, logger="etl.infra.cache")
     with Cache(loaded, redis_url=own_redis.url, retry_after=0.2) as c:
         assert query.fetch(c, "mids", "power", 1).tier == "db"
         own_redis.stop()
@@ -396,7 +396,7 @@ def test_unreachable_redis_from_the_start_logs_once(loaded: str, caplog: pytest.
         for pid in range(1, 6):
             assert query.power(c, pid)["generation"] == 1
             time.sleep(0.06)
-    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "etl.cache"]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and r.name == "etl.infra.cache"]
     assert len(warnings) == 1
 
 

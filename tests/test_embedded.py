@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from etl import embedded
 from etl.cli import main
-from etl.pg import resolve_url
+from etl.infra import embedded
+from etl.infra.pg import resolve_url
 
-START = ("import logging, sys; from pathlib import Path; from etl.embedded import ensure_started; "
+START = ("import logging, sys; from pathlib import Path; from etl.infra.embedded import ensure_started; "
          "logging.basicConfig(level=logging.INFO, format='%(message)s'); "
          "print(ensure_started(Path(sys.argv[1])))")
 
@@ -84,7 +84,7 @@ def test_a_running_server_is_reused(project: Path, caplog: pytest.LogCaptureFixt
     _query(url, "CREATE TABLE IF NOT EXISTS kept (n int)")
     _query(url, "INSERT INTO kept VALUES (1)")
     before = _query(url, "SELECT count(*) FROM kept")[0][0]
-    with caplog.at_level(logging.INFO, logger="etl.embedded"):
+    with caplog.at_level(logging.INFO, logger="etl.infra.embedded"):
         assert embedded.ensure_started(project) == url
     assert not [r for r in caplog.records if "creating" in r.message or "starting" in r.message]
     assert _query(url, "SELECT count(*) FROM kept") == [(before,)]

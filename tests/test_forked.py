@@ -1,4 +1,4 @@
-"""etl.forked: calls, streams, errors and deaths of a forked worker process (no database)."""
+"""etl.load.forked: calls, streams, errors and deaths of a forked worker process (no database)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from etl import forked
 from etl.errors import InputError
-from etl.pg import DatabaseError
+from etl.infra.pg import DatabaseError
+from etl.load import forked
 
 
 class Target:

@@ -27,8 +27,8 @@ import pytest
 
 from etl import Settings, get_dataset
 from etl.dataset import Dataset
+from etl.datasets.mids.gen import generate_mids
 from etl.errors import InputError
-from etl.gen.mids import generate_mids
 from etl.load import load
 from etl.run import Run
 from etl.stage import stage

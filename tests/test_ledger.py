@@ -10,11 +10,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from etl import ledger
 from etl.cli import main
 from etl.errors import ConfigError
+from etl.infra import ledger
+from etl.infra.pg import DatabaseError, connect
 from etl.metrics import Phase
-from etl.pg import DatabaseError, connect
 
 
 @pytest.fixture

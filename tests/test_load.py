@@ -22,12 +22,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
-from etl import get_dataset, ledger, open_run
+from etl import get_dataset, open_run
 from etl.cli import main
 from etl.dataset import Table
 from etl.errors import EtlError
+from etl.infra import ledger
+from etl.infra.pg import DatabaseError, LockBusy, advisory_lock, connect, lock_key
 from etl.load import VerificationFailed, live_tables, load, table_checksums
-from etl.pg import DatabaseError, LockBusy, advisory_lock, connect, lock_key
 from etl.run import MANIFEST_FORMAT, Run, write_json_atomic
 from tests.conftest import MidsRuns, mids_runs
 
@@ -374,7 +375,7 @@ def test_dropped_connection_is_retried_then_fails_naming_the_next_step(
 def test_a_crashed_copy_worker_is_retried_like_a_lost_connection(
         pg_url: str, runs: MidsRuns, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
-    """ADBC runs in forked worker processes (etl.forked): a driver that aborts the process
+    """ADBC runs in forked worker processes (etl.load.forked): a driver that aborts the process
     (as adbc-driver-postgresql 1.8.0 does on a connection that is already gone) costs one
     retry, not the load."""
     run = runs.full
@@ -649,7 +650,7 @@ def test_a_chunk_without_a_table_column_is_named_before_any_copy(pg_url: str, tm
 def test_the_offending_part_of_a_refused_value() -> None:
     """What a load error quotes of a value (no database): invalid UTF-8 where it starts, a
     number as it is, a null as null; and PostgreSQL's fields parsed from an error's text."""
-    from etl.load import _diagnostics, _offending_part
+    from etl.load.loader import _diagnostics, _offending_part
 
     bad = pa.array([b"caf\xc3\xa9 au l\xc3\x28ait"], pa.binary()).view(pa.string())[0]
     assert _offending_part(bad) == ('the text is not valid UTF-8 at byte offset 10 (character 9) '

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset, open_run
 from etl.cli import main
-from etl.gen.mids import generate_mids
+from etl.datasets.mids.gen import generate_mids
 from etl.stage import stage
 from etl.transform import transform
 from etl.validate import validate

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from etl import ledger
 from etl.datasets import get_dataset
-from etl.pg import sqlalchemy_url
-from etl.schema import (
+from etl.infra import ledger
+from etl.infra.pg import sqlalchemy_url
+from etl.infra.schema import (
     constraints_sql,
     create_tables_sql,
     ledger_metadata,
@@ -84,7 +84,7 @@ def test_upgrade_creates_ledger_and_live_schema_once(pg_url: str, engine: sa.Eng
 
 
 def test_unreachable_database_names_the_next_step() -> None:
-    from etl.pg import DatabaseError
+    from etl.infra.pg import DatabaseError
 
     with pytest.raises(DatabaseError) as exc:
         ledger.upgrade("postgresql://postgres@127.0.0.1:1/nowhere")

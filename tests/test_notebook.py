@@ -11,7 +11,7 @@ import pytest
 from ipykernel.kernelspec import install as install_kernelspec
 from nbclient import NotebookClient
 
-from etl.gen.mids import generate_mids
+from etl.datasets.mids.gen import generate_mids
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "inspect_run.ipynb"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from etl import ledger
 from etl.cli import main
+from etl.infra import ledger
+from etl.infra.pg import connect
 from etl.load import live_tables, load
 from etl.ops import health, optimize, stats
-from etl.pg import connect
 from tests.conftest import REDIS_URL, MidsRuns
 from tests.test_cache import MIDS, runs  # noqa: F401  (the module's staged runs fixture)
 

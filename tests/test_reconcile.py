@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset
 from etl.cli import main
-from etl.reconcile import reconcile
+from etl.load.reconcile import reconcile
 from etl.run import Run
 from etl.stage import stage
 from etl.transform import transform
@@ -158,7 +158,7 @@ def test_a_sample_leaves_out_files_too_large_to_parse_in_the_load(sample_run: Ru
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The verify step's sample never parses a huge file (a 500 MB array export) in Python:
     such files are listed as left out; ``etl reconcile`` (no sample) reads them."""
-    import etl.reconcile as rc
+    import etl.load.reconcile as rc
 
     monkeypatch.setattr(rc, "SAMPLE_MAX_FILE", 1 << 20)  # EnhDB.json is 1.9 MB
     picked = {s["relpath"] for s in rc.sample_files(sample_run, 1 / 32)}

@@ -15,11 +15,11 @@ from etl.cli import main
 from etl.config import load_settings, parse_rule_overrides, rule_override
 from etl.dataset import STRIP_NUL, effective_cleaning, strip_json_nul_text
 from etl.errors import ConfigError
-from etl.rules import resolve_rules
 from etl.run import Run
 from etl.stage import stage
 from etl.storable import json_refusal, storable_rules
 from etl.validate import validate
+from etl.validate.rules import resolve_rules
 from tests.conftest import SHARED, require_shared
 
 MIDS = get_dataset("mids")

@@ -18,11 +18,11 @@ import pytest
 
 from etl import Settings, get_dataset
 from etl.dataset import Dataset, Field, Level, Source
+from etl.datasets.mids.gen import generate_mids
 from etl.errors import ConfigError, InputError
-from etl.gen.mids import generate_mids
 from etl.run import Run, level_schema
 from etl.stage import stage
-from etl.stage_sql import source_plan, source_structure
+from etl.stage.sql import source_plan, source_structure
 
 ITEMS = Level("items", fields=(
     Field("name", "Name"),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-import etl.stage_extra as se
+import etl.stage.extra as se
 from etl.dataset import Column, Field, Level, Table
 from etl.datasets import get_dataset
 

@@ -16,7 +16,8 @@ from etl.dataset import Column, Table
 from etl.errors import RunStateError
 from etl.run import comparable_json, frames_checksum, json_dtypes
 from etl.stage import stage
-from etl.transform import _check_keys, _key_order, _rows, _shape, transform
+from etl.transform import transform
+from etl.transform.transformer import _check_keys, _key_order, _rows, _shape
 from etl.validate import validate
 from tests.conftest import SHARED, require_shared
 

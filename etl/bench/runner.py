@@ -1,0 +1,289 @@
+"""The benchmark behind ``etl bench``: real exports (and renamed copies of them for scale) or
+generated ones, one process per phase, real figures."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from etl.datasets.mids.gen import COPY_VERSION, copy_mids, export_size, generate_mids, powersets_for_entries
+
+_PHASE_SCRIPT = """
+import json, sys, time
+t0 = time.perf_counter()
+from etl import Settings, get_dataset, open_run
+from etl.metrics import prefer_jemalloc
+prefer_jemalloc()
+phase, arg, staging = sys.argv[1], sys.argv[2], sys.argv[3]
+dataset = sys.argv[5] if len(sys.argv) > 5 else "mids"
+max_reject_ratio = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
+settings = Settings(staging_dir=staging)
+if phase == "stage":
+    from etl.stage import stage
+    r = stage(get_dataset(dataset), [arg], settings=settings, force=True)
+    out = {"run": str(r.run.path), **r.phase.to_dict()}
+elif phase in ("load", "load-unsafe", "merge"):
+    from etl.load import load
+    mode = {"load-unsafe": "unsafe-fast", "merge": "merge"}.get(phase, "full")
+    r = load(open_run(arg), database_url=sys.argv[4], force=True, mode=mode)
+    parts = [p.to_dict() for p in r.phases]
+    out = {"name": "merge" if mode == "merge" else "load+post-load", "merged": r.merged,
+           "seconds": sum(p["seconds"] for p in parts),
+           "rows": sum(r.rows.values()), "peak_rss": max(p["peak_rss"] for p in parts),
+           "parts": parts}
+elif phase == "validate":
+    from etl.validate import validate
+    r = validate(open_run(arg), max_reject_ratio=max_reject_ratio)
+    out = {"status": r.report["status"], **r.phase.to_dict(),
+           "rejected": {k: v["rejected"] for k, v in r.report["levels"].items() if v["rejected"]}}
+else:
+    from etl.transform import transform
+    r = transform(open_run(arg))
+    out = {"tables": r.rows, **r.phase.to_dict()}
+out["process_seconds"] = time.perf_counter() - t0
+import resource
+own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+out["cpu_seconds"] = own.ru_utime + own.ru_stime  # the whole process, all threads, imports too
+out["children_cpu_seconds"] = kids.ru_utime + kids.ru_stime  # worker processes that ended
+print(json.dumps(out))
+"""
+
+
+def _run_phase(phase: str, arg: str, staging: Path, url: str = "", dataset: str = "mids",
+               max_reject_ratio: float = 0.0) -> dict[str, Any]:
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", _PHASE_SCRIPT, phase, arg, str(staging), url,
+                             dataset, repr(max_reject_ratio)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, errs = proc.communicate()
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        from etl.errors import EtlError
+
+        tail = "\n".join(errs.strip().splitlines()[-12:])
+        raise EtlError(f"bench phase {phase} failed (exit {proc.returncode}):\n{tail}",
+                       hint="run that phase's command (etl stage/validate/transform/load) on the bench's "
+                            "export or run to see the whole error")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result["wall_seconds"] = wall
+    return result
+
+
+def copy_ceiling(url: str, dataset_name: str = "mids") -> dict[str, Any]:
+    """The ceiling the load is measured against: server-side ``COPY … FROM file (FORMAT binary)``
+    of the live tables' rows, into bare tables created in the same transaction (as the loader's
+    COPY does after its TRUNCATE), no client involved."""
+    from etl.datasets import get_dataset
+    from etl.infra.pg import connect, quote_ident
+    from etl.infra.schema import create_tables_sql
+
+    dataset = get_dataset(dataset_name)
+    folder = Path(tempfile.mkdtemp(prefix="etl-ceiling-"))
+    os.chmod(folder, 0o777)  # the server process writes and reads these files
+    scratch = f"{dataset.name}__ceiling"
+    try:
+        with connect(url) as conn:
+            for t in dataset.tables:
+                path = folder / f"{t.name}.bin"
+                conn.execute(f"COPY {quote_ident(dataset.name)}.{quote_ident(t.name)} TO "
+                             f"'{path}' (FORMAT binary)")
+            conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(scratch)} CASCADE")
+            conn.execute(f"CREATE SCHEMA {quote_ident(scratch)}")
+            size = sum(p.stat().st_size for p in folder.iterdir())
+            start = time.perf_counter()
+            with conn.transaction():
+                for stmt in create_tables_sql(dataset, scratch):
+                    conn.execute(stmt)
+                for t in dataset.tables:
+                    conn.execute(f"COPY {quote_ident(scratch)}.{quote_ident(t.name)} FROM "
+                                 f"'{folder / (t.name + '.bin')}' (FORMAT binary)")
+            seconds = time.perf_counter() - start
+            conn.execute(f"DROP SCHEMA {quote_ident(scratch)} CASCADE")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"seconds": seconds, "bytes": size}
+
+
+def _generate(dataset: str, export: Path, size: int, seed: int,
+              template: Path | None) -> dict[str, Any]:
+    """Write the bench export of ``size`` for ``dataset``; what the marker file records."""
+    if dataset == "aodb":
+        from etl.datasets.aodb.gen import generate_aodb
+        from etl.errors import ConfigError
+
+        if template is None:
+            raise ConfigError("the aodb bench amplifies a real sample and needs --template",
+                              hint="pass --template ../shared/data/aodb")
+        made = generate_aodb(export, items=size, template=template, seed=seed)
+        return {"files": made.files, "bytes": made.bytes, "entries": made.items}
+    if dataset == "licenses":
+        from etl.datasets.licenses.gen import generate_licenses
+
+        tree = generate_licenses(export, results=size, seed=seed)
+        return {"files": tree.files, "bytes": tree.bytes, "entries": tree.results,
+                "images": tree.images}
+    if dataset != "mids":
+        from etl.errors import ConfigError
+
+        raise ConfigError(f"no bench generator for dataset {dataset!r}",
+                          hint="use mids, aodb or licenses")
+    made_mids = generate_mids(export, powersets=powersets_for_entries(size), seed=seed,
+                              template_dir=template)
+    return {"files": made_mids.files, "bytes": made_mids.bytes, "entries": made_mids.entries}
+
+
+def find_real_export(dataset: str, template: Path | None = None, *, full: bool = True) -> Path | None:
+    """The real export a bench of ``dataset`` measures: ``template`` when given, else the first
+    of ``$ETL_SHARED_DATA/<dataset>`` and ``../shared/data/<dataset>`` that exists, preferring
+    for mids the complete export (``mids_full``) to the 32-file sample (``mids``); with ``full``
+    false (a template to amplify, which is read whole into memory), the sample only."""
+    if template is not None:
+        return template if template.is_dir() else None
+    roots = [Path(os.environ["ETL_SHARED_DATA"])] if os.environ.get("ETL_SHARED_DATA") else []
+    roots.append(Path("../shared/data"))
+    names = (["mids_full", "mids"] if full else ["mids"]) if dataset == "mids" else [dataset]
+    for root in roots:
+        for name in names:
+            if (root / name).is_dir():
+                return root / name
+    return None
+
+
+def _real_copies(template: Path, copies: int, work_dir: Path, log: Callable[[str], None]
+                 ) -> tuple[Path, dict[str, Any]]:
+    """The real mids export times ``copies``: the export itself, read in place, for 1; otherwise
+    ``copies`` renamed copies of it under ``work_dir`` (written once, kept between runs)."""
+    template = template.resolve()
+    if copies == 1:
+        made = export_size(template)
+        return template, {"files": made.files, "bytes": made.bytes, "entries": made.entries,
+                          "copies": 1, "template": str(template), "in_place": True}
+    tag = hashlib.sha1(f"{template}|{COPY_VERSION}".encode()).hexdigest()[:8]
+    export = work_dir / f"mids-x{copies}-{template.name}-{tag}"
+    marker = export / ".complete.json"
+    if not marker.exists():
+        shutil.rmtree(export, ignore_errors=True)
+        log(f"writing {copies} renamed copies of {template} in {export} …")
+        made = copy_mids(template, export, copies=copies)
+        marker.write_text(json.dumps({"files": made.files, "bytes": made.bytes,
+                                      "entries": made.entries, "copies": copies,
+                                      "template": str(template), "in_place": False}))
+    return export, json.loads(marker.read_text())
+
+
+def run_bench(
+    sizes: list[int],
+    *,
+    template: Path | None,
+    work_dir: Path,
+    log: Callable[[str], None] = lambda msg: None,
+    seed: int = 1,
+    database_url: str | None = None,
+    load: bool = True,
+    dataset: str = "mids",
+    copies: list[int] | None = None,
+    max_reject_ratio: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Prepare an export per size (kept between runs), then time each phase in its own process:
+    stage, validate, transform and (with ``load``) the load through indexes, the materialized
+    view, verification and the swap, plus the server-side COPY ceiling.
+
+    ``copies`` (mids): measure the real export ``template`` itself (1) and ``N`` renamed copies of
+    it (see :func:`etl.datasets.mids.gen.copy_mids`), e.g. ``[1, 5]`` for the full export and five times it.
+    ``sizes``: exports generated to about that size instead: ``mids`` entries (powersets + powers
+    + effects, amplified from ``template`` or synthetic), ``aodb`` items (amplified from
+    ``template``, which it needs), ``licenses`` result files. ``max_reject_ratio`` is passed to
+    validate, so a run whose validation rejects rows can still be measured through the load."""
+    if copies and (dataset != "mids" or template is None):
+        from etl.errors import ConfigError
+
+        raise ConfigError("--copies makes renamed copies of a real mids export and needs one",
+                          hint="pass --template ../shared/data/mids_full (or set ETL_SHARED_DATA)")
+    url = ""
+    if load:
+        from etl.infra.pg import resolve_url
+
+        url = resolve_url(database_url)
+    results = []
+    plans: list[tuple[str, int]] = [("copies", n) for n in copies or []] + [("entries", n) for n in sizes]
+    for how, entries in plans:
+        if how == "copies":
+            assert template is not None
+            export, info = _real_copies(template, entries, work_dir, log)
+        else:
+            kind = "real" if template else "synthetic"
+            export = work_dir / f"{dataset}-{entries}-{kind}-s{seed}"
+            marker = export / ".complete.json"
+            if not marker.exists():
+                shutil.rmtree(export, ignore_errors=True)
+                log(f"generating a {entries:,}-{'item' if dataset == 'aodb' else 'entry'} export "
+                    f"in {export} …")
+                marker.write_text(json.dumps(_generate(dataset, export, entries, seed, template)))
+            info = json.loads(marker.read_text())
+        staging = work_dir / "staging"
+        log(f"measuring {info['entries']:,} entries ({info['files']:,} files, "
+            f"{info['bytes'] / 1e6:,.0f} MB) …")
+        staged = _run_phase("stage", str(export), staging, dataset=dataset)
+        checked = _run_phase("validate", staged["run"], staging, dataset=dataset,
+                             max_reject_ratio=max_reject_ratio)
+        if checked["status"] != "passed":
+            from etl.errors import ValidationFailed
+
+            rejected = ", ".join(f"{k} {n:,}" for k, n in checked.get("rejected", {}).items())
+            raise ValidationFailed(
+                f"validation of the bench export {export} failed ({rejected} rows rejected): "
+                "nothing to transform or load", dataset=dataset, run=Path(staged["run"]).name,
+                hint=f"see {Path(staged['run']) / 'report.json'}; measure anyway with "
+                     "--max-reject-ratio 1")
+        built = _run_phase("transform", staged["run"], staging, dataset=dataset)
+        phases = [staged, checked, built]
+        ceiling = None
+        unsafe: dict[str, Any] = {}
+        reimport: list[dict[str, Any]] = []
+        if load and dataset == "licenses":
+            # First import (a full load), then a re-import of the same tree (a merge that
+            # changes nothing), each phase in its own process as the CLI would run it.
+            phases.append(_run_phase("load", staged["run"], staging, url, dataset))
+            again = _run_phase("stage", str(export), staging, dataset=dataset)
+            reimport = [again, _run_phase("validate", again["run"], staging, dataset=dataset,
+                                          max_reject_ratio=max_reject_ratio),
+                        _run_phase("transform", again["run"], staging, dataset=dataset),
+                        _run_phase("merge", again["run"], staging, url, dataset)]
+        elif load:
+            loaded = _run_phase("load", staged["run"], staging, url)
+            phases.append(loaded)
+            ceiling = copy_ceiling(url, dataset)
+            unsafe = _run_phase("load-unsafe", staged["run"], staging, url)
+            # Leave the bench database with logged tables, as a normal load would.
+            _run_phase("load", staged["run"], staging, url)
+        results.append({
+            "dataset": dataset,
+            "entries": info["entries"], "files": info["files"], "bytes": info["bytes"],
+            "copies": info.get("copies"), "source": str(export),
+            "phases": phases,
+            "total_seconds": sum(p["seconds"] for p in phases),
+            "total_wall_seconds": sum(p["wall_seconds"] for p in phases),
+            "max_peak_rss": max(p["peak_rss"] for p in phases),
+            "validation": checked["status"],
+            "rejected": checked.get("rejected", {}),
+            "tables": built["tables"],
+            "load_parts": phases[3]["parts"] if load else [],
+            "unsafe_fast_parts": unsafe.get("parts", []),
+            "reimport": reimport,
+            "reimport_seconds": sum(p["seconds"] for p in reimport),
+            "reimport_wall_seconds": sum(p["wall_seconds"] for p in reimport),
+            "images": info.get("images"),
+            "copy_ceiling": ceiling,
+            "database": "embedded" if load and not database_url else ("given" if load else None),
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        })
+    return results

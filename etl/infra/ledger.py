@@ -1,0 +1,270 @@
+"""The run ledger (schema ``etl``) and the Alembic migrations that create it.
+
+Every load writes one row to ``etl.runs``: dataset, staged run id, manifest hash, mode, status,
+start and end, per-phase timings, rows per table, peak RSS and the error, if any. Finished steps
+of a load go to ``etl.load_steps`` so an interrupted load can resume.
+
+The ledger functions take a psycopg connection and run plain SQL on it, without committing: the
+loader calls them inside its own transaction, so a step's work and its ledger row commit together.
+On an autocommit connection each call stands alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from etl.errors import ConfigError
+from etl.infra.pg import DatabaseError, sqlalchemy_url
+from etl.metrics import Phase
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["full", "unsafe-fast", "rebuild"]
+Status = Literal["running", "succeeded", "failed"]
+
+#: The Alembic scripts (the ledger and each dataset's live schema), shipped inside the package.
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+_COLUMNS = ("id, dataset, run_id, manifest_sha256, mode, status, started_at, ended_at, phases, rows, "
+            "peak_rss, error, host, pid, ended_at - started_at AS duration")
+
+_NO_LEDGER = "run `etl db upgrade` (or etl.infra.ledger.upgrade(url)) to create the ledger"
+
+
+def _ledger_sql(conn: psycopg.Connection[Any], sql: str, params: Sequence[Any] | Mapping[str, Any] = (),
+                ) -> psycopg.Cursor[dict[str, Any]]:
+    """Run one ledger statement; a missing ledger becomes a :class:`DatabaseError` that says how
+    to create it."""
+    cur = conn.cursor(row_factory=dict_row)
+    try:
+        return cur.execute(sql, params)
+    except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName) as exc:
+        raise DatabaseError(f"the run ledger is missing from this database: {exc}".strip(),
+                            hint=_NO_LEDGER) from exc
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def start_run(conn: psycopg.Connection[Any], *, dataset: str, run_id: str, manifest_sha256: str | None,
+              mode: Mode | str) -> int:
+    """Record a new load of ``run_id`` as ``running``; its ledger id."""
+    row = _ledger_sql(
+        conn,
+        "INSERT INTO etl.runs (dataset, run_id, manifest_sha256, mode, status, host, pid) "
+        "VALUES (%s, %s, %s, %s, 'running', %s, %s) RETURNING id",
+        (dataset, run_id, manifest_sha256, mode, socket.gethostname(), os.getpid()),
+    ).fetchone()
+    assert row is not None
+    log.info("ledger: run %s of %s %s started (%s)", row["id"], dataset, run_id, mode)
+    return int(row["id"])
+
+
+def resume_candidate(conn: psycopg.Connection[Any], *, dataset: str, run_id: str,
+                     mode: Mode | str) -> int | None:
+    """The latest ``running`` or ``failed`` load of the same dataset, run and mode, if the latest
+    load of it did not succeed; None when there is nothing to resume."""
+    row = _ledger_sql(
+        conn,
+        "SELECT id, status FROM etl.runs WHERE dataset = %s AND run_id = %s AND mode = %s "
+        "ORDER BY started_at DESC, id DESC LIMIT 1",
+        (dataset, run_id, mode),
+    ).fetchone()
+    if row is None or row["status"] not in ("running", "failed"):
+        return None
+    return int(row["id"])
+
+
+def mark_running(conn: psycopg.Connection[Any], ledger_id: int) -> None:
+    """Take a load up again (resume): status ``running``, no end or error, this host and process."""
+    _ledger_sql(
+        conn,
+        "UPDATE etl.runs SET status = 'running', ended_at = NULL, error = NULL, host = %s, pid = %s "
+        "WHERE id = %s",
+        (socket.gethostname(), os.getpid(), ledger_id),
+    )
+
+
+def step_done(conn: psycopg.Connection[Any], ledger_id: int, step: str,
+              detail: Mapping[str, Any] | None = None) -> None:
+    """Record that ``step`` of a load is done (once: recording it again changes nothing)."""
+    _ledger_sql(
+        conn,
+        "INSERT INTO etl.load_steps (run, step, detail) VALUES (%s, %s, %s) "
+        "ON CONFLICT (run, step) DO NOTHING",
+        (ledger_id, step, Jsonb(dict(detail)) if detail is not None else None),
+    )
+
+
+def steps_done(conn: psycopg.Connection[Any], ledger_id: int) -> dict[str, dict[str, Any] | None]:
+    """The finished steps of a load, in the order they finished, with their detail."""
+    rows = _ledger_sql(
+        conn, "SELECT step, detail FROM etl.load_steps WHERE run = %s ORDER BY done_at, step",
+        (ledger_id,)).fetchall()
+    return {r["step"]: r["detail"] for r in rows}
+
+
+def _phase_dict(phase: Phase | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(phase, Phase):
+        return {"name": phase.name, "seconds": round(phase.seconds, 4), "rows": phase.rows,
+                "peak_rss": phase.peak_rss}
+    return dict(phase)
+
+
+def finish_run(conn: psycopg.Connection[Any], ledger_id: int, *, status: Status | str,
+               phases: Sequence[Phase | Mapping[str, Any]], rows: Mapping[str, int], peak_rss: int | None,
+               error: str | None = None) -> None:
+    """Close a load: its status (``succeeded`` or ``failed``), end time, figures and error."""
+    _ledger_sql(
+        conn,
+        "UPDATE etl.runs SET status = %s, ended_at = now(), phases = %s, rows = %s, peak_rss = %s, "
+        "error = %s WHERE id = %s",
+        (status, Jsonb([_phase_dict(p) for p in phases]), Jsonb(dict(rows)), peak_rss, error, ledger_id),
+    )
+    log.info("ledger: run %s %s", ledger_id, status)
+
+
+# ------------------------------------------------------------------------------ reading
+
+
+def list_runs(conn: psycopg.Connection[Any], *, dataset: str | None = None, limit: int = 50,
+              ) -> list[dict[str, Any]]:
+    """The latest loads, newest first (all datasets, or one)."""
+    where = "WHERE dataset = %s" if dataset else ""
+    params: tuple[Any, ...] = (dataset, limit) if dataset else (limit,)
+    return _ledger_sql(
+        conn, f"SELECT {_COLUMNS} FROM etl.runs {where} ORDER BY started_at DESC, id DESC LIMIT %s",
+        params).fetchall()
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def get_run(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
+    """One load with its finished steps (``steps``: a list of {step, done_at, detail}).
+
+    ``key`` is a ledger id (``42``), or a staged run id or a prefix of one (``mids-3f2a``,
+    ``3f2a``): its latest load. A prefix that fits several run ids is refused."""
+    key = key.strip()
+    row = None
+    if key.isdigit():
+        row = _ledger_sql(conn, f"SELECT {_COLUMNS} FROM etl.runs WHERE id = %s", (int(key),)).fetchone()
+    if row is None and key:
+        prefix = _like_prefix(key)
+        matches = _ledger_sql(
+            conn,
+            "SELECT run_id, max(started_at) AS latest FROM etl.runs "
+            "WHERE run_id = %s OR run_id LIKE %s OR run_id LIKE '%%-' || %s "
+            "GROUP BY run_id ORDER BY (run_id = %s) DESC, latest DESC",
+            (key, prefix, prefix, key)).fetchall()
+        if len(matches) > 1 and matches[0]["run_id"] != key:
+            shown = ", ".join(m["run_id"] for m in matches[:5])
+            raise ConfigError(f"{key!r} fits {len(matches)} run ids: {shown}", run=key,
+                              hint="give more of the run id, or the ledger id from `etl runs`")
+        if matches:
+            row = _ledger_sql(
+                conn, f"SELECT {_COLUMNS} FROM etl.runs WHERE run_id = %s "
+                      "ORDER BY started_at DESC, id DESC LIMIT 1", (matches[0]["run_id"],)).fetchone()
+    if row is None:
+        raise ConfigError(f"no load of {key!r} in the run ledger", run=key,
+                          hint="list the recorded loads with `etl runs`")
+    row["steps"] = _ledger_sql(
+        conn, "SELECT step, done_at, detail FROM etl.load_steps WHERE run = %s ORDER BY done_at, step",
+        (row["id"],)).fetchall()
+    return row
+
+
+def last_success(conn: psycopg.Connection[Any], dataset: str) -> dict[str, Any] | None:
+    """The latest load of ``dataset`` that succeeded, or None."""
+    return _ledger_sql(
+        conn, f"SELECT {_COLUMNS} FROM etl.runs WHERE dataset = %s AND status = 'succeeded' "
+              "ORDER BY ended_at DESC NULLS LAST, id DESC LIMIT 1", (dataset,)).fetchone()
+
+
+# ------------------------------------------------------------------------------ migrations
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic ``Config`` built in code (no alembic.ini): the repository's ``migrations/`` and
+    ``url``."""
+    from alembic.config import Config
+
+    if not (MIGRATIONS / "env.py").is_file():
+        raise ConfigError(f"the Alembic migrations are not at {MIGRATIONS}",
+                          hint="run from a checkout of the repository (pip install -e .)")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    # ConfigParser interpolates %: a URL-encoded password (p%40ss) must be doubled.
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
+    cfg.attributes["url"] = sqlalchemy_url(url)
+    return cfg
+
+
+def _script() -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(MIGRATIONS))
+
+
+def heads() -> list[str]:
+    """The head revision(s) of the migrations."""
+    return list(_script().get_heads())
+
+
+def current(url: str) -> str | None:
+    """The revision the database at ``url`` is at (None: never migrated)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(sa.text("SELECT to_regclass('etl.alembic_version')")).scalar()
+            if version is None:
+                return None
+            rows = conn.execute(sa.text("SELECT version_num FROM etl.alembic_version")).scalars().all()
+    except sa.exc.OperationalError as exc:
+        raise DatabaseError(f"cannot read the schema revision: {exc.orig or exc}",
+                            hint="check that PostgreSQL runs and the URL is right") from exc
+    finally:
+        engine.dispose()
+    return ",".join(sorted(rows)) if rows else None
+
+
+def upgrade(url: str, revision: str = "head") -> list[str]:
+    """Apply the migrations up to ``revision`` to the database at ``url``; the revisions applied,
+    oldest first (empty when it was already there)."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.util import CommandError
+
+    cfg = alembic_config(url)
+    before = current(url)
+    try:
+        command.upgrade(cfg, revision)
+    except CommandError as exc:
+        raise ConfigError(f"cannot upgrade to {revision!r}: {exc}",
+                          hint="give a revision from migrations/versions, or 'head'") from exc
+    except sa.exc.OperationalError as exc:
+        raise DatabaseError(f"cannot apply the migrations: {exc.orig or exc}",
+                            hint="check that PostgreSQL runs and the URL is right") from exc
+    except sa.exc.DBAPIError as exc:
+        raise DatabaseError(f"a migration failed: {exc.orig or exc}",
+                            hint="see the statement above; the database was left at revision "
+                                 f"{before or 'none'}") from exc
+    after = current(url)
+    if after == before or after is None:
+        return []
+    applied = [rev.revision for rev in _script().iterate_revisions(after, before)]
+    applied.reverse()
+    log.info("migrations applied: %s (now at %s)", ", ".join(applied) or "none", after)
+    return applied

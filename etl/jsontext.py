@@ -1,0 +1,64 @@
+"""JSON text of records, read and written the same way everywhere: staging's ``_extra``, the
+transform's kept keys and the reconciliation all parse with :func:`parse_record` and write with
+:func:`dump_json`, so a number or a key survives the round trip as it was in the export."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+
+def get_path(obj: Any, path: str) -> Any:
+    """The value at the dotted ``path`` inside ``obj`` (None where an object is missing)."""
+    for part in path.split("."):
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def dump_json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer beyond 64 bits (parsed by json, below)
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def parse_record(text: str | bytes) -> Any:
+    """A record's JSON as Python values: orjson, or json where orjson refuses a number it cannot
+    hold (integers beyond 64 bits, beyond a double; json also reads NaN and Infinity). Raises
+    ValueError for text neither reads (DuckDB's reader accepts a few more tokens)."""
+    if _LONG_NUMBER.search(text if isinstance(text, bytes) else text.encode()):
+        return json.loads(text)  # orjson reads integers beyond 64 bits as floats, rounded
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def add_keys(text: str, values: dict[str, Any]) -> str:
+    """The JSON object ``text`` with the keys of ``values`` it lacks added (as JSON); ``text``
+    itself when it is not an object. Numbers no Python type reads back as written stay as text
+    (the keys are appended to it)."""
+    try:
+        doc = parse_record(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        for key, value in values.items():
+            doc.setdefault(key, value)
+        return dump_json(doc)
+    body = text.strip()
+    if doc is not None or not (body.startswith("{") and body.endswith("}")):
+        return text
+    added = ",".join(f"{json.dumps(k, ensure_ascii=False)}:{dump_json(v)}" for k, v in values.items()
+                     if json.dumps(k, ensure_ascii=False) + ":" not in body)
+    if not added:
+        return text
+    return body[:-1] + ("," if body[1:-1].strip() else "") + added + "}"

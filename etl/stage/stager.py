@@ -1,0 +1,999 @@
+"""Stage: JSON export(s) → Parquet chunks under ``staging/<dataset>/<run>/raw/<level>/``.
+
+DuckDB's streaming JSON reader (``read_json_objects``) reads every file of a source as a stream
+of raw records, a bounded batch at a time. Each batch is numbered (file, record) and parsed once,
+with ``from_json`` and a declared structure holding only the fields the source's levels stage
+(much faster than letting DuckDB detect full STRUCT types for wide objects); each level's rows
+are then unnested from the parsed records, cast to the declared types and written as Parquet
+chunks of at most ``chunk_rows`` rows (the SQL is built in :mod:`etl.stage.sql`). Values that do
+not fit their declared type are staged as NULL and named in the row's ``_type_errors``, for
+``etl validate`` to judge.
+
+Memory is bounded by the batch size (a 24th of the DuckDB memory limit) and the chunk size,
+never by the input size.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import glob as globlib
+import gzip
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl import __version__
+from etl.config import Settings
+from etl.dataset import Dataset, SideInput, Source
+from etl.errors import ConfigError, EtlError, InputError
+from etl.metrics import Phase, peak_rss_bytes, timed
+from etl.run import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    ChunkWriter,
+    Run,
+    level_schema,
+    open_run,
+    replace_dir,
+    schema_to_json,
+    sha256_file,
+    write_json_atomic,
+)
+from etl.stage.extra import ExtraPlan, attach
+from etl.stage.sql import SourcePlan, source_plan, sql_str
+
+log = logging.getLogger(__name__)
+
+JSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_WS = b" \t\r\n"
+#: Records fetched from DuckDB per Arrow batch (whole files can be large) before grouping by bytes.
+_FETCH_ROWS = 16
+
+Progress = Callable[[str, int, int], None]
+#: How a file is read: "object" files hold one JSON object and are read whole (read_text);
+#: "array" files (a top-level JSON array) and "stream" files (NDJSON, gzip) go through DuckDB's
+#: streaming read_json_objects.
+Shape = Literal["object", "array", "stream"]
+
+
+@dataclass(frozen=True, slots=True)
+class InputFile:
+    """One input file, checked: where it is, which source it feeds, its size and hash."""
+
+    path: Path
+    relpath: str
+    source: str
+    size: int
+    sha256: str
+    shape: Shape
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "relpath": self.relpath, "source": self.source,
+                "size": self.size, "sha256": self.sha256, "shape": self.shape}
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    run: Run
+    skipped: bool
+    phase: Phase
+
+
+# ------------------------------------------------------------------------------ finding inputs
+
+
+def _is_json_name(name: str) -> bool:
+    return name.lower().endswith(JSON_SUFFIXES) and not name.startswith(".")
+
+
+def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """Expand files, directories (recursively) and globs into (path, relative path) pairs."""
+    found: list[tuple[Path, str]] = []
+    for src in sources:
+        text = str(src)
+        if _GLOB_CHARS.search(text):
+            head = Path(_GLOB_CHARS.split(text, 1)[0]).parent if "/" in text else Path(".")
+            matches = sorted(globlib.glob(text, recursive=True))
+            files = [Path(m) for m in matches if Path(m).is_file() and _is_json_name(Path(m).name)]
+            if not files:
+                raise InputError("glob matches no JSON file", file=text,
+                                 hint="check the pattern; quote it so the shell does not expand it")
+            found.extend((f, f.relative_to(head).as_posix() if f.is_relative_to(head) else f.name)
+                         for f in files)
+        else:
+            path = Path(text)
+            if path.is_dir():
+                files_rel = _walk_json(path)
+                if not files_rel:
+                    raise InputError("directory holds no JSON file (*.json, *.ndjson, *.jsonl, .gz)",
+                                     file=path, hint="point at the export's folder")
+                found.extend((path / rel, rel) for rel in files_rel)
+            elif path.is_file():
+                found.append((path, path.name))
+            else:
+                raise InputError("no such file or directory", file=path, hint="check the path")
+    return found
+
+
+def _walk_json(root: Path) -> list[str]:
+    """Relative paths (posix) of the JSON files under ``root``, hidden ones left out, sorted."""
+    out: list[str] = []
+    base = str(root)
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(folder, base)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + n for n in names if _is_json_name(n)
+                   and os.path.isfile(os.path.join(folder, n)))
+    out.sort()
+    return out
+
+
+def assign_sources(dataset: Dataset, files: list[tuple[Path, str]]) -> dict[str, list[tuple[Path, str]]]:
+    """Give each file to the first source whose pattern matches its relative path or name."""
+    out: dict[str, list[tuple[Path, str]]] = {s.name: [] for s in dataset.sources}
+    # A source without patterns holds no JSON files (its levels come from side-file hooks).
+    patterns = [(s.name, re.compile("|".join(fnmatch.translate(p) for p in s.match)))
+                for s in dataset.sources if s.match]
+    ignored = []
+    for path, rel in files:
+        name = rel.rsplit("/", 1)[-1]
+        for src, pattern in patterns:
+            if pattern.match(rel) or pattern.match(name):
+                out[src].append((path, rel))
+                break
+        else:
+            ignored.append(rel)
+    if ignored:
+        log.warning("%d file(s) match no source of %s and are ignored, e.g. %s",
+                    len(ignored), dataset.name, ", ".join(ignored[:3]))
+    return out
+
+
+# ------------------------------------------------------------------------------ checking inputs
+
+
+def inspect_file(path: Path, relpath: str, source: str, *, keep: int = 0) -> tuple[InputFile, bytes | None]:
+    """Hash ``path`` and check its outline: not empty, starts with ``[``/``{``, not truncated.
+
+    A plain one-object file of at most ``keep`` bytes is also returned whole (its leading
+    whitespace and byte-order mark removed), so staging need not read it again.
+    """
+    digest = hashlib.sha256()
+    ndjson = False
+    inflate = zlib.decompressobj(wbits=47) if path.name.lower().endswith(".gz") else None
+    head = b""
+    tail = b""
+    size = 0
+    offset = 0  # offset in the (decompressed) JSON text
+    first_at = -1
+    whole: bytes | None = None
+    with open(path, "rb") as f:
+        # read() sized from the file's length: asking for ``keep`` bytes would allocate (and
+        # map and unmap) a buffer of that size for every small file.
+        small = keep and inflate is None and os.fstat(f.fileno()).st_size <= keep
+        first = f.read() if small else b""
+        if first and len(first) <= keep:
+            whole = first
+            blocks: Iterator[bytes] = iter((first,))
+        else:
+            blocks = itertools.chain((first,) if first else (), iter(lambda: f.read(1 << 20), b""))
+        for block in blocks:
+            size += len(block)
+            digest.update(block)
+            if inflate is not None:
+                try:
+                    block = inflate.decompress(block)
+                except zlib.error as exc:
+                    raise InputError(f"not a valid gzip file: {exc}", file=path,
+                                     hint="re-compress or decompress the file") from exc
+            if not head:
+                stripped = block.lstrip(_WS)  # the block itself when nothing is stripped
+                if stripped:
+                    head = stripped[:4]
+                    first_at = offset + len(block) - len(stripped)
+                    newline = stripped.find(b"\n")
+                    # NDJSON: the first line is a whole object and more lines follow.
+                    ndjson = newline > 0 and stripped[:newline].rstrip().endswith(b"}") \
+                        and bool(stripped[newline:].strip(_WS))
+            # A window first: rstrip of a whole block with a trailing newline would copy it.
+            end = block[-4096:].rstrip(_WS) or block.rstrip(_WS)
+            if end:
+                tail = (tail + end[-4:])[-4:]
+            offset += len(block)
+    if inflate is not None and not inflate.eof:
+        raise InputError(f"gzip stream ends early after {offset} bytes", file=path,
+                         offset=size, hint="the file was cut off; export or download it again")
+    if not head:
+        raise InputError("file is empty (no JSON records)", file=path, offset=0,
+                         hint="remove it from the input or export it again")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError("file is UTF-16; JSON exports must be UTF-8", file=path, offset=0,
+                         hint="convert it, e.g. `iconv -f UTF-16 -t UTF-8`")
+    bom = head.startswith(b"\xef\xbb\xbf")
+    if bom:
+        head = head[3:].lstrip(_WS) or b"{"
+    opener = head[:1]
+    if opener not in (b"[", b"{"):
+        raise InputError(f"not JSON: starts with {head[:1]!r} instead of '[' or '{{'",
+                         file=path, offset=max(first_at, 0),
+                         hint="remove non-JSON files from the input folder")
+    closer = tail[-1:]
+    if opener == b"[" and closer != b"]":
+        raise InputError("truncated JSON array: the file ends without its closing ']'",
+                         file=path, offset=offset, hint="the export was cut off; export it again")
+    if opener == b"{" and closer != b"}":
+        raise InputError("truncated JSON: the file ends inside an object",
+                         file=path, offset=offset, hint="the export was cut off; export it again")
+    plain_object = (opener == b"{" and inflate is None and not ndjson
+                    and not path.name.lower().endswith((".ndjson", ".jsonl")))
+    shape: Shape = "object" if plain_object else ("array" if opener == b"[" else "stream")
+    info = InputFile(path, relpath, source, size, digest.hexdigest(), shape)
+    if not plain_object or whole is None:
+        return info, None
+    whole = whole.lstrip(_WS)
+    if bom:
+        whole = whole[3:].lstrip(_WS)
+    return info, whole
+
+
+#: A high surrogate escape not followed by a low one, or a low one not after a high one.
+_LONE_SURROGATE = re.compile(r"(?<!\\)(?:\\\\)*\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                             r"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}")
+
+
+def diagnose_json(path: Path, *, limit: int = 512 << 20) -> tuple[int | None, int | None, str]:
+    """Find the first broken record of a JSON file: (record, byte offset, reason).
+
+    Used only after the fast reader failed, to say precisely where. Files over ``limit``
+    bytes are not scanned.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        return None, None, "file too large to pinpoint the error"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        record = data[: exc.start].count(b"\n{") if data.lstrip()[:1] != b"[" else None
+        return record, exc.start, f"invalid UTF-8 byte {data[exc.start:exc.start + 1]!r}"
+    decoder = json.JSONDecoder()
+
+    def byte_at(i: int) -> int:
+        return len(text[:i].encode("utf-8"))
+
+    i = len(text) - len(text.lstrip())
+    if text.startswith("\ufeff"):
+        i = 1
+    record = 0
+    starts: list[int] = []
+    array = text[i:i + 1] == "["
+    if array:
+        i += 1
+
+    def nothing_else() -> tuple[int | None, int | None, str]:
+        # Python reads a lone UTF-16 surrogate escape; DuckDB's reader (and UTF-8) does not.
+        m = _LONE_SURROGATE.search(text)
+        if m:
+            return (max(0, bisect.bisect_right(starts, m.start()) - 1), byte_at(m.start()),
+                    f"a lone UTF-16 surrogate escape {m.group(0)!r} (no character: half of a pair)")
+        return None, None, "no error found"
+
+    while True:
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        if i >= len(text):
+            if array:
+                return record, byte_at(i), "array ends without ']'"
+            return nothing_else()
+        if array and text[i] == "]":
+            if text[i + 1:].strip():
+                return record, byte_at(i + 1), "data after the closing ']'"
+            return nothing_else()
+        starts.append(i)
+        try:
+            value, end = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as exc:
+            return record, byte_at(exc.pos), exc.msg
+        if not isinstance(value, dict):
+            return record, byte_at(i), f"record is a {type(value).__name__}, expected an object"
+        i = end
+        while i < len(text) and text[i] in " \t\r\n":
+            i += 1
+        if array:
+            if i < len(text) and text[i] == ",":
+                j = i + 1
+                while j < len(text) and text[j] in " \t\r\n":
+                    j += 1
+                if j < len(text) and text[j] == "]":
+                    return record, byte_at(i), "trailing comma after the last record, before ']'"
+                i = j
+            elif i < len(text) and text[i] == "]":
+                continue
+            else:
+                return record, byte_at(i), "expected ',' or ']' after this record"
+        record += 1
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
+def _memory_bytes(limit: str) -> int:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", limit, re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"memory limit {limit!r} is not a size like 256MB or 1GB")
+    scale = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+             "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+    return int(float(m.group(1)) * scale[(m.group(2) or "").upper()])
+
+
+def compute_run_id(dataset: Dataset, files: Sequence[tuple[str, str, str]]) -> str:
+    """Same input content and dataset version → same run id. ``files``: (source, relpath, sha256)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dataset.fingerprint(), sort_keys=True).encode())
+    for source, relpath, sha256 in sorted(files):
+        h.update(f"{source}\0{relpath}\0{sha256}\n".encode())
+    return f"{dataset.name}-{h.hexdigest()[:12]}"
+
+
+def _number_records(batch: pa.Table, state: dict[str, Any]) -> pa.Table:
+    """Add ``_record`` (0-based, per file), continuing the count across batches of one file,
+    and name files by their path under the input root (``state["relpath"]``), so staged rows do
+    not depend on where the export sat."""
+    files = batch.column("filename").to_numpy(zero_copy_only=False)
+    n = len(files)
+    record = np.empty(n, dtype=np.int64)
+    if n:
+        change = np.empty(n, dtype=bool)
+        change[0] = True
+        change[1:] = files[1:] != files[:-1]
+        starts = np.flatnonzero(change)
+        run_start = np.repeat(starts, np.diff(np.append(starts, n)))
+        record[:] = np.arange(n) - run_start
+        if files[0] == state.get("last_file"):
+            record[run_start == 0] += state["next_record"]
+        state["next_record"] = int(record[-1]) + 1
+        state["last_file"] = files[-1]
+    encoded = pc.dictionary_encode(batch.column("filename")).combine_chunks()
+    rel = state["relpath"]
+    names = pa.array([rel.get(v, v) for v in encoded.dictionary.to_pylist()], pa.string())
+    file_col = pc.take(names, encoded.indices)
+    return pa.table({"_file": file_col, "_record": record, "json": batch.column("json")})
+
+
+def _duckdb_error(exc: Exception, files: Sequence[InputFile] = ()) -> EtlError:
+    text = str(exc)
+    if "Out of Memory" in text:
+        return EtlError(f"DuckDB ran out of its memory limit: {text.splitlines()[0]}",
+                        hint="raise --memory-limit (e.g. 512MB) or use fewer --threads")
+    # read_json_objects quotes the path with "...", read_text (single-object files) with '...'.
+    m = (re.search(r'in file "([^"]+)"', text) or re.search(r'[Ff]ile "([^"]+)"', text)
+         or re.search(r"[Ff]ile '([^']+)'", text))
+    if not m:
+        return InputError(f"DuckDB could not read the input: {text}",
+                          hint="check the files named above; rerun with --verbose for details")
+    path = Path(m.group(1))
+    record, offset, reason = diagnose_json(path)
+    if record is None and offset is None:
+        reason = text.split("Error: ", 1)[-1].strip()
+        m2 = re.search(r"record/value (\d+)", text)
+        record = int(m2.group(1)) if m2 else None
+    return InputError(f"malformed JSON: {reason}", file=path, record=record, offset=offset,
+                      hint="fix or remove this file, then stage again")
+
+
+def _check_records(records: pa.Table, max_record_bytes: int, abs_of: dict[str, str]) -> None:
+    js = records.column("json")
+    lengths = pc.binary_length(js).to_numpy(zero_copy_only=False)
+    too_big = np.flatnonzero(lengths > max_record_bytes)
+    if too_big.size:
+        i = int(too_big[0])
+        raise InputError(
+            f"record is {int(lengths[i])} bytes, over the limit of {max_record_bytes} bytes",
+            file=abs_of.get(records.column("_file")[i].as_py()),
+            record=records.column("_record")[i].as_py(),
+            hint="raise the limit with --max-record-bytes (memory grows with it)")
+    first = pc.utf8_slice_codeunits(pc.utf8_ltrim_whitespace(js), 0, 1).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(first != "{")
+    if wrong.size:
+        i = int(wrong[0])
+        raise InputError(
+            f"record is not a JSON object (it starts with {first[i]!r})",
+            file=abs_of.get(records.column("_file")[i].as_py()),
+            record=records.column("_record")[i].as_py(),
+            hint="every record of this export must be an object; fix or remove the file")
+
+
+def _read_batches(
+    reader: duckdb.DuckDBPyConnection, files: list[InputFile], batch_bytes: int,
+) -> Iterator[pa.Table]:
+    """Numbered record tables of about ``batch_bytes`` each, in file and record order.
+
+    Single-object files are read whole with ``read_text`` (one record each, no parsing here);
+    arrays and newline-delimited files go through DuckDB's streaming ``read_json_objects``.
+    """
+    whole = [f for f in files if f.shape == "object"]
+    streamed = [f for f in files if f.shape != "object"]
+    state: dict[str, Any] = {"relpath": {str(f.path): f.relpath for f in files}}
+    groups: list[tuple[list[InputFile], str]] = [
+        (whole, "SELECT filename, content AS json FROM read_text({paths})")]
+    # Arrays are read as arrays: format='auto' sniffs with buffers that grow past the reader's
+    # memory limit on one large array file (a 530 MB export failed at 512MB). Consecutive files
+    # of one kind share a query, so file and record order hold.
+    for fmt, run in itertools.groupby(streamed, key=_stream_format):
+        groups.append((list(run), "SELECT filename, json FROM read_json_objects({paths}, "
+                                  f"format='{fmt}', filename=true, maximum_object_size=4194304)"))
+    for group, sql in groups:
+        if not group:
+            continue
+        paths = "[" + ", ".join(sql_str(str(f.path)) for f in group) + "]"
+        try:
+            stream = reader.sql(sql.format(paths=paths)).to_arrow_reader(_FETCH_ROWS)
+            pending: list[pa.RecordBatch] = []
+            size = 0
+            for batch in stream:
+                pending.append(batch)
+                size += batch.nbytes
+                if size >= batch_bytes:
+                    yield _number_records(pa.Table.from_batches(pending), state)
+                    pending, size = [], 0
+            if pending:
+                yield _number_records(pa.Table.from_batches(pending), state)
+        except (duckdb.Error, pa.ArrowInvalid, OSError) as exc:
+            raise _duckdb_error(exc, group) from exc
+
+
+def _stream_format(info: InputFile) -> str:
+    """``read_json_objects``'s format for a streamed file: ``array`` for a top-level array (as
+    inspection found it), ``auto`` otherwise."""
+    return "array" if info.shape == "array" else "auto"
+
+
+def _small_chunks(table: pa.Table, target_bytes: int = 1 << 20) -> pa.Table:
+    """The same rows as Arrow chunks of about ``target_bytes``.
+
+    DuckDB's JSON functions keep every document of a vector (up to 2048 rows) parsed at once,
+    so wide records in large chunks would need memory in proportion to the batch. Small
+    chunks keep that bounded while a whole batch still runs as one query (planning the level
+    queries costs milliseconds, so fewer, larger batches are faster)."""
+    if table.num_rows == 0:
+        return table
+    rows = max(8, int(target_bytes * table.num_rows // max(1, table.nbytes)))
+    return pa.Table.from_batches(table.to_batches(max_chunksize=rows), schema=table.schema)
+
+
+class _LevelWorker:
+    """Unpacks batches of records into level tables on its own DuckDB connection.
+
+    Each batch is parsed once into the temporary table ``_parsed``; each level's rows are then
+    unnested from it. The level queries are bound once (DuckDB relations, re-run per batch):
+    binding them costs more than running them on a batch of a few MB."""
+
+    def __init__(self, source: Source, plan: SourcePlan, extra_plan: ExtraPlan, *, memory: str,
+                 temp: Path, files: Sequence[InputFile] = ()) -> None:
+        self.source = source
+        self.plan = plan
+        self.files = files  # the files inspected so far, to name a broken one by its full path
+        self.con = duckdb.connect(config={
+            "memory_limit": memory, "threads": 1, "preserve_insertion_order": True,
+            "temp_directory": str(temp)})
+        self.levels: dict[str, duckdb.DuckDBPyRelation] = {}
+        self.extra_plan = extra_plan
+
+    def close(self) -> None:
+        self.con.close()
+
+    def run(self, records: pa.Table) -> dict[str, pa.Table]:
+        con = self.con
+        try:
+            con.register("_records", _small_chunks(records))
+            try:
+                con.execute(f"CREATE OR REPLACE TEMP TABLE _parsed AS {self.plan.parse}")
+            finally:
+                con.unregister("_records")
+            if not self.levels:
+                self.levels = {lvl.name: con.sql(self.plan.queries[lvl.name])
+                               for lvl in self.source.levels}
+            tables = {name: rel.to_arrow_table() for name, rel in self.levels.items()}
+            return attach(tables, records, self.extra_plan)
+        except duckdb.Error as exc:
+            raise self._explain(exc, records) from exc
+        finally:
+            con.execute("DROP TABLE IF EXISTS _parsed")
+
+    def _explain(self, exc: duckdb.Error, records: pa.Table) -> EtlError:
+        if "Malformed JSON" not in str(exc) and "malformed" not in str(exc).lower():
+            return _duckdb_error(exc)
+        # Whole files are not parsed by the reader: find which one is broken.
+        self.con.register("_records_check", _small_chunks(records))
+        try:
+            rows = self.con.execute(
+                "SELECT _file FROM _records_check WHERE NOT json_valid(json) LIMIT 1").fetchall()
+        finally:
+            self.con.unregister("_records_check")
+        if not rows:
+            return _duckdb_error(exc)
+        relpath = rows[0][0]
+        path = next((f.path for f in self.files if f.relpath == relpath), Path(relpath))
+        record, offset, reason = diagnose_json(path)
+        return InputError(f"malformed JSON: {reason}", file=path, record=record, offset=offset,
+                          hint="fix or remove this file, then stage again")
+
+
+def _inspect_or_quarantine(path: Path, relpath: str, source: str, *, keep: int,
+                           max_record_bytes: int) -> tuple[InputFile | dict[str, Any], bytes | None]:
+    """:func:`inspect_file`, and for one-object files a full parse; a file that fails either
+    comes back as its quarantine entry (name, size, hash, reason) instead of raising."""
+    try:
+        info, content = inspect_file(path, relpath, source, keep=keep)
+        if info.shape == "object":
+            text = content
+            if text is None and info.size <= max_record_bytes:
+                text = path.read_bytes()
+            if text is not None:
+                try:
+                    orjson.loads(text)
+                except orjson.JSONDecodeError as exc:
+                    raise InputError(f"malformed JSON: {exc}", file=path,
+                                     offset=getattr(exc, "pos", None)) from None
+        return info, content
+    except InputError as exc:
+        log.warning("quarantined %s: %s", relpath, exc.message)
+        return {"source": source, "relpath": relpath, "path": str(path),
+                "size": os.stat(path).st_size, "sha256": sha256_file(path),
+                "reason": exc.message, "offset": exc.offset}, None
+
+
+def _scan_in_order(
+    jobs: Sequence[tuple[Path, str, str, int]], pool: ThreadPoolExecutor, *, keep: int, window: int,
+    quarantine: list[dict[str, Any]] | None = None, max_record_bytes: int = 64 << 20,
+) -> Iterator[tuple[InputFile, bytes | None]]:
+    """Inspect files on ``pool`` and yield them in order, with at most ``window`` bytes of files
+    read ahead (so memory does not grow with the input). With ``quarantine``, files that are
+    not valid JSON are appended to it (see :func:`_inspect_or_quarantine`), not yielded."""
+    ahead: deque[tuple[Future[tuple[Any, bytes | None]], int]] = deque()
+    ahead_bytes = 0
+    it = iter(jobs)
+    try:
+        while True:
+            while ahead_bytes < window or not ahead:
+                job = next(it, None)
+                if job is None:
+                    break
+                path, rel, src, size = job
+                fut: Future[tuple[Any, bytes | None]]
+                if quarantine is None:
+                    fut = pool.submit(inspect_file, path, rel, src, keep=keep)
+                else:
+                    fut = pool.submit(_inspect_or_quarantine, path, rel, src, keep=keep,
+                                      max_record_bytes=max_record_bytes)
+                ahead.append((fut, size))
+                ahead_bytes += size
+            if not ahead:
+                return
+            fut, size = ahead.popleft()
+            ahead_bytes -= size
+            info, content = fut.result()
+            if isinstance(info, dict):
+                assert quarantine is not None
+                quarantine.append(info)
+                continue
+            yield info, content
+    finally:
+        for fut, _ in ahead:
+            fut.cancel()
+
+
+def _object_records(items: list[tuple[InputFile, bytes]]) -> pa.Table:
+    """A numbered record table from whole one-object files (record 0 of each).
+
+    The contents are joined into one buffer with an offsets array (far cheaper than converting
+    a list of bytes objects), then checked to be valid UTF-8."""
+    data = b"".join(c for _, c in items)
+    large = len(data) >= 1 << 31
+    offsets = np.zeros(len(items) + 1, dtype=np.int64 if large else np.int32)
+    np.cumsum([len(c) for _, c in items], out=offsets[1:])
+    text = pa.Array.from_buffers(pa.large_string() if large else pa.string(), len(items),
+                                 [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+    try:
+        text.validate(full=True)  # checks UTF-8
+    except pa.ArrowInvalid as exc:
+        m = re.search(r"string index (\d+)", str(exc))
+        info = items[int(m.group(1))][0] if m else next(
+            (i for i, c in items if not _is_utf8(c)), items[0][0])
+        record, offset, reason = diagnose_json(info.path)
+        raise InputError(f"malformed JSON: {reason}", file=info.path, record=record,
+                         offset=offset, hint="fix or remove this file, then stage again") from None
+    return pa.table({
+        "_file": pa.array([i.relpath for i, _ in items], pa.string()),
+        "_record": pa.array(np.zeros(len(items), dtype=np.int64)),
+        "json": text,
+    })
+
+
+def _is_utf8(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _source_batches(
+    reader: duckdb.DuckDBPyConnection,
+    jobs: Sequence[tuple[Path, str, str, int]],
+    scan_pool: ThreadPoolExecutor,
+    *,
+    batch_bytes: int,
+    max_record_bytes: int,
+    inspected: list[InputFile],
+    quarantine: list[dict[str, Any]] | None = None,
+) -> Iterator[tuple[pa.Table, int]]:
+    """Record tables of about ``batch_bytes`` for one source, each with the input bytes it
+    completes. Files are hashed and checked on the way (appended to ``inspected``).
+
+    Small one-object files are read once, here; arrays, NDJSON, gzip and large files then go
+    through DuckDB's streaming reader."""
+    pending: list[tuple[InputFile, bytes]] = []
+    pending_bytes = 0
+    later: list[InputFile] = []
+    keep = min(batch_bytes, max_record_bytes)
+    for info, content in _scan_in_order(jobs, scan_pool, keep=keep, window=batch_bytes,
+                                        quarantine=quarantine, max_record_bytes=max_record_bytes):
+        inspected.append(info)
+        if content is None:
+            later.append(info)
+            continue
+        pending.append((info, content))
+        pending_bytes += len(content)
+        if pending_bytes >= batch_bytes:
+            yield _object_records(pending), sum(i.size for i, _ in pending)
+            pending, pending_bytes = [], 0
+    if pending:
+        yield _object_records(pending), sum(i.size for i, _ in pending)
+    if not later:
+        return
+    abs_of = {f.relpath: str(f.path) for f in later}
+    size_of = {f.relpath: f.size for f in later}
+    seen: set[str] = set()
+    for records in _read_batches(reader, later, batch_bytes):
+        _check_records(records, max_record_bytes, abs_of)
+        new = [n for n in pc.unique(records.column("_file")).to_pylist() if n not in seen]
+        seen.update(new)
+        yield records, sum(size_of.get(n, 0) for n in new)
+
+
+def _stage_source(
+    batches: Iterator[tuple[pa.Table, int]],
+    source: Source,
+    plan: SourcePlan,
+    writers: dict[str, ChunkWriter],
+    *,
+    extra_plan: ExtraPlan,
+    tmp: Path,
+    workers: int,
+    worker_memory: str,
+    progress: Progress | None,
+    done_bytes: list[int],
+    total_bytes: int,
+    files: Sequence[InputFile] = (),
+) -> None:
+    """Unpack record batches on ``workers`` threads; write their levels in batch order.
+    ``files`` (filled as batches are read) names a broken file by its full path."""
+    local = threading.local()
+    made: list[_LevelWorker] = []
+    lock = threading.Lock()
+
+    def work(records: pa.Table) -> dict[str, pa.Table]:
+        worker = getattr(local, "worker", None)
+        if worker is None:
+            worker = _LevelWorker(source, plan, extra_plan, memory=worker_memory,
+                                  temp=tmp / f".duckdb_tmp_{threading.get_ident()}", files=files)
+            local.worker = worker
+            with lock:
+                made.append(worker)
+        return worker.run(records)
+
+    def write(result: dict[str, pa.Table], nbytes: int) -> None:
+        for name, table in result.items():
+            writers[name].write(table)
+        done_bytes[0] += nbytes
+        if progress:
+            progress("stage", done_bytes[0], total_bytes)
+
+    in_flight: deque[tuple[Future[dict[str, pa.Table]], int]] = deque()
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etl-stage") as pool:
+            try:
+                for records, nbytes in batches:
+                    while len(in_flight) >= workers:
+                        fut, done = in_flight.popleft()
+                        write(fut.result(), done)
+                    in_flight.append((pool.submit(work, records), nbytes))
+                while in_flight:
+                    fut, done = in_flight.popleft()
+                    write(fut.result(), done)
+            except BaseException:
+                for fut, _ in in_flight:
+                    fut.cancel()
+                raise
+    finally:
+        for worker in made:
+            worker.close()
+
+
+def _previous_run(
+    dataset: Dataset, root: Path, jobs: Sequence[tuple[Path, str, str, int]], threads: int,
+) -> Path | None:
+    """A run already staged from exactly this content, found cheaply.
+
+    Only when an earlier run lists the same files with the same sizes are the files hashed
+    (without parsing) to compute the run id; a new export costs nothing extra here."""
+    if not root.is_dir() or dataset.side_files:
+        # Side files (screenshots) are not listed among the sources: stage again, which finds
+        # the run by its id (and copies nothing twice into the store).
+        return None
+    wanted = sorted((src, rel, size) for _, rel, src, size in jobs)
+    for run_dir in sorted(root.iterdir()):
+        manifest = run_dir / MANIFEST
+        if run_dir.name.startswith(".") or not manifest.is_file():
+            continue
+        try:
+            data = orjson.loads(manifest.read_bytes())
+            sources = [*data.get("sources", []), *data.get("quarantined", [])]
+            listed = sorted((f["source"], f["relpath"], f["size"]) for f in sources)
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            continue
+        if listed != wanted:
+            continue
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            digests = list(pool.map(lambda j: sha256_file(j[0]), jobs))
+        run_id = compute_run_id(dataset, [(src, rel, d) for (_, rel, src, _), d in zip(jobs, digests,
+                                                                                      strict=True)])
+        found = root / run_id
+        return found if (found / MANIFEST).is_file() else None
+    return None
+
+
+def stage(
+    dataset: Dataset,
+    sources: Sequence[str | Path],
+    *,
+    settings: Settings,
+    force: bool = False,
+    max_record_bytes: int = 64 << 20,
+    progress: Progress | None = None,
+    strict: bool = False,
+) -> StageResult:
+    """Stage ``sources`` for ``dataset`` into ``<staging_dir>/<dataset>/<run>/``.
+
+    Returns the run (and ``skipped=True`` when the same content was staged before and
+    ``force`` is false). Raises :class:`InputError` naming the file and record on bad input;
+    nothing is left that looks like a complete run. Files of a quarantining source
+    (``on_bad_file="quarantine"``) that are not valid JSON are left out and listed in the
+    manifest's ``quarantined``; ``strict`` makes them an :class:`InputError` too.
+    """
+    started = time.perf_counter()
+    with timed("stage") as phase:
+        found = resolve_inputs(sources)
+        assigned = assign_sources(dataset, found)
+        for src in dataset.sources:
+            if src.required and not assigned[src.name]:
+                raise InputError(
+                    f"no input file for source {src.name!r} of dataset {dataset.name} "
+                    f"(patterns {', '.join(src.match)})", dataset=dataset.name,
+                    hint="point at the export's root folder")
+        threads = settings.threads or os.cpu_count() or 1
+        jobs = [(p, rel, s, os.stat(p).st_size) for s, lst in assigned.items() for p, rel in lst]
+        root = Path(settings.staging_dir) / dataset.name
+        previous = None if force else _previous_run(dataset, root, jobs, threads)
+        if previous is not None:
+            log.info("run %s already staged at %s; skipping (use force to redo)", previous.name, previous)
+            run = open_run(previous)
+            _check_strict(run.manifest, strict)
+            phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
+            return StageResult(run, True, phase)
+
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            manifest = _stage_into(dataset, jobs, tmp, settings=settings,
+                                   max_record_bytes=max_record_bytes, progress=progress,
+                                   roots=_roots(sources, found))
+            _check_strict(manifest, strict)
+            final = root / manifest["run_id"]
+            if (final / MANIFEST).is_file() and not force:
+                # Same content under other names or places than any earlier run listed.
+                shutil.rmtree(tmp, ignore_errors=True)
+                log.info("run %s already staged at %s; skipping", final.name, final)
+                run = open_run(final)
+                phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
+                return StageResult(run, True, phase)
+            phase.rows = sum(e["rows"] for e in manifest["levels"].values())
+            phase.seconds = time.perf_counter() - started
+            phase.peak_rss = peak_rss_bytes()
+            manifest["phases"]["stage"] = phase.to_dict()
+            write_json_atomic(tmp / MANIFEST, manifest)
+            replace_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("staged %d rows from %d files into %s in %.2fs",
+             phase.rows, len(jobs), final, phase.seconds)
+    run = open_run(final)
+    return StageResult(run, False, phase)
+
+
+def _check_strict(manifest: Mapping[str, Any], strict: bool) -> None:
+    bad = manifest.get("quarantined") or []
+    if strict and bad:
+        first = bad[0]
+        raise InputError(f"{len(bad)} file(s) are not valid JSON (--strict): {first['reason']}"
+                         + (f"; also {', '.join(b['relpath'] for b in bad[1:4])}" if len(bad) > 1
+                            else ""),
+                         dataset=str(manifest.get("dataset")), file=first["path"],
+                         offset=first.get("offset"),
+                         hint="fix or remove the file(s), or stage without --strict to quarantine "
+                              "them and load the rest")
+
+
+def _roots(sources: Sequence[str | Path], found: Sequence[tuple[Path, str]]) -> dict[str, Path]:
+    """The input root each file was found under, by its relative path: the directory given
+    (for a directory), the glob's fixed head, or the file's own folder."""
+    out: dict[str, Path] = {}
+    for path, rel in found:
+        text = str(path)
+        root = Path(text[: -len(rel)]) if rel and text.endswith(rel) else path.parent
+        out[rel] = root if str(root) else Path(".")
+    return out
+
+
+def _stage_side_files(dataset: Dataset, tmp: Path, writers: dict[str, ChunkWriter], *,
+                      roots: Mapping[str, Path], settings: Settings,
+                      threads: int) -> list[tuple[str, str, str]]:
+    """Run the dataset's side-file hooks over the staged levels they look beside; write their
+    rows; return (level, file, sha256) entries for the run id."""
+    entries: list[tuple[str, str, str]] = []
+    levels = dataset.levels
+    store_base = Path(settings.staging_dir)
+    for side in dataset.side_files:
+        chunks = writers[side.beside].close()
+        files = [str(tmp / c["path"]) for c in chunks]
+        schema = level_schema(levels[side.beside], levels)
+        records = pl.read_parquet(files) if files else pl.DataFrame(schema=schema)
+        writers[side.beside] = _Closed(chunks)  # type: ignore[assignment]
+        rows = side.stage(SideInput(records=records, roots=roots,
+                                    store=store_base / dataset.name / "_store",
+                                    store_base=store_base, threads=threads))
+        target = level_schema(levels[side.level], levels)
+        rows = rows.with_columns(*(pl.lit(None, dtype).alias(n) for n, dtype in target.items()
+                                   if n not in rows.columns)).select(list(target)).cast(target)
+        writers[side.level].write(rows.to_arrow())
+        if "sha256" in rows.columns:
+            entries.extend((side.level, f or "", h or "") for f, h in
+                           rows.select("_file", "sha256").iter_rows())
+    return entries
+
+
+class _Closed:
+    """A level writer already closed (its chunks listed), for levels side hooks read."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self.chunks = chunks
+
+    def close(self) -> list[dict[str, Any]]:
+        return self.chunks
+
+
+def _stage_into(
+    dataset: Dataset,
+    jobs: Sequence[tuple[Path, str, str, int]],
+    tmp: Path,
+    *,
+    settings: Settings,
+    max_record_bytes: int,
+    progress: Progress | None,
+    roots: Mapping[str, Path] | None = None,
+) -> dict[str, Any]:
+    # The memory limit is shared out: a quarter for the reader of streamed files (one thread,
+    # so file and record order hold), the rest split between the workers that unpack levels.
+    # A batch of records handed from one to the other is a 24th (~10 MB at 256MB): large enough
+    # that the fixed cost per batch (~25 ms to parse and unnest the three mids power levels of
+    # even one record) stays small, small enough that the batches in flight, and each worker's
+    # parsed batch (~2.5 times its JSON text), stay well inside the limit.
+    plans = {src.name: source_plan(src.levels) for src in dataset.sources}  # checks the levels
+    memory = _memory_bytes(settings.memory_limit)
+    batch_bytes = max(1 << 20, memory // 24)
+    threads = settings.threads or os.cpu_count() or 1
+    workers = max(1, threads)
+    reader = duckdb.connect(config={
+        "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
+        "threads": 1,
+        "preserve_insertion_order": True,
+        "temp_directory": str(tmp / ".duckdb_tmp_reader"),
+    })
+    worker_memory = f"{max(64 << 20, (memory * 3 // 4) // workers) >> 20}MB"
+    levels = dataset.levels
+    writers = {
+        name: ChunkWriter(tmp / "raw" / name, tmp, chunk_rows=settings.chunk_rows,
+                          schema=level_schema(lvl, levels).to_arrow())
+        for name, lvl in levels.items()
+    }
+    total = sum(j[3] for j in jobs)
+    done = [0]
+    inspected: list[InputFile] = []
+    quarantined: list[dict[str, Any]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
+            for src in dataset.sources:
+                src_jobs = [j for j in jobs if j[2] == src.name]
+                if not src_jobs:
+                    continue
+                batches = _source_batches(
+                    reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
+                    max_record_bytes=max_record_bytes, inspected=inspected,
+                    quarantine=quarantined if src.on_bad_file == "quarantine" else None)
+                _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
+                              extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
+                              worker_memory=worker_memory, progress=progress, done_bytes=done,
+                              total_bytes=total, files=inspected)
+    finally:
+        reader.close()
+    for leftover in tmp.glob(".duckdb_tmp*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    side_entries = _stage_side_files(dataset, tmp, writers, roots=roots or {}, settings=settings,
+                                     threads=threads) if dataset.side_files else []
+    level_entries = {}
+    for name, lvl in levels.items():
+        chunks = writers[name].close()
+        level_entries[name] = {
+            "source": dataset.level_source(name).name,
+            "parent": lvl.parent,
+            "rows": sum(c["rows"] for c in chunks),
+            "schema": schema_to_json(level_schema(lvl, levels)),
+            "chunks": chunks,
+        }
+    run_id = compute_run_id(dataset, [
+        *((f.source, f.relpath, f.sha256) for f in inspected),
+        *((q["source"], q["relpath"], "quarantined:" + q["sha256"]) for q in quarantined),
+        *((f"side:{level}", rel, sha) for level, rel, sha in side_entries)])
+    return {
+        "format": MANIFEST_FORMAT,
+        "run_id": run_id,
+        "dataset": dataset.name,
+        "dataset_version": dataset.version,
+        "toolkit_version": __version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": {"chunk_rows": settings.chunk_rows, "memory_limit": settings.memory_limit,
+                     "max_record_bytes": max_record_bytes},
+        "sources": [f.to_dict() for f in sorted(inspected, key=lambda f: (f.source, f.relpath))],
+        "levels": level_entries,
+        "quarantined": sorted(quarantined, key=lambda q: (q["source"], q["relpath"])),
+        "phases": {},
+    }

@@ -1,0 +1,8 @@
+"""Transform: validated levels → target tables (keys, lookups, ``extra``), written as Parquet.
+
+:func:`transform` is the step; :mod:`.extra_fetch` fetches each row's kept keys by reference.
+"""
+
+from etl.transform.transformer import transform
+
+__all__ = ["transform"]

@@ -1,0 +1,135 @@
+"""Put each row's ``_extra`` text into a table written in key order, a chunk at a time.
+
+The transform builds a table without the staged ``_extra`` texts (the widest data of an export),
+carrying for each row where its text sits (:data:`etl.dataset.XREF`: the level and the row's
+number among the level's staged rows) and, where a cleaning step changed a typed value, the
+export's originals (:data:`etl.dataset.PATCH`). Once the table's key order is known:
+
+1. every staged chunk of the levels involved is read once, a row group at a time (``_extra``
+   only), and each text that belongs to the table is appended, with its place in key order, to
+   the bucket of the output chunk it goes to (Arrow IPC files in a temporary folder);
+2. each output chunk then reads its one bucket and orders the texts by place, merging the
+   originals in where there are any.
+
+So the texts are read and written once more, in order, and memory holds one row group and one
+output chunk's texts, whatever the size of the export.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from etl.dataset import STAGED_EXTRA, XREF_SHIFT
+from etl.errors import RunStateError
+from etl.jsontext import add_keys, parse_record
+
+_ROW_MASK = (1 << XREF_SHIFT) - 1
+_BATCH = 16_384
+_SCHEMA = pa.schema([("place", pa.int64()), ("text", pa.large_string())])
+
+
+class ExtraFetcher:
+    """The ``_extra`` texts of one table, bucketed by output chunk (see the module's doc).
+
+    ``xref``: each table row's :data:`~etl.dataset.XREF`, in key order (null: the row has none,
+    its ``extra`` is ``{}``). ``levels``: the dataset's level names in order (the number in
+    ``xref``); ``level_chunks``: per level, its staged chunks (paths under ``root``, rows)."""
+
+    def __init__(self, xref: pl.Series, *, chunk_rows: int, root: Path, tmp: Path,
+                 levels: Sequence[str], level_chunks: Mapping[str, list[dict[str, Any]]]) -> None:
+        self.n = xref.len()
+        self.chunk_rows = chunk_rows
+        self.tmp = tmp
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        refs = xref.to_numpy(allow_copy=True) if xref.null_count() == 0 else \
+            xref.fill_null(-1).to_numpy(allow_copy=True)
+        refs = np.asarray(refs, dtype=np.int64)
+        self.filled = np.zeros(self.nchunks, dtype=np.int64)
+        writers: dict[int, ipc.RecordBatchFileWriter] = {}
+        try:
+            have = refs >= 0
+            numbers = np.unique(refs[have] >> XREF_SHIFT) if have.any() else np.array([], np.int64)
+            for number in numbers.tolist():
+                name = levels[number]
+                mine = np.nonzero(have & ((refs >> XREF_SHIFT) == number))[0]
+                total = sum(int(c["rows"]) for c in level_chunks[name])
+                place_of = np.full(total, -1, dtype=np.int64)
+                place_of[refs[mine] & _ROW_MASK] = mine
+                start = 0
+                for chunk in level_chunks[name]:
+                    pf = pq.ParquetFile(root / chunk["path"])
+                    for batch in pf.iter_batches(batch_size=_BATCH, columns=[STAGED_EXTRA]):
+                        places = place_of[start:start + batch.num_rows]
+                        start += batch.num_rows
+                        # an empty object is what a row gets by default: only others travel
+                        column = batch.column(0).cast(pa.large_string())
+                        empty = pc.equal(column, "{}").fill_null(False).to_numpy(zero_copy_only=False)
+                        keep = (places >= 0) & ~empty
+                        if not keep.any():
+                            continue
+                        idx = np.nonzero(keep)[0]
+                        texts = column.take(pa.array(idx))
+                        where = places[idx]
+                        bucket = where // chunk_rows
+                        for b in np.unique(bucket).tolist():
+                            sel = np.nonzero(bucket == b)[0]
+                            w = writers.get(b)
+                            if w is None:
+                                w = writers[b] = ipc.new_file(self._path(b), _SCHEMA)
+                            w.write_batch(pa.record_batch(
+                                [pa.array(where[sel]), texts.take(pa.array(sel))], schema=_SCHEMA))
+                            self.filled[b] += len(sel)
+        finally:
+            for w in writers.values():
+                w.close()
+
+    @property
+    def nchunks(self) -> int:
+        return max(1, -(-self.n // self.chunk_rows))
+
+    def _path(self, bucket: int) -> Path:
+        return self.tmp / f"bucket-{bucket:05d}.arrow"
+
+    def chunk(self, index: int, length: int, patches: pl.Series | None = None) -> pl.Series:
+        """The ``extra`` texts of output chunk ``index`` (``length`` rows), in key order; rows
+        without a staged text get ``{}``; ``patches`` (the chunk's PATCH values) merged in."""
+        path = self._path(index)
+        base = index * self.chunk_rows
+        slot = np.full(length, -1, dtype=np.int64)
+        texts: pa.Array = pa.array([], pa.large_string())
+        if path.exists():
+            with pa.memory_map(str(path)) as source:
+                table = ipc.open_file(source).read_all()
+            places = table.column("place").to_numpy() - base
+            if len(places) and (places.min() < 0 or places.max() >= length):
+                raise RunStateError("an extra text belongs outside its chunk; a bug: report it")
+            slot[places] = np.arange(len(places))
+            texts = table.column("text").combine_chunks()
+            del table
+            path.unlink()
+        taken = texts.take(pa.array(slot, mask=slot < 0)).fill_null("{}")
+        out = pl.Series("extra", taken.cast(pa.large_string()))
+        if patches is not None and patches.null_count() < patches.len():
+            rows = np.nonzero(patches.is_not_null().to_numpy())[0]
+            merged = [_merge(out[i], patches[i]) for i in rows.tolist()]
+            out = out.scatter(rows, pl.Series(merged, dtype=pl.String()))
+        return out
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _merge(text: str, patch: str) -> str:
+    """``text`` (a record's ``_extra``) with the keys of ``patch`` it lacks added."""
+    return add_keys(text, parse_record(patch))

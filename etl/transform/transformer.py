@@ -1,0 +1,282 @@
+"""Transform: accepted staged rows → target tables as Parquet under ``tables/<table>/``.
+
+The dataset's transform turns LazyFrames of accepted, cleaned levels into one LazyFrame per
+target table. Here every table is cast to its declared columns, checked (primary key present and
+unique), sorted by its primary key — so the same input always gives the same files — and written
+in chunks. Only rows that passed validation are read.
+
+The sort never copies a whole table: the table is built in whatever order its plan gives, the
+order by primary key is computed on the key columns alone, and each chunk gathers its rows
+through a slice of that order. Sorting the frame itself would gather a full second copy of every
+column (a wide text column such as a jsonb ``params`` doubles) while the first is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Table
+from etl.errors import RunStateError
+from etl.metrics import Phase, timed
+from etl.run import (
+    JSON_PIECE_ROWS,
+    JSON_SAMPLE,
+    MANIFEST,
+    TABLE_COMPRESSION,
+    ChunkWriter,
+    Run,
+    comparable_json,
+    frames_checksum,
+    json_dtypes,
+    replace_dir,
+    schema_to_json,
+    write_json_atomic,
+)
+from etl.transform.extra_fetch import ExtraFetcher
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TransformResult:
+    run: Run
+    rows: dict[str, int]
+    phase: Phase
+
+
+def table_checksum(df: pl.DataFrame) -> str:
+    """The content checksum of a whole table (see :func:`etl.run.frames_checksum`)."""
+    return frames_checksum([df])
+
+
+#: Lineage columns a table's chunks keep (beside its own columns) where its rows come one to one
+#: from staged records: where each row came from, for errors and ``etl reconcile``. They are not
+#: loaded.
+TABLE_LINEAGE = ("_file", "_record", "_path")
+#: Rows per piece (and row group) of a table whose ``extra`` texts are fetched into place.
+EXTRA_PIECE_ROWS = 16_384
+
+
+def _shape(table: Table, lf: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.Schema]:
+    """The table's columns, typed, then the lineage columns the plan has; and their schema.
+    A table's ``extra`` column is the staged ``_extra`` when the plan does not name it."""
+    have = lf.collect_schema()
+    if EXTRA in (c.name for c in table.columns) and EXTRA not in have and STAGED_EXTRA in have:
+        lf = lf.with_columns(pl.col(STAGED_EXTRA).alias(EXTRA))
+        have = lf.collect_schema()
+    # extra comes later, fetched by each row's XREF (see etl.transform.extra_fetch), when the plan has it
+    fetched = {EXTRA} if XREF in have and EXTRA not in have else set()
+    missing = [c.name for c in table.columns if c.name not in have and c.name not in fetched]
+    if missing:
+        raise RunStateError(f"transform for table {table.name} gives no column(s) {missing}",
+                            hint="fix the dataset's transform")
+    schema = dict(table.polars_schema)
+    lineage = ({c: have[c] for c in TABLE_LINEAGE}
+               if all(c in have for c in TABLE_LINEAGE) and not set(TABLE_LINEAGE) & set(schema)
+               else {})
+    cols = [pl.col(c.name).cast(schema[c.name]) for c in table.columns if c.name in have]
+    hidden = {c: have[c] for c in (XREF, PATCH) if c in have and EXTRA not in have}
+    out = lf.select(cols + list(lineage) + list(hidden))
+    return out, pl.Schema({**{c: schema[c] for c in schema if c in have}, **lineage, **hidden})
+
+
+#: Chunks go to Arrow in Polars' own string layout (string_view), which is what the tables'
+#: Arrow schema declares: no conversion to large_string and back. The Parquet bytes are the same.
+_ARROW_LEVEL = pl.CompatLevel.newest()
+
+
+def _read_chunks(folder: Path, table: Table, batch_rows: int = 100_000,
+                 columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    """A table's written chunks (or some of their ``columns``), read back a file at a time,
+    typed like the table, in pieces of ``batch_rows``."""
+    schema = {name: dtype for name, dtype in table.polars_schema.items()
+              if columns is None or name in columns}
+    for path in sorted(folder.glob("*.parquet")):
+        df = pl.read_parquet(path, columns=list(schema)).cast(schema)  # type: ignore[arg-type]
+        for start in range(0, df.height, batch_rows):
+            yield df.slice(start, batch_rows)
+        del df
+
+
+def _json_columns(table: Table) -> list[str]:
+    return [c.name for c in table.columns if c.type == "jsonb"]
+
+
+def _key_order(df: pl.DataFrame, pk: list[str]) -> pl.Series | None:
+    """The row order that sorts ``df`` by ``pk`` (computed on the key columns alone), or None
+    when ``df`` is in that order already. With a unique key any sort gives this one order."""
+    if df.height < 2:
+        return None
+    order = df.select(pl.arg_sort_by(pk).alias("order")).get_column("order")
+    return None if order.is_sorted() else order  # a sorted permutation is 0, 1, 2…
+
+
+def _rows(df: pl.DataFrame, order: pl.Series | None, start: int, length: int) -> pl.DataFrame:
+    """Rows ``start``… (``length`` of them) of ``df`` in key order: a slice of the order, so
+    only this piece is copied. Always one contiguous piece: the Parquet writer's page layout
+    follows the Arrow chunks it is given, so the same rows give the same file bytes whatever
+    the engine's internal chunking was (which varied with the thread count)."""
+    piece = df.slice(start, length) if order is None else df[order.slice(start, length)]
+    return piece.rechunk()
+
+
+def _written_json_dtypes(folder: Path, table: Table, columns: list[str]) -> dict[str, str]:
+    """:func:`etl.run.json_dtypes` of a written table: the same sample (the first values in key
+    order), read back from its first chunk(s) once the table itself is dropped, so the decoding
+    the inference does is not added to the table's memory."""
+    if not columns:
+        return {}
+    found: dict[str, list[pl.Series]] = {c: [pl.Series(c, [], dtype=pl.String)] for c in columns}
+    have = dict.fromkeys(columns, 0)
+    for part in _read_chunks(folder, table, JSON_SAMPLE, columns):
+        for col in columns:
+            if have[col] < JSON_SAMPLE:
+                values = part.get_column(col).drop_nulls()
+                found[col].append(values)
+                have[col] += values.len()
+        if min(have.values()) >= JSON_SAMPLE:
+            break
+    out: dict[str, str] = {}
+    for col in columns:
+        out.update(json_dtypes(pl.DataFrame(pl.concat(found[col])), [col]))
+    return out
+
+
+def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) -> None:
+    """Primary key present and unique, required columns filled. ``order`` sorts ``df`` by its
+    key (None: ``df`` is sorted already)."""
+    pk = list(table.primary_key)
+    keys = df.select(pk) if order is None else df.select(pk)[order]
+    nulls = keys.select(pl.any_horizontal([pl.col(c).is_null() for c in pk]).sum()).item()
+    if nulls:
+        raise RunStateError(f"table {table.name}: {nulls} row(s) with an empty primary key {pk}",
+                            hint="the dataset's transform or rules miss a case; report it")
+    # ``keys`` are sorted, so duplicates sit next to each other: comparing each row with the
+    # one before costs a pass, where is_duplicated() hashed every key (~450 MB at 2.5M rows).
+    same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in pk])
+    dups = keys.select(same_as_previous.fill_null(False).sum()).item()
+    if dups:
+        raise RunStateError(f"table {table.name}: {dups} row(s) share a primary key {pk}",
+                            hint="add a unique rule for the key to the dataset's rules")
+    del keys
+    for col in table.columns:
+        if not col.nullable and col.name in df.columns:  # (extra is fetched later: never null)
+            n = df.get_column(col.name).null_count()
+            if n:
+                raise RunStateError(f"table {table.name}: {n} row(s) without {col.name}",
+                                    hint="add a required rule for it to the dataset's rules")
+
+
+def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
+    """Build the dataset's target tables from the accepted rows of a validated run."""
+    dataset = run.dataset()
+    validation = run.manifest.get("validation")
+    if validation is None:
+        raise RunStateError(f"run {run.id} has not been validated", run=run.id,
+                            hint=f"run `etl validate {run.path}` first")
+    if validation["status"] != "passed":
+        raise RunStateError(f"run {run.id} failed validation; nothing is transformed", run=run.id,
+                            hint=f"see {run.path / 'report.json'}; fix the input or validate again "
+                                 "with --max-reject-ratio")
+    chunk_rows = int(run.manifest.get("settings", {}).get("chunk_rows", 100_000))
+    with timed("transform") as phase:
+        levels = {name: run.accepted(name, dataset, narrow=True) for name in dataset.levels}
+        frames = dataset.transform(levels)
+        unknown = set(frames) - {t.name for t in dataset.tables}
+        if unknown:
+            raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
+        tables = list(dataset.tables)
+        shaped = [_shape(t, frames[t.name]) for t in tables]
+        tmp = run.path / ".tables.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        entries: dict[str, Any] = {}
+        rows: dict[str, int] = {}
+        # One table at a time, written and dropped before the next is built: peak memory is
+        # the largest table, not all of them (collect_all would share work but hold them all).
+        for i, (table, (plan, chunk_schema)) in enumerate(zip(tables, shaped, strict=True)):
+            df = plan.collect(engine="streaming")  # in the plan's order; sorted chunk by chunk
+            order = _key_order(df, list(table.primary_key))
+            _check_keys(table, df, order)
+            writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
+                                 schema=table.polars_schema.to_arrow(),
+                                 compression=TABLE_COMPRESSION)
+            # Lineage goes to files of its own beside the chunks (same rows, same order), so a
+            # table's chunks hold exactly what is loaded and do not depend on file names.
+            lineage = [c for c in chunk_schema if c in TABLE_LINEAGE and c not in table.polars_schema]
+            hidden = [c for c in chunk_schema if c in (XREF, PATCH)]
+            fetcher = None
+            if XREF in hidden:
+                xref = df.get_column(XREF) if order is None else df.get_column(XREF).gather(order)
+                fetcher = ExtraFetcher(
+                    xref, chunk_rows=EXTRA_PIECE_ROWS, root=run.path,
+                    tmp=tmp / f".extra-{table.name}",
+                    levels=list(dataset.levels),
+                    level_chunks={n: e["chunks"] for n, e in run.manifest["levels"].items()})
+                del xref
+            lineage_writer = ChunkWriter(tmp / table.name / "lineage", run.path,
+                                         chunk_rows=chunk_rows, schema=pl.Schema(
+                                             {c: chunk_schema[c] for c in lineage}).to_arrow(),
+                                         compression=TABLE_COMPRESSION) if lineage else None
+            # To Arrow a chunk at a time; a table whose extra texts are fetched, a smaller piece
+            # at a time (each piece a row group), so only that many texts are in memory.
+            step = EXTRA_PIECE_ROWS if fetcher is not None else chunk_rows
+            for start in range(0, df.height, step):
+                piece = _rows(df, order, start, step)
+                if fetcher is not None:
+                    patches = piece.get_column(PATCH) if PATCH in hidden else None
+                    piece = piece.with_columns(fetcher.chunk(start // step, piece.height, patches))
+                piece = piece.select([*table.polars_schema, *lineage])
+                writer.write(piece.drop(lineage).to_arrow(compat_level=_ARROW_LEVEL))
+                if lineage_writer is not None:
+                    lineage_writer.write(piece.select(lineage).to_arrow(compat_level=_ARROW_LEVEL))
+                del piece
+            chunks = writer.close()
+            if fetcher is not None:
+                fetcher.close()
+            lineage_chunks = lineage_writer.close() if lineage_writer is not None else []
+            rows[table.name] = df.height
+            del df, order
+            # jsonb columns are checksummed by meaning (PostgreSQL reorders and reformats them).
+            json_cols = _json_columns(table)
+            dtypes = _written_json_dtypes(tmp / table.name, table, json_cols)
+            # The checksum reads the chunks back a slice at a time once the table is dropped, so
+            # its work (decoding jsonb, hashing) does not add to the table's memory.
+            checksum = frames_checksum(
+                comparable_json(part, json_cols, dtypes)
+                for part in _read_chunks(tmp / table.name, table,
+                                         JSON_PIECE_ROWS if json_cols else chunk_rows))
+            for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
+                c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
+            entries[table.name] = {
+                "rows": rows[table.name],
+                "schema": schema_to_json(table.polars_schema),
+                "lineage": schema_to_json(pl.Schema({c: chunk_schema[c] for c in lineage})),
+                "lineage_chunks": lineage_chunks,
+                "primary_key": list(table.primary_key),
+                "checksum": checksum,
+                "json_dtypes": dtypes,
+                "checksum_polars": pl.__version__,
+                "chunks": chunks,
+            }
+            if progress:
+                progress("transform", i + 1, len(tables))
+        tmp.mkdir(parents=True, exist_ok=True)
+        replace_dir(tmp, run.path / "tables")
+        phase.rows = sum(rows.values())
+    manifest = dict(run.manifest)
+    manifest["tables"] = entries
+    manifest.setdefault("phases", {})["transform"] = phase.to_dict()
+    write_json_atomic(run.path / MANIFEST, manifest)
+    run.manifest.clear()
+    run.manifest.update(manifest)
+    log.info("transformed %s into %d tables, %d rows", run.id, len(rows), phase.rows)
+    return TransformResult(run, rows, phase)

@@ -1,0 +1,9 @@
+"""Validate: the dataset's rules over a staged run, in Polars; rejected rows kept with the reason.
+
+:func:`validate` is the step; :mod:`.rules` resolves rule severities (flags, ``ETL_RULES``,
+``[tool.etl.rules]``).
+"""
+
+from etl.validate.validator import failing_rules, require_passed, validate
+
+__all__ = ["failing_rules", "require_passed", "validate"]
