@@ -76,11 +76,11 @@ def run_pipeline(
     (``strict``: also on a file a quarantining source would leave out)."""
     staged = stage(dataset, sources, settings=settings, force=force, progress=progress,
                    strict=strict)
-    checked = validate(staged.run, max_reject_ratio=max_reject_ratio, rules=settings.rules,
+    checked = validate(staged.run, dataset, max_reject_ratio=max_reject_ratio, rules=settings.rules,
                        progress=progress)
     require_passed(checked)
-    built = transform(staged.run, progress=progress)
-    return PipelineResult(staged.run, checked.report, built.rows,
+    built = transform(checked.run, dataset, progress=progress)
+    return PipelineResult(built.run, checked.report, built.rows,
                           [staged.phase, checked.phase, built.phase])
 
 
@@ -112,6 +112,7 @@ def run_all(
 
 def rebuild(
     run_dir: Path,
+    dataset: Dataset | None = None,
     *,
     settings: Settings,
     progress: Progress | None = None,
@@ -120,18 +121,25 @@ def rebuild(
 
     Every chunk file is checked against the manifest's sha256 first (a changed or missing file
     is refused, named). A run not yet transformed is validated and transformed from its raw
-    chunks. The load then runs as a full load in mode ``rebuild``."""
+    chunks. The load then runs as a full load in mode ``rebuild``. ``dataset``: the run's
+    dataset (default: the registered one of the run's name, resolved here once)."""
     run = open_run(run_dir)
+    if dataset is None:
+        from etl.datasets import get_dataset
+
+        dataset = get_dataset(run.dataset_name)
+    run.check_dataset(dataset)
     with timed("check") as phase:
         phase.rows = check_run_files(run.path, run.manifest)
     phases = [phase]
     report = run.report() or {"status": run.manifest.get("validation", {}).get("status", "unknown")}
     if "tables" not in run.manifest:
-        checked = validate(run, rules=settings.rules, progress=progress)
+        checked = validate(run, dataset, rules=settings.rules, progress=progress)
         require_passed(checked)
-        built = transform(run, progress=progress)
+        built = transform(checked.run, dataset, progress=progress)
         phases += [checked.phase, built.phase]
         report = checked.report
+        run = built.run
     loaded = load(run, database_url=settings.database_url, mode="rebuild", force=True, progress=progress)
     tables = {n: int(e["rows"]) for n, e in run.manifest["tables"].items()}
     return PipelineResult(run, report, tables, [*phases, *loaded.phases], loaded)

@@ -353,12 +353,61 @@ class ChunkWriter:
         return sum(c["rows"] for c in self.chunks) + (self._rows if self._writer else 0)
 
 
+class Manifest(dict[str, Any]):
+    """A run's manifest as read from disk: read-only at the top level. A stage does not edit it;
+    it says what it adds (:meth:`Run.advance`), and that is written in one atomic step."""
+
+    def _read_only(self, *_: Any, **__: Any) -> None:
+        raise TypeError("a run's manifest is read-only: a stage returns what it adds, and "
+                        "Run.advance(additions) writes it")
+
+    __setitem__ = __delitem__ = clear = update = pop = popitem = setdefault = _read_only  # type: ignore[assignment]
+
+
+def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """The one writer of ``manifest.json``: atomically (temporary file, fsync, rename), so a
+    reader sees the old manifest or the new one, never a part."""
+    write_json_atomic(run_dir / MANIFEST, dict(manifest))
+
+
 @dataclass(frozen=True)
 class Run:
-    """A staged run on disk, read back: manifest, LazyFrames, a DuckDB view of it all."""
+    """A staged run on disk, read back: manifest, LazyFrames, a DuckDB view of it all.
+
+    A ``Run`` is a snapshot: its manifest never changes in place. A stage starts from the run's
+    current state on disk (:meth:`current`) and ends with :meth:`advance`, which writes what it
+    adds and returns the new snapshot."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
+
+    def current(self) -> Run:
+        """This run as it is on disk now (a later stage may have advanced it)."""
+        return open_run(self.path)
+
+    def advance(self, additions: Mapping[str, Any]) -> Run:
+        """Write ``additions`` (top-level manifest keys; ``phases`` merged by phase name) over
+        the run's current manifest in one atomic step; the new snapshot."""
+        now = dict(self.current().manifest)
+        for key, value in additions.items():
+            if key == "phases":
+                now["phases"] = {**(now.get("phases") or {}), **value}
+            else:
+                now[key] = value
+        write_manifest(self.path, now)
+        return Run(self.path, Manifest(now))
+
+    def check_dataset(self, dataset: Dataset) -> None:
+        """Raise :class:`RunStateError` unless ``dataset`` is the one (name and version) this run
+        was staged with."""
+        if dataset.name != self.dataset_name:
+            raise RunStateError(f"run {self.id} holds dataset {self.dataset_name}, not {dataset.name}",
+                                run=self.id, hint=f"pass the {self.dataset_name} dataset")
+        if dataset.version != self.manifest["dataset_version"]:
+            raise RunStateError(
+                f"run was staged with {dataset.name} version {self.manifest['dataset_version']}, "
+                f"the dataset given is version {dataset.version}",
+                dataset=dataset.name, run=self.id, hint="stage the export again with `etl stage`")
 
     @property
     def id(self) -> str:
@@ -369,14 +418,12 @@ class Run:
         return str(self.manifest["dataset"])
 
     def dataset(self) -> Dataset:
+        """The registered dataset of this run's name (a notebook convenience: the stages are
+        given their :class:`Dataset` and never look it up)."""
         from etl.datasets import get_dataset
 
         ds = get_dataset(self.dataset_name)
-        if ds.version != self.manifest["dataset_version"]:
-            raise RunStateError(
-                f"run was staged with {ds.name} version {self.manifest['dataset_version']}, "
-                f"the installed dataset is version {ds.version}",
-                dataset=ds.name, run=self.id, hint="stage the export again with `etl stage`")
+        self.check_dataset(ds)
         return ds
 
     # -- raw levels ---------------------------------------------------------------------------
@@ -586,7 +633,7 @@ def open_run(path: str | Path) -> Run:
     if manifest.get("format") != MANIFEST_FORMAT:
         raise RunStateError(f"manifest format {manifest.get('format')} is not {MANIFEST_FORMAT}",
                             file=manifest_path, hint="stage the export again with this toolkit")
-    return Run(root, manifest)
+    return Run(root, Manifest(manifest))
 
 
 def lineage_columns() -> list[str]:

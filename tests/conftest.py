@@ -94,8 +94,8 @@ def transformed_run(dataset: str, sources: list[Path], staging: Path) -> Run:
     from etl.validate import require_passed, validate
 
     staged = stage(get_dataset(dataset), sources, settings=Settings(staging_dir=staging))
-    require_passed(validate(staged.run))
-    return transform(staged.run).run
+    require_passed(validate(staged.run, staged.run.dataset()))
+    return transform(staged.run, staged.run.dataset()).run
 
 
 def mids_runs(sample: Path, root: Path, drop: str) -> MidsRuns:

@@ -6,6 +6,7 @@ taken from constants: junction rows equal list entries, lookup rows equal distin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -69,9 +70,9 @@ def sample_run(tmp_path_factory: pytest.TempPathFactory):
     require_shared(SAMPLE)
     settings = Settings(staging_dir=tmp_path_factory.mktemp("st"), chunk_rows=500)
     staged = stage(AODB, [SAMPLE], settings=settings)
-    checked = validate(staged.run)
-    built = transform(staged.run)
-    return staged, checked, built
+    checked = validate(staged.run, AODB)
+    built = transform(checked.run, AODB)
+    return dataclasses.replace(staged, run=built.run), checked, built
 
 
 def test_counts_reconcile_with_source(sample_run) -> None:
@@ -128,8 +129,8 @@ def _write(path: Path, items: list[dict[str, Any]]) -> Path:
 def _tables(root: Path, sources: list[Path]) -> dict[str, pl.DataFrame]:
     settings = Settings(staging_dir=root)
     run = stage(AODB, sources, settings=settings).run
-    assert validate(run).passed
-    transform(run)
+    assert validate(run, run.dataset()).passed
+    run = transform(run, run.dataset()).run
     return {name: lf.collect() for name, lf in run.tables().items()}
 
 
@@ -158,7 +159,7 @@ def test_rules_reject_with_reasons(tmp_path: Path) -> None:
     with_actions["ActionData"]["Actions"][0]["Criteria"][0]["Operator"] = 999
     src = _write(tmp_path / "broken.json", items)
     run = stage(AODB, [src], settings=Settings(staging_dir=tmp_path / "st")).run
-    result = validate(run)
+    result = validate(run, run.dataset())
     assert not result.passed
     failed = {r["name"]: r for r in result.report["rules"] if r["failed"]}
     assert failed["items.aoid.unique"]["failed"] == 1
@@ -182,8 +183,8 @@ def test_rules_reject_with_reasons(tmp_path: Path) -> None:
 
     # Allowed through, the rejected rows are gone and the duplicate's children are not
     # attached to the accepted item of the same AOID.
-    validate(run, max_reject_ratio=1.0)
-    transform(run)
+    validate(run, run.dataset(), max_reject_ratio=1.0)
+    run = transform(run, run.dataset()).run
     t = {name: lf.collect() for name, lf in run.tables().items()}
     assert t["items"].height == 9
     dup_stats = t["item_stats"].filter(pl.col("aoid") == dup["AOID"])

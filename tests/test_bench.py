@@ -50,7 +50,7 @@ def test_copies_of_the_sample_have_unique_keys_and_validate(mids_sample: Path, t
     assert len(full) == len(set(full)) == made.powersets + made.powers
 
     staged = stage(get_dataset("mids"), [tmp_path / "x3"], settings=Settings(staging_dir=tmp_path / "st"))
-    checked = validate(staged.run)
+    checked = validate(staged.run, staged.run.dataset())
     assert checked.passed, checked.report["failed_levels"]
     levels = checked.report["levels"]
     assert levels["powersets"]["rows"] == made.powersets

@@ -226,11 +226,11 @@ def assert_accepted_loaded_rejected_kept(run: Run, dataset: Dataset, pg_url: str
 
 def _pipeline(export: Path, staging: Path, pg_url: str, dataset: Dataset = MIDS) -> Run:
     staged = stage(dataset, [export], settings=Settings(staging_dir=staging))
-    checked = validate(staged.run, max_reject_ratio=1.0)
+    checked = validate(staged.run, dataset, max_reject_ratio=1.0)
     assert checked.passed
-    transform(staged.run)
-    load(staged.run, database_url=pg_url)  # the contract: this never fails on the data
-    return staged.run
+    run = transform(checked.run, dataset).run
+    load(run, database_url=pg_url)  # the contract: this never fails on the data
+    return run
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

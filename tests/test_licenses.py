@@ -44,8 +44,8 @@ def tree(sample: Path, tmp_path: Path) -> Path:
 
 def _built(src: Path, staging: Path, **kw: Any) -> Run:
     staged = stage(DATASET, [src], settings=Settings(staging_dir=staging), **kw)
-    require_passed(validate(staged.run))
-    return transform(staged.run).run
+    require_passed(validate(staged.run, staged.run.dataset()))
+    return transform(staged.run, staged.run.dataset()).run
 
 
 def _report(run: Run) -> dict[str, Any]:

@@ -51,8 +51,8 @@ def _source_counts(root: Path) -> dict[str, int]:
 def sample_run(mids_sample: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(staging_dir=tmp_path_factory.mktemp("st"), chunk_rows=1000)
     staged = stage(get_dataset("mids"), [mids_sample], settings=settings)
-    checked = validate(staged.run)
-    built = transform(staged.run)
+    checked = validate(staged.run, staged.run.dataset())
+    built = transform(staged.run, staged.run.dataset())
     return staged, checked, built
 
 
@@ -105,8 +105,8 @@ def test_keys_are_deterministic(mids_sample: Path, tmp_path: Path, sample_run) -
     _, _, first = sample_run
     settings = Settings(staging_dir=tmp_path / "again", chunk_rows=250)
     staged = stage(get_dataset("mids"), [mids_sample], settings=settings)
-    validate(staged.run)
-    second = transform(staged.run)
+    validate(staged.run, staged.run.dataset())
+    second = transform(staged.run, staged.run.dataset())
     assert staged.run.id == first.run.id  # the id comes from the content
     for name in first.rows:
         a = first.run.table(name).collect()
@@ -143,7 +143,7 @@ def test_rejects_cascade_and_ratio(tmp_path: Path) -> None:
     victim.write_text(json.dumps(data))
     settings = Settings(staging_dir=tmp_path / "st")
     staged = stage(get_dataset("mids"), [src], settings=settings)
-    strict = validate(staged.run)
+    strict = validate(staged.run, staged.run.dataset())
     assert not strict.passed
     rejects = staged.run.rejects("powers").collect()
     assert bad_power["FullName"] in rejects["full_name"].to_list()
@@ -154,10 +154,10 @@ def test_rejects_cascade_and_ratio(tmp_path: Path) -> None:
     eff_rejects = staged.run.rejects("power_effects").collect()
     assert eff_rejects.filter(pl.col("power_full_name") == bad_power["FullName"]).height == n_effects
     with pytest.raises(Exception, match="failed validation"):
-        transform(staged.run)
-    lenient = validate(staged.run, max_reject_ratio=0.9)
+        transform(staged.run, staged.run.dataset())
+    lenient = validate(staged.run, staged.run.dataset(), max_reject_ratio=0.9)
     assert lenient.passed
-    built = transform(staged.run)
+    built = transform(staged.run, staged.run.dataset())
     assert bad_power["FullName"] not in built.run.table("powers").collect()["full_name"].to_list()
 
 

@@ -25,8 +25,8 @@ from .conftest import SHARED, require_shared
 
 def _transformed(sources: list[Path], staging: Path, max_reject_ratio: float = 0.0) -> Run:
     staged = stage(get_dataset("mids"), sources, settings=Settings(staging_dir=staging))
-    validate(staged.run, max_reject_ratio=max_reject_ratio)
-    return transform(staged.run).run
+    validate(staged.run, staged.run.dataset(), max_reject_ratio=max_reject_ratio)
+    return transform(staged.run, staged.run.dataset()).run
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +119,8 @@ def test_other_samples_reconcile(tmp_path: Path, dataset: str, sample: str,
     every record rebuilt from its row equals the export's."""
     src = require_shared(SHARED / sample)
     staged = stage(get_dataset(dataset), [src], settings=Settings(staging_dir=tmp_path))
-    assert validate(staged.run).passed
-    run = transform(staged.run).run
+    assert validate(staged.run, staged.run.dataset()).passed
+    run = transform(staged.run, staged.run.dataset()).run
     result = reconcile(run, get_dataset(dataset))
     assert result.ok, result.mismatches
     assert {k: result.levels[k]["matched"] for k in levels} == levels

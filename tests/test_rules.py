@@ -42,7 +42,8 @@ def test_the_full_real_export_passes_with_the_defaults(tmp_path: Path) -> None:
     """Every record of the complete MidsReborn export is legitimate: no rule rejects one."""
     full = require_shared(SHARED / "mids_full")
     run = stage(MIDS, [full], settings=Settings(staging_dir=tmp_path)).run
-    report = validate(run).report
+    checked = validate(run, MIDS)
+    run, report = checked.run, checked.report
     assert report["status"] == "passed"
     assert {name: v["rejected"] for name, v in report["levels"].items() if v["rejected"]} == {}
     rows = {name: v["rows"] for name, v in report["levels"].items()}
@@ -73,7 +74,7 @@ def test_the_full_real_export_passes_with_the_defaults(tmp_path: Path) -> None:
 def test_the_real_samples_pass_with_the_defaults(dataset: str, source: str, tmp_path: Path) -> None:
     src = require_shared(SHARED / source)
     run = stage(get_dataset(dataset), [src], settings=Settings(staging_dir=tmp_path)).run
-    report = validate(run).report
+    report = validate(run, run.dataset()).report
     assert report["status"] == "passed"
     assert sum(v["rejected"] for v in report["levels"].values()) == 0
     assert not [r["name"] for r in report["rules"] if r["failed"] and r["severity"] == "error"]
@@ -145,7 +146,7 @@ def test_pyproject_rules_must_be_a_table(tmp_path: Path) -> None:
 
 def test_an_override_changes_what_is_rejected_and_the_report_says_so(sample_run: Run) -> None:
     stricter = parse_rule_overrides(["archetypes.class_name.unique=error"], source="--rule")
-    result = validate(sample_run, rules=stricter)
+    result = validate(sample_run, sample_run.dataset(), rules=stricter)
     assert not result.passed and result.report["failed_levels"] == ["archetypes"]
     entry = by_name(result.report, "archetypes.class_name.unique")
     assert (entry["severity"], entry["default_severity"], entry["failed"]) == ("error", "warning", 1)
@@ -157,12 +158,12 @@ def test_an_override_changes_what_is_rejected_and_the_report_says_so(sample_run:
     assert rejects.collect().get_column("_rules").to_list() == [["archetypes.class_name.unique"]]
 
     off = [rule_override("power_effects.*", "off", source="ETL_RULES")]
-    report = validate(sample_run, rules=off).report
+    report = validate(sample_run, sample_run.dataset(), rules=off).report
     assert report["status"] == "passed"
     skipped = [r for r in report["rules"] if r["level"] == "power_effects"]
     assert skipped and all(r["failed"] is None and r["severity"] == "off" for r in skipped)
     # Back to the defaults: nothing rejected, no override recorded.
-    report = validate(sample_run).report
+    report = validate(sample_run, sample_run.dataset()).report
     assert report["status"] == "passed" and report["overrides"] == []
     assert sample_run.rejects("archetypes") is None
 

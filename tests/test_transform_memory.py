@@ -38,8 +38,8 @@ def reversed_run(tmp_path_factory: pytest.TempPathFactory):
     export.write_text(json.dumps(items[::-1]))
     run = stage(AODB, [export], settings=Settings(staging_dir=root / "st",
                                                   chunk_rows=CHUNK_ROWS)).run
-    assert validate(run).passed
-    transform(run)
+    assert validate(run, run.dataset()).passed
+    run = transform(run, run.dataset()).run
     return run
 
 
@@ -111,8 +111,8 @@ def test_written_files_do_not_depend_on_the_plan_order(reversed_run, tmp_path: P
     sample = require_shared(SHARED / "aodb" / "items_100.json")
     run = stage(AODB, [sample], settings=Settings(staging_dir=tmp_path,
                                                   chunk_rows=CHUNK_ROWS)).run
-    assert validate(run).passed
-    transform(run)
+    assert validate(run, run.dataset()).passed
+    run = transform(run, run.dataset()).run
 
     def files(r) -> dict[str, list[str]]:
         return {name: [c["sha256"] for c in entry["chunks"]]

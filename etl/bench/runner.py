@@ -42,12 +42,12 @@ elif phase in ("load", "load-unsafe", "merge"):
            "parts": parts}
 elif phase == "validate":
     from etl.validate import validate
-    r = validate(open_run(arg), max_reject_ratio=max_reject_ratio)
+    r = validate(open_run(arg), get_dataset(dataset), max_reject_ratio=max_reject_ratio)
     out = {"status": r.report["status"], **r.phase.to_dict(),
            "rejected": {k: v["rejected"] for k, v in r.report["levels"].items() if v["rejected"]}}
 else:
     from etl.transform import transform
-    r = transform(open_run(arg))
+    r = transform(open_run(arg), get_dataset(dataset))
     out = {"tables": r.rows, **r.phase.to_dict()}
 out["process_seconds"] = time.perf_counter() - t0
 import resource

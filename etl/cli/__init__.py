@@ -344,8 +344,8 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
     else:
         run = open_run(target)
     with _progress() as progress:
-        result = validate(run, max_reject_ratio=max_reject_ratio, rules=settings.rules,
-                          report_file=report_file, progress=progress)
+        result = validate(run, get_dataset(run.dataset_name), max_reject_ratio=max_reject_ratio,
+                          rules=settings.rules, report_file=report_file, progress=progress)
     phases.append(result.phase)
     print_report(result.report)
     print_phases(phases)
@@ -374,7 +374,7 @@ def transform_cmd(ctx: click.Context, run_dir: Path) -> None:
 
     run = open_run(run_dir)
     with _progress() as progress:
-        result = transform(run, progress=progress)
+        result = transform(run, get_dataset(run.dataset_name), progress=progress)
     table = Table(title=f"tables of {run.id}", title_justify="left")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -1539,11 +1539,13 @@ def bench_reads_cmd(ctx: click.Context, template: Path, work_dir: Path, reloads:
             victim.unlink()
     runs = {}
     for variant, source in (("full", template), ("small", small)):
-        staged = stage(get_dataset("mids"), [source], settings=settings)
+        mids = get_dataset("mids")
+        staged = stage(mids, [source], settings=settings)
         run = staged.run
         if "tables" not in run.manifest:
-            require_passed(validate(run))
-            run = transform(run).run
+            checked = validate(run, mids)
+            require_passed(checked)
+            run = transform(checked.run, mids).run
         runs[variant] = run
     result = run_benchmark(_database_url(ctx, database_url), redis_url=_redis_url(ctx, redis_url), runs=runs,
                            reloads=reloads, lru_procs=lru_procs, redis_procs=redis_procs,

@@ -59,7 +59,7 @@ from etl.run import (
     replace_dir,
     schema_to_json,
     sha256_file,
-    write_json_atomic,
+    write_manifest,
 )
 from etl.stage.extra import ExtraPlan, attach
 from etl.stage.sql import SourcePlan, source_plan, sql_str
@@ -839,7 +839,7 @@ def stage(
             phase.seconds = time.perf_counter() - started
             phase.peak_rss = peak_rss_bytes()
             manifest["phases"]["stage"] = phase.to_dict()
-            write_json_atomic(tmp / MANIFEST, manifest)
+            write_manifest(tmp, manifest)
             replace_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Table
+from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Dataset, Table
 from etl.errors import RunStateError
 from etl.metrics import Phase, timed
 from etl.run import (
     JSON_PIECE_ROWS,
     JSON_SAMPLE,
-    MANIFEST,
     TABLE_COMPRESSION,
     ChunkWriter,
     Run,
@@ -37,7 +36,6 @@ from etl.run import (
     json_dtypes,
     replace_dir,
     schema_to_json,
-    write_json_atomic,
 )
 from etl.transform.extra_fetch import ExtraFetcher
 
@@ -51,6 +49,8 @@ class TransformResult:
     run: Run
     rows: dict[str, int]
     phase: Phase
+    #: What this step added to the run's manifest (written by :meth:`Run.advance`).
+    additions: Mapping[str, Any] = field(default_factory=dict)
 
 
 def table_checksum(df: pl.DataFrame) -> str:
@@ -176,9 +176,10 @@ def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) 
                                     hint="add a required rule for it to the dataset's rules")
 
 
-def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
+def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -> TransformResult:
     """Build the dataset's target tables from the accepted rows of a validated run."""
-    dataset = run.dataset()
+    run = run.current()
+    run.check_dataset(dataset)
     validation = run.manifest.get("validation")
     if validation is None:
         raise RunStateError(f"run {run.id} has not been validated", run=run.id,
@@ -272,11 +273,7 @@ def transform(run: Run, *, progress: Progress | None = None) -> TransformResult:
         tmp.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, run.path / "tables")
         phase.rows = sum(rows.values())
-    manifest = dict(run.manifest)
-    manifest["tables"] = entries
-    manifest.setdefault("phases", {})["transform"] = phase.to_dict()
-    write_json_atomic(run.path / MANIFEST, manifest)
-    run.manifest.clear()
-    run.manifest.update(manifest)
+    additions = {"tables": entries, "phases": {"transform": phase.to_dict()}}
+    run = run.advance(additions)
     log.info("transformed %s into %d tables, %d rows", run.id, len(rows), phase.rows)
-    return TransformResult(run, rows, phase)
+    return TransformResult(run, rows, phase, additions)

@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from etl.config import RuleOverride
 from etl.dataset import PATCH, STAGED_EXTRA, Dataset, Rule, cleaning_changed, effective_cleaning
 from etl.errors import ValidationFailed
 from etl.metrics import Phase, timed
-from etl.run import MANIFEST, Run, apply_cleaning, replace_dir, write_json_atomic
+from etl.run import Run, apply_cleaning, replace_dir, write_json_atomic
 from etl.validate.rules import resolve_rules
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,8 @@ class ValidationResult:
     run: Run
     report: dict[str, Any]
     phase: Phase
+    #: What this step added to the run's manifest (written by :meth:`Run.advance`).
+    additions: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -165,6 +167,7 @@ def _example(row: dict[str, Any], rule: Rule) -> dict[str, Any]:
 
 def validate(
     run: Run,
+    dataset: Dataset,
     *,
     max_reject_ratio: float = 0.0,
     rules: Sequence[RuleOverride] = (),
@@ -179,10 +182,11 @@ def validate(
     ``max_reject_ratio`` of its rows). The CLI turns that into exit 1. Raises
     :class:`ConfigError` for an override naming no rule.
 
-    >>> result = validate(run, rules=parse_rule_overrides(["powers.level.range=warning"],
+    >>> result = validate(run, dataset, rules=parse_rule_overrides(["powers.level.range=warning"],
     ...                                                   source="--rule"))   # doctest: +SKIP
     """
-    dataset = run.dataset()
+    run = run.current()
+    run.check_dataset(dataset)
     resolved = resolve_rules(dataset, rules)
     active = [r for r in resolved if not r.off]
     cleaning = effective_cleaning(dataset)
@@ -287,17 +291,14 @@ def validate(
     if report_file is not None:
         Path(report_file).parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(Path(report_file), report)
-    manifest = dict(run.manifest)
-    manifest["validation"] = {"status": status, "max_reject_ratio": max_reject_ratio,
-                              "rejected": {k: v["rejected"] for k, v in levels_out.items()},
-                              "failed_levels": failed_levels}
-    manifest.setdefault("phases", {})["validate"] = phase.to_dict()
-    write_json_atomic(run.path / MANIFEST, manifest)
-    run.manifest.clear()
-    run.manifest.update(manifest)
+    additions = {"validation": {"status": status, "max_reject_ratio": max_reject_ratio,
+                                "rejected": {k: v["rejected"] for k, v in levels_out.items()},
+                                "failed_levels": failed_levels},
+                 "phases": {"validate": phase.to_dict()}}
+    run = run.advance(additions)
     log.info("validated %s: %s (%d rows, %d rejected)", run.id, status, total_rows,
              phase.extra["rejected"])
-    return ValidationResult(run, report, phase)
+    return ValidationResult(run, report, phase, additions)
 
 
 def failing_rules(report: dict[str, Any]) -> list[dict[str, Any]]:
