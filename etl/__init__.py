@@ -17,8 +17,9 @@ from etl.config import Settings, load_settings
 from etl.dataset import Dataset
 from etl.datasets import available as available_datasets
 from etl.datasets import get_dataset
-from etl.errors import EtlError, InputError, ValidationFailed
+from etl.errors import EtlError, InputError, TerminalError, TransientError
 from etl.run import Run, open_run
+from etl.validate.errors import ValidationFailed
 
 __all__ = [
     "Dataset",
@@ -26,6 +27,8 @@ __all__ = [
     "InputError",
     "Run",
     "Settings",
+    "TerminalError",
+    "TransientError",
     "ValidationFailed",
     "__version__",
     "available_datasets",

@@ -1,4 +1,15 @@
-"""The toolkit's exceptions: one base, a few subclasses that carry where and what next."""
+"""The toolkit's exceptions: one base that carries where and what next, and two kinds of it.
+
+* :class:`TransientError`: the same call may succeed if tried again (a lost connection, a
+  server restarting, a worker process that died). Retries (:func:`etl.infra.pg.retry`, the
+  loader's steps) ask :func:`is_transient`, never the message text.
+* :class:`TerminalError`: trying again cannot help until something changes (the input, a
+  setting, a rule, the data).
+
+Each stage package keeps the errors it raises in its own ``errors`` module
+(:mod:`etl.stage.errors`, :mod:`etl.validate.errors`, :mod:`etl.transform.errors`,
+:mod:`etl.load.errors`, :mod:`etl.infra.errors`); the ones every layer raises live here.
+"""
 
 from __future__ import annotations
 
@@ -17,10 +28,12 @@ def mask_secrets(text: str) -> str:
 class EtlError(Exception):
     """Base of every error the toolkit raises on purpose.
 
-    ``exit_code`` is what the CLI exits with; ``hint`` names the next step.
+    ``exit_code`` is what the CLI exits with; ``hint`` names the next step; ``transient``
+    whether the same call may succeed when tried again (see :class:`TransientError`).
     """
 
     exit_code = 2
+    transient = False
 
     def __init__(
         self,
@@ -64,30 +77,43 @@ class EtlError(Exception):
         return text
 
 
-class InputError(EtlError):
+class TransientError(EtlError):
+    """Worth trying again as it is: the failure was in the surroundings (a connection, a server
+    restart, a worker process), not in what was asked."""
+
+    transient = True
+
+
+class TerminalError(EtlError):
+    """Trying again cannot help until something changes: the input, a setting, the data."""
+
+    transient = False
+
+
+class InputError(TerminalError):
     """The input cannot be read: missing, malformed, truncated, empty, too large."""
 
     exit_code = 2
 
 
-class ConfigError(EtlError):
+class ConfigError(TerminalError):
     """A setting, dataset name or run directory is wrong."""
 
     exit_code = 2
 
 
-class ValidationFailed(EtlError):
-    """Error-severity rules failed beyond the allowed reject ratio. ``report`` is the
-    validation report (report.json's content), so a caller can show the failing rules."""
-
-    exit_code = 1
-    report: dict[str, Any] | None = None
-
-
-class RunStateError(EtlError):
+class RunStateError(TerminalError):
     """A run directory is incomplete, changed, or from another dataset version."""
 
     exit_code = 2
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth a retry, by its type: the toolkit's own errors say so themselves
+    (:attr:`EtlError.transient`); a database driver's errors are judged by
+    :func:`etl.infra.pg.is_transient`, which calls this for everything else. Anything else is
+    terminal."""
+    return isinstance(exc, EtlError) and exc.transient
 
 
 def _restore(cls: type[EtlError], state: dict[str, Any]) -> EtlError:

@@ -23,16 +23,11 @@ from typing import Any
 
 import orjson
 
-from etl.errors import ConfigError, EtlError
+from etl.errors import ConfigError
 from etl.infra.cache import Cache, Fetched
+from etl.infra.errors import NotFound
 
 log = logging.getLogger(__name__)
-
-
-class NotFound(EtlError):
-    """Nothing matches what was asked for in the live data."""
-
-    exit_code = 1
 
 
 _GEN = "(SELECT generation FROM etl.generations WHERE dataset = %(dataset)s)"

@@ -236,7 +236,7 @@ def run_bench(
         checked = _run_phase("validate", staged["run"], staging, dataset=dataset,
                              max_reject_ratio=max_reject_ratio)
         if checked["status"] != "passed":
-            from etl.errors import ValidationFailed
+            from etl.validate.errors import ValidationFailed
 
             rejected = ", ".join(f"{k} {n:,}" for k, n in checked.get("rejected", {}).items())
             raise ValidationFailed(

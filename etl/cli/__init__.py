@@ -539,8 +539,8 @@ def _validation_shown(*, as_json: bool) -> Iterator[None]:
     """When validation stops a command (`etl run`, `etl demo`, `etl rebuild`), show why as
     `etl validate` does: the failing-rules table, or with --json a JSON error document on stdout
     that carries the failing rules; then exit 1 with the error."""
-    from etl.errors import ValidationFailed
     from etl.validate import failing_rules
+    from etl.validate.errors import ValidationFailed
 
     try:
         yield

@@ -80,9 +80,9 @@ from typing import Any, Literal
 
 import psycopg
 
-from etl.errors import EtlError, mask_secrets
+from etl.errors import mask_secrets
 from etl.infra import pg
-from etl.infra.pg import DatabaseError
+from etl.infra.errors import CacheError, database_error
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,6 @@ return up
 """
 
 _NO_MIGRATION = "run `etl db upgrade` (the cache needs migration 0004_generations)"
-
-
-class CacheError(EtlError):
-    """The cache cannot answer (the database behind it is missing a table, or a query failed)."""
-
-    exit_code = 3
 
 
 # ------------------------------------------------------------------------------ generations (SQL)
@@ -603,8 +597,8 @@ class Cache:
                              hint=f"load the dataset first (`etl run {dataset} SOURCES`) and run "
                                   "`etl db upgrade`") from exc
         except psycopg.Error as exc:
-            raise DatabaseError(f"{dataset} {query} {arg!r}: {exc}".strip(), dataset=dataset,
-                                hint="check the database (`etl health`)") from exc
+            raise database_error(f"{dataset} {query} {arg!r}: {exc}".strip(), exc, dataset=dataset,
+                                 hint="check the database (`etl health`)") from exc
         self._count(dataset, query, arg, "db:read")
         label = int(label or 0)
         doc = b"null" if text is None else text.encode()

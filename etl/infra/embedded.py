@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.config import find_pyproject
-from etl.errors import EtlError
+from etl.infra.errors import EmbeddedError
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +79,6 @@ _REQUIRED = ("initdb", "pg_ctl", "postgres")
 _INSTALL_HINT = ("install PostgreSQL server binaries (apt install postgresql, or pip install "
                  "'etl-staging[server]' for a wheel that ships them; ETL_PG_BINDIR names their folder), "
                  "or pass --database-url / set ETL_DATABASE_URL")
-
-
-class EmbeddedError(EtlError):
-    """The private server cannot be found, created, started or stopped."""
-
-    exit_code = 3
 
 
 # ------------------------------------------------------------------------------ where things are

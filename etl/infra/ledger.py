@@ -23,7 +23,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from etl.errors import ConfigError
-from etl.infra.pg import DatabaseError, sqlalchemy_url
+from etl.infra.errors import DatabaseError, DatabaseUnavailable
+from etl.infra.pg import sqlalchemy_url
 from etl.metrics import Phase
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,8 @@ def current(url: str) -> str | None:
                 return None
             rows = conn.execute(sa.text("SELECT version_num FROM etl.alembic_version")).scalars().all()
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot read the schema revision: {exc.orig or exc}",
-                            hint="check that PostgreSQL runs and the URL is right") from exc
+        raise DatabaseUnavailable(f"cannot read the schema revision: {exc.orig or exc}",
+                                  hint="check that PostgreSQL runs and the URL is right") from exc
     finally:
         engine.dispose()
     return ",".join(sorted(rows)) if rows else None
@@ -255,8 +256,8 @@ def upgrade(url: str, revision: str = "head") -> list[str]:
         raise ConfigError(f"cannot upgrade to {revision!r}: {exc}",
                           hint="give a revision from migrations/versions, or 'head'") from exc
     except sa.exc.OperationalError as exc:
-        raise DatabaseError(f"cannot apply the migrations: {exc.orig or exc}",
-                            hint="check that PostgreSQL runs and the URL is right") from exc
+        raise DatabaseUnavailable(f"cannot apply the migrations: {exc.orig or exc}",
+                                  hint="check that PostgreSQL runs and the URL is right") from exc
     except sa.exc.DBAPIError as exc:
         raise DatabaseError(f"a migration failed: {exc.orig or exc}",
                             hint="see the statement above; the database was left at revision "

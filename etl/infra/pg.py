@@ -18,21 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from etl.errors import ConfigError, EtlError, mask_secrets
+from etl.errors import is_transient as _is_transient_etl
+
+# DatabaseError and LockBusy are imported from here too (they were defined here before).
+from etl.infra.errors import DatabaseError as DatabaseError
+from etl.infra.errors import DatabaseUnavailable, LockBusy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class DatabaseError(EtlError):
-    """The database cannot be reached, or refused what was asked."""
-
-    exit_code = 3
-
-
-class LockBusy(EtlError):
-    """Another process holds the dataset's load lock."""
-
-    exit_code = 4
 
 
 def normalize_url(url: str) -> str:
@@ -64,7 +57,7 @@ def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Conn
     try:
         return psycopg.connect(normalize_url(url), autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to {mask_secrets(normalize_url(url))}: {exc}".strip(),
+        raise DatabaseUnavailable(f"cannot connect to {mask_secrets(normalize_url(url))}: {exc}".strip(),
                             hint="check that PostgreSQL runs and the URL (--database-url, "
                                  "ETL_DATABASE_URL) is right") from exc
 
@@ -87,22 +80,35 @@ def connect_adbc(url: str, *, autocommit: bool = False) -> Any:
     try:
         return adbc.connect(normalize_url(url), autocommit=autocommit)
     except Exception as exc:  # the driver raises its own OperationalError family
-        raise DatabaseError(f"cannot connect to {mask_secrets(normalize_url(url))}: {exc}".strip(),
-                            hint="check that PostgreSQL runs and the URL is right") from exc
+        raise DatabaseUnavailable(f"cannot connect to {mask_secrets(normalize_url(url))}: {exc}".strip(),
+                                  hint="check that PostgreSQL runs and the URL is right") from exc
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """Whether ``exc`` means the connection was lost (worth a retry), not a refused statement."""
-    if isinstance(exc, psycopg.OperationalError | DatabaseError):
-        return True
-    if isinstance(exc, EtlError):  # raised on purpose; its text may quote data (a refused value)
-        return False
+#: SQLSTATEs worth a retry: the connection (class 08), a serialization failure or deadlock
+#: (40001, 40P01), too many connections (53300), a server shutting down or starting (57P01-03).
+_TRANSIENT_STATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03"})
+#: ADBC's status code for an I/O failure (a lost or refused connection).
+_ADBC_IO = 10
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth a retry, asked of its type and codes, never its message: the
+    toolkit's errors say so (:class:`~etl.errors.TransientError`); a driver error by its SQLSTATE
+    (see :data:`_TRANSIENT_STATES`; every other state is a refused statement or value, terminal);
+    one without a SQLSTATE by its class: psycopg's ``OperationalError``/``InterfaceError`` and
+    ADBC's I/O status mean the connection itself failed."""
+    if isinstance(exc, EtlError):
+        return _is_transient_etl(exc)
     state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str) and state[:2] in ("22", "23", "42"):  # a refused value or statement
-        return False
-    text = str(exc).lower()
-    return any(s in text for s in ("connection", "server closed", "terminating", "broken pipe",
-                                   "could not receive", "could not send", "io error"))
+    if isinstance(state, str) and state:
+        return state[:2] == "08" or state in _TRANSIENT_STATES
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    return getattr(exc, "status_code", None) == _ADBC_IO and type(exc).__module__.startswith("adbc")
+
+
+#: The name retries used before errors had kinds; the same question.
+is_connection_error = is_transient
 
 
 def retry(fn: Callable[[], T], *, what: str, attempts: int = 4, first_delay: float = 0.5,
@@ -110,17 +116,18 @@ def retry(fn: Callable[[], T], *, what: str, attempts: int = 4, first_delay: flo
     """Call ``fn``; on a lost connection wait (about 0.5 s, 1 s, 2 s, …: exponential backoff,
     each wait drawn from [½, 1½] of it so that parallel workers do not retry in step) and try
     again, then give up with a :class:`DatabaseError` that names ``next_step``. Any other error
-    (a refused statement: a constraint, a bad value) is permanent and raised at once, unretried."""
+    (a refused statement: a constraint, a bad value) is terminal and raised at once, unretried
+    (:func:`is_transient` decides, by type)."""
     delay = first_delay
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:
-            if not is_connection_error(exc):
+            if not is_transient(exc):
                 raise
             if attempt == attempts:
-                raise DatabaseError(f"{what}: connection lost {attempts} times: {exc}".strip(),
-                                    hint=next_step) from exc
+                raise DatabaseUnavailable(f"{what}: connection lost {attempts} times: {exc}".strip(),
+                                          hint=next_step) from exc
             wait = delay * random.uniform(0.5, 1.5)
             log.warning("%s: connection lost (%s); retry %d/%d in %.1f s", what,
                         mask_secrets(str(exc)).strip(), attempt, attempts - 1, wait)

@@ -38,7 +38,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from etl.infra.pg import DatabaseError, is_connection_error
+from etl.infra.errors import DatabaseUnavailable
+from etl.infra.pg import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,9 @@ _FORK_LOCK = threading.Lock()
 _LIVE: list[Worker] = []  # this process's workers, so a new child can close their pipes
 
 
-class WorkerDied(DatabaseError):
-    """The worker process ended in the middle of a call (a crash, a signal)."""
+class WorkerDied(DatabaseUnavailable):
+    """The worker process ended in the middle of a call (a crash, a signal): transient, the
+    call is tried again in a new worker."""
 
 
 def parent_pid() -> int | None:
@@ -64,8 +66,8 @@ def _picklable(exc: BaseException) -> BaseException:
         return exc
     except Exception:
         text = f"{type(exc).__name__}: {exc}".strip()
-        if is_connection_error(exc):
-            return DatabaseError(text, hint="check the database, then run the same command again")
+        if is_transient(exc):
+            return DatabaseUnavailable(text, hint="check the database, then run the same command again")
         return RuntimeError(text)
 
 

@@ -37,6 +37,7 @@ from etl.run import (
     replace_dir,
     schema_to_json,
 )
+from etl.transform.errors import KeyViolation
 from etl.transform.extra_fetch import ExtraFetcher
 
 log = logging.getLogger(__name__)
@@ -158,21 +159,21 @@ def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) 
     keys = df.select(pk) if order is None else df.select(pk)[order]
     nulls = keys.select(pl.any_horizontal([pl.col(c).is_null() for c in pk]).sum()).item()
     if nulls:
-        raise RunStateError(f"table {table.name}: {nulls} row(s) with an empty primary key {pk}",
+        raise KeyViolation(f"table {table.name}: {nulls} row(s) with an empty primary key {pk}",
                             hint="the dataset's transform or rules miss a case; report it")
     # ``keys`` are sorted, so duplicates sit next to each other: comparing each row with the
     # one before costs a pass, where is_duplicated() hashed every key (~450 MB at 2.5M rows).
     same_as_previous = pl.all_horizontal([pl.col(c) == pl.col(c).shift(1) for c in pk])
     dups = keys.select(same_as_previous.fill_null(False).sum()).item()
     if dups:
-        raise RunStateError(f"table {table.name}: {dups} row(s) share a primary key {pk}",
+        raise KeyViolation(f"table {table.name}: {dups} row(s) share a primary key {pk}",
                             hint="add a unique rule for the key to the dataset's rules")
     del keys
     for col in table.columns:
         if not col.nullable and col.name in df.columns:  # (extra is fetched later: never null)
             n = df.get_column(col.name).null_count()
             if n:
-                raise RunStateError(f"table {table.name}: {n} row(s) without {col.name}",
+                raise KeyViolation(f"table {table.name}: {n} row(s) without {col.name}",
                                     hint="add a required rule for it to the dataset's rules")
 
 

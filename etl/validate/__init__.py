@@ -4,6 +4,7 @@
 ``[tool.etl.rules]``).
 """
 
+from etl.validate.errors import ValidationFailed
 from etl.validate.validator import failing_rules, require_passed, validate
 
-__all__ = ["failing_rules", "require_passed", "validate"]
+__all__ = ["ValidationFailed", "failing_rules", "require_passed", "validate"]

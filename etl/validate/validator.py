@@ -30,9 +30,9 @@ import polars as pl
 
 from etl.config import RuleOverride
 from etl.dataset import PATCH, STAGED_EXTRA, Dataset, Rule, cleaning_changed, effective_cleaning
-from etl.errors import ValidationFailed
 from etl.metrics import Phase, timed
 from etl.run import Run, apply_cleaning, replace_dir, write_json_atomic
+from etl.validate.errors import ValidationFailed
 from etl.validate.rules import resolve_rules
 
 log = logging.getLogger(__name__)
