@@ -15,11 +15,12 @@ entry point group (see :func:`etl.datasets.get_dataset`).
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import polars as pl
 
@@ -520,6 +521,12 @@ class Dataset:
     tag_columns: Mapping[str, str] = field(default_factory=dict)
     #: Reconciliation hints shown by ``etl datasets``: where each table's rows come from.
     notes: Mapping[str, str] = field(default_factory=dict)
+    #: How to write an export of this dataset (``etl generate``, ``etl demo``); None: no generator.
+    generator: Generator | None = None
+    #: What ``etl bench`` measures by default, and how it makes exports of a given size.
+    bench: BenchSpec | None = None
+    #: The cached reads of the live data (``etl query``, ``etl cache warm``, ``etl bench-reads``).
+    reads: Reads | None = None
 
     @property
     def levels(self) -> dict[str, Level]:
@@ -564,3 +571,120 @@ class Dataset:
                 for s in self.sources
             ],
         }
+
+
+# ------------------------------------------------------------------------------ generators, bench, reads
+# What a dataset declares about itself beyond reading and loading: the CLI builds `etl generate`,
+# `etl demo`, `etl bench`, `etl query` and `etl bench-reads` from these, naming no dataset itself.
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """What a generator call wrote: ``files`` files of ``bytes`` bytes holding ``entries``
+    records; ``counts`` says what, for people (``(("items", 1000), ("spells", 812))``);
+    ``extra`` is kept with a bench export's figures (``{"images": 514}``)."""
+
+    root: Path
+    files: int
+    bytes: int
+    entries: int
+    counts: tuple[tuple[str, int], ...] = ()
+    extra: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GenOption:
+    """One option a generator takes: ``etl generate`` offers it as ``--name`` (underscores as
+    dashes) and passes it as the keyword ``name``; ``type`` is ``int``, ``str`` or ``bool`` (a
+    flag). ``default`` None: the generator decides (its help should say what)."""
+
+    name: str
+    type: type = int
+    help: str = ""
+    default: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Generator:
+    """A dataset's export generator: ``generate(out, seed=, template=, **options)`` writes an
+    export in the real format under ``out`` (the same arguments, the same bytes).
+
+    ``template``: a real export to amplify, described by ``template_help`` (empty: the generator
+    takes none and ignores it). ``demo``: what ``etl demo`` passes (None: no demo of this dataset);
+    ``demo_size`` names the option ``etl demo`` lets the user change."""
+
+    generate: Callable[..., Generated]
+    options: tuple[GenOption, ...] = ()
+    template_help: str = ""
+    demo: Mapping[str, Any] | None = None
+    demo_size: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSpec:
+    """What ``etl bench`` measures by default for a dataset.
+
+    ``export(out, size, seed, template)`` writes an export of about ``size`` ``unit`` (amplified
+    from the real ``template`` where the dataset does that). ``real``: folder names under the
+    shared data to prefer as the real export, in order (none: the bench never reads one);
+    ``sample``: those to amplify from (read whole; default ``real``). ``copies(template, out,
+    n)``, ``measure(export)`` and ``copy_version``: renamed copies of the real export for scale,
+    measured with ``default_copies`` when a real export is found. ``reimport``: measure a first
+    import and a merge of the same export instead of ``--unsafe-fast`` and the COPY ceiling."""
+
+    sizes: tuple[int, ...]
+    export: Callable[[Path, int, int, Path | None], Generated]
+    unit: tuple[str, str] = ("entry", "entries")
+    real: tuple[str, ...] = ()
+    sample: tuple[str, ...] | None = None
+    copies: Callable[[Path, Path, int], Generated] | None = None
+    measure: Callable[[Path], Generated] | None = None
+    copy_version: int = 1
+    default_copies: tuple[int, ...] = ()
+    reimport: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadQuery:
+    """One cached read: ``sql`` returns the answer as one JSON text (NULL: nothing found) for
+    ``%(arg)s``, the argument as ``parse`` reads it from text. ``what`` names the argument in
+    messages (``no power 42``), ``hint`` says what a valid one looks like, ``key`` is the
+    answer's key in the result (default ``name``). ``metavar`` and ``help`` (with an example)
+    make its ``etl query DATASET NAME ARG`` command."""
+
+    name: str
+    sql: str
+    what: str
+    hint: str
+    help: str
+    metavar: str = "ARG"
+    parse: Callable[[str], Any] = str
+    key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBench:
+    """How ``etl bench-reads`` reads a dataset while it reloads it: ``hot_keys(conn, rng)`` picks
+    the (query, argument) pairs read; ``probe`` is a read whose answer is present after loading
+    the full export and absent after loading the ``drop_probe``-ped copy of it (which deletes
+    the probe's record from an export folder); ``marker``: a file every export has."""
+
+    hot_keys: Callable[[Any, random.Random], list[tuple[str, str]]]
+    probe: tuple[str, str]
+    drop_probe: Callable[[Path], None]
+    marker: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """A dataset's cached reads: its queries; ``default_keys(cursor)`` what to warm when no key
+    is known to be hot; ``help`` (with an example) of its ``etl query DATASET`` group;
+    ``bench`` for ``etl bench-reads``."""
+
+    queries: tuple[ReadQuery, ...]
+    help: str = ""
+    default_keys: Callable[[Any], list[tuple[str, str]]] | None = None
+    bench: ReadBench | None = None
+
+    def query(self, name: str) -> ReadQuery | None:
+        return next((q for q in self.queries if q.name == name), None)

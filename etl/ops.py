@@ -249,3 +249,15 @@ def optimize(database_url: str, *, datasets: list[str] | None = None) -> dict[st
     report["seconds"] = round(time.perf_counter() - start, 3)
     return report
 
+
+
+def runs(database_url: str, *, dataset: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+    """The loads recorded in the run ledger, newest first (``etl runs``)."""
+    with pg.connect(database_url) as conn:
+        return ledger.list_runs(conn, dataset=dataset, limit=limit)
+
+
+def run_info(database_url: str, run: str) -> dict[str, Any]:
+    """One load of the run ledger: by ledger id, or a staged run id or its prefix (``etl runs show``)."""
+    with pg.connect(database_url) as conn:
+        return ledger.get_run(conn, run)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.config import Settings
-from etl.dataset import Dataset
+from etl.dataset import Dataset, Generated
 from etl.load import LoadResult, Mode, load
 from etl.metrics import Phase, timed
 from etl.run import Run, check_run_files, open_run
@@ -143,3 +143,26 @@ def rebuild(
     loaded = load(run, database_url=settings.database_url, mode="rebuild", force=True, progress=progress)
     tables = {n: int(e["rows"]) for n, e in run.manifest["tables"].items()}
     return PipelineResult(run, report, tables, [*phases, *loaded.phases], loaded)
+
+
+def demo(dataset: Dataset, out: Path, *, settings: Settings, size: int | None = None, load: bool = True,
+         progress: Progress | None = None,
+         generated: Callable[[Generated], None] | None = None) -> tuple[Generated, PipelineResult]:
+    """``etl demo``: write the dataset's demo export (its generator's :attr:`Generator.demo`
+    options, ``size`` overriding its :attr:`Generator.demo_size` option) to ``out``, report it to
+    ``generated``, then run the whole pipeline on it (without the load: up to transform)."""
+    from etl.errors import ConfigError
+
+    gen = dataset.generator
+    if gen is None or gen.demo is None:
+        raise ConfigError(f"dataset {dataset.name} has no demo",
+                          hint="run `etl demo --help` for the datasets that have one")
+    options = dict(gen.demo)
+    if size is not None and gen.demo_size:
+        options[gen.demo_size] = size
+    made = gen.generate(out, **options)
+    if generated is not None:
+        generated(made)
+    if load:
+        return made, run_all(dataset, [str(out)], settings=settings, progress=progress)
+    return made, run_pipeline(dataset, [str(out)], settings=settings, progress=progress)

@@ -10,6 +10,10 @@ JSON itself, so a value goes from the database to both cache tiers as bytes, unt
     >>> with Cache("postgresql://etl@localhost/etl", redis_url="redis://localhost:6379/0") as c:
     ...     query.power(c, 42)["power"]["full_name"]
 
+Each dataset declares its queries (:attr:`etl.dataset.Dataset.reads`); this module runs them
+through the cache. ``power``, ``powerset`` and ``build_summary`` are shorthands for the reads of
+``mids``, kept for the callers of the first version of this module.
+
 Staleness: see :mod:`etl.infra.cache` (a read that starts after a load's swap committed sees that load).
 """
 
@@ -23,6 +27,7 @@ from typing import Any
 
 import orjson
 
+from etl.dataset import ReadQuery
 from etl.errors import ConfigError
 from etl.infra.cache import Cache, Fetched
 from etl.infra.errors import NotFound
@@ -33,94 +38,10 @@ log = logging.getLogger(__name__)
 _GEN = "(SELECT generation FROM etl.generations WHERE dataset = %(dataset)s)"
 
 
-def _row(alias: str, table: str, *, drop: tuple[str, ...] = ()) -> str:
-    """SQL for a mids row as a jsonb object, column by column (``to_jsonb(row)`` would convert
-    the ``extra`` json, and jsonb refuses the ``\u0000`` a real description holds: such an
-    ``extra`` comes as its JSON text instead)."""
-    from etl.datasets.mids import DATASET
-
-    parts = []
-    for col in DATASET.table(table).columns:
-        if col.name in drop:
-            continue
-        if col.name == "extra":
-            value = (f"CASE WHEN strpos({alias}.extra::text, '\\u0000') > 0 "
-                     f"THEN to_jsonb({alias}.extra::text) ELSE {alias}.extra::jsonb END")
-        else:
-            value = f"{alias}.{col.name}"
-        parts.append(f"jsonb_build_object('{col.name}', {value})")
-    return "(" + " || ".join(parts) + ")"
-
-
-_POWER_SQL = f"""
-SELECT (
-  SELECT ({_row("p", "powers")} || jsonb_build_object(
-            'powerset', ps.full_name,
-            'effects', coalesce((SELECT jsonb_agg({_row("e", "power_effects", drop=("power_id",))}
-                                                  ORDER BY e.effect_index)
-                                 FROM mids.power_effects e WHERE e.power_id = p.power_id), '[]'::jsonb),
-            'requirements', coalesce((SELECT jsonb_agg(to_jsonb(r) - 'power_id'
-                                                       ORDER BY r.kind, r.group_index, r.position)
-                                      FROM mids.power_requirements r WHERE r.power_id = p.power_id),
-                                     '[]'::jsonb)))::text
-  FROM mids.powers p JOIN mids.powersets ps ON ps.powerset_id = p.powerset_id
-  WHERE p.power_id = %(arg)s
-), {_GEN}
-"""
-
-_POWERSET_SQL = f"""
-SELECT (
-  SELECT ({_row("ps", "powersets")} || jsonb_build_object(
-            'powers', coalesce((SELECT jsonb_agg(jsonb_build_object(
-                                         'power_id', p.power_id, 'full_name', p.full_name,
-                                         'display_name', p.display_name, 'level', p.level,
-                                         'power_type', p.power_type, 'end_cost', p.end_cost,
-                                         'recharge_time', p.recharge_time)
-                                       ORDER BY p.level, p.power_id)
-                                FROM mids.powers p WHERE p.powerset_id = ps.powerset_id), '[]'::jsonb)))::text
-  FROM mids.powersets ps
-  WHERE ps.full_name = %(arg)s OR lower(ps.full_name) = lower(%(arg)s)
-  ORDER BY (ps.full_name = %(arg)s) DESC, ps.powerset_id
-  LIMIT 1
-), {_GEN}
-"""
-
-# Built with json, not jsonb: an archetype's summary is ~100 KB, and json_agg over the row
-# (row_to_json) builds it about three times faster than to_jsonb of each row with keys removed.
-_SUMMARY_COLUMNS = ("power_id, power_full_name, power_name, available_level, power_type, end_cost, "
-                    "recharge_time, cast_time, accuracy, max_boosts, powerset_id, powerset_full_name, "
-                    "powerset_name, powerset_type, effect_count, distinct_effect_types, total_mag")
-_BUILD_SUMMARY_SQL = f"""
-SELECT (
-  WITH at AS (
-    SELECT a.archetype_id, a.class_name, a.display_name
-    FROM mids.archetypes a
-    WHERE a.class_name = %(arg)s OR lower(a.class_name) = lower(%(arg)s)
-       OR lower(a.display_name) = lower(%(arg)s) OR lower(a.class_name) = 'class_' || lower(%(arg)s)
-    ORDER BY (a.class_name = %(arg)s) DESC, a.archetype_id
-    LIMIT 1
-  ), rows AS (
-    SELECT {_SUMMARY_COLUMNS} FROM mids.power_build_summary s
-    WHERE s.powerset_id IN (SELECT ps.powerset_id FROM mids.powersets ps, at
-                            WHERE ps.archetype_id = at.archetype_id OR ps.at_class = at.class_name)
-  )
-  SELECT json_build_object(
-           'archetype', json_build_object('archetype_id', at.archetype_id,
-                                          'class_name', at.class_name,
-                                          'display_name', at.display_name),
-           'powersets', (SELECT count(DISTINCT powerset_id) FROM rows),
-           'power_count', (SELECT count(*) FROM rows),
-           'powers', coalesce((SELECT json_agg(r ORDER BY r.powerset_full_name, r.available_level,
-                                               r.power_id)
-                               FROM rows r), '[]'::json))::text
-  FROM at
-), {_GEN}
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Query:
-    """One cached query of a dataset: its SQL and how its argument is read and shown."""
+    """One cached query of a dataset: its SQL (the dataset's, plus the generation read in the
+    same statement) and how its argument is read and shown."""
 
     dataset: str
     name: str
@@ -128,32 +49,31 @@ class Query:
     parse: Callable[[str], Any]
     what: str  # for messages: "power 42"
     hint: str
+    key: str  # the answer's key in the result
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"not a power id: {text!r}", hint="give the numeric power_id, e.g. 42") from None
+def queries() -> dict[tuple[str, str], Query]:
+    """Every cached query of every dataset that declares reads, by (dataset, name)."""
+    from etl.datasets import available
+
+    return {(name, q.name): _query(name, q) for name, ds in available().items() if ds.reads
+            for q in ds.reads.queries}
 
 
-QUERIES: dict[tuple[str, str], Query] = {
-    ("mids", "power"): Query("mids", "power", _POWER_SQL, _int, "power",
-                             "power ids are mids.powers.power_id (see `etl query mids powerset NAME`)"),
-    ("mids", "powerset"): Query("mids", "powerset", _POWERSET_SQL, str, "powerset",
-                                "powersets are named like Blaster_Ranged.Fire_Blast (full_name)"),
-    ("mids", "build-summary"): Query("mids", "build-summary", _BUILD_SUMMARY_SQL, str, "archetype",
-                                     "archetypes are named like Class_Blaster or Blaster"),
-}
+def _query(dataset: str, q: ReadQuery) -> Query:
+    return Query(dataset, q.name, f"SELECT ({q.sql}), {_GEN}", q.parse, q.what, q.hint, q.key or q.name)
 
 
 def get_query(dataset: str, name: str) -> Query:
-    try:
-        return QUERIES[(dataset, name)]
-    except KeyError:
-        known = ", ".join(f"{d} {n}" for d, n in QUERIES)
+    from etl.datasets import available
+
+    ds = available().get(dataset)
+    found = ds.reads.query(name) if ds is not None and ds.reads is not None else None
+    if found is None:
+        known = ", ".join(f"{d} {n}" for d, n in queries())
         raise ConfigError(f"no cached query {name!r} for dataset {dataset!r}",
-                          hint=f"known queries: {known}") from None
+                          hint=f"known queries: {known}")
+    return _query(dataset, found)
 
 
 def fetch(cache: Cache, dataset: str, name: str, arg: str | int) -> Fetched:
@@ -172,23 +92,23 @@ def run(cache: Cache, dataset: str, name: str, arg: str | int) -> dict[str, Any]
     if doc is None:
         raise NotFound(f"no {q.what} {arg!r} in {dataset} (generation {got.generation})",
                        dataset=dataset, hint=q.hint)
-    key = "summary" if name == "build-summary" else name
-    return {"dataset": dataset, "generation": got.generation, key: doc}
+    return {"dataset": dataset, "generation": got.generation, q.key: doc}
 
 
 def power(cache: Cache, power_id: int, *, dataset: str = "mids") -> dict[str, Any]:
-    """A power by id, with its powerset's name, its effects and its requirements."""
+    """A power by id, with its powerset's name, its effects and its requirements (``mids``)."""
     return run(cache, dataset, "power", power_id)
 
 
 def powerset(cache: Cache, name: str, *, dataset: str = "mids") -> dict[str, Any]:
-    """A powerset by full name (``Blaster_Ranged.Fire_Blast``, case-insensitive), with its powers."""
+    """A powerset by full name (``Blaster_Ranged.Fire_Blast``, case-insensitive), with its
+    powers (``mids``)."""
     return run(cache, dataset, "powerset", name)
 
 
 def build_summary(cache: Cache, archetype: str, *, dataset: str = "mids") -> dict[str, Any]:
     """The build summary of an archetype (``Class_Blaster`` or ``Blaster``): one row per power of
-    its powersets, from the materialized view power_build_summary."""
+    its powersets, from the materialized view power_build_summary (``mids``)."""
     return run(cache, dataset, "build-summary", archetype)
 
 
@@ -196,18 +116,15 @@ def build_summary(cache: Cache, archetype: str, *, dataset: str = "mids") -> dic
 
 
 def default_keys(cache: Cache, dataset: str) -> list[tuple[str, str]]:
-    """What to warm when nothing is known to be hot: every archetype's build summary and every
-    powerset."""
-    if dataset != "mids":
+    """What to warm when nothing is known to be hot, as the dataset declares it (mids: every
+    archetype's build summary and every powerset); nothing for a dataset that declares none."""
+    from etl.datasets import available
+
+    ds = available().get(dataset)
+    if ds is None or ds.reads is None or ds.reads.default_keys is None:
         return []
     with cache._pg().cursor() as cur:  # the warming thread's own connection
-        archetypes = [r[0] for r in cur.execute(
-            "SELECT DISTINCT at_class FROM mids.powersets WHERE at_class IS NOT NULL "
-            "UNION SELECT a.class_name FROM mids.archetypes a JOIN mids.powersets ps "
-            "ON ps.archetype_id = a.archetype_id ORDER BY 1").fetchall()]
-        sets = [r[0] for r in cur.execute(
-            "SELECT full_name FROM mids.powersets ORDER BY full_name").fetchall()]
-    return [("build-summary", a) for a in archetypes] + [("powerset", s) for s in sets]
+        return ds.reads.default_keys(cur)
 
 
 def warm(cache: Cache, dataset: str, *, top: int = 200) -> dict[str, Any]:
@@ -221,8 +138,9 @@ def warm(cache: Cache, dataset: str, *, top: int = 200) -> dict[str, Any]:
         seen = set(keys)
         keys += [k for k in default_keys(cache, dataset) if k not in seen][: top - len(keys)]
     tiers: dict[str, int] = {}
+    known = queries()
     for name, arg in keys:
-        if (dataset, name) not in QUERIES:
+        if (dataset, name) not in known:
             continue
         try:
             got = fetch(cache, dataset, name, arg)

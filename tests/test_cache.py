@@ -26,8 +26,9 @@ import redis
 from click.testing import CliRunner
 
 from etl import get_dataset, query
-from etl.bench.reads import PROBE_SET, run_benchmark
+from etl.bench.reads import run_benchmark
 from etl.cli import main
+from etl.datasets.mids.queries import PROBE_SET
 from etl.infra import cache as cache_mod
 from etl.infra.cache import Cache, db_generation, gen_key
 from etl.infra.pg import connect

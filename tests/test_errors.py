@@ -47,10 +47,9 @@ def test_each_stage_package_has_its_errors_module() -> None:
 
 
 def test_refused_statement_is_terminal_whatever_its_text(pg_url: str) -> None:
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        with pytest.raises(psycopg.Error) as exc:
-            # a refused value whose message text speaks of a "connection"
-            conn.execute("SELECT 'connection lost, server closed'::integer")
+    with psycopg.connect(pg_url, autocommit=True) as conn, pytest.raises(psycopg.Error) as exc:
+        # a refused value whose message text speaks of a "connection"
+        conn.execute("SELECT 'connection lost, server closed'::integer")
     assert exc.value.sqlstate == "22P02"
     assert not pg.is_transient(exc.value)
 
@@ -58,9 +57,8 @@ def test_refused_statement_is_terminal_whatever_its_text(pg_url: str) -> None:
 def test_adbc_errors_are_judged_by_code(pg_url: str) -> None:
     import adbc_driver_postgresql.dbapi as adbc
 
-    with adbc.connect(pg_url) as conn, conn.cursor() as cur:
-        with pytest.raises(Exception) as refused:
-            cur.execute("SELECT 1 / 0")
+    with adbc.connect(pg_url) as conn, conn.cursor() as cur, pytest.raises(Exception) as refused:
+        cur.execute("SELECT 1 / 0")
     assert getattr(refused.value, "sqlstate", None) == "22012"
     assert not pg.is_transient(refused.value)
     with pytest.raises(Exception) as unreachable:

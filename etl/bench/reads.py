@@ -1,17 +1,18 @@
-"""Read benchmark: many concurrent cached readers while full reloads of ``mids`` run.
+"""Read benchmark: many concurrent cached readers while full reloads of a dataset run (one that
+declares a :class:`~etl.dataset.ReadBench` in its reads, e.g. ``mids``).
 
 Three groups of reader processes (each with a few threads, each process its own
-:class:`~etl.infra.cache.Cache`, as web workers would have) hammer the three queries over a hot key set:
+:class:`~etl.infra.cache.Cache`, as web workers would have) hammer the dataset's queries over its hot key set:
 
 * ``lru``: one shared :class:`~etl.infra.cache.Cache` with its LRU (and Redis, if given);
 * ``redis``: a cache with no LRU, so reads are answered by Redis (or the database on a miss);
 * ``db``: no LRU and no Redis: every read is an uncached database read.
 
-Meanwhile ``etl load`` (a process of its own, as in production) reloads ``mids`` ``reloads``
-times, alternating two runs whose content differs (one powerset less), and a watcher thread
+Meanwhile ``etl load`` (a process of its own, as in production) reloads the dataset ``reloads``
+times, alternating two runs whose content differs (the probe record less), and a watcher thread
 listens for the notification each swap sends as it commits. Afterwards each read is checked:
 once the watcher had seen a generation committed, every read that *started* later must have
-returned that generation or a newer one (else it is a stale read), and the probe powerset's
+returned that generation or a newer one (else it is a stale read), and the probe's
 presence must match the run loaded as the generation returned (else it is wrong content). Times
 are ``time.monotonic()``, one clock for every process on Linux.
 """
@@ -22,16 +23,21 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
 
+from etl.config import Settings
+from etl.dataset import Dataset, ReadBench
+from etl.errors import ConfigError
 from etl.infra import pg
 from etl.infra.cache import NOTIFY_CHANNEL, Cache, db_generation
 from etl.load import load
@@ -40,27 +46,58 @@ from etl.run import Run
 
 log = logging.getLogger(__name__)
 
-#: The powerset the ``small`` run lacks: its presence tells which run a value comes from.
-PROBE_SET = "Blaster_Ranged.Fire_Blast"
+def read_bench(dataset: Dataset) -> ReadBench:
+    """The dataset's :class:`~etl.dataset.ReadBench`; :class:`ConfigError` when it has none."""
+    if dataset.reads is None or dataset.reads.bench is None:
+        raise ConfigError(f"dataset {dataset.name} declares no read benchmark",
+                          hint="run it on a dataset whose reads declare one (see `etl query --help`)")
+    return dataset.reads.bench
 
 
-def hot_keys(database_url: str, *, powers: int = 60, seed: int = 0) -> list[tuple[str, str]]:
-    """A hot key set: ``powers`` power ids, a dozen powersets (with the probe) and the archetypes."""
-    rng = random.Random(seed)
+def hot_keys(database_url: str, dataset: Dataset, *, seed: int = 0) -> list[tuple[str, str]]:
+    """The hot key set the dataset's read bench picks (mids: 60 power ids, a dozen powersets
+    with the probe, the archetypes)."""
     with pg.connect(database_url) as conn:
-        ids = [r[0] for r in conn.execute("SELECT power_id FROM mids.powers ORDER BY power_id").fetchall()]
-        sets = [r[0] for r in conn.execute("SELECT full_name FROM mids.powersets ORDER BY 1").fetchall()]
-        ats = [r[0] for r in conn.execute(
-            "SELECT DISTINCT at_class FROM mids.powersets WHERE at_class IS NOT NULL ORDER BY 1").fetchall()]
-    keys = [("power", str(i)) for i in rng.sample(ids, min(powers, len(ids)))]
-    keys += [("powerset", s) for s in rng.sample(sets, min(11, len(sets)))]
-    keys += [("powerset", PROBE_SET)]
-    keys += [("build-summary", a) for a in ats[:3]] + [("build-summary", "Blaster")]
-    return keys
+        return read_bench(dataset).hot_keys(conn, random.Random(seed))
+
+
+def prepare_runs(dataset: Dataset, template: Path, work_dir: Path, settings: Settings) -> dict[str, Run]:
+    """The two transformed runs the benchmark alternates: ``full``, the export ``template``, and
+    ``small``, a copy of it less the probe record (written once under ``work_dir``)."""
+    from etl.stage import stage
+    from etl.transform import transform
+    from etl.validate import require_passed, validate
+
+    spec = read_bench(dataset)
+    if not template.is_dir() or (spec.marker and not (template / spec.marker).is_file()):
+        raise ConfigError(f"no {dataset.name} export at {template}",
+                          hint=f"give --template DIR (a {dataset.name} export"
+                               + (f" with {spec.marker})" if spec.marker else ")"))
+    small = work_dir / "export-small"
+    if not small.exists():
+        shutil.copytree(template, small)
+        spec.drop_probe(small)
+    runs = {}
+    for variant, source in (("full", template), ("small", small)):
+        run = stage(dataset, [source], settings=settings).run
+        if "tables" not in run.manifest:
+            checked = validate(run, dataset)
+            require_passed(checked)
+            run = transform(checked.run, dataset).run
+        runs[variant] = run
+    return runs
+
+
+def bench_reads(dataset: Dataset, *, template: Path, work_dir: Path, settings: Settings,
+                database_url: str, redis_url: str | None, **options: Any) -> dict[str, Any]:
+    """``etl bench-reads``: :func:`prepare_runs`, then :func:`run_benchmark` with ``options``."""
+    runs = prepare_runs(dataset, template, work_dir, settings)
+    return run_benchmark(database_url, redis_url=redis_url, runs=runs, **options)
 
 
 def _reader_process(group: str, index: int, threads: int, rate: float, url: str, redis_url: str | None,
-                    keys: list[tuple[str, str]], stop: Any, out: Any) -> None:
+                    dataset: str, probe: tuple[str, str], keys: list[tuple[str, str]], stop: Any,
+                    out: Any) -> None:
     """One reader process: ``threads`` threads sharing one cache, reading until ``stop`` is set;
     sends back (tier, start, seconds, generation, probe present or None) per read, and errors."""
     logging.basicConfig(level=logging.WARNING)
@@ -85,13 +122,13 @@ def _reader_process(group: str, index: int, threads: int, rate: float, url: str,
             start = time.monotonic()
             t0 = time.perf_counter()
             try:
-                got = fetch(cache, "mids", name, arg)
+                got = fetch(cache, dataset, name, arg)
             except Exception as exc:
                 errors.append(f"{group} {name} {arg}: {exc}")
                 continue
             took = time.perf_counter() - t0
-            probe = (orjson.loads(got.doc) is not None) if name == "powerset" and arg == PROBE_SET else None
-            mine.append((got.tier, start, took, got.generation, probe))
+            present = (orjson.loads(got.doc) is not None) if (name, arg) == probe else None
+            mine.append((got.tier, start, took, got.generation, present))
 
     pool = [threading.Thread(target=work, args=(index * 100 + i,)) for i in range(threads)]
     for t in pool:
@@ -118,16 +155,20 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
                   threads: int = 2, rate: float = 0, settle: float = 2.0, seed: int = 0,
                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark (see the module docstring); ``runs`` maps ``"full"`` and ``"small"`` to
-    transformed runs of mids. The database's mids data is replaced. Returns latencies per tier
+    transformed runs of one dataset (see :func:`prepare_runs`), whose data in the database is
+    replaced. Returns latencies per tier
     (p50, p99, max in ms), reads, errors, stale reads and wrong content."""
     say = progress or (lambda text: None)
     say("initial load (small, then full)")
     load(runs["small"], database_url=database_url, force=True, redis_url=redis_url)
     load(runs["full"], database_url=database_url, force=True, redis_url=redis_url)
     url = pg.resolve_url(database_url)
-    keys = hot_keys(url, seed=seed)
+    dataset = runs["full"].dataset()
+    name = dataset.name
+    probe = read_bench(dataset).probe
+    keys = hot_keys(url, dataset, seed=seed)
     with pg.connect(url) as conn:
-        first = db_generation(conn, "mids")
+        first = db_generation(conn, name)
     expected = {first: "full"}
     committed: list[tuple[int, float]] = [(first, time.monotonic())]  # generation, first seen at
     errors: list[str] = []
@@ -138,7 +179,8 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
     stop = ctx.Event()
     out = ctx.Queue()
     groups = {"lru": lru_procs, "redis": redis_procs if redis_url else 0, "db": db_procs}
-    procs = [ctx.Process(target=_reader_process, args=(g, i, threads, rate, url, redis_url, keys, stop, out),
+    procs = [ctx.Process(target=_reader_process, args=(g, i, threads, rate, url, redis_url, name, probe, keys,
+                                                           stop, out),
                          daemon=True) for g, n in groups.items() for i in range(n)]
     watching = threading.Event()
 
@@ -149,8 +191,8 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
             conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
             while not watching.is_set():
                 for note in conn.notifies(timeout=0.05):
-                    dataset, _, gen = note.payload.rpartition(":")
-                    if dataset == "mids" and int(gen) > committed[-1][0]:
+                    which, _, gen = note.payload.rpartition(":")
+                    if which == name and int(gen) > committed[-1][0]:
                         committed.append((int(gen), time.monotonic()))
 
     for proc in procs:
@@ -167,7 +209,7 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
     for i in range(reloads):
         variant = "small" if i % 2 == 0 else "full"
         with pg.connect(url) as conn:
-            expected[db_generation(conn, "mids") + 1] = variant
+            expected[db_generation(conn, name) + 1] = variant
         say(f"reload {i + 1}/{reloads} ({variant})")
         t0 = time.perf_counter()
         window_start = time.monotonic()

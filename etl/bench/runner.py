@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etl.datasets.mids.gen import COPY_VERSION, copy_mids, export_size, generate_mids, powersets_for_entries
+from etl.dataset import BenchSpec, Dataset, Generated
+from etl.datasets import get_dataset
+from etl.errors import ConfigError
 
 _PHASE_SCRIPT = """
 import json, sys, time
@@ -24,7 +26,7 @@ from etl import Settings, get_dataset, open_run
 from etl.metrics import prefer_jemalloc
 prefer_jemalloc()
 phase, arg, staging = sys.argv[1], sys.argv[2], sys.argv[3]
-dataset = sys.argv[5] if len(sys.argv) > 5 else "mids"
+dataset = sys.argv[5]
 max_reject_ratio = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0
 settings = Settings(staging_dir=staging)
 if phase == "stage":
@@ -58,7 +60,7 @@ print(json.dumps(out))
 """
 
 
-def _run_phase(phase: str, arg: str, staging: Path, url: str = "", dataset: str = "mids",
+def _run_phase(phase: str, arg: str, staging: Path, url: str = "", dataset: str = "",
                max_reject_ratio: float = 0.0) -> dict[str, Any]:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", _PHASE_SCRIPT, phase, arg, str(staging), url,
@@ -78,11 +80,10 @@ def _run_phase(phase: str, arg: str, staging: Path, url: str = "", dataset: str 
     return result
 
 
-def copy_ceiling(url: str, dataset_name: str = "mids") -> dict[str, Any]:
+def copy_ceiling(url: str, dataset_name: str) -> dict[str, Any]:
     """The ceiling the load is measured against: server-side ``COPY … FROM file (FORMAT binary)``
     of the live tables' rows, into bare tables created in the same transaction (as the loader's
     COPY does after its TRUNCATE), no client involved."""
-    from etl.datasets import get_dataset
     from etl.infra.pg import connect, quote_ident
     from etl.infra.schema import create_tables_sql
 
@@ -113,44 +114,31 @@ def copy_ceiling(url: str, dataset_name: str = "mids") -> dict[str, Any]:
     return {"seconds": seconds, "bytes": size}
 
 
-def _generate(dataset: str, export: Path, size: int, seed: int,
-              template: Path | None) -> dict[str, Any]:
-    """Write the bench export of ``size`` for ``dataset``; what the marker file records."""
-    if dataset == "aodb":
-        from etl.datasets.aodb.gen import generate_aodb
-        from etl.errors import ConfigError
+def _spec(dataset: Dataset) -> BenchSpec:
+    if dataset.bench is None:
+        raise ConfigError(f"dataset {dataset.name} declares no bench (no generator of exports to measure)",
+                          hint="benchmark a dataset whose `bench` is set, e.g. one of `etl datasets`")
+    return dataset.bench
 
-        if template is None:
-            raise ConfigError("the aodb bench amplifies a real sample and needs --template",
-                              hint="pass --template ../shared/data/aodb")
-        made = generate_aodb(export, items=size, template=template, seed=seed)
-        return {"files": made.files, "bytes": made.bytes, "entries": made.items}
-    if dataset == "licenses":
-        from etl.datasets.licenses.gen import generate_licenses
 
-        tree = generate_licenses(export, results=size, seed=seed)
-        return {"files": tree.files, "bytes": tree.bytes, "entries": tree.results,
-                "images": tree.images}
-    if dataset != "mids":
-        from etl.errors import ConfigError
-
-        raise ConfigError(f"no bench generator for dataset {dataset!r}",
-                          hint="use mids, aodb or licenses")
-    made_mids = generate_mids(export, powersets=powersets_for_entries(size), seed=seed,
-                              template_dir=template)
-    return {"files": made_mids.files, "bytes": made_mids.bytes, "entries": made_mids.entries}
+def _figures(made: Generated) -> dict[str, Any]:
+    """What a bench export's marker file records."""
+    return {"files": made.files, "bytes": made.bytes, "entries": made.entries, **made.extra}
 
 
 def find_real_export(dataset: str, template: Path | None = None, *, full: bool = True) -> Path | None:
     """The real export a bench of ``dataset`` measures: ``template`` when given, else the first
-    of ``$ETL_SHARED_DATA/<dataset>`` and ``../shared/data/<dataset>`` that exists, preferring
-    for mids the complete export (``mids_full``) to the 32-file sample (``mids``); with ``full``
-    false (a template to amplify, which is read whole into memory), the sample only."""
+    of ``$ETL_SHARED_DATA/<name>`` and ``../shared/data/<name>`` that exists, for the names the
+    dataset's bench prefers (:attr:`BenchSpec.real`; mids: the complete export ``mids_full``
+    before the 32-file sample ``mids``); with ``full`` false (a template to amplify, which is
+    read whole into memory), its :attr:`BenchSpec.sample` names only."""
     if template is not None:
         return template if template.is_dir() else None
+    spec = get_dataset(dataset).bench
+    real = spec.real if spec is not None else (dataset,)
+    names = real if full or spec is None or spec.sample is None else spec.sample
     roots = [Path(os.environ["ETL_SHARED_DATA"])] if os.environ.get("ETL_SHARED_DATA") else []
     roots.append(Path("../shared/data"))
-    names = (["mids_full", "mids"] if full else ["mids"]) if dataset == "mids" else [dataset]
     for root in roots:
         for name in names:
             if (root / name).is_dir():
@@ -158,26 +146,55 @@ def find_real_export(dataset: str, template: Path | None = None, *, full: bool =
     return None
 
 
-def _real_copies(template: Path, copies: int, work_dir: Path, log: Callable[[str], None]
-                 ) -> tuple[Path, dict[str, Any]]:
-    """The real mids export times ``copies``: the export itself, read in place, for 1; otherwise
+def _real_copies(dataset: Dataset, template: Path, copies: int, work_dir: Path,
+                 log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """The real export times ``copies``: the export itself, read in place, for 1; otherwise
     ``copies`` renamed copies of it under ``work_dir`` (written once, kept between runs)."""
+    spec = _spec(dataset)
+    assert spec.copies is not None and spec.measure is not None
     template = template.resolve()
     if copies == 1:
-        made = export_size(template)
-        return template, {"files": made.files, "bytes": made.bytes, "entries": made.entries,
-                          "copies": 1, "template": str(template), "in_place": True}
-    tag = hashlib.sha1(f"{template}|{COPY_VERSION}".encode()).hexdigest()[:8]
-    export = work_dir / f"mids-x{copies}-{template.name}-{tag}"
+        return template, {**_figures(spec.measure(template)), "copies": 1, "template": str(template),
+                          "in_place": True}
+    tag = hashlib.sha1(f"{template}|{spec.copy_version}".encode()).hexdigest()[:8]
+    export = work_dir / f"{dataset.name}-x{copies}-{template.name}-{tag}"
     marker = export / ".complete.json"
     if not marker.exists():
         shutil.rmtree(export, ignore_errors=True)
         log(f"writing {copies} renamed copies of {template} in {export} …")
-        made = copy_mids(template, export, copies=copies)
-        marker.write_text(json.dumps({"files": made.files, "bytes": made.bytes,
-                                      "entries": made.entries, "copies": copies,
-                                      "template": str(template), "in_place": False}))
+        made = spec.copies(template, export, copies)
+        marker.write_text(json.dumps({**_figures(made), "copies": copies, "template": str(template),
+                                      "in_place": False}))
     return export, json.loads(marker.read_text())
+
+
+def bench(
+    dataset: str,
+    *,
+    copies: list[int] | None = None,
+    sizes: list[int] | None = None,
+    template: Path | None = None,
+    work_dir: Path,
+    log: Callable[[str], None] = lambda msg: None,
+    database_url: str | None = None,
+    load: bool = True,
+    max_reject_ratio: float = 0.0,
+) -> list[dict[str, Any]]:
+    """``etl bench``: what to measure, decided from the dataset's :class:`BenchSpec`, then
+    :func:`run_bench`. Given ``copies``, or given no ``sizes`` when the dataset makes copies and
+    a real export is found: the real export and renamed copies of it (default
+    :attr:`BenchSpec.default_copies`). Otherwise exports generated to ``sizes`` (default
+    :attr:`BenchSpec.sizes`), amplified from the real sample where the dataset does that."""
+    spec = _spec(get_dataset(dataset))
+    full = bool(copies) or not sizes  # amplifying (sizes) reads its template whole: the sample
+    real = find_real_export(dataset, template, full=full) if spec.real else None
+    if copies or (spec.copies is not None and real is not None and not sizes):
+        sizes, plan = [], list(copies or spec.default_copies)
+    else:
+        sizes, plan = list(sizes or spec.sizes), []
+    return run_bench(sizes, copies=plan, template=real, work_dir=work_dir, log=log,
+                     database_url=database_url, load=load, dataset=dataset,
+                     max_reject_ratio=max_reject_ratio)
 
 
 def run_bench(
@@ -189,7 +206,7 @@ def run_bench(
     seed: int = 1,
     database_url: str | None = None,
     load: bool = True,
-    dataset: str = "mids",
+    dataset: str,
     copies: list[int] | None = None,
     max_reject_ratio: float = 0.0,
 ) -> list[dict[str, Any]]:
@@ -197,17 +214,21 @@ def run_bench(
     stage, validate, transform and (with ``load``) the load through indexes, the materialized
     view, verification and the swap, plus the server-side COPY ceiling.
 
-    ``copies`` (mids): measure the real export ``template`` itself (1) and ``N`` renamed copies of
-    it (see :func:`etl.datasets.mids.gen.copy_mids`), e.g. ``[1, 5]`` for the full export and five times it.
-    ``sizes``: exports generated to about that size instead: ``mids`` entries (powersets + powers
-    + effects, amplified from ``template`` or synthetic), ``aodb`` items (amplified from
-    ``template``, which it needs), ``licenses`` result files. ``max_reject_ratio`` is passed to
+    ``copies`` (datasets whose bench makes them, e.g. mids): measure the real export ``template``
+    itself (1) and ``N`` renamed copies of it, e.g. ``[1, 5]`` for the full export and five
+    times it. ``sizes``: exports generated to about that size instead, in the dataset's
+    :attr:`BenchSpec.unit` (made by :attr:`BenchSpec.export`, from ``template`` where the dataset
+    amplifies a real sample). With :attr:`BenchSpec.reimport`, the load is a first import and a
+    merge of the same export again. ``max_reject_ratio`` is passed to
     validate, so a run whose validation rejects rows can still be measured through the load."""
-    if copies and (dataset != "mids" or template is None):
-        from etl.errors import ConfigError
-
-        raise ConfigError("--copies makes renamed copies of a real mids export and needs one",
-                          hint="pass --template ../shared/data/mids_full (or set ETL_SHARED_DATA)")
+    ds = get_dataset(dataset)
+    spec = _spec(ds)
+    if copies and (spec.copies is None or template is None):
+        raise ConfigError(f"--copies makes renamed copies of a real {dataset} export and needs one"
+                          if spec.copies is not None else
+                          f"--copies: the {dataset} bench makes no renamed copies of a real export",
+                          hint=f"pass --template ../shared/data/{(spec.real or (dataset,))[0]} (or set "
+                               "ETL_SHARED_DATA)" if spec.copies is not None else "measure --entries instead")
     url = ""
     if load:
         from etl.infra.pg import resolve_url
@@ -218,16 +239,15 @@ def run_bench(
     for how, entries in plans:
         if how == "copies":
             assert template is not None
-            export, info = _real_copies(template, entries, work_dir, log)
+            export, info = _real_copies(ds, template, entries, work_dir, log)
         else:
             kind = "real" if template else "synthetic"
             export = work_dir / f"{dataset}-{entries}-{kind}-s{seed}"
             marker = export / ".complete.json"
             if not marker.exists():
                 shutil.rmtree(export, ignore_errors=True)
-                log(f"generating a {entries:,}-{'item' if dataset == 'aodb' else 'entry'} export "
-                    f"in {export} …")
-                marker.write_text(json.dumps(_generate(dataset, export, entries, seed, template)))
+                log(f"generating a {entries:,}-{spec.unit[0]} export in {export} …")
+                marker.write_text(json.dumps(_figures(spec.export(export, entries, seed, template))))
             info = json.loads(marker.read_text())
         staging = work_dir / "staging"
         log(f"measuring {info['entries']:,} entries ({info['files']:,} files, "
@@ -249,7 +269,7 @@ def run_bench(
         ceiling = None
         unsafe: dict[str, Any] = {}
         reimport: list[dict[str, Any]] = []
-        if load and dataset == "licenses":
+        if load and spec.reimport:
             # First import (a full load), then a re-import of the same tree (a merge that
             # changes nothing), each phase in its own process as the CLI would run it.
             phases.append(_run_phase("load", staged["run"], staging, url, dataset))
@@ -259,12 +279,12 @@ def run_bench(
                         _run_phase("transform", again["run"], staging, dataset=dataset),
                         _run_phase("merge", again["run"], staging, url, dataset)]
         elif load:
-            loaded = _run_phase("load", staged["run"], staging, url)
+            loaded = _run_phase("load", staged["run"], staging, url, dataset)
             phases.append(loaded)
             ceiling = copy_ceiling(url, dataset)
-            unsafe = _run_phase("load-unsafe", staged["run"], staging, url)
+            unsafe = _run_phase("load-unsafe", staged["run"], staging, url, dataset)
             # Leave the bench database with logged tables, as a normal load would.
-            _run_phase("load", staged["run"], staging, url)
+            _run_phase("load", staged["run"], staging, url, dataset)
         results.append({
             "dataset": dataset,
             "entries": info["entries"], "files": info["files"], "bytes": info["bytes"],

@@ -12,8 +12,10 @@ import logging
 from functools import cache
 from importlib import import_module
 from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
 
-from etl.dataset import Dataset
+from etl.dataset import Dataset, Generated
 from etl.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,3 +57,17 @@ def get_dataset(name: str) -> Dataset:
         raise ConfigError(f"unknown dataset {name!r}",
                           hint=f"known datasets: {', '.join(sorted(datasets))} (see `etl datasets`)"
                           ) from None
+
+
+def generate(name: str, out: Path, *, seed: int = 0, template: Path | None = None,
+             **options: Any) -> Generated:
+    """Write an export of dataset ``name`` under ``out`` with its generator: ``options`` are the
+    generator's declared options (others, and None values, are left out: the generator's own
+    defaults apply); ``template`` a real export to amplify where the generator takes one."""
+    ds = get_dataset(name)
+    if ds.generator is None:
+        makers = ", ".join(n for n, d in available().items() if d.generator)
+        raise ConfigError(f"dataset {name} has no generator", hint=f"generate one of: {makers}")
+    declared = {o.name for o in ds.generator.options}
+    given = {k: v for k, v in options.items() if k in declared and v is not None}
+    return ds.generator.generate(out, seed=seed, template=template, **given)

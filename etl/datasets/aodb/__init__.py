@@ -49,6 +49,7 @@ from etl.dataset import (
     required,
     unique,
 )
+from etl.datasets.aodb.gen import BENCH, GENERATOR
 
 VERSION = "3"
 
@@ -420,4 +421,6 @@ DATASET = Dataset(
         "spell_criteria": "SpellData[].Items[].Criteria[] entries",
         "attack_defense": "AttackDefenseData.Attack[] and .Defense[] entries",
     },
+    generator=GENERATOR,
+    bench=BENCH,
 )

@@ -34,7 +34,8 @@ from typing import Any
 
 import orjson
 
-from etl.errors import InputError
+from etl.dataset import BenchSpec, Generated, Generator, GenOption
+from etl.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +197,43 @@ def generate_aodb(
         total_bytes += path.stat().st_size
     log.info("generated %d items in %d file(s), %d bytes", made, written, total_bytes)
     return GeneratedItems(out_dir, written, total_bytes, made, n_stats, n_spells)
+
+
+# --------------------------------------------------------------------------- as the CLI and the bench call it
+
+#: The real sample amplified when no template is given.
+DEFAULT_TEMPLATE = Path("../shared/data/aodb")
+
+
+def _generated(made: GeneratedItems) -> Generated:
+    return Generated(made.root, made.files, made.bytes, made.items,
+                     (("items", made.items), ("stat values", made.stat_values), ("spells", made.spells)))
+
+
+def generate(out: Path, *, seed: int = 0, template: Path | None = None, items: int | None = None,
+             files: int = 1, ndjson: bool = False) -> Generated:
+    """``etl generate aodb``: ``items`` items (default 1,000) amplified from ``template`` (default
+    :data:`DEFAULT_TEMPLATE`), over ``files`` files, as a JSON array or ``ndjson``."""
+    return _generated(generate_aodb(out, items=items or 1_000, seed=seed, files=files, ndjson=ndjson,
+                                    template=template or DEFAULT_TEMPLATE))
+
+
+def bench_export(out: Path, size: int, seed: int, template: Path | None) -> Generated:
+    """An export of ``size`` items for ``etl bench``, amplified from the real ``template``."""
+    if template is None:
+        raise ConfigError("the aodb bench amplifies a real sample and needs --template",
+                          hint="pass --template ../shared/data/aodb")
+    return _generated(generate_aodb(out, items=size, template=template, seed=seed))
+
+
+GENERATOR = Generator(
+    generate=generate,
+    options=(
+        GenOption("items", int, "number of items (default 1,000)."),
+        GenOption("files", int, "split the items over this many files.", default=1),
+        GenOption("ndjson", bool, "one item a line instead of a JSON array."),
+    ),
+    template_help="default ../shared/data/aodb",
+)
+
+BENCH = BenchSpec(sizes=(170_000,), export=bench_export, unit=("item", "items"), real=("aodb",))

@@ -65,6 +65,7 @@ from etl.dataset import (
     check,
     required,
 )
+from etl.datasets.licenses.gen import BENCH, GENERATOR
 from etl.storable import TIMESTAMP_MIN_US
 
 log = logging.getLogger(__name__)
@@ -429,4 +430,6 @@ DATASET = Dataset(
         "search_results": "search_result.licenses[] entries, plus one row per search without a "
                           "license; the newest search wins per (state, search name, license)",
     },
+    generator=GENERATOR,
+    bench=BENCH,
 )

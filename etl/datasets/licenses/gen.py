@@ -24,6 +24,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from etl.dataset import BenchSpec, Generated, Generator, GenOption
+
 STATES = ("FL", "TX", "CA", "NY", "PA", "OH", "GA", "NC", "MI", "NJ", "VA", "WA", "AZ", "MA")
 PHARMACIES = ("Belmar", "Beaker", "Empower", "Wells", "Olympia", "Hallandale", "Triangle",
               "Stark", "Lakeside", "Harbor", "Summit", "Cedar", "Maple", "Pioneer", "Keystone")
@@ -123,3 +125,31 @@ def generate_licenses(out: Path, *, results: int = 515, seed: int = 0,
             images += 1
             size += len(png)
     return GeneratedTree(out, results, images, files, size)
+
+
+# --------------------------------------------------------------------------- as the CLI and the bench call it
+
+
+def _generated(tree: GeneratedTree) -> Generated:
+    return Generated(tree.root, tree.files, tree.bytes, tree.results,
+                     (("results", tree.results), ("screenshots", tree.images)), {"images": tree.images})
+
+
+def generate(out: Path, *, seed: int = 0, template: Path | None = None,
+             results: int | None = None) -> Generated:
+    """``etl generate licenses``: ``results`` result files (default 515) with their screenshots
+    (``template`` is not used: the tree is generated whole)."""
+    return _generated(generate_licenses(out, results=results or 515, seed=seed))
+
+
+def bench_export(out: Path, size: int, seed: int, template: Path | None) -> Generated:
+    """A tree of ``size`` result files for ``etl bench``."""
+    return _generated(generate_licenses(out, results=size, seed=seed))
+
+
+GENERATOR = Generator(
+    generate=generate,
+    options=(GenOption("results", int, "number of result files (default 515)."),),
+)
+
+BENCH = BenchSpec(sizes=(515,), export=bench_export, unit=("result file", "result files"), reimport=True)

@@ -34,6 +34,8 @@ from etl.dataset import (
     required,
     unique,
 )
+from etl.datasets.mids.gen import BENCH, GENERATOR
+from etl.datasets.mids.queries import reads
 
 VERSION = "2"
 
@@ -504,4 +506,7 @@ DATASET = Dataset(
         "power_requirements": "Requires.ClassName/ClassNameNot/PowerID/PowerIDNot entries",
         "set_bonuses": "Bonus[] plus the non-empty SpecialBonus[] of each set",
     },
+    generator=GENERATOR,
+    bench=BENCH,
+    reads=reads(TABLES),
 )

@@ -30,6 +30,9 @@ from typing import Any
 
 import orjson
 
+from etl.dataset import BenchSpec, Generated, Generator, GenOption
+from etl.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 #: Real export ratios (full Homecoming export of 2021-03-31).
@@ -602,3 +605,65 @@ def generate_mids(
         write(f"db/{rel}", _dump(ps))
     log.info("generated %d files (%d bytes) under %s", written, total, out_dir)
     return GeneratedExport(out_dir, written, total, powersets, n_powers, n_effects)
+
+
+# --------------------------------------------------------------------------- as the CLI and the bench call it
+
+
+def _generated(made: GeneratedExport) -> Generated:
+    return Generated(made.root, made.files, made.bytes, made.entries,
+                     (("powersets", made.powersets), ("powers", made.powers), ("effects", made.effects)))
+
+
+def generate(out: Path, *, seed: int = 0, template: Path | None = None, powersets: int | None = None,
+             entries: int | None = None, copies: int | None = None, pretty: bool = False) -> Generated:
+    """``etl generate mids``: ``copies`` renamed copies of the real export ``template``, or
+    ``powersets`` powerset files (or about ``entries`` entries; default 2,000), amplified from
+    ``template`` when given, synthetic otherwise."""
+    if copies:
+        if template is None:
+            raise ConfigError("--copies copies a real export and needs --template",
+                              hint="pass --template ../shared/data/mids_full")
+        return _generated(copy_mids(template, out, copies=copies, pretty=pretty))
+    count = powersets or powersets_for_entries(entries or 2_000)
+    return _generated(generate_mids(out, powersets=count, seed=seed, template_dir=template))
+
+
+def bench_export(out: Path, size: int, seed: int, template: Path | None) -> Generated:
+    """An export of about ``size`` entries for ``etl bench``."""
+    return _generated(generate_mids(out, powersets=powersets_for_entries(size), seed=seed,
+                                    template_dir=template))
+
+
+def bench_copies(template: Path, out: Path, copies: int) -> Generated:
+    return _generated(copy_mids(template, out, copies=copies))
+
+
+def measure(root: Path) -> Generated:
+    return _generated(export_size(root))
+
+
+GENERATOR = Generator(
+    generate=generate,
+    options=(
+        GenOption("powersets", int, "number of powerset files."),
+        GenOption("entries", int, "or about this many entries (powersets + powers + effects)."),
+        GenOption("copies", int, "or N renamed copies of the whole real export --template (every record "
+                  "as it is, only key names suffixed _c1.._cN-1; compact JSON)."),
+        GenOption("pretty", bool, "--copies: indent like the real export instead of compact JSON."),
+    ),
+    template_help="e.g. ../shared/data/mids, synthetic when absent",
+    demo={"powersets": 200, "seed": 0},
+    demo_size="powersets",
+)
+
+BENCH = BenchSpec(
+    sizes=(78_000, 360_000),
+    export=bench_export,
+    real=("mids_full", "mids"),
+    sample=("mids",),
+    copies=bench_copies,
+    measure=measure,
+    copy_version=COPY_VERSION,
+    default_copies=(1, 5),
+)

@@ -1,0 +1,218 @@
+"""Operations: the run ledger (runs, runs show), health, stats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from etl.cli.options import (
+    cache_options,
+    ctx_settings,
+    database_url_option,
+    resolve_database_url,
+    resolve_redis_url,
+)
+from etl.cli.render import (
+    duration,
+    echo_json,
+    err,
+    handle_errors,
+    jsonable,
+    kb,
+    mb,
+    print_phases,
+    short,
+    status_cell,
+    total_rows,
+    when,
+)
+from etl.errors import EtlError
+from etl.metrics import Phase
+
+
+@click.group("runs", invoke_without_command=True)
+@click.option("--dataset", help="Only this dataset's loads.")
+@click.option("--limit", type=int, default=20, show_default=True, help="Show at most this many loads.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@database_url_option
+@click.pass_context
+@handle_errors
+def runs_group(ctx: click.Context, dataset: str | None, limit: int, as_json: bool,
+               database_url: str | None) -> None:
+    """List the loads recorded in the run ledger, newest first (`etl runs show RUN` for one).
+
+    \b
+    Examples:
+      etl runs
+      etl runs --dataset mids --limit 5 --json
+      etl runs show mids-3f2a
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from etl.ops import runs as list_runs
+
+    runs = list_runs(resolve_database_url(ctx, database_url), dataset=dataset, limit=limit)
+    if as_json:
+        click.echo(json.dumps(jsonable(runs), indent=2))
+        return
+    if not runs:
+        err.print("no loads recorded" + (f" for {escape(dataset)}" if dataset else ""))
+        return
+    table = Table(title="runs", title_justify="left")
+    for col in ("id", "dataset", "run", "mode", "status", "started", "duration", "rows", "peak RSS", "error"):
+        table.add_column(col, justify="right" if col in ("id", "duration", "rows", "peak RSS") else "left")
+    for r in runs:
+        table.add_row(str(r["id"]), escape(r["dataset"]), escape(r["run_id"]), escape(r["mode"] or ""),
+                      status_cell(r["status"]), when(r["started_at"]), duration(r), total_rows(r),
+                      mb(r["peak_rss"]) if r["peak_rss"] is not None else "", escape(short(r["error"])))
+    err.print(table)
+
+
+@runs_group.command("show")
+@click.argument("run")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@database_url_option
+@click.pass_context
+@handle_errors
+def runs_show_cmd(ctx: click.Context, run: str, as_json: bool, database_url: str | None) -> None:
+    """Show one load: its figures, phases, rows per table, finished steps and error.
+
+    RUN is a ledger id from `etl runs`, or a staged run id or a prefix of one (its latest load).
+
+    \b
+    Examples:
+      etl runs show 42
+      etl runs show mids-3f2a --json
+    """
+    from etl.ops import run_info
+
+    parent = ctx.parent.params.get("database_url") if ctx.parent else None
+    r = run_info(resolve_database_url(ctx, database_url or parent), run)
+    if as_json:
+        click.echo(json.dumps(jsonable(r), indent=2))
+        return
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    for label, value in (
+        ("ledger id", str(r["id"])), ("dataset", escape(r["dataset"])), ("run", escape(r["run_id"])),
+        ("manifest sha256", escape(r["manifest_sha256"] or "")), ("mode", escape(r["mode"] or "")),
+        ("status", status_cell(r["status"])), ("host / pid", escape(f"{r['host'] or ''} / {r['pid'] or ''}")),
+        ("started", when(r["started_at"])), ("ended", when(r["ended_at"])),
+        ("duration", duration(r)), ("peak RSS", mb(r["peak_rss"]) if r["peak_rss"] is not None else ""),
+    ):
+        info.add_row(label, value)
+    err.print(info)
+    if r["phases"]:
+        print_phases([Phase(p.get("name", "?"), float(p.get("seconds") or 0), int(p.get("rows") or 0),
+                            int(p.get("peak_rss") or 0)) for p in r["phases"]], title="phases")
+    if r["rows"]:
+        rows = Table(title="rows per table", title_justify="left")
+        rows.add_column("table")
+        rows.add_column("rows", justify="right")
+        for name, n in r["rows"].items():
+            rows.add_row(escape(name), f"{int(n):,}")
+        err.print(rows)
+    if r["steps"]:
+        steps = Table(title="finished steps", title_justify="left")
+        for col in ("step", "done", "detail"):
+            steps.add_column(col, overflow="fold")
+        for s in r["steps"]:
+            steps.add_row(escape(s["step"]), when(s["done_at"]),
+                          escape(json.dumps(s["detail"])) if s["detail"] is not None else "")
+        err.print(steps)
+    if r["error"]:
+        err.print(f"[bold red]error:[/] {escape(r['error'])}", soft_wrap=True)
+
+
+_HEALTH_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+
+
+@click.command("health")
+@cache_options
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@click.pass_context
+@handle_errors
+def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | None, as_json: bool) -> None:
+    """Check each part: database (reachable, version), migrations (at head), Redis (optional),
+    staging directory (writable, free space), each dataset's last load.
+
+    Exits 0 when every required part is ok, 1 when one fails (Redis, free space and failed last
+    loads only warn).
+
+    \b
+    Examples:
+      etl health
+      etl health --json --database-url postgresql://etl@db:5432/etl
+    """
+    from etl.ops import health
+
+    settings = ctx_settings(ctx)
+    try:
+        url = resolve_database_url(ctx, database_url)
+    except EtlError as exc:  # the embedded server could not start: report it as the failed part
+        report: dict[str, Any] = {"ok": False, "checks": [{"name": "database", "status": "fail",
+                                                           "required": True, "detail": exc.message}]}
+    else:
+        report = health(url, redis_url=resolve_redis_url(ctx, redis_url), staging_dir=settings.staging_dir)
+    if as_json:
+        echo_json(report)
+    else:
+        table = Table(title="health", title_justify="left")
+        for col in ("part", "status", "detail"):
+            table.add_column(col, overflow="fold")
+        for c in report["checks"]:
+            style = _HEALTH_STYLE[c["status"]]
+            detail = c["detail"] + (f"\n  next: {c['hint']}" if c.get("hint") else "")
+            table.add_row(escape(c["name"]) + ("" if c["required"] else " (optional)"),
+                          f"[{style}]{c['status']}[/]", escape(detail))
+        err.print(table)
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@click.command("stats")
+@database_url_option
+@click.option("--runs", "last_runs", type=int, default=10, show_default=True, help="How many last loads.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@click.pass_context
+@handle_errors
+def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_json: bool) -> None:
+    """Rows per table per dataset, table and index sizes, and the last loads with their timings.
+
+    \b
+    Examples:
+      etl stats
+      etl stats --json --runs 3
+    """
+    from etl.ops import stats
+
+    info = stats(resolve_database_url(ctx, database_url), runs=last_runs)
+    if as_json:
+        echo_json(info)
+        return
+    for name, ds in info["datasets"].items():
+        table = Table(title=f"{name}: {ds['rows']:,} rows, {mb(ds['total_bytes'])}"
+                            + (f", generation {ds['generation']}" if "generation" in ds else ""),
+                      title_justify="left")
+        for col in ("table", "rows", "table size", "index size", "total"):
+            table.add_column(col, justify="left" if col == "table" else "right")
+        for t in ds["tables"]:
+            label = t["table"] + (" (view)" if t["kind"] == "view" else "")
+            table.add_row(escape(label), "-" if t["rows"] is None else f"{t['rows']:,}",
+                          kb(t["table_bytes"]), kb(t["index_bytes"]), kb(t["total_bytes"]))
+        err.print(table)
+    runs = Table(title="last loads", title_justify="left")
+    for col in ("id", "dataset", "run", "status", "ended", "time", "rows", "phases"):
+        runs.add_column(col, overflow="fold")
+    for r in info["runs"]:
+        phases = " ".join(f"{k} {v:.2f}s" for k, v in r["phases"].items())
+        runs.add_row(str(r["id"]), r["dataset"], escape(r["run_id"]), status_cell(r["status"]),
+                     when(r["ended_at"]),
+                     "-" if r["seconds"] is None else f"{r['seconds']:.2f} s", f"{r['rows']:,}", phases)
+    err.print(runs)

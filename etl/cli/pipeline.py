@@ -1,0 +1,331 @@
+"""The pipeline's commands: stage, validate, transform, load, run, rebuild, reconcile."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from etl.cli.options import (
+    ctx_settings,
+    load_options,
+    looks_like_run,
+    resolve_mode,
+    rule_option,
+    stage_options,
+)
+from etl.cli.render import (
+    connect_hint,
+    echo_json,
+    err,
+    handle_errors,
+    print_levels,
+    print_load,
+    print_phases,
+    print_pipeline,
+    print_quarantined,
+    print_report,
+    print_rules,
+    progress_bar,
+    validation_shown,
+)
+from etl.datasets import get_dataset
+from etl.metrics import Phase
+from etl.run import Run, open_run
+
+
+def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, force: bool,
+              max_record_bytes: int, strict: bool = False, **flags: Any) -> tuple[Run, Phase, bool]:
+    from etl.stage import stage
+
+    settings = ctx_settings(ctx, **flags)
+    with progress_bar() as progress:
+        result = stage(get_dataset(dataset), list(sources), settings=settings, force=force,
+                       max_record_bytes=max_record_bytes, progress=progress, strict=strict)
+    print_quarantined(result.run.manifest.get("quarantined") or [])
+    if result.skipped:
+        err.print(f"[yellow]already staged[/] (same content, dataset version "
+                  f"{result.run.manifest['dataset_version']}): {escape(str(result.run.path))} "
+                  "— use --force to redo")
+    return result.run, result.phase, result.skipped
+
+
+@click.command("stage")
+@click.argument("dataset")
+@click.argument("sources", nargs=-1, required=True)
+@stage_options
+@click.pass_context
+@handle_errors
+def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts: Any) -> None:
+    """Stage an export: JSON files, directories or globs -> Parquet chunks.
+
+    Writes staging/DATASET/RUN/raw/<level>/part-*.parquet and manifest.json. The run id comes
+    from the content, so staging the same export again is skipped. The last line printed is the
+    run directory.
+
+    \b
+    Examples:
+      etl stage mids ../shared/data/mids
+      etl stage mids 'exports/**/*.json' --memory-limit 512MB --chunk-rows 50000
+    """
+    run, phase, skipped = do_stage(ctx, dataset, sources, **opts)
+    if not skipped:
+        print_levels(run)
+        print_phases([phase])
+    click.echo(run.path)
+
+
+@click.command("validate")
+@click.argument("target")
+@click.argument("sources", nargs=-1)
+@click.option("--max-reject-ratio", type=float, default=0.0, show_default=True,
+              help="Fraction of a level's rows that error rules may reject before the run fails.")
+@rule_option
+@click.option("--list-rules", is_flag=True, help="List the rules of the dataset (TARGET: a dataset "
+              "name or a run) with the severity each would run with, and exit.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write report.json here (for CI).")
+@stage_options
+@click.pass_context
+@handle_errors
+def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_reject_ratio: float,
+                 rules: tuple[str, ...], list_rules: bool, report_file: Path | None,
+                 **opts: Any) -> None:
+    """Check a staged run (or stage the export first) against the dataset's rules.
+
+    TARGET is a run directory, or a dataset name followed by the export's SOURCES. Writes
+    report.json and rejects/<level>.parquet in the run. Exit 0: passed; 1: error rules
+    rejected more than --max-reject-ratio of some level; 2: the input cannot be read.
+
+    Severities can be set per rule: --rule NAME=SEVERITY here, ETL_RULES="NAME=SEVERITY,...",
+    or [tool.etl] rules = { "NAME" = "SEVERITY" } in pyproject.toml (flag > env > file).
+
+    \b
+    Examples:
+      etl validate staging/mids/mids-1a2b3c4d5e6f
+      etl validate mids ../shared/data/mids --report out/report.json
+      etl validate mids ../shared/data/mids --rule powersets.full_name.unique=warning
+      etl validate mids --list-rules
+    """
+    from etl.validate import validate
+
+    settings = ctx_settings(ctx, rules=rules)
+    if list_rules:
+        name = open_run(target).dataset_name if looks_like_run(target) else target
+        print_rules(get_dataset(name), settings)
+        return
+    phases: list[Phase] = []
+    if sources or not looks_like_run(target):
+        if not sources:
+            raise click.UsageError(f"{target} is not a staged run; give DATASET SOURCE... to stage first")
+        run, phase, skipped = do_stage(ctx, target, sources, **opts)
+        if not skipped:
+            phases.append(phase)
+    else:
+        run = open_run(target)
+    with progress_bar() as progress:
+        result = validate(run, get_dataset(run.dataset_name), max_reject_ratio=max_reject_ratio,
+                          rules=settings.rules, report_file=report_file, progress=progress)
+    phases.append(result.phase)
+    print_report(result.report)
+    print_phases(phases)
+    click.echo(run.path)
+    if not result.passed:
+        err.print(f"[bold red]validation failed[/]: see {escape(str(run.path / 'report.json'))} and "
+                  f"{escape(str(run.path / 'rejects'))}")
+        sys.exit(1)
+
+
+@click.command("transform")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.pass_context
+@handle_errors
+def transform_cmd(ctx: click.Context, run_dir: Path) -> None:
+    """Build the target tables of a validated run as Parquet under RUN_DIR/tables/.
+
+    \b
+    Example:
+      etl transform staging/mids/mids-1a2b3c4d5e6f
+    """
+    from etl.transform import transform
+
+    run = open_run(run_dir)
+    with progress_bar() as progress:
+        result = transform(run, get_dataset(run.dataset_name), progress=progress)
+    table = Table(title=f"tables of {run.id}", title_justify="left")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in result.rows.items():
+        table.add_row(name, f"{rows:,}")
+    err.print(table)
+    print_phases([result.phase])
+    click.echo(run.path)
+
+
+@click.command("load")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@load_options
+@click.option("--force", is_flag=True, help="Load again even if this run is already loaded.")
+@click.pass_context
+@handle_errors
+def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe_fast: bool, yes: bool,
+             as_json: bool, force: bool, load_mode: str, tag: str | None,
+             delete_missing: bool, warm: int) -> None:
+    """Load a transformed run into PostgreSQL: a new schema, COPY, keys, indexes, views, checks,
+    then one swap.
+
+    The dataset's live schema is untouched until the final swap. An interrupted load (killed,
+    connection lost) resumes when you run the same command again. A second load of the same
+    dataset while one runs is refused.
+
+    \b
+    Examples:
+      etl load staging/mids/mids-1a2b3c4d5e6f
+      etl load staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db:5432/games
+      etl load staging/licenses/licenses-1a2b3c4d5e6f --mode merge --tag baseline
+      ETL_REDIS_URL=redis://localhost:6379/0 etl load staging/mids/mids-1a2b3c4d5e6f --warm 200
+    """
+    from etl.load import load
+
+    settings = ctx_settings(ctx, database_url=database_url)
+    mode = resolve_mode(unsafe_fast, yes, load_mode)
+    run = open_run(run_dir)
+    with progress_bar() as progress:
+        result = load(run, database_url=settings.database_url, mode=mode, force=force, progress=progress,
+                      tag=tag, delete_missing=delete_missing, warm=warm)
+    if as_json:
+        click.echo(json.dumps({
+            "run": str(run.path), "run_id": run.id, "schema": result.schema,
+            "ledger_id": result.ledger_id, "mode": result.mode, "skipped": result.skipped,
+            "merged": result.merged, "changed": result.changed, "tag": result.tag,
+            "rows": result.rows, "checksums": result.checksums,
+            "phases": [p.to_dict() for p in result.phases]}, indent=2))
+        return
+    print_load(result)
+    if result.phases:
+        print_phases(result.phases)
+    connect_hint(result.url, settings)
+    click.echo(run.path)
+
+
+@click.command("run")
+@click.argument("dataset")
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--max-reject-ratio", type=float, default=0.0, show_default=True,
+              help="Allowed share of rejected rows per level before the run stops.")
+@rule_option
+@load_options
+@stage_options
+@click.pass_context
+@handle_errors
+def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reject_ratio: float,
+            rules: tuple[str, ...], database_url: str | None, unsafe_fast: bool, yes: bool,
+            as_json: bool, load_mode: str, tag: str | None, delete_missing: bool, warm: int,
+            **opts: Any) -> None:
+    """Stage, validate, transform and load an export in one go.
+
+    Validation errors stop the run before anything reaches the database, with the failing
+    rules shown as `etl validate` shows them (--json: in the JSON error document on stdout).
+    Ends with a per-phase summary (time, rows, rows/s, peak memory); --json prints it as JSON
+    for scripts.
+
+    \b
+    Examples:
+      etl run mids ../shared/data/mids
+      etl run mids ./export --database-url postgresql://me@db:5432/games --json
+      etl run mids ./export --rule powersets.full_name.unique=warning
+    """
+    from etl.pipeline import run_all
+
+    settings = ctx_settings(ctx, database_url=database_url, memory_limit=opts.get("memory_limit"),
+                         chunk_rows=opts.get("chunk_rows"), threads=opts.get("threads"),
+                         rules=rules)
+    mode = resolve_mode(unsafe_fast, yes, load_mode)
+    with validation_shown(as_json=as_json), progress_bar() as progress:
+        result = run_all(get_dataset(dataset), list(sources), settings=settings,
+                         max_reject_ratio=max_reject_ratio, mode=mode, force=opts.get("force", False),
+                         progress=progress, tag=tag, delete_missing=delete_missing,
+                         strict=opts.get("strict", False), warm=warm)
+    print_quarantined(result.run.manifest.get("quarantined") or [])
+    print_pipeline(result, settings, as_json=as_json)
+
+
+@click.command("rebuild")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--database-url", help="PostgreSQL URL (default: as for `etl load`).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.pass_context
+@handle_errors
+def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_json: bool) -> None:
+    """Rebuild the dataset in the database from a staged run directory alone.
+
+    Every chunk file is first checked against the sha256 in the manifest; a changed or missing
+    file is refused and named. The tables then load as a full, verified, atomic load.
+
+    \b
+    Example:
+      etl rebuild staging/mids/mids-1a2b3c4d5e6f
+    """
+    from etl.pipeline import rebuild
+
+    settings = ctx_settings(ctx, database_url=database_url)
+    with progress_bar() as progress:
+        result = rebuild(run_dir, settings=settings, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    if result.load is not None:
+        print_load(result.load)
+    print_phases(result.phases)
+    if result.load is not None:
+        connect_hint(result.load.url, settings)
+    click.echo(result.run.path)
+
+
+@click.command("reconcile")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--database-url", help="Rebuild from the rows this database holds (the dataset's "
+              "live schema, matched to the staged lineage by primary key) instead of the staged "
+              "tables.")
+@click.option("--schema", help="With --database-url: the schema to read (default: the live one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the reconciliation as JSON on stdout.")
+@handle_errors
+def reconcile_cmd(run_dir: Path, database_url: str | None, schema: str | None, as_json: bool) -> None:
+    """Rebuild every source record from the rows it became and compare it with the export.
+
+    Each record of a level with a home table is its row's typed columns plus its `extra` JSON
+    (every key no column types); child records are rows of their own, found by their lineage.
+    Exit 0 when every record matches (rejected records are counted apart), 1 otherwise.
+
+    \b
+    Examples:
+      etl reconcile staging/mids/mids-1a2b3c4d5e6f --json
+      etl reconcile staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db/games
+    """
+    from etl.load.reconcile import reconcile
+
+    run = open_run(run_dir)
+    with progress_bar() as progress:
+        result = reconcile(run, get_dataset(run.dataset_name), database_url=database_url, schema=schema,
+                           progress=progress)
+    if as_json:
+        echo_json(result.to_dict())
+    else:
+        table = Table(title=f"reconciliation of {run.id}: {result.records:,} records, "
+                            f"{result.keys_compared:,} keys compared", title_justify="left")
+        for col in ("level", "records", "matched", "rejected", "mismatched", "missing"):
+            table.add_column(col, justify="left" if col == "level" else "right")
+        for level, c in result.levels.items():
+            table.add_row(level, *(f"{c[k]:,}" for k in ("records", "matched", "rejected",
+                                                          "mismatched", "missing")))
+        err.print(table)
+        for m in result.mismatches:
+            err.print(escape(f"{m['file']} record {m['record']} {m['path'] or ''} "
+                             f"{m['key'] or ''}: {m['difference']}"), highlight=False)
+    if not result.ok:
+        sys.exit(1)

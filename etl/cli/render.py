@@ -1,0 +1,284 @@
+"""What the CLI shows: the console, error handling, progress, tables and JSON output.
+
+Human output (progress, tables, errors) goes to stderr; what a script wants (a run directory, a
+JSON summary) goes to stdout. Only the CLI prints.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from etl.config import Settings
+from etl.errors import EtlError
+from etl.metrics import Phase
+from etl.run import Run
+
+# Piped or captured output gets wide lines, so rule names and paths are never folded.
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EtlError as exc:
+            # escape: file names like "Powers [old].json" are text, not rich markup.
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
+                      soft_wrap=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextmanager
+def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress display and the callback the library reports to."""
+    if not enabled or not err.is_terminal:
+        yield lambda phase, done, total: None
+        return
+    tasks: dict[str, TaskID] = {}
+    with Progress(TextColumn("{task.description:>10}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bar.add_task(phase, total=total)
+            bar.update(tasks[phase], completed=done, total=total)
+
+        yield report
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def kb(n: int) -> str:
+    return f"{n / 1024:,.0f} kB"
+
+
+def print_phases(phases: list[Phase], title: str = "summary") -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("phase", "time", "rows", "rows/s", "peak RSS"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for p in phases:
+        table.add_row(p.name, f"{p.seconds:.2f} s", f"{p.rows:,}", f"{p.rows_per_s:,.0f}", mb(p.peak_rss))
+    err.print(table)
+
+
+def jsonable(value: Any) -> Any:
+    from datetime import datetime, timedelta
+
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return round(value.total_seconds(), 3)
+    return value
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(jsonable(data), indent=2, default=str))
+
+
+STATUS_COLOR = {"succeeded": "green", "failed": "red", "running": "yellow"}
+
+
+def status_cell(status: str) -> str:
+    return f"[{STATUS_COLOR.get(status, 'white')}]{escape(status)}[/]"
+
+
+def when(value: Any) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+def duration(run: dict[str, Any]) -> str:
+    d = run.get("duration")
+    return f"{d.total_seconds():,.1f} s" if d is not None else "—"
+
+
+def total_rows(run: dict[str, Any]) -> str:
+    rows = run.get("rows") or {}
+    return f"{sum(int(v) for v in rows.values()):,}" if rows else ""
+
+
+def short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def print_quarantined(bad: list[dict[str, Any]]) -> None:
+    if not bad:
+        return
+    err.print(f"[yellow]quarantined {len(bad)} file(s)[/] that are not valid JSON (left out; "
+              "--strict makes this fatal):")
+    for q in bad[:20]:
+        err.print(f"  {escape(q['relpath'])}: {escape(q['reason'])}", soft_wrap=True)
+    if len(bad) > 20:
+        err.print(f"  … and {len(bad) - 20} more (see the manifest's \"quarantined\")")
+
+
+def print_levels(run: Run) -> None:
+    table = Table(title=f"staged {run.id}", title_justify="left")
+    table.add_column("level")
+    table.add_column("rows", justify="right")
+    table.add_column("chunks", justify="right")
+    for name, entry in run.manifest["levels"].items():
+        table.add_row(name, f"{entry['rows']:,}", str(len(entry["chunks"])))
+    err.print(table)
+
+
+def severity_cell(rule: dict[str, Any]) -> str:
+    color = {"error": "red", "warning": "yellow"}.get(rule["severity"], "dim")
+    cell = f"[{color}]{rule['severity']}[/]"
+    override = rule.get("override")
+    if override:
+        cell += f" [dim](was {rule['default_severity']}; {escape(override['source'])})[/]"
+    return cell
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The validation report as `etl validate` shows it: the failing rules (errors first),
+    then cleaning counts and rows per level. `etl run` shows the same when validation stops it."""
+    from etl.validate import failing_rules
+
+    table = Table(title=f"validation of {report['run_id']}: {report['status'].upper()}",
+                  title_justify="left")
+    for col in ("rule", "severity", "failed", "example"):
+        table.add_column(col, justify="right" if col == "failed" else "left", overflow="fold")
+    for rule in failing_rules(report):
+        ex = rule["examples"][0] if rule["examples"] else {}
+        where = f"{ex.get('file')} #{ex.get('record')}" + (f" {ex['path']}" if ex.get("path") else "")
+        table.add_row(escape(rule["name"]), severity_cell(rule), f"{rule['failed']:,}",
+                      escape(f"{where} {ex.get('values', '')}"))
+    checked = [r for r in report["rules"] if r["failed"] is not None]
+    passed = sum(1 for r in checked if not r["failed"])
+    off = len(report["rules"]) - len(checked)
+    table.caption = (f"{passed} of {len(checked)} rules pass on every row"
+                     + (f"; {off} set off" if off else ""))
+    err.print(table)
+    changed = [c for c in report["cleaning"] if c["changed"]]
+    if changed:
+        ct = Table(title="cleaning", title_justify="left")
+        for col in ("step", "level.column", "changed"):
+            ct.add_column(col, justify="right" if col == "changed" else "left")
+        for c in changed:
+            ct.add_row(c["name"], f"{c['level']}.{c['column']}", f"{c['changed']:,}")
+        err.print(ct)
+    lv = Table(title="rows per level", title_justify="left")
+    for col in ("level", "rows", "rejected"):
+        lv.add_column(col, justify="left" if col == "level" else "right")
+    for name, v in report["levels"].items():
+        lv.add_row(name, f"{v['rows']:,}", f"{v['rejected']:,}")
+    err.print(lv)
+
+
+def print_rules(dataset: Any, settings: Settings) -> None:
+    """Every rule of ``dataset`` with the severity it runs with here (`--list-rules`)."""
+    from etl.validate.rules import resolve_rules
+
+    table = Table(title=f"rules of {dataset.name}", title_justify="left")
+    for col in ("rule", "kind", "severity", "description"):
+        table.add_column(col, overflow="fold")
+    for res in resolve_rules(dataset, settings.rules):
+        entry = res.to_dict(None, [])
+        table.add_row(escape(res.rule.name), res.rule.kind, severity_cell(entry),
+                      escape(entry["description"]))
+    err.print(table)
+
+
+def connect_hint(url: str, settings: Settings) -> None:
+    from etl.errors import mask_secrets
+
+    if not settings.database_url:
+        err.print(f"loaded into the project's embedded PostgreSQL; connect with: "
+                  f"[bold]psql {escape(url)}[/]  (stop it with `etl db stop`)", soft_wrap=True)
+    else:
+        err.print(f"database: {escape(mask_secrets(url))}", soft_wrap=True)
+
+
+def print_load(result: Any) -> None:
+    if result.merged:
+        title = f"merged into schema {result.schema} (ledger #{result.ledger_id}" + (
+            f", tag {result.tag})" if result.tag else ")")
+        table = Table(title=title, title_justify="left")
+        for col in ("table", "staged", "inserted", "updated", "unchanged", "deleted"):
+            table.add_column(col, justify="left" if col == "table" else "right")
+        for name, c in result.merged.items():
+            table.add_row(name, *(f"{c[k]:,}" if k in c else "-"
+                                  for k in ("staged", "inserted", "updated", "unchanged", "deleted")))
+        err.print(table)
+        if not result.changed:
+            err.print("nothing changed: every row is already in the database as imported")
+        return
+    if result.skipped:
+        err.print(f"run {result.run.id} is already loaded into schema {result.schema} "
+                  f"(ledger #{result.ledger_id}); nothing to do. Use --force to load it again.")
+        return
+    if result.resumed_from:
+        err.print(f"resumed load #{result.ledger_id}: {len(result.resumed_from)} step(s) were already "
+                  "done")
+    table = Table(title=f"schema {result.schema} (ledger #{result.ledger_id}, {result.mode})",
+                  title_justify="left")
+    for col in ("table", "rows", "checksum"):
+        table.add_column(col, justify="left" if col != "rows" else "right")
+    for name, rows in result.rows.items():
+        table.add_row(name, f"{rows:,}", result.checksums.get(name, ""))
+    err.print(table)
+
+
+def print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:
+    """The end of `etl run` and `etl demo`: JSON, or report, load, phases, how to connect."""
+    if as_json:
+        click.echo(json.dumps(result.summary(), indent=2))
+        return
+    print_report(result.report)
+    if result.load is not None:
+        print_load(result.load)
+    print_phases(result.phases, title=f"{result.run.id}: {sum(p.seconds for p in result.phases):.2f} s")
+    if result.load is not None:
+        connect_hint(result.load.url, settings)
+    click.echo(result.run.path)
+
+
+@contextmanager
+def validation_shown(*, as_json: bool) -> Iterator[None]:
+    """When validation stops a command (`etl run`, `etl demo`, `etl rebuild`), show why as
+    `etl validate` does: the failing-rules table, or with --json a JSON error document on stdout
+    that carries the failing rules; then exit 1 with the error."""
+    from etl.validate import failing_rules
+    from etl.validate.errors import ValidationFailed
+
+    try:
+        yield
+    except ValidationFailed as exc:
+        report = exc.report
+        if report is None:
+            raise
+        if as_json:
+            click.echo(json.dumps({
+                "status": "failed", "phase": "validate", "error": exc.message, "hint": exc.hint,
+                "run_id": report["run_id"], "dataset": report["dataset"],
+                "max_reject_ratio": report["max_reject_ratio"],
+                "failed_levels": report["failed_levels"], "levels": report["levels"],
+                "failed_rules": failing_rules(report), "overrides": report.get("overrides", []),
+            }, indent=2, default=str))
+        else:
+            print_report(report)
+        raise
