@@ -261,3 +261,16 @@ def run_info(database_url: str, run: str) -> dict[str, Any]:
     """One load of the run ledger: by ledger id, or a staged run id or its prefix (``etl runs show``)."""
     with pg.connect(database_url) as conn:
         return ledger.get_run(conn, run)
+
+
+def upgrade(database_url: str, *, revision: str = "head") -> dict[str, Any]:
+    """``etl db upgrade``: the ledger's migrations up to ``revision``, then (at head) the live
+    schema of every registered dataset that has none, derived from its tables. Returns the
+    revisions applied, the schemas created and the revision the database is now at."""
+    from etl.datasets import get_dataset
+    from etl.infra.live import ensure_live_schemas
+
+    applied = ledger.upgrade(database_url, revision)
+    created = (ensure_live_schemas(database_url, [get_dataset(n) for n in available()])
+               if revision == "head" else [])
+    return {"applied": applied, "created": created, "current": ledger.current(database_url)}

@@ -124,7 +124,7 @@ def test_cli_db_upgrade_then_runs(pg_url: str) -> None:
     runner = CliRunner()
     first = runner.invoke(main, ["db", "upgrade", "--database-url", pg_url])
     assert first.exit_code == 0, first.output
-    assert "0001_ledger, 0002_mids" in first.stderr
+    assert "0001_ledger, 0004_generations" in first.stderr
     assert first.stdout.strip() == ledger.heads()[0]
     again = runner.invoke(main, ["db", "upgrade", "--database-url", pg_url])
     assert again.exit_code == 0 and "nothing to apply" in again.stderr

@@ -1,4 +1,5 @@
-"""Migrations, target-table DDL and the agreement between them (real PostgreSQL, no mocks)."""
+"""Migrations (the ledger), live schemas derived from the datasets' tables, target-table DDL and
+the agreement between them (real PostgreSQL, no mocks)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from alembic.migration import MigrationContext
 
 from etl.datasets import get_dataset
 from etl.infra import ledger
+from etl.infra.live import ensure_live_schemas, live_schema_drift
 from etl.infra.pg import sqlalchemy_url
 from etl.infra.schema import (
     constraints_sql,
@@ -24,9 +26,16 @@ from etl.infra.schema import (
 MIDS = get_dataset("mids")
 AODB = get_dataset("aodb")
 LICENSES = get_dataset("licenses")
-#: The migrations that create the dataset schemas, in order (later ones may follow them).
-ALL = ["0001_ledger", "0002_mids", "0003_aodb"]
+#: The migrations, in order: the ledger's only (dataset schemas come from the datasets' tables).
+ALL = ["0001_ledger", "0004_generations"]
 LIVE = {"mids": MIDS, "aodb": AODB, "licenses": LICENSES}
+
+
+def upgrade_all(url: str) -> list[str]:
+    """What `etl db upgrade` does: the ledger's migrations, then each dataset's live schema."""
+    applied = ledger.upgrade(url)
+    ensure_live_schemas(url, LIVE.values())
+    return applied
 
 
 @pytest.fixture
@@ -67,7 +76,7 @@ def tables_in(engine: sa.Engine, schema: str) -> set[str]:
 
 def test_upgrade_creates_ledger_and_live_schema_once(pg_url: str, engine: sa.Engine) -> None:
     assert ledger.current(pg_url) is None
-    applied = ledger.upgrade(pg_url)
+    applied = upgrade_all(pg_url)
     assert applied[:len(ALL)] == ALL
     assert ledger.current(pg_url) == ledger.heads()[0] == applied[-1]
     assert tables_in(engine, "etl") >= {"alembic_version", "runs", "load_steps"}
@@ -75,12 +84,43 @@ def test_upgrade_creates_ledger_and_live_schema_once(pg_url: str, engine: sa.Eng
         assert tables_in(engine, name) == {t.name for t in ds.tables}
 
     assert ledger.upgrade(pg_url) == []  # again: nothing to do
+    assert ensure_live_schemas(pg_url, LIVE.values()) == []
     assert ledger.current(pg_url) == applied[-1]
     with engine.connect() as conn:
         # keys come from the transform: no SERIAL sequences (autogenerate would not notice them)
         sequences = conn.execute(sa.text(
             "SELECT count(*) FROM pg_sequences WHERE schemaname IN ('mids', 'aodb')"))
         assert sequences.scalar() == 0
+
+
+def test_live_schema_comes_from_the_dataset_not_a_migration(pg_url: str, engine: sa.Engine) -> None:
+    """A table is defined once: a dataset with another column gets it with no migration."""
+    import dataclasses
+
+    from etl.dataset import Column
+
+    powers = MIDS.table("powers")
+    wider = dataclasses.replace(powers, columns=(*powers.columns, Column("note", "text")))
+    changed = dataclasses.replace(MIDS, tables=tuple(wider if t.name == "powers" else t
+                                                     for t in MIDS.tables))
+    ledger.upgrade(pg_url)
+    assert ensure_live_schemas(pg_url, [changed]) == ["mids"]
+    columns = {c["name"] for c in sa.inspect(engine).get_columns("powers", schema="mids")}
+    assert "note" in columns
+    assert live_schema_drift(pg_url, changed) == []
+    assert live_schema_drift(pg_url, MIDS) != []  # the registered mids has no such column
+
+
+def test_database_at_a_retired_revision_upgrades(pg_url: str, engine: sa.Engine) -> None:
+    """A database migrated before the dataset schemas left Alembic (at 0008) keeps working."""
+    ledger.upgrade(pg_url, "0001_ledger")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE etl.alembic_version SET version_num = '0003_aodb'"))
+    assert ledger.upgrade(pg_url) == ["0004_generations"]
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE etl.alembic_version SET version_num = '0008_licenses_extra'"))
+    assert ledger.current(pg_url) == ledger.heads()[0]
+    assert ledger.upgrade(pg_url) == []
 
 
 def test_unreachable_database_names_the_next_step() -> None:
@@ -95,13 +135,12 @@ def test_upgrade_step_by_step(pg_url: str, engine: sa.Engine) -> None:
     assert ledger.upgrade(pg_url, "0001_ledger") == ["0001_ledger"]
     assert ledger.current(pg_url) == "0001_ledger"
     assert "mids" not in sa.inspect(engine).get_schema_names()
-    assert ledger.upgrade(pg_url, "0002_mids") == ["0002_mids"]
-    assert "aodb" not in sa.inspect(engine).get_schema_names()
-    assert ledger.upgrade(pg_url)[0] == "0003_aodb"
+    assert ledger.upgrade(pg_url) == ["0004_generations"]
+    assert "mids" not in sa.inspect(engine).get_schema_names()  # not Alembic's
 
 
 def test_migrations_agree_with_dataset_tables(pg_url: str, engine: sa.Engine) -> None:
-    ledger.upgrade(pg_url)
+    upgrade_all(pg_url)
     assert diff(engine, expected(), {"etl", *LIVE}) == []
     with engine.connect() as conn:
         assert schema_diff(conn, expected()) == []
@@ -122,7 +161,7 @@ def test_migrations_agree_with_dataset_tables(pg_url: str, engine: sa.Engine) ->
     "ALTER TABLE licenses.search_results DROP CONSTRAINT search_results_image_sha256_fkey",
 ])
 def test_agreement_check_has_teeth(pg_url: str, engine: sa.Engine, change: str) -> None:
-    ledger.upgrade(pg_url)
+    upgrade_all(pg_url)
     with engine.begin() as conn:
         conn.execute(sa.text(change))
     assert diff(engine, expected(), {"etl", *LIVE}) != []
@@ -131,11 +170,12 @@ def test_agreement_check_has_teeth(pg_url: str, engine: sa.Engine, change: str) 
 def test_downgrade_removes_what_upgrade_created(pg_url: str, engine: sa.Engine) -> None:
     from alembic import command
 
-    ledger.upgrade(pg_url)
+    upgrade_all(pg_url)
     command.downgrade(ledger.alembic_config(pg_url), "base")
     assert ledger.current(pg_url) is None
-    assert not set(LIVE) & set(sa.inspect(engine).get_schema_names())
     assert tables_in(engine, "etl") == {"alembic_version"}
+    # the live schemas are the loads' (and ensure_live_schemas'), not the migrations'
+    assert set(LIVE) <= set(sa.inspect(engine).get_schema_names())
     assert ledger.upgrade(pg_url)[:len(ALL)] == ALL
 
 
@@ -207,4 +247,5 @@ def test_offline_sql(pg_url: str) -> None:
         command.upgrade(cfg, "head", sql=True)
     sql = out.getvalue()
     assert sql.index("CREATE SCHEMA IF NOT EXISTS etl") < sql.index("CREATE TABLE etl.alembic_version")
-    assert "CREATE TABLE mids.power_effects" in sql
+    assert "CREATE TABLE mids." not in sql  # the datasets' tables are not the migrations'
+    assert "CREATE TABLE etl.generations" in sql

@@ -118,7 +118,9 @@ def db_status_cmd(project_dir: Path | None, as_json: bool) -> None:
 @click.pass_context
 @handle_errors
 def db_upgrade_cmd(ctx: click.Context, database_url: str | None, revision: str) -> None:
-    """Apply the Alembic migrations: the run ledger (schema etl) and each dataset's live schema.
+    """Apply the Alembic migrations of the run ledger (schema etl), then create the live schema of
+    each dataset that has none, from the dataset's own table definitions (a dataset's tables are
+    not migrated: every full load builds them anew).
 
     Running it again applies nothing. The last line printed (stdout) is the current revision.
 
@@ -127,15 +129,17 @@ def db_upgrade_cmd(ctx: click.Context, database_url: str | None, revision: str) 
       etl db upgrade
       etl db upgrade --database-url postgresql://etl@localhost:5432/etl
     """
-    from etl.infra import ledger
+    from etl.ops import upgrade
 
-    url = resolve_database_url(ctx, database_url)
-    applied = ledger.upgrade(url, revision)
+    done = upgrade(resolve_database_url(ctx, database_url), revision=revision)
+    applied = done["applied"]
     if applied:
         err.print(f"applied {len(applied)} migration{'s' if len(applied) > 1 else ''}: {', '.join(applied)}")
     else:
         err.print("nothing to apply: the database is up to date")
-    click.echo(ledger.current(url) or "none")
+    if done["created"]:
+        err.print(f"created the live schema of {', '.join(done['created'])} from the datasets' tables")
+    click.echo(done["current"] or "none")
 
 
 @db_group.command("optimize")

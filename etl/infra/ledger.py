@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from etl.errors import ConfigError
+from etl.infra import pg
 from etl.infra.errors import DatabaseError, DatabaseUnavailable
 from etl.infra.pg import sqlalchemy_url
 from etl.metrics import Phase
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 Mode = Literal["full", "unsafe-fast", "rebuild"]
 Status = Literal["running", "succeeded", "failed"]
 
-#: The Alembic scripts (the ledger and each dataset's live schema), shipped inside the package.
+#: The Alembic scripts of the ledger (schema ``etl``), shipped inside the package. The datasets'
+#: live schemas are not migrated: they come from the datasets' tables (:mod:`etl.infra.live`).
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 _COLUMNS = ("id, dataset, run_id, manifest_sha256, mode, status, started_at, ended_at, phases, rows, "
@@ -223,7 +225,8 @@ def heads() -> list[str]:
 
 
 def current(url: str) -> str | None:
-    """The revision the database at ``url`` is at (None: never migrated)."""
+    """The revision the database at ``url`` is at (None: never migrated); a retired revision
+    reads as the ledger revision it stands for (see :data:`RETIRED`)."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(sqlalchemy_url(url), poolclass=sa.NullPool)
@@ -238,7 +241,25 @@ def current(url: str) -> str | None:
                                   hint="check that PostgreSQL runs and the URL is right") from exc
     finally:
         engine.dispose()
-    return ",".join(sorted(rows)) if rows else None
+    return ",".join(sorted(RETIRED.get(r, r) for r in rows)) if rows else None
+
+
+#: Revisions that created or changed dataset schemas before those left the migrations, and the
+#: ledger revision a database at one of them is at: 0004 was the only ledger revision among them.
+RETIRED = {"0002_mids": "0001_ledger", "0003_aodb": "0001_ledger",
+           "0005_licenses": "0004_generations", "0006_mids_extra": "0004_generations",
+           "0007_aodb_extra": "0004_generations", "0008_licenses_extra": "0004_generations"}
+
+
+def _restamp_retired(url: str) -> None:
+    """A database stamped with a retired revision is stamped with its ledger revision instead
+    (its dataset tables stay as they are; the next full load rebuilds them)."""
+    with pg.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('etl.alembic_version')").fetchone() == (None,):
+            return
+        for old, new in RETIRED.items():
+            conn.execute("UPDATE etl.alembic_version SET version_num = %s WHERE version_num = %s",
+                         (new, old))
 
 
 def upgrade(url: str, revision: str = "head") -> list[str]:
@@ -249,6 +270,7 @@ def upgrade(url: str, revision: str = "head") -> list[str]:
     from alembic.util import CommandError
 
     cfg = alembic_config(url)
+    _restamp_retired(url)
     before = current(url)
     try:
         command.upgrade(cfg, revision)

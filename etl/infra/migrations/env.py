@@ -1,4 +1,7 @@
-"""Alembic environment: the run ledger (schema ``etl``) and each dataset's live schema.
+"""Alembic environment: the run ledger and the read cache's tables (schema ``etl``).
+
+The datasets' live schemas are not migrated: each is built from its dataset's tables by every
+full load (and created empty by ``etl db upgrade``, see :mod:`etl.infra.live`).
 
 Run through ``etl db upgrade`` (or :func:`etl.infra.ledger.upgrade`), which builds the Config in code;
 an ``alembic.ini`` is not needed. Alembic's version table lives in schema ``etl``.
@@ -11,21 +14,17 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context
 
-from etl.datasets import get_dataset
 from etl.infra.pg import lock_key
-from etl.infra.schema import LEDGER_SCHEMA, target_metadata
+from etl.infra.schema import LEDGER_SCHEMA, ledger_metadata
 
 config = context.config
 
-#: The datasets whose live schema the migrations create.
-DATASETS = ("mids", "aodb", "licenses")
-
-target = target_metadata(get_dataset(name) for name in DATASETS)
-SCHEMAS = {LEDGER_SCHEMA, *DATASETS}
+target = ledger_metadata()
+SCHEMAS = {LEDGER_SCHEMA}
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Autogenerate looks at the ledger and the datasets' live schemas only."""
+    """Autogenerate looks at the ledger's schema only."""
     if type_ == "schema":
         return name in SCHEMAS
     if type_ == "table":

@@ -2,7 +2,7 @@
 etl.instance (a random id naming this database in the shared Redis cache).
 
 Revision ID: 0004_generations
-Revises: 0003_aodb
+Revises: 0001_ledger
 Create Date: 2025-11-25
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0004_generations"
-down_revision: str | Sequence[str] | None = "0003_aodb"
+down_revision: str | Sequence[str] | None = "0001_ledger"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
