@@ -177,14 +177,6 @@ def ledger_metadata(metadata: sa.MetaData | None = None) -> sa.MetaData:
     return md
 
 
-def target_metadata(datasets: Iterable[Dataset]) -> sa.MetaData:
-    """Everything the migrations manage: the ledger and each dataset's live schema."""
-    md = ledger_metadata()
-    for ds in datasets:
-        table_metadata(ds, metadata=md)
-    return md
-
-
 # ------------------------------------------------------------------------------ plain SQL for the loader
 
 
