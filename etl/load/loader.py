@@ -29,7 +29,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +39,6 @@ import orjson
 import polars as pl
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from etl.config import load_settings
 from etl.dataset import Dataset, Table
@@ -49,28 +47,27 @@ from etl.infra import cache, ledger, pg
 from etl.infra.pg import DatabaseError, quote_ident
 from etl.infra.schema import constraints_sql, create_tables_sql, fkey_name
 from etl.load import forked
+from etl.load._utils import compared as _compared
+from etl.load._utils import lit as _lit
+from etl.load._utils import schema_exists as _schema_exists
+from etl.load._utils import sql_files
+from etl.load.diagnostics import copy_error as _copy_error
+from etl.load.errors import VerificationFailed
+from etl.load.tables import frames as _frames
+from etl.load.tables import table_reader as _table_reader
 from etl.metrics import Phase, peak_rss_bytes, timed
-from etl.run import JSON_PIECE_ROWS, Run, comparable_json, frames_checksum
+from etl.run import Run, frames_checksum
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["full", "unsafe-fast", "rebuild", "merge"]
 Progress = Callable[[str, int, int], None]
 
-#: The project's SQL folder: ``sql/<dataset>/*.sql`` run in file-name order after the keys.
-_BATCH_ROWS = 65_536
-
 
 #: The share of source files the verify step reconciles (see :func:`load`).
 RECONCILE_SAMPLE = 1 / 32
 #: The key of the verify step's reconciliation in its ledger detail.
 RECONCILED = "_reconciled"
-
-
-class VerificationFailed(EtlError):
-    """What reached the database differs from the staged tables; the live schema is untouched."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -149,329 +146,6 @@ def manifest_digest(run: Run, tag: str | None = None) -> str:
     if tag is not None:
         data["tag"] = tag
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _schema_exists(conn: Any, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (name,)).fetchone() is not None
-
-
-def sql_files(dataset: Dataset) -> list[Path]:
-    folder = dataset.sql_dir
-    return sorted(folder.glob("*.sql")) if folder is not None and folder.is_dir() else []
-
-
-def _json_columns(table: Table) -> list[str]:
-    """The table's ``jsonb`` columns: PostgreSQL stores them decoded (keys reordered, spacing
-    and duplicate keys dropped), so they are sent in jsonb's binary form and compared by
-    meaning. A ``json`` column is not one of them: PostgreSQL keeps its text exactly as sent,
-    so it is sent and compared as plain text."""
-    return [c.name for c in table.columns if c.type == "jsonb"]
-
-
-def _compared(table: Table, column: str, prefix: str = "") -> str:
-    """``column`` as SQL that compares with ``=``, ``IS DISTINCT FROM`` and ``EXCEPT``: a
-    ``json`` column has no equality operator, and its text (kept as sent) is what it holds."""
-    kind = next((c.type for c in table.columns if c.name == column), None)
-    expr = f"{prefix}{quote_ident(column)}"
-    return f"{expr}::text" if kind == "json" else expr
-
-
-def _frames(batches: Iterable[pa.RecordBatch], table: Table,
-            json_dtypes: Mapping[str, str] | None = None) -> Iterator[pl.DataFrame]:
-    """Arrow batches (staged or read back) as frames of the table's columns (any other column,
-    such as the lineage ``_file``, ``_record``, ``_path``, left out), typed like the table,
-    jsonb columns in comparable form (see :func:`etl.run.comparable_json`), json columns as
-    their text: what checksums are computed over."""
-    schema = dict(table.polars_schema)
-    names = list(schema)
-    json_cols = _json_columns(table)
-    for batch in batches:
-        if batch.schema.names != names:
-            batch = batch.select(names)
-        if any(isinstance(f.type, pa.BaseExtensionType) for f in batch.schema):  # jsonb: arrow.json
-            batch = pa.RecordBatch.from_arrays(
-                [c.storage if isinstance(c.type, pa.BaseExtensionType) else c for c in batch.columns],
-                names=batch.schema.names)
-        df = pl.from_arrow(batch)
-        assert isinstance(df, pl.DataFrame)
-        df = df.cast(schema)  # type: ignore[arg-type]
-        if not json_cols:
-            yield df
-            continue
-        for start in range(0, df.height, JSON_PIECE_ROWS):  # decoded jsonb is many times its text
-            yield comparable_json(df.slice(start, JSON_PIECE_ROWS), json_cols, json_dtypes or {})
-
-
-def _table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: bool = False,
-                  tag: tuple[str, str] | None = None, schema: pa.Schema | None = None
-                  ) -> tuple[pa.RecordBatchReader, int]:
-    """A stream of the table's staged rows (bounded memory), and its row count.
-
-    Only the table's columns are read from each chunk, by name: lineage columns a chunk may
-    carry beside them (``_file``, ``_record``, ``_path``: where each row came from, see
-    :func:`_copy_error`) are never sent to PostgreSQL. ``json`` columns go as plain text (the
-    binary COPY's json form is the text itself).
-
-    ``for_copy``: jsonb columns are sent in jsonb's binary wire form, a version byte (1) and
-    the JSON text, as Arrow binary: the binary COPY refuses plain text in a jsonb column, and
-    bytes pass through every ADBC driver version unchanged (the pinned 1.8.0 does not know the
-    Arrow JSON extension type; README, Performance, says why that version). ``tag``: (column,
-    value): that column holds ``value`` in every row (``etl load --tag``). ``schema``: the
-    table's Arrow schema, when the caller has it (a forked worker must not call Polars)."""
-    schema = schema if schema is not None else table.polars_schema.to_arrow()
-    paths = [run.path / c["path"] for c in entry.get("chunks", [])]
-    for path in paths:  # a chunk without a column would otherwise fail mid-COPY, obscurely
-        missing = [n for n in schema.names if n not in pq.read_schema(path).names]
-        if missing:
-            raise RunStateError(f"table {table.name}'s chunk has no column(s) {missing}",
-                                dataset=run.dataset_name, run=run.id, file=path,
-                                hint=f"transform the run again: `etl transform {run.path}`")
-    json_cols = set(_json_columns(table)) if for_copy else set()
-    out_schema = pa.schema([pa.field(f.name, pa.binary()) if f.name in json_cols else f
-                            for f in schema])
-    jsonb_version = pa.scalar(b"\x01")
-
-    def tag_json(batch: pa.RecordBatch) -> pa.RecordBatch:
-        arrays = [pc.binary_join_element_wise(jsonb_version, col.cast(pa.string()).cast(pa.binary()),
-                                              b"")
-                  if name in json_cols else col for name, col in zip(batch.schema.names, batch.columns,
-                                                                      strict=True)]
-        return pa.RecordBatch.from_arrays(arrays, schema=out_schema)
-
-    def retag(batch: pa.RecordBatch) -> pa.RecordBatch:
-        assert tag is not None
-        i = batch.schema.get_field_index(tag[0])
-        value = pa.array([tag[1]] * batch.num_rows, batch.schema.field(i).type)
-        return batch.set_column(i, batch.schema.field(i), value)
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for path in paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS,
-                                                           columns=schema.names):
-                batch = batch if batch.schema == schema else batch.cast(schema)
-                if tag is not None:
-                    batch = retag(batch)
-                yield tag_json(batch) if json_cols else batch
-
-    return pa.RecordBatchReader.from_batches(out_schema, batches()), int(entry["rows"])
-
-
-#: Lineage columns a table chunk may carry beside the table's columns (see etl.transform):
-#: the source file (path under the input root), record number in it (0-based) and JSON path of
-#: the nested record inside it. Read for errors only; never loaded.
-_LINEAGE = ("_file", "_record", "_path")
-#: Characters of a refused value shown either side of its offending part.
-_EXCERPT = 24
-
-#: Why PostgreSQL refuses a value, by SQLSTATE, for an error's hint.
-_REFUSAL_WHY = {
-    "22001": "the text is longer than the column allows",
-    "22003": "the number is beyond the column's type",
-    "22007": "the date or time is not valid",
-    "22008": "the date or time is out of PostgreSQL's range",
-    "22021": "the text is not valid UTF-8",
-    "22P02": "the value is not valid input for the column's type",
-    "22P05": "the text holds a character PostgreSQL cannot store",
-    "23502": "the column is NOT NULL",
-    "23514": "the value breaks a CHECK constraint",
-}
-
-
-def _diagnostics(exc: BaseException) -> dict[str, str]:
-    """What PostgreSQL said about a refused statement, by field: ``sqlstate``, ``message``,
-    ``detail``, ``context``, ``column``. ADBC's errors carry the server's fields
-    (``exc.details``: ``PG_DIAG_*`` pairs, ``exc.sqlstate``); anything else is parsed from
-    its text (``... ERROR:  <message>\nDETAIL: ...\nCONTEXT:  COPY t, line N, column c``)."""
-    import re
-
-    keys = {"PG_DIAG_SQLSTATE": "sqlstate", "PG_DIAG_MESSAGE_PRIMARY": "message",
-            "PG_DIAG_MESSAGE_DETAIL": "detail", "PG_DIAG_CONTEXT": "context",
-            "PG_DIAG_COLUMN_NAME": "column"}
-    out: dict[str, str] = {}
-    for key, value in getattr(exc, "details", None) or []:
-        key = key.decode() if isinstance(key, bytes) else str(key)
-        if key in keys:
-            out[keys[key]] = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    text = str(exc)
-    state = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
-    if not state and (m := re.search(r"SQLSTATE:? ([0-9A-Z]{5})", text)):
-        state = m.group(1)
-    if state:
-        out.setdefault("sqlstate", str(state))
-    if "message" not in out and (m := re.search(r"ERROR:\s+(.+)", text)):
-        out["message"] = m.group(1).strip()
-    if "detail" not in out and (m := re.search(r"DETAIL:\s+(.+)", text)):
-        out["detail"] = m.group(1).strip()
-    if "context" not in out and (m := re.search(r"CONTEXT:\s+(.*?)(?:\n\. SQLSTATE|\Z)", text, re.S)):
-        out["context"] = m.group(1).strip()
-    return out
-
-
-def _copy_position(context: str, columns: Sequence[str]) -> tuple[int | None, str | None]:
-    """The row (0-based, over the whole COPY) and column a COPY's error context names: a
-    binary COPY says ``COPY <table>, line <N>, column <name>``. The column is matched against
-    the table's own names (the longest that fits), so names with commas or colons work too."""
-    import re
-
-    m = re.search(r"COPY [^\n]*?, line (\d+)(, column ([^\n]*))?", context)
-    if m is None:
-        return None, None
-    row = int(m.group(1)) - 1
-    said = m.group(3)
-    if said is None:
-        return row, None
-    known = [c for c in columns if said == c or said.startswith((c + ":", c + " "))]
-    if known:
-        return row, max(known, key=len)
-    return row, said.split(":", 1)[0].strip() or None
-
-
-def _show(text: str) -> str:
-    """``text`` for a message: control characters (NUL first of all) escaped, quoted."""
-    return '"' + "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode()
-                         for ch in text) + '"'
-
-
-def _offending_part(value: pa.Scalar | None) -> str:
-    """What in a refused value PostgreSQL could not take, in a few words: for text, where its
-    NUL or its first invalid UTF-8 byte is, with the text around it; otherwise the value."""
-    if value is None or not value.is_valid:
-        return "the value is null"
-    t = value.type
-    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
-            or pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)):
-        raw = value.cast(pa.binary()).as_py()
-        assert isinstance(raw, bytes)
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            before = raw[:bad.start].decode("utf-8", "replace")
-            around = (raw[max(0, bad.start - _EXCERPT):bad.start + _EXCERPT]
-                      .decode("utf-8", "backslashreplace"))
-            return (f"the text is not valid UTF-8 at byte offset {bad.start} (character "
-                    f"{len(before)}) of {len(raw)} bytes: {_show(around)}")
-        at = text.find("\x00")
-        if at >= 0:
-            count = text.count("\x00")
-            lo, hi = max(0, at - _EXCERPT), at + _EXCERPT + 1
-            excerpt = ("…" if lo else "") + _show(text[lo:hi]) + ("…" if hi < len(text) else "")
-            return (f"the text holds NUL (\\x00) at offset {at} of {len(text)} characters"
-                    + (f" ({count} NULs in all)" if count > 1 else "") + f": {excerpt}")
-        head = text[:4 * _EXCERPT]
-        return (f"the value ({len(text)} characters) begins {_show(head)}"
-                + ("…" if len(head) < len(text) else ""))
-    shown = repr(value.as_py())
-    return f"the value is {shown[:120]}{'…' if len(shown) > 120 else ''}"
-
-
-def _locate(chunks: Sequence[Mapping[str, Any]], row: int) -> tuple[str, int] | None:
-    """The chunk (its path in the run) and row in it of row ``row`` (0-based) of a table."""
-    for c in chunks:
-        if row < int(c["rows"]):
-            return str(c["path"]), row
-        row -= int(c["rows"])
-    return None
-
-
-def _failing_row(file: Path, row: int, columns: Sequence[str]) -> dict[str, pa.Scalar]:
-    """Row ``row`` of a Parquet chunk, the given columns it has, read one row group only."""
-    pf = pq.ParquetFile(file)
-    have = [c for c in columns if c in pf.schema_arrow.names]
-    first = 0
-    for i in range(pf.metadata.num_row_groups):
-        rows = pf.metadata.row_group(i).num_rows
-        if row < first + rows:
-            group = pf.read_row_group(i, columns=have)
-            return {c: group.column(c)[row - first] for c in have}
-        first += rows
-    return {}
-
-
-def _copy_error(exc: BaseException, run: Run, name: str, entry: Mapping[str, Any]) -> EtlError:
-    """A refused COPY (a permanent error: a bad value, a constraint) as an error that names
-    where the row came from: the source file and record (and the JSON path of a nested
-    record) from the failing row's lineage (``_file``, ``_record``, ``_path``: columns of the
-    chunk, or of the table's ``lineage_chunks`` beside it, row for row), or, for a table without
-    lineage, its ``source_file`` column, or else the chunk file and row;
-    the column PostgreSQL named, with the part of the value it refused (a NUL's position and
-    the text around it, an invalid UTF-8 byte, a number, a null); the SQLSTATE; and always the
-    staged chunk file and row. The error's ``file`` and ``record`` are the source's, when known.
-
-    Runs in a forked worker: PyArrow only (no Polars), and what it returns crosses back pickled.
-    """
-    diag = _diagnostics(exc)
-    chunks = entry.get("chunks", [])
-    chunk: Path | None = run.path / chunks[0]["path"] if chunks else None
-    row: int | None = None
-    column = diag.get("column")
-    columns: list[str] = []
-    try:
-        if chunk is not None:
-            columns = list(pq.ParquetFile(chunk).schema_arrow.names)
-    except Exception:  # best effort: the error itself matters more
-        log.debug("cannot read the chunk's schema", exc_info=True)
-    line, said = _copy_position(diag.get("context", ""), columns)
-    column = column or said
-    if line is not None and (found := _locate(chunks, line)) is not None:
-        chunk, row = run.path / found[0], found[1]
-    values: dict[str, pa.Scalar] = {}
-    if row is not None and chunk is not None:
-        try:
-            values = _failing_row(chunk, row, [*_LINEAGE, "source_file", *([column] if column else [])])
-            # Lineage kept in files of its own beside the chunks: the same rows, in order.
-            beside = _locate(entry.get("lineage_chunks") or [], line) if line is not None else None
-            if "_file" not in values and beside is not None:
-                values |= _failing_row(run.path / beside[0], beside[1], _LINEAGE)
-        except Exception:
-            log.debug("cannot read the failing row", exc_info=True)
-
-    def lineage(col: str) -> Any:
-        v = values.get(col)
-        return v.as_py() if v is not None and v.is_valid else None
-
-    file: str | Path | None = chunk
-    record: int | None = row
-    at = ""
-    if lineage("_file") is not None:
-        rel = str(lineage("_file"))
-        paths = {s.get("relpath"): s.get("path") for s in run.manifest.get("sources") or []}
-        file = paths.get(rel) or rel
-        record = lineage("_record")
-        at = f" of {lineage('_path')}" if lineage("_path") else ""
-    elif lineage("source_file") is not None:
-        file, record = str(lineage("source_file")), None
-    state = diag.get("sqlstate")
-    if not state and "message" not in diag:  # not PostgreSQL's refusal: reading the rows failed
-        text = str(exc).strip()
-        if "Python exception:" in text:  # the reader's own error, quoted by the driver
-            text = text.rstrip().rsplit("\n", 1)[-1]
-        return EtlError(f"COPY of table {name} failed: {text}", dataset=run.dataset_name,
-                        run=run.id, file=file,
-                        hint="check the run's table files (`etl rebuild` checks them) or transform "
-                             "the run again, then run the load again")
-    said_text = diag.get("message") or str(exc).strip()
-    lines = [f"COPY of table {name} refused the row{at}: {said_text}"
-             + (f" (SQLSTATE {state})" if state else "")]
-    if diag.get("detail"):
-        lines.append(f"  detail: {diag['detail']}")
-    if column is not None:
-        part = (_offending_part(values.get(column)) if column in values
-                else "the value could not be read back from the chunk")
-        lines.append(f"  column {column}: {part}")
-    if row is not None:
-        lines.append(f"  staged as: {chunk}, row {row}")
-    why = _REFUSAL_WHY.get(state or "", "PostgreSQL refused the value")
-    if state == "22021" and "0x00" in said_text:
-        why = "PostgreSQL text cannot hold NUL (\\u0000)"
-    return EtlError("\n".join(lines), dataset=run.dataset_name, run=run.id, file=file,
-                    record=record,
-                    hint=f"{why}: fix the source record, or the dataset's rules and cleaning so that "
-                         "validate catches it, then run validate, transform and the load again "
-                         "(a permanent error: not retried)")
 
 
 class _Reported(set[str]):
