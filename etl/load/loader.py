@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +51,7 @@ from etl.load._utils import schema_exists as _schema_exists
 from etl.load._utils import sql_files
 from etl.load.diagnostics import copy_error as _copy_error
 from etl.load.errors import VerificationFailed
+from etl.load.faults import Faults
 from etl.load.tables import frames as _frames
 from etl.load.tables import table_reader as _table_reader
 from etl.metrics import Phase, peak_rss_bytes, timed
@@ -98,47 +97,6 @@ class LoadResult:
 # ------------------------------------------------------------------------------ helpers
 
 
-def _fault(point: str) -> None:
-    """Test hook: ``ETL_FAULT_KILL_AT=<point>`` SIGKILLs this process at that point, so tests can
-    prove a load resumes after dying anywhere. Does nothing otherwise."""
-    if os.environ.get("ETL_FAULT_KILL_AT") == point:
-        log.warning("fault injection: killing the process at %s", point)
-        parent = forked.parent_pid()  # in a worker: the load dies with it
-        if parent is not None:
-            os.kill(parent, signal.SIGKILL)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _drop_once(point: str, conn: Any, *, url: str, dropped: set[str]) -> None:
-    """Test hook: ``ETL_FAULT_DROP_AT=<point>`` (optionally ``<point>@always``) terminates this
-    connection's server process at that point, as a network drop would: once per load (points
-    in ``dropped`` are spared), or on every attempt with ``@always``. ``<point>@abort`` instead
-    aborts the worker process there, once, as a crashing driver would."""
-    spec = os.environ.get("ETL_FAULT_DROP_AT", "")
-    name, _, how = spec.partition("@")
-    if name != point:
-        return
-    if how != "always" and point in dropped:
-        return
-    dropped.add(point)
-    if how == "abort" and forked.parent_pid() is not None:
-        os.write(2, f"fault injection: aborting the worker at {point}\n".encode())
-        os.abort()
-    log.warning("fault injection: dropping the connection at %s", point)
-    with pg.connect(url) as admin:
-        admin.execute("SELECT pg_terminate_backend(%s)", (_backend_pid(conn),))
-
-
-def _backend_pid(conn: Any) -> int:
-    if hasattr(conn, "info"):  # psycopg
-        return int(conn.info.backend_pid)
-    cur = conn.cursor()
-    cur.execute("SELECT pg_backend_pid()")
-    pid = int(cur.fetchone()[0])
-    cur.close()
-    return pid
-
-
 def manifest_digest(run: Run, tag: str | None = None) -> str:
     """What identifies the loaded content: the run id and its tables' entries (rows, chunk
     hashes, checksums), not the manifest's timings; and the import tag, when one is given."""
@@ -146,18 +104,6 @@ def manifest_digest(run: Run, tag: str | None = None) -> str:
     if tag is not None:
         data["tag"] = tag
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-
-
-class _Reported(set[str]):
-    """A set that reports each new member (a worker's fault points, to the loading process)."""
-
-    def __init__(self, members: set[str], report: Callable[[str], None]) -> None:
-        super().__init__(members)
-        self._report = report
-
-    def add(self, member: str) -> None:
-        self._report(member)
-        super().add(member)
 
 
 def _query_batches(conn: Any, query: str) -> Iterator[pa.RecordBatch]:
@@ -219,7 +165,7 @@ class _Loader:
         pg.preload_adbc()  # before any worker is forked
         # Each table's Arrow schema, made here: a forked worker must not call Polars.
         self._arrow_schemas = {t.name: t.polars_schema.to_arrow() for t in self.dataset.tables}
-        self._dropped: set[str] = set()  # fault-injection points already dropped (test hook)
+        self.faults = Faults(url)  # test hooks (etl.load.faults)
         # read cache (etl.infra.cache): where the swap publishes the new generation
         self.redis_url: str | None = None
         self.generation = 0
@@ -308,14 +254,14 @@ class _Loader:
         loader.progress = None
         if loader._on_rows is not None:
             loader._on_rows = lambda n: send("rows", n)
-        loader._dropped = _Reported(loader._dropped, lambda point: send("dropped", point))
+        loader.faults.report_to(lambda point: send("dropped", point))
 
     def _message(self, kind: str, value: Any) -> None:
         """A worker's report during a call."""
         if kind == "rows":
             self._add_rows(int(value))
         elif kind == "dropped":
-            self._dropped.add(str(value))
+            self.faults.dropped.add(str(value))
 
     def _in_worker(self, op: str, *args: Any) -> Any:
         return self._worker().call(op, *args, on_message=self._message)
@@ -341,10 +287,10 @@ class _Loader:
             with pg.connect(self.url, autocommit=False) as conn:
                 for stmt in self._session_sql():
                     conn.execute(stmt)
-                _drop_once(name, conn, url=self.url, dropped=self._dropped)
+                self.faults.drop(name, conn)
                 detail = fn(conn)
                 ledger.step_done(conn, self.ledger_id, name, detail)
-                _fault(name)
+                self.faults.kill(name)
                 conn.commit()
             self.steps[name] = detail
 
@@ -386,7 +332,7 @@ class _Loader:
             # TRUNCATE in the same transaction as the COPY: nothing to undo on a retry, and
             # with wal_level=minimal PostgreSQL can skip writing the rows to WAL.
             cur.execute(f"TRUNCATE {target}")
-            _drop_once(step, conn, url=self.url, dropped=self._dropped)
+            self.faults.drop(step, conn)
             try:
                 cur.adbc_ingest(name, self._counted(reader), mode="append",
                                 db_schema_name=self.build)
@@ -398,7 +344,7 @@ class _Loader:
             cur.execute(f"INSERT INTO etl.load_steps (run, step, detail) VALUES "
                         f"({self.ledger_id}, {_lit(step)}, {_lit(detail)}::jsonb) "
                         "ON CONFLICT DO NOTHING")
-            _fault(step)
+            self.faults.kill(step)
             conn.commit()
             cur.close()
         except BaseException:
@@ -916,14 +862,14 @@ class _Loader:
             order = self._merge_order()
             counts = {}
             for name in order:
-                _drop_once(f"merge:{name}", conn, url=self.url, dropped=self._dropped)
+                self.faults.drop(f"merge:{name}", conn)
                 counts[name] = self._merge_table(cur, name, delete_missing=delete_missing)
             if delete_missing:
                 for name in reversed(order):
                     counts[name]["deleted"] = self._delete_missing(cur, name)
             for name in order:
                 self._merge_check(cur, name)
-            _fault("merge")
+            self.faults.kill("merge")
             conn.commit()
             cur.close()
         except BaseException:
