@@ -650,7 +650,7 @@ def test_a_chunk_without_a_table_column_is_named_before_any_copy(pg_url: str, tm
 def test_the_offending_part_of_a_refused_value() -> None:
     """What a load error quotes of a value (no database): invalid UTF-8 where it starts, a
     number as it is, a null as null; and PostgreSQL's fields parsed from an error's text."""
-    from etl.load.loader import _diagnostics, _offending_part
+    from etl.load.diagnostics import _diagnostics, _offending_part
 
     bad = pa.array([b"caf\xc3\xa9 au l\xc3\x28ait"], pa.binary()).view(pa.string())[0]
     assert _offending_part(bad) == ('the text is not valid UTF-8 at byte offset 10 (character 9) '

@@ -3,6 +3,7 @@
 :func:`load` is the step (full or merge); :mod:`.reconcile` rebuilds source records from loaded rows.
 """
 
-from etl.load.loader import LoadResult, Mode, VerificationFailed, live_tables, load, table_checksums
+from etl.load.errors import VerificationFailed
+from etl.load.loader import LoadResult, Mode, live_tables, load, table_checksums
 
 __all__ = ["LoadResult", "Mode", "VerificationFailed", "live_tables", "load", "table_checksums"]

@@ -1,0 +1,203 @@
+"""One load's state, and the resources it owns: the worker processes that run every ADBC call.
+
+The steps (:mod:`.plan`, :mod:`.copy`, :mod:`.keys`, :mod:`.verify`, :mod:`.swap`,
+:mod:`.merge`) are functions of a :class:`Load`. A step that speaks ADBC runs its part in this
+thread's worker process (:mod:`etl.load.forked`) with :meth:`Load.in_worker`: the child inherits
+the :class:`Load` and runs the function on it; results, progress and exceptions come back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
+
+import pyarrow as pa
+
+from etl.infra import pg
+from etl.load import forked
+from etl.load.faults import Faults
+from etl.load.swap import CacheFence
+from etl.metrics import Phase, peak_rss_bytes
+from etl.run import Run
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["full", "unsafe-fast", "rebuild", "merge"]
+Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
+
+
+class Load:
+    """One load of one run: what every step reads (the run, its tables, the build schema, the
+    ledger row and its finished steps) and what it owns (worker processes, their connections,
+    the read cache's fence)."""
+
+    def __init__(self, run: Run, url: str, *, mode: Mode, workers: int, retries: int,
+                 retry_delay: float, progress: Progress | None, tag: str | None = None,
+                 reconcile_sample: float = 0.0, redis_url: str | None = None) -> None:
+        self.run = run
+        self.reconcile_sample = reconcile_sample
+        self.dataset = run.dataset()
+        self.url = url
+        self.mode = mode
+        self.workers = max(1, workers)
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.progress = progress
+        #: ``etl load --tag``: the value of the dataset's tag columns in every loaded row.
+        self.tag = tag
+        self.live = self.dataset.name
+        self.tables = {t.name: t for t in self.dataset.tables}
+        self.entries: dict[str, Any] = run.manifest["tables"]
+        # The ledger row (see etl.load.plan): its id, the build schema, its finished steps.
+        self.ledger_id = 0
+        self.build = ""
+        self.steps: dict[str, Any] = {}
+        self.phases: list[Phase] = []
+        self.phase_extra: dict[str, Any] = {}  # details of the phase being timed
+        #: The read cache (etl.infra.cache): where the swap publishes the new generation.
+        self.fence = CacheFence(url, self.live, redis_url)
+        self.faults = Faults(url)  # test hooks (etl.load.faults)
+        # The worker processes that run every ADBC call (see etl.load.forked), one per thread.
+        self._progress_lock = threading.Lock()
+        self._copied_rows = 0
+        self._local = threading.local()
+        self._adbc_conns: list[Any] = []  # in a worker process: its ADBC connections
+        self._workers: list[forked.Worker] = []
+        self.worker_peak_rss = 0
+        #: Rows copied so far, reported (in the worker) as each batch goes out.
+        self.on_rows: Callable[[int], None] | None = self.add_rows if progress else None
+        pg.preload_adbc()  # before any worker is forked
+        #: Each table's Arrow schema, made here: a forked worker must not call Polars.
+        self.arrow_schemas = {t.name: t.polars_schema.to_arrow() for t in self.dataset.tables}
+
+    def tag_of(self, name: str) -> tuple[str, str] | None:
+        """(column, value) when table ``name`` has a tag column and a tag was given."""
+        column = self.dataset.tag_columns.get(name)
+        return (column, self.tag) if column and self.tag is not None else None
+
+    def retry(self, what: str, fn: Callable[[], T]) -> T:
+        result: T = pg.retry(fn, what=what, attempts=self.retries, first_delay=self.retry_delay,
+                             next_step=f"check the database, then run `etl load {self.run.path}` "
+                                       "again: finished steps are kept and the load resumes")
+        return result
+
+    def session_sql(self) -> list[str]:
+        sets = ["SET maintenance_work_mem = '256MB'", "SET lock_timeout = '60s'"]
+        if self.mode == "unsafe-fast":
+            sets.append("SET synchronous_commit = off")
+        return sets
+
+    def timed(self, name: str, rows: int, fn: Callable[[], None]) -> None:
+        """Run ``fn`` as phase ``name`` (its time, rows and peak memory go in the ledger)."""
+        start = time.perf_counter()
+        self.phase_extra = {}
+        fn()
+        self.phases.append(Phase(name, time.perf_counter() - start, rows, peak_rss_bytes(),
+                                 extra=self.phase_extra))
+
+    def add_rows(self, rows: int) -> None:
+        """Progress: ``rows`` more rows copied."""
+        total = sum(int(e["rows"]) for e in self.entries.values())
+        with self._progress_lock:
+            self._copied_rows += rows
+            done = self._copied_rows
+        if self.progress:
+            self.progress("load", done, total)
+
+    # -- the ADBC connection (in a worker process) ---------------------------------------------
+
+    def adbc(self) -> Any:
+        """In a worker process: its ADBC connection, opened once (opening one reads the server's
+        type catalog, which costs tens of milliseconds) and reused for every table it copies."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = pg.connect_adbc(self.url)
+            cur = conn.cursor()
+            for stmt in self.session_sql():
+                cur.execute(stmt)
+            cur.close()
+            conn.commit()
+            self._local.conn = conn
+            with self._progress_lock:
+                self._adbc_conns.append(conn)
+        return conn
+
+    def drop_adbc(self) -> None:
+        """Forget this thread's connection after an error (it may be broken)."""
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken; closing is best effort
+                log.debug("closing a broken connection failed", exc_info=True)
+            with self._progress_lock:
+                if conn in self._adbc_conns:
+                    self._adbc_conns.remove(conn)
+
+    def close(self) -> None:
+        self.close_workers()
+        for conn in list(self._adbc_conns):
+            try:
+                conn.close()
+            except Exception:
+                log.debug("closing a connection failed", exc_info=True)
+        self._adbc_conns.clear()
+
+    # -- worker processes (etl.load.forked) ----------------------------------------------------
+
+    def in_worker(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(self, *args)`` in this thread's worker process (``fn`` a module-level function)."""
+        result: T = self._worker().call("run_here", fn, *args, on_message=self._message)
+        return result
+
+    def stream_in_worker(self, fn: Callable[..., Iterator[pa.RecordBatch]], *args: Any
+                         ) -> Iterator[pa.RecordBatch]:
+        """The record batches ``fn(self, *args)`` yields in this thread's worker process."""
+        return self._worker().stream("run_here", fn, *args)
+
+    def run_here(self, fn: Callable[..., T], *args: Any) -> T:
+        """In a worker: what :meth:`in_worker` asked for."""
+        return fn(self, *args)
+
+    def close_workers(self) -> None:
+        """Stop the worker processes (each phase forks its own: they hold connections)."""
+        with self._progress_lock:
+            workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close()
+            self.worker_peak_rss = max(self.worker_peak_rss, worker.peak_rss)
+
+    def _worker(self) -> forked.Worker:
+        """This thread's worker process: forked on first use, and again after one died."""
+        worker: forked.Worker | None = getattr(self._local, "worker", None)
+        if worker is None or worker.closed:
+            worker = forked.Worker(self, Load._become_worker)
+            self._local.worker = worker
+            with self._progress_lock:
+                self._workers.append(worker)
+        return worker
+
+    @staticmethod
+    def _become_worker(load: Load, send: Callable[[str, Any], None]) -> None:
+        """In a freshly forked worker: its own locks and connections, and its reports (rows
+        copied, fault points used) sent to the loading process."""
+        load._local = threading.local()
+        load._progress_lock = threading.Lock()
+        load._adbc_conns = []
+        load._workers = []
+        load.progress = None
+        if load.on_rows is not None:
+            load.on_rows = lambda n: send("rows", n)
+        load.faults.report_to(lambda point: send("dropped", point))
+
+    def _message(self, kind: str, value: Any) -> None:
+        """A worker's report during a call."""
+        if kind == "rows":
+            self.add_rows(int(value))
+        elif kind == "dropped":
+            self.faults.dropped.add(str(value))
