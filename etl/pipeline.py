@@ -104,7 +104,7 @@ def run_all(
     Validation errors stop the run before anything reaches the database."""
     first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
                          force=force, progress=progress, strict=strict)
-    loaded = load(first.run, database_url=settings.database_url, mode=mode, force=force,
+    loaded = load(first.run, dataset, database_url=settings.database_url, mode=mode, force=force,
                   progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
                           loaded)
@@ -140,7 +140,8 @@ def rebuild(
         phases += [checked.phase, built.phase]
         report = checked.report
         run = built.run
-    loaded = load(run, database_url=settings.database_url, mode="rebuild", force=True, progress=progress)
+    loaded = load(run, dataset, database_url=settings.database_url, mode="rebuild", force=True,
+                  progress=progress)
     tables = {n: int(e["rows"]) for n, e in run.manifest["tables"].items()}
     return PipelineResult(run, report, tables, [*phases, *loaded.phases], loaded)
 

@@ -229,7 +229,7 @@ def _pipeline(export: Path, staging: Path, pg_url: str, dataset: Dataset = MIDS)
     checked = validate(staged.run, dataset, max_reject_ratio=1.0)
     assert checked.passed
     run = transform(checked.run, dataset).run
-    load(run, database_url=pg_url)  # the contract: this never fails on the data
+    load(run, run.dataset(), database_url=pg_url)  # the contract: this never fails on the data
     return run
 
 

@@ -234,14 +234,14 @@ def _count(url: str, sql: str) -> Any:
 def test_full_load_and_merge(pg_url: str, tree: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     first = _built(tree, staging)
-    full = load(first, database_url=pg_url)
+    full = load(first, first.dataset(), database_url=pg_url)
     assert full.rows == {"datasets": 1, "images": 10, "search_results": 10,
                          "search_files": 10}
     assert _count(pg_url, "SELECT count(*) FROM licenses.search_results WHERE dataset = 'default'") == 10
     gen = _count(pg_url, "SELECT generation FROM etl.generations WHERE dataset = 'licenses'")
 
     # Re-import of the same directory: nothing changes, and it says so.
-    again = load(_built(tree, staging), database_url=pg_url, mode="merge")
+    again = load(_built(tree, staging), DATASET, database_url=pg_url, mode="merge")
     assert not again.changed
     assert again.merged["search_results"] == {"staged": 10, "inserted": 0, "updated": 0,
                                               "unchanged": 10}
@@ -251,7 +251,7 @@ def test_full_load_and_merge(pg_url: str, tree: Path, tmp_path: Path) -> None:
     # Editing one file updates exactly that row.
     _edit(tree / FL / "Belmar_03_parse.json",
           lambda d: d["search_result"]["licenses"][0].update(license_status="Suspended/"))
-    edited = load(_built(tree, staging), database_url=pg_url, mode="merge")
+    edited = load(_built(tree, staging), DATASET, database_url=pg_url, mode="merge")
     assert edited.merged["search_results"]["updated"] == 1
     assert edited.merged["search_results"]["inserted"] == 0
     assert edited.merged["search_results"]["unchanged"] == 9
@@ -262,7 +262,7 @@ def test_full_load_and_merge(pg_url: str, tree: Path, tmp_path: Path) -> None:
     # --delete-missing removes what the import no longer has (and its unreferenced image).
     (tree / FL / "Belmar_03_parse.json").unlink()
     (tree / FL / "Belmar_03.png").unlink()
-    pruned = load(_built(tree, staging), database_url=pg_url, mode="merge", delete_missing=True)
+    pruned = load(_built(tree, staging), DATASET, database_url=pg_url, mode="merge", delete_missing=True)
     assert pruned.merged["search_results"]["deleted"] == 1
     assert pruned.merged["images"]["deleted"] == 1
     assert _count(pg_url, "SELECT count(*) FROM licenses.search_results") == 9
@@ -272,7 +272,7 @@ def test_full_load_and_merge(pg_url: str, tree: Path, tmp_path: Path) -> None:
 def test_tag_names_the_import_and_scopes_deletes(pg_url: str, tree: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     run = _built(tree, staging)
-    base = load(run, database_url=pg_url, mode="merge", tag="baseline")
+    base = load(run, run.dataset(), database_url=pg_url, mode="merge", tag="baseline")
     assert base.merged["search_results"]["inserted"] == 10
     assert base.merged["datasets"]["inserted"] == 1
     other = tmp_path / "other"
@@ -281,7 +281,7 @@ def test_tag_names_the_import_and_scopes_deletes(pg_url: str, tree: Path, tmp_pa
     for p in sorted((other / "FL").glob("Belmar_0[2-9]*")):
         p.unlink()
     small = _built(other, staging)
-    load(small, database_url=pg_url, mode="merge", tag="2025-08-10", delete_missing=True)
+    load(small, small.dataset(), database_url=pg_url, mode="merge", tag="2025-08-10", delete_missing=True)
     counts = dict(psycopg.connect(pg_url).execute(
         "SELECT dataset, count(*) FROM licenses.search_results GROUP BY 1").fetchall())
     assert counts == {"baseline": 10, "2025-08-10": 2}
@@ -306,9 +306,9 @@ def test_cli_run_merge_says_nothing_changed(pg_url: str, tree: Path, tmp_path: P
 
 def test_merge_creates_the_live_schema_when_missing(pg_url: str, sample: Path, tmp_path: Path) -> None:
     run = _built(sample, tmp_path / "staging")
-    load(run, database_url=pg_url, mode="merge")
+    load(run, run.dataset(), database_url=pg_url, mode="merge")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA licenses CASCADE")
-    result = load(run, database_url=pg_url, mode="merge")
+    result = load(run, run.dataset(), database_url=pg_url, mode="merge")
     assert result.merged["search_results"]["inserted"] == 10
     assert _count(pg_url, "SELECT count(*) FROM licenses.search_results") == 10

@@ -30,7 +30,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def loaded(pg_url: str, runs: MidsRuns) -> str:  # noqa: F811
-    load(runs.full, database_url=pg_url, redis_url=None)
+    load(runs.full, runs.full.dataset(), database_url=pg_url, redis_url=None)
     return pg_url
 
 

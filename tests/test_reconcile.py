@@ -140,7 +140,7 @@ def test_reconcile_from_the_loaded_rows(sample_run: Run, pg_url: str) -> None:
     from etl.load import load
 
     fresh = _transformed([require_shared(SHARED / "mids")], sample_run.path.parents[2] / "db")
-    load(fresh, database_url=pg_url)
+    load(fresh, fresh.dataset(), database_url=pg_url)
     result = reconcile(fresh, get_dataset("mids"), database_url=pg_url)
     assert result.ok, result.mismatches
     assert result.matched == result.records > 8_000

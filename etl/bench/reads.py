@@ -37,6 +37,7 @@ import orjson
 
 from etl.config import Settings
 from etl.dataset import Dataset, ReadBench
+from etl.datasets import get_dataset
 from etl.errors import ConfigError
 from etl.infra import pg
 from etl.infra.cache import NOTIFY_CHANNEL, Cache, db_generation
@@ -160,10 +161,10 @@ def run_benchmark(database_url: str, *, redis_url: str | None, runs: dict[str, R
     (p50, p99, max in ms), reads, errors, stale reads and wrong content."""
     say = progress or (lambda text: None)
     say("initial load (small, then full)")
-    load(runs["small"], database_url=database_url, force=True, redis_url=redis_url)
-    load(runs["full"], database_url=database_url, force=True, redis_url=redis_url)
+    dataset = get_dataset(runs["full"].dataset_name)
+    load(runs["small"], dataset, database_url=database_url, force=True, redis_url=redis_url)
+    load(runs["full"], dataset, database_url=database_url, force=True, redis_url=redis_url)
     url = pg.resolve_url(database_url)
-    dataset = runs["full"].dataset()
     name = dataset.name
     probe = read_bench(dataset).probe
     keys = hot_keys(url, dataset, seed=seed)

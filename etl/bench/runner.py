@@ -36,7 +36,7 @@ if phase == "stage":
 elif phase in ("load", "load-unsafe", "merge"):
     from etl.load import load
     mode = {"load-unsafe": "unsafe-fast", "merge": "merge"}.get(phase, "full")
-    r = load(open_run(arg), database_url=sys.argv[4], force=True, mode=mode)
+    r = load(open_run(arg), get_dataset(dataset), database_url=sys.argv[4], force=True, mode=mode)
     parts = [p.to_dict() for p in r.phases]
     out = {"name": "merge" if mode == "merge" else "load+post-load", "merged": r.merged,
            "seconds": sum(p["seconds"] for p in parts),

@@ -196,8 +196,8 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
     mode = resolve_mode(unsafe_fast, yes, load_mode)
     run = open_run(run_dir)
     with progress_bar() as progress:
-        result = load(run, database_url=settings.database_url, mode=mode, force=force, progress=progress,
-                      tag=tag, delete_missing=delete_missing, warm=warm)
+        result = load(run, get_dataset(run.dataset_name), database_url=settings.database_url, mode=mode,
+                      force=force, progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     if as_json:
         click.echo(json.dumps({
             "run": str(run.path), "run_id": run.id, "schema": result.schema,

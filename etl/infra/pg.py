@@ -107,10 +107,6 @@ def is_transient(exc: BaseException) -> bool:
     return getattr(exc, "status_code", None) == _ADBC_IO and type(exc).__module__.startswith("adbc")
 
 
-#: The name retries used before errors had kinds; the same question.
-is_connection_error = is_transient
-
-
 def retry(fn: Callable[[], T], *, what: str, attempts: int = 4, first_delay: float = 0.5,
           next_step: str, sleep: Callable[[float], None] = time.sleep) -> T:
     """Call ``fn``; on a lost connection wait (about 0.5 s, 1 s, 2 s, …: exponential backoff,

@@ -90,7 +90,7 @@ def _copy_once(load: Load, name: str) -> int:
         try:
             cur.adbc_ingest(name, _counted(load, reader), mode="append", db_schema_name=load.build)
         except Exception as exc:
-            if pg.is_connection_error(exc):
+            if pg.is_transient(exc):
                 raise
             raise copy_error(exc, load.run, name, load.entries[name]) from exc
         detail = orjson.dumps({"rows": expected}).decode()

@@ -1,11 +1,12 @@
-"""The load package's errors (the base :class:`~etl.errors.EtlError` is shared by every stage)."""
+"""The load package's errors. A lost connection or a dead worker is transient
+(:class:`~etl.infra.errors.DatabaseUnavailable`) and retried by the steps; these are terminal."""
 
 from __future__ import annotations
 
-from etl.errors import EtlError
+from etl.errors import TerminalError
 
 
-class VerificationFailed(EtlError):
+class VerificationFailed(TerminalError):
     """What reached the database differs from the staged tables; the live schema is untouched."""
 
     exit_code = 1

@@ -83,7 +83,7 @@ def post_sql(load: Load, conn: Any) -> dict[str, Any]:
         try:
             conn.execute(path.read_text())
         except Exception as exc:
-            if pg.is_connection_error(exc):
+            if pg.is_transient(exc):
                 raise
             raise EtlError(f"{load.dataset.name}/{path.name} failed: {exc}".strip(),
                            dataset=load.dataset.name, file=path,

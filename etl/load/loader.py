@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 def load(
     run: Run,
+    dataset: Dataset,
     *,
     database_url: str | None = None,
     mode: Mode = "full",
@@ -87,19 +88,21 @@ def load(
     the staged rows and compares with the export (chosen by content hash; small sources whole;
     0 turns it off, 1 reads every file). See :mod:`etl.load.reconcile`.
     """
+    run = run.current()
+    run.check_dataset(dataset)
     if "tables" not in run.manifest:
         raise RunStateError(f"run {run.id} has no transformed tables", run=run.id,
                             hint=f"run `etl transform {run.path}` first")
     url = pg.resolve_url(database_url)
-    ensure_ledger(url)
-    if tag is not None and not run.dataset().tag_columns:
+    ensure_ledger(url, dataset)
+    if tag is not None and not dataset.tag_columns:
         raise ConfigError(f"dataset {run.dataset_name} has no tag column; --tag does not apply",
                           hint="leave out --tag")
     if delete_missing and mode != "merge":
         raise ConfigError("--delete-missing applies to --mode merge only",
                           hint="a full load replaces every row anyway")
     redis_url = redis_url or load_settings().redis_url
-    state = Load(run, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
+    state = Load(run, dataset, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
                  progress=progress, tag=tag, reconcile_sample=reconcile_sample, redis_url=redis_url)
     if mode == "merge":
         result = merge(state, delete_missing=delete_missing)

@@ -11,10 +11,11 @@ so only new rows are inserted and only rows whose values differ are updated (and
 inserted / updated / unchanged). With ``delete_missing`` rows absent from the import are
 deleted, children first — only rows carrying the import's tag(s) in tables with a tag column,
 and in other tables only rows no live row references. Every staged row is then checked to be in
-the live table as staged (EXCEPT), or nothing commits. If the live schema does not exist (the
-migrations normally create it), the merge creates it, with its keys and the dataset's SQL, in
-the same transaction. The ledger row (mode ``merge``, counts in its phases) is finished and the
-read cache's generation bumped, when anything changed, right after the commit.
+the live table as staged (EXCEPT), or nothing commits. If the live schema does not exist
+(``etl db upgrade`` and the load's start normally create it from the dataset's tables), the
+merge creates it, with its keys and the dataset's SQL, in the same transaction. The ledger row
+(mode ``merge``, counts in its phases) is finished and the read cache's generation bumped, when
+anything changed, right after the commit.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _merge_table(load: Load, cur: Any, name: str, *, delete_missing: bool) -> di
     try:
         cur.adbc_ingest(f"_merge_{name}", reader, mode="append", temporary=True)
     except Exception as exc:
-        if pg.is_connection_error(exc):
+        if pg.is_transient(exc):
             raise
         raise copy_error(exc, load.run, name, load.entries[name]) from exc
     if rest:

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from etl.dataset import Dataset
 from etl.infra import ledger, pg
+from etl.infra.live import ensure_live_schemas
 from etl.load._utils import schema_exists
 from etl.load.errors import VerificationFailed
 from etl.load.state import Mode
@@ -64,11 +66,14 @@ def manifest_digest(run: Run, tag: str | None = None) -> str:
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def ensure_ledger(url: str) -> None:
-    """Create or upgrade the ledger (and live schemas) when the database is behind."""
+def ensure_ledger(url: str, dataset: Dataset | None = None) -> None:
+    """Create or upgrade the ledger when the database is behind, and create ``dataset``'s live
+    schema (empty, from its tables) when it has none, so readers find its tables from the start."""
     if ledger.current(url) not in ledger.heads():
         applied = ledger.upgrade(url)
         log.info("applied migrations %s", ", ".join(applied))
+    if dataset is not None:
+        ensure_live_schemas(url, [dataset])
 
 
 @contextmanager

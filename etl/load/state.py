@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 
+from etl.dataset import Dataset
 from etl.infra import pg
 from etl.load import forked
 from etl.load.faults import Faults
@@ -35,12 +36,12 @@ class Load:
     ledger row and its finished steps) and what it owns (worker processes, their connections,
     the read cache's fence)."""
 
-    def __init__(self, run: Run, url: str, *, mode: Mode, workers: int, retries: int,
+    def __init__(self, run: Run, dataset: Dataset, url: str, *, mode: Mode, workers: int, retries: int,
                  retry_delay: float, progress: Progress | None, tag: str | None = None,
                  reconcile_sample: float = 0.0, redis_url: str | None = None) -> None:
         self.run = run
         self.reconcile_sample = reconcile_sample
-        self.dataset = run.dataset()
+        self.dataset = dataset
         self.url = url
         self.mode = mode
         self.workers = max(1, workers)
