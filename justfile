@@ -40,10 +40,11 @@ perf-bench *ARGS:
 test *ARGS:
     {{venv}}pytest {{ARGS}}
 
-# lint and type-check
+# lint, type-check and check the architecture (import-linter contracts in pyproject.toml)
 lint:
     {{venv}}ruff check .
     {{venv}}mypy
+    {{venv}}lint-imports
 
 # ---- everyday commands of the original tool (each calls the CLI)
 
