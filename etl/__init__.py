@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 import os as _os
 import sys as _sys
+
+from etl.version import __version__
 
 # Polars' jemalloc keeps freed pages for seconds by default, so a phase that builds and drops
 # one table after another holds the sum of them: purging at once measured 386 -> 311 MB at the

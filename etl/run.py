@@ -417,15 +417,6 @@ class Run:
     def dataset_name(self) -> str:
         return str(self.manifest["dataset"])
 
-    def dataset(self) -> Dataset:
-        """The registered dataset of this run's name (a notebook convenience: the stages are
-        given their :class:`Dataset` and never look it up)."""
-        from etl.datasets import get_dataset
-
-        ds = get_dataset(self.dataset_name)
-        self.check_dataset(ds)
-        return ds
-
     # -- raw levels ---------------------------------------------------------------------------
 
     def raw(self, level: str) -> pl.LazyFrame:
@@ -437,16 +428,15 @@ class Run:
         schema = pl.Schema({k: _dtype_from_str(v) for k, v in entry["schema"].items()})
         return _scan(self.path, entry["chunks"], schema)
 
-    def cleaned(self, level: str, dataset: Dataset | None = None) -> pl.LazyFrame:
+    def cleaned(self, level: str, dataset: Dataset) -> pl.LazyFrame:
         """The staged rows of ``level`` after the dataset's cleaning steps."""
-        ds = dataset or self.dataset()
-        return apply_cleaning(ds, level, self.raw(level))
+        return apply_cleaning(dataset, level, self.raw(level))
 
     def rejects(self, level: str) -> pl.LazyFrame | None:
         path = self.path / "rejects" / f"{level}.parquet"
         return pl.scan_parquet(path) if path.exists() else None
 
-    def accepted(self, level: str, dataset: Dataset | None = None, *,
+    def accepted(self, level: str, dataset: Dataset, *,
                  narrow: bool = False) -> pl.LazyFrame:
         """Cleaned rows of ``level`` that no error-severity rule rejected.
 
@@ -455,7 +445,7 @@ class Run:
         if "validation" not in self.manifest:
             raise RunStateError(f"run {self.id} has not been validated",
                                 run=self.id, hint=f"run `etl validate {self.path}` first")
-        ds = dataset or self.dataset()
+        ds = dataset
         if narrow and ds.levels[level].table is not None:
             number = list(ds.levels).index(level)
             raw = self.raw(level).with_row_index(XREF).with_columns(

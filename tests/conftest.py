@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from etl import Run, Settings
+from etl.datasets import dataset_of
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ETL_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -94,8 +95,8 @@ def transformed_run(dataset: str, sources: list[Path], staging: Path) -> Run:
     from etl.validate import require_passed, validate
 
     staged = stage(get_dataset(dataset), sources, settings=Settings(staging_dir=staging))
-    require_passed(validate(staged.run, staged.run.dataset()))
-    return transform(staged.run, staged.run.dataset()).run
+    require_passed(validate(staged.run, dataset_of(staged.run)))
+    return transform(staged.run, dataset_of(staged.run)).run
 
 
 def mids_runs(sample: Path, root: Path, drop: str) -> MidsRuns:

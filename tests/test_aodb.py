@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset, open_run
 from etl.cli import main
+from etl.datasets import dataset_of
 from etl.errors import InputError
 from etl.stage import stage
 from etl.transform import transform
@@ -129,8 +130,8 @@ def _write(path: Path, items: list[dict[str, Any]]) -> Path:
 def _tables(root: Path, sources: list[Path]) -> dict[str, pl.DataFrame]:
     settings = Settings(staging_dir=root)
     run = stage(AODB, sources, settings=settings).run
-    assert validate(run, run.dataset()).passed
-    run = transform(run, run.dataset()).run
+    assert validate(run, dataset_of(run)).passed
+    run = transform(run, dataset_of(run)).run
     return {name: lf.collect() for name, lf in run.tables().items()}
 
 
@@ -159,7 +160,7 @@ def test_rules_reject_with_reasons(tmp_path: Path) -> None:
     with_actions["ActionData"]["Actions"][0]["Criteria"][0]["Operator"] = 999
     src = _write(tmp_path / "broken.json", items)
     run = stage(AODB, [src], settings=Settings(staging_dir=tmp_path / "st")).run
-    result = validate(run, run.dataset())
+    result = validate(run, dataset_of(run))
     assert not result.passed
     failed = {r["name"]: r for r in result.report["rules"] if r["failed"]}
     assert failed["items.aoid.unique"]["failed"] == 1
@@ -183,8 +184,8 @@ def test_rules_reject_with_reasons(tmp_path: Path) -> None:
 
     # Allowed through, the rejected rows are gone and the duplicate's children are not
     # attached to the accepted item of the same AOID.
-    validate(run, run.dataset(), max_reject_ratio=1.0)
-    run = transform(run, run.dataset()).run
+    validate(run, dataset_of(run), max_reject_ratio=1.0)
+    run = transform(run, dataset_of(run)).run
     t = {name: lf.collect() for name, lf in run.tables().items()}
     assert t["items"].height == 9
     dup_stats = t["item_stats"].filter(pl.col("aoid") == dup["AOID"])

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset
 from etl.cli import main
+from etl.datasets import dataset_of
 from etl.datasets.mids.gen import copy_mids
 from etl.stage import stage
 from etl.validate import validate
@@ -50,7 +51,7 @@ def test_copies_of_the_sample_have_unique_keys_and_validate(mids_sample: Path, t
     assert len(full) == len(set(full)) == made.powersets + made.powers
 
     staged = stage(get_dataset("mids"), [tmp_path / "x3"], settings=Settings(staging_dir=tmp_path / "st"))
-    checked = validate(staged.run, staged.run.dataset())
+    checked = validate(staged.run, dataset_of(staged.run))
     assert checked.passed, checked.report["failed_levels"]
     levels = checked.report["levels"]
     assert levels["powersets"]["rows"] == made.powersets

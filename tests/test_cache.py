@@ -28,6 +28,7 @@ from click.testing import CliRunner
 from etl import get_dataset, query
 from etl.bench.reads import run_benchmark
 from etl.cli import main
+from etl.datasets import dataset_of
 from etl.datasets.mids.queries import PROBE_SET
 from etl.infra import cache as cache_mod
 from etl.infra.cache import Cache, db_generation, gen_key
@@ -62,7 +63,7 @@ def redis_url() -> Iterator[str]:
 def loaded(pg_url: str, runs: MidsRuns, redis_url: str) -> Iterator[str]:
     """``pg_url`` with the full run loaded (generation 1); this database's Redis keys are deleted
     afterwards."""
-    load(runs.full, runs.full.dataset(), database_url=pg_url, redis_url=redis_url)
+    load(runs.full, dataset_of(runs.full), database_url=pg_url, redis_url=redis_url)
     yield pg_url
     cache_mod.clear(pg_url, redis_url)
 
@@ -172,7 +173,7 @@ def test_reload_bumps_generation_and_both_tiers_serve_the_new_data(loaded: str, 
         assert _probe_present(lru) == (True, "lru", 1)
         assert _probe_present(red) == (True, "redis", 1)
 
-        load(runs.small, runs.small.dataset(), database_url=loaded, redis_url=redis_url)
+        load(runs.small, dataset_of(runs.small), database_url=loaded, redis_url=redis_url)
         with connect(loaded) as conn:
             assert db_generation(conn, "mids") == 2
         # Right after the load: neither the warm LRU nor the warm Redis answers with the old data.
@@ -180,7 +181,7 @@ def test_reload_bumps_generation_and_both_tiers_serve_the_new_data(loaded: str, 
         assert _probe_present(red) == (False, "redis", 2)
         assert _probe_present(lru) == (False, "lru", 2)
 
-        load(runs.full, runs.full.dataset(), database_url=loaded, redis_url=redis_url)
+        load(runs.full, dataset_of(runs.full), database_url=loaded, redis_url=redis_url)
         assert _probe_present(red)[::2] == (True, 3)
         assert _probe_present(lru)[::2] == (True, 3)
 
@@ -209,7 +210,7 @@ def test_generation_reaches_redis_before_the_swap_commits(
         assert _probe_present(c) == (True, "db", 1)
         assert client.get(f"{ns}:mids:2:powerset:{PROBE_SET}") is None
 
-        load(runs.small, runs.small.dataset(), database_url=loaded, redis_url=redis_url)  # resumes: swap
+        load(runs.small, dataset_of(runs.small), database_url=loaded, redis_url=redis_url)  # resumes: swap
         with connect(loaded) as conn:
             assert db_generation(conn, "mids") == 2
         assert _probe_present(c) == (False, "db", 2)
@@ -325,7 +326,7 @@ def test_loader_puts_the_fence_up_before_the_swap_and_takes_it_down_after(
                           text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert 0 < client.pttl(cache_mod.fence_key(ns, "mids")) <= cache_mod.FENCE_TTL_MS
-    load(runs.small, runs.small.dataset(), database_url=loaded, redis_url=redis_url)  # resumes at the swap
+    load(runs.small, dataset_of(runs.small), database_url=loaded, redis_url=redis_url)  # resumes at the swap
     assert not client.exists(cache_mod.fence_key(ns, "mids"))
     assert client.get(gen_key(ns, "mids")) == b"2"
     client.close()
@@ -358,7 +359,7 @@ def test_without_redis_reads_work_through_lru_and_database(loaded: str, caplog: 
     with Cache(loaded, redis_url=None) as c:
         assert query.fetch(c, "mids", "power", 3).tier == "db"
         assert query.fetch(c, "mids", "power", 3).tier == "lru"
-        load(runs.small, runs.small.dataset(), database_url=loaded, redis_url=None)
+        load(runs.small, dataset_of(runs.small), database_url=loaded, redis_url=None)
         # The generation comes from PostgreSQL: the LRU's old entry is not used.
         assert _probe_present(c) == (False, "db", 2)
 

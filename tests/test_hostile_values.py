@@ -27,6 +27,7 @@ import pytest
 
 from etl import Settings, get_dataset
 from etl.dataset import Dataset
+from etl.datasets import dataset_of
 from etl.datasets.mids.gen import generate_mids
 from etl.errors import InputError
 from etl.load import load
@@ -229,7 +230,7 @@ def _pipeline(export: Path, staging: Path, pg_url: str, dataset: Dataset = MIDS)
     checked = validate(staged.run, dataset, max_reject_ratio=1.0)
     assert checked.passed
     run = transform(checked.run, dataset).run
-    load(run, run.dataset(), database_url=pg_url)  # the contract: this never fails on the data
+    load(run, dataset_of(run), database_url=pg_url)  # the contract: this never fails on the data
     return run
 
 

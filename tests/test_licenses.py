@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset
 from etl.cli import main
+from etl.datasets import dataset_of
 from etl.errors import InputError
 from etl.load import load
 from etl.run import Run
@@ -44,8 +45,8 @@ def tree(sample: Path, tmp_path: Path) -> Path:
 
 def _built(src: Path, staging: Path, **kw: Any) -> Run:
     staged = stage(DATASET, [src], settings=Settings(staging_dir=staging), **kw)
-    require_passed(validate(staged.run, staged.run.dataset()))
-    return transform(staged.run, staged.run.dataset()).run
+    require_passed(validate(staged.run, dataset_of(staged.run)))
+    return transform(staged.run, dataset_of(staged.run)).run
 
 
 def _report(run: Run) -> dict[str, Any]:
@@ -234,7 +235,7 @@ def _count(url: str, sql: str) -> Any:
 def test_full_load_and_merge(pg_url: str, tree: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     first = _built(tree, staging)
-    full = load(first, first.dataset(), database_url=pg_url)
+    full = load(first, dataset_of(first), database_url=pg_url)
     assert full.rows == {"datasets": 1, "images": 10, "search_results": 10,
                          "search_files": 10}
     assert _count(pg_url, "SELECT count(*) FROM licenses.search_results WHERE dataset = 'default'") == 10
@@ -272,7 +273,7 @@ def test_full_load_and_merge(pg_url: str, tree: Path, tmp_path: Path) -> None:
 def test_tag_names_the_import_and_scopes_deletes(pg_url: str, tree: Path, tmp_path: Path) -> None:
     staging = tmp_path / "staging"
     run = _built(tree, staging)
-    base = load(run, run.dataset(), database_url=pg_url, mode="merge", tag="baseline")
+    base = load(run, dataset_of(run), database_url=pg_url, mode="merge", tag="baseline")
     assert base.merged["search_results"]["inserted"] == 10
     assert base.merged["datasets"]["inserted"] == 1
     other = tmp_path / "other"
@@ -281,7 +282,7 @@ def test_tag_names_the_import_and_scopes_deletes(pg_url: str, tree: Path, tmp_pa
     for p in sorted((other / "FL").glob("Belmar_0[2-9]*")):
         p.unlink()
     small = _built(other, staging)
-    load(small, small.dataset(), database_url=pg_url, mode="merge", tag="2025-08-10", delete_missing=True)
+    load(small, dataset_of(small), database_url=pg_url, mode="merge", tag="2025-08-10", delete_missing=True)
     counts = dict(psycopg.connect(pg_url).execute(
         "SELECT dataset, count(*) FROM licenses.search_results GROUP BY 1").fetchall())
     assert counts == {"baseline": 10, "2025-08-10": 2}
@@ -306,9 +307,9 @@ def test_cli_run_merge_says_nothing_changed(pg_url: str, tree: Path, tmp_path: P
 
 def test_merge_creates_the_live_schema_when_missing(pg_url: str, sample: Path, tmp_path: Path) -> None:
     run = _built(sample, tmp_path / "staging")
-    load(run, run.dataset(), database_url=pg_url, mode="merge")
+    load(run, dataset_of(run), database_url=pg_url, mode="merge")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DROP SCHEMA licenses CASCADE")
-    result = load(run, run.dataset(), database_url=pg_url, mode="merge")
+    result = load(run, dataset_of(run), database_url=pg_url, mode="merge")
     assert result.merged["search_results"]["inserted"] == 10
     assert _count(pg_url, "SELECT count(*) FROM licenses.search_results") == 10

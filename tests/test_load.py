@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 from etl import get_dataset, open_run
 from etl.cli import main
 from etl.dataset import Table
+from etl.datasets import dataset_of
 from etl.errors import EtlError
 from etl.infra import ledger
 from etl.infra.pg import DatabaseError, LockBusy, advisory_lock, connect, lock_key
@@ -179,7 +180,7 @@ def test_readers_see_old_or_new_never_a_mix(pg_url: str, runs: MidsRuns) -> None
     an empty table, a missing view, or (within one REPEATABLE READ snapshot) a table from one
     load and the view from the other. Two readers, in opposite orders, so a transaction that
     straddles the swap is likely whatever the timing."""
-    load(runs.small, runs.small.dataset(), database_url=pg_url)
+    load(runs.small, dataset_of(runs.small), database_url=pg_url)
     rels = ("powers", "power_effects", "power_build_summary")
     # The view has one row per power.
     old, new = ((rows["powers"], rows["power_effects"], rows["powers"])
@@ -213,7 +214,7 @@ def test_readers_see_old_or_new_never_a_mix(pg_url: str, runs: MidsRuns) -> None
         t.start()
     try:
         assert all(r.wait(30) for r in ready)
-        result = load(runs.full, runs.full.dataset(), database_url=pg_url)
+        result = load(runs.full, dataset_of(runs.full), database_url=pg_url)
     finally:
         stop.set()
         for t in threads:
@@ -235,7 +236,7 @@ def test_readers_see_old_or_new_never_a_mix(pg_url: str, runs: MidsRuns) -> None
 @pytest.mark.parametrize("field", ["checksum", "rows"])
 def test_verification_mismatch_fails_and_keeps_the_live_schema(pg_url: str, runs: MidsRuns, tmp_path: Path,
                                                                field: str) -> None:
-    load(runs.small, runs.small.dataset(), database_url=pg_url)
+    load(runs.small, dataset_of(runs.small), database_url=pg_url)
     before = table_checksums(pg_url, MIDS)
     bad = copy_run(runs.full, tmp_path / "bad")
     entry = bad.manifest["tables"]["salvage"]
@@ -260,18 +261,18 @@ def test_verification_catches_a_corrupted_copy_and_the_next_load_redoes_it(
     run = runs.full
     monkeypatch.setenv("ETL_FAULT_DROP_AT", "keys:salvage@always")  # stop right after the copies
     with pytest.raises(DatabaseError, match="keys:salvage"):
-        load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+        load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     monkeypatch.delenv("ETL_FAULT_DROP_AT")
     [build] = side_schemas(pg_url)
     with connect(pg_url) as conn:
         conn.execute(f'UPDATE "{build}".salvage SET external_name = external_name || \'!\' '
                      "WHERE salvage_id = 1")
     with pytest.raises(VerificationFailed, match="salvage: content checksum"):
-        load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+        load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     assert live_tables(pg_url, MIDS) == dict.fromkeys(TABLES, 0)  # the migration's empty tables
     assert latest_load(pg_url, run)["status"] == "failed"
 
-    again = load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+    again = load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     assert "copy:salvage" not in again.resumed_from
     assert_clean_load_of(pg_url, run)
     assert latest_load(pg_url, run)["status"] == "succeeded"
@@ -295,7 +296,7 @@ def test_killed_load_resumes_to_a_clean_load(pg_url: str, runs: MidsRuns, point:
                                              old_data: bool) -> None:
     run = runs.full
     if old_data:
-        load(runs.small, runs.small.dataset(), database_url=pg_url)
+        load(runs.small, dataset_of(runs.small), database_url=pg_url)
         before = table_checksums(pg_url, MIDS)
     args = ("load", str(run.path), "--database-url", pg_url)
 
@@ -327,7 +328,7 @@ def test_killed_load_resumes_to_a_clean_load(pg_url: str, runs: MidsRuns, point:
 
 
 def test_second_load_is_refused_while_one_runs(pg_url: str, runs: MidsRuns) -> None:
-    load(runs.small, runs.small.dataset(), database_url=pg_url)
+    load(runs.small, dataset_of(runs.small), database_url=pg_url)
     before = table_checksums(pg_url, MIDS)
     with connect(pg_url) as holder:
         holder.execute("SET application_name = 'etl load'")
@@ -337,7 +338,7 @@ def test_second_load_is_refused_while_one_runs(pg_url: str, runs: MidsRuns) -> N
             assert "another load of mids holds the lock" in res.stderr
             assert "etl load" in res.stderr  # who holds it
             with pytest.raises(LockBusy):
-                load(runs.full, runs.full.dataset(), database_url=pg_url)
+                load(runs.full, dataset_of(runs.full), database_url=pg_url)
     assert loads_of(pg_url, runs.full) == 0
     assert table_checksums(pg_url, MIDS) == before
     res = cli("load", str(runs.full.path), "--database-url", pg_url)  # lock released: it goes
@@ -351,14 +352,14 @@ def test_dropped_connection_is_retried_then_fails_naming_the_next_step(
     run = runs.full
     monkeypatch.setenv("ETL_FAULT_DROP_AT", "copy:powers")  # once: the retry succeeds
     with caplog.at_level("WARNING"):
-        load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+        load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     assert any("copy of powers: connection lost" in r.getMessage() for r in caplog.records)
     assert_clean_load_of(pg_url, run)
     loaded = table_checksums(pg_url, MIDS)
 
     monkeypatch.setenv("ETL_FAULT_DROP_AT", "fkeys@always")
     with pytest.raises(DatabaseError) as failed:
-        load(run, run.dataset(), database_url=pg_url, force=True, retry_delay=0.01)
+        load(run, dataset_of(run), database_url=pg_url, force=True, retry_delay=0.01)
     message = str(failed.value)
     assert "step fkeys: connection lost 4 times" in message
     assert f"run `etl load {run.path}` again" in message
@@ -367,7 +368,7 @@ def test_dropped_connection_is_retried_then_fails_naming_the_next_step(
     assert record["status"] == "failed" and "fkeys" in record["error"]
 
     monkeypatch.delenv("ETL_FAULT_DROP_AT")
-    resumed = load(run, run.dataset(), database_url=pg_url, force=True)
+    resumed = load(run, dataset_of(run), database_url=pg_url, force=True)
     assert resumed.ledger_id == record["id"] and "copy:powers" in resumed.resumed_from
     assert_clean_load_of(pg_url, run)
 
@@ -381,7 +382,7 @@ def test_a_crashed_copy_worker_is_retried_like_a_lost_connection(
     run = runs.full
     monkeypatch.setenv("ETL_FAULT_DROP_AT", "copy:power_effects@abort")
     with caplog.at_level("WARNING"):
-        result = load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+        result = load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     died = [r.getMessage() for r in caplog.records if "copy of power_effects" in r.getMessage()]
     assert len(died) == 1, died
     assert "killed by signal 6 (SIGABRT)" in died[0]
@@ -581,7 +582,7 @@ def test_a_refused_row_names_its_source_record_column_and_value(
                       lineage_beside=lineage_at == "beside")
 
     with pytest.raises(EtlError) as raised:
-        load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+        load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     err = raised.value
     chunk = run.path / "tables" / "powers" / "part-00001.parquet"
     message = str(err)
@@ -617,7 +618,7 @@ def test_lineage_columns_are_not_loaded_and_json_text_is_kept_as_sent(pg_url: st
     rows = crafted_rows(salvage, 5, extra=extras)
     rows |= lineage(5, record=7, paths=[f"[{i}]" for i in range(5)])
     run = crafted_run(tmp_path / "run", {"salvage": [rows]})
-    result = load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+    result = load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     assert result.rows["salvage"] == 5
     assert query(pg_url, "SELECT extra::text FROM mids.salvage ORDER BY salvage_id") == [
         (e,) for e in extras]
@@ -642,7 +643,7 @@ def test_a_chunk_without_a_table_column_is_named_before_any_copy(pg_url: str, tm
     del rows["external_name"]
     run = crafted_run(tmp_path / "run", {"salvage": [rows]})
     with pytest.raises(EtlError, match=r"no column\(s\) \['external_name'\]") as raised:
-        load(run, run.dataset(), database_url=pg_url, retry_delay=0.01)
+        load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01)
     assert raised.value.file == str(run.path / "tables" / "salvage" / "part-00000.parquet")
     assert raised.value.hint is not None and "etl transform" in raised.value.hint
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset, open_run
 from etl.cli import main
+from etl.datasets import dataset_of
 from etl.datasets.mids.gen import generate_mids
 from etl.stage import stage
 from etl.transform import transform
@@ -51,8 +52,8 @@ def _source_counts(root: Path) -> dict[str, int]:
 def sample_run(mids_sample: Path, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(staging_dir=tmp_path_factory.mktemp("st"), chunk_rows=1000)
     staged = stage(get_dataset("mids"), [mids_sample], settings=settings)
-    checked = validate(staged.run, staged.run.dataset())
-    built = transform(staged.run, staged.run.dataset())
+    checked = validate(staged.run, dataset_of(staged.run))
+    built = transform(staged.run, dataset_of(staged.run))
     return staged, checked, built
 
 
@@ -105,8 +106,8 @@ def test_keys_are_deterministic(mids_sample: Path, tmp_path: Path, sample_run) -
     _, _, first = sample_run
     settings = Settings(staging_dir=tmp_path / "again", chunk_rows=250)
     staged = stage(get_dataset("mids"), [mids_sample], settings=settings)
-    validate(staged.run, staged.run.dataset())
-    second = transform(staged.run, staged.run.dataset())
+    validate(staged.run, dataset_of(staged.run))
+    second = transform(staged.run, dataset_of(staged.run))
     assert staged.run.id == first.run.id  # the id comes from the content
     for name in first.rows:
         a = first.run.table(name).collect()
@@ -143,7 +144,7 @@ def test_rejects_cascade_and_ratio(tmp_path: Path) -> None:
     victim.write_text(json.dumps(data))
     settings = Settings(staging_dir=tmp_path / "st")
     staged = stage(get_dataset("mids"), [src], settings=settings)
-    strict = validate(staged.run, staged.run.dataset())
+    strict = validate(staged.run, dataset_of(staged.run))
     assert not strict.passed
     rejects = staged.run.rejects("powers").collect()
     assert bad_power["FullName"] in rejects["full_name"].to_list()
@@ -154,10 +155,10 @@ def test_rejects_cascade_and_ratio(tmp_path: Path) -> None:
     eff_rejects = staged.run.rejects("power_effects").collect()
     assert eff_rejects.filter(pl.col("power_full_name") == bad_power["FullName"]).height == n_effects
     with pytest.raises(Exception, match="failed validation"):
-        transform(staged.run, staged.run.dataset())
-    lenient = validate(staged.run, staged.run.dataset(), max_reject_ratio=0.9)
+        transform(staged.run, dataset_of(staged.run))
+    lenient = validate(staged.run, dataset_of(staged.run), max_reject_ratio=0.9)
     assert lenient.passed
-    built = transform(staged.run, staged.run.dataset())
+    built = transform(staged.run, dataset_of(staged.run))
     assert bad_power["FullName"] not in built.run.table("powers").collect()["full_name"].to_list()
 
 

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from etl.cli import main
+from etl.datasets import dataset_of
 from etl.infra import ledger
 from etl.infra.pg import connect
 from etl.load import live_tables, load
@@ -30,7 +31,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def loaded(pg_url: str, runs: MidsRuns) -> str:  # noqa: F811
-    load(runs.full, runs.full.dataset(), database_url=pg_url, redis_url=None)
+    load(runs.full, dataset_of(runs.full), database_url=pg_url, redis_url=None)
     return pg_url
 
 

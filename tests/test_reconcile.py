@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset
 from etl.cli import main
+from etl.datasets import dataset_of
 from etl.load.reconcile import reconcile
 from etl.run import Run
 from etl.stage import stage
@@ -25,8 +26,8 @@ from .conftest import SHARED, require_shared
 
 def _transformed(sources: list[Path], staging: Path, max_reject_ratio: float = 0.0) -> Run:
     staged = stage(get_dataset("mids"), sources, settings=Settings(staging_dir=staging))
-    validate(staged.run, staged.run.dataset(), max_reject_ratio=max_reject_ratio)
-    return transform(staged.run, staged.run.dataset()).run
+    validate(staged.run, dataset_of(staged.run), max_reject_ratio=max_reject_ratio)
+    return transform(staged.run, dataset_of(staged.run)).run
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +120,8 @@ def test_other_samples_reconcile(tmp_path: Path, dataset: str, sample: str,
     every record rebuilt from its row equals the export's."""
     src = require_shared(SHARED / sample)
     staged = stage(get_dataset(dataset), [src], settings=Settings(staging_dir=tmp_path))
-    assert validate(staged.run, staged.run.dataset()).passed
-    run = transform(staged.run, staged.run.dataset()).run
+    assert validate(staged.run, dataset_of(staged.run)).passed
+    run = transform(staged.run, dataset_of(staged.run)).run
     result = reconcile(run, get_dataset(dataset))
     assert result.ok, result.mismatches
     assert {k: result.levels[k]["matched"] for k in levels} == levels
@@ -140,7 +141,7 @@ def test_reconcile_from_the_loaded_rows(sample_run: Run, pg_url: str) -> None:
     from etl.load import load
 
     fresh = _transformed([require_shared(SHARED / "mids")], sample_run.path.parents[2] / "db")
-    load(fresh, fresh.dataset(), database_url=pg_url)
+    load(fresh, dataset_of(fresh), database_url=pg_url)
     result = reconcile(fresh, get_dataset("mids"), database_url=pg_url)
     assert result.ok, result.mismatches
     assert result.matched == result.records > 8_000

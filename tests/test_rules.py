@@ -14,6 +14,7 @@ from etl import Settings, get_dataset
 from etl.cli import main
 from etl.config import load_settings, parse_rule_overrides, rule_override
 from etl.dataset import STRIP_NUL, effective_cleaning, strip_json_nul_text
+from etl.datasets import dataset_of
 from etl.errors import ConfigError
 from etl.run import Run
 from etl.stage import stage
@@ -51,13 +52,14 @@ def test_the_full_real_export_passes_with_the_defaults(tmp_path: Path) -> None:
     assert (rows["archetypes"], rows["enhancements"], rows["enhancement_sets"], rows["salvage"]) == (
         61, 1_288, 221, 108)
     # The 17 pet powersets with an empty SetName are accepted, their "" kept as it is.
-    sets = run.accepted("powersets").filter(pl.col("set_name") == "").collect()
+    sets = run.accepted("powersets", dataset_of(run)).filter(pl.col("set_name") == "").collect()
     assert sets.height == 17
     # The one NUL of the export (a power description) is removed by the built-in step, counted.
     nul = [c for c in report["cleaning"] if c["name"] == STRIP_NUL and c["changed"]]
     assert [(c["level"], c["column"], c["changed"]) for c in nul] == [("powers", "desc_long", 1)]
     assert "PostgreSQL text cannot hold it" in nul[0]["description"]
-    assert not run.accepted("powers").filter(pl.col("desc_long").str.contains("\x00")).collect().height
+    powers = run.accepted("powers", dataset_of(run))
+    assert not powers.filter(pl.col("desc_long").str.contains("\x00")).collect().height
     # What still deserves a word, as warnings: an archetype without a display name, a class
     # name used twice, two effects naming powers of the file the export lacks.
     warned = {r["name"]: r["failed"] for r in report["rules"] if r["failed"]}
@@ -74,7 +76,7 @@ def test_the_full_real_export_passes_with_the_defaults(tmp_path: Path) -> None:
 def test_the_real_samples_pass_with_the_defaults(dataset: str, source: str, tmp_path: Path) -> None:
     src = require_shared(SHARED / source)
     run = stage(get_dataset(dataset), [src], settings=Settings(staging_dir=tmp_path)).run
-    report = validate(run, run.dataset()).report
+    report = validate(run, dataset_of(run)).report
     assert report["status"] == "passed"
     assert sum(v["rejected"] for v in report["levels"].values()) == 0
     assert not [r["name"] for r in report["rules"] if r["failed"] and r["severity"] == "error"]
@@ -146,7 +148,7 @@ def test_pyproject_rules_must_be_a_table(tmp_path: Path) -> None:
 
 def test_an_override_changes_what_is_rejected_and_the_report_says_so(sample_run: Run) -> None:
     stricter = parse_rule_overrides(["archetypes.class_name.unique=error"], source="--rule")
-    result = validate(sample_run, sample_run.dataset(), rules=stricter)
+    result = validate(sample_run, dataset_of(sample_run), rules=stricter)
     assert not result.passed and result.report["failed_levels"] == ["archetypes"]
     entry = by_name(result.report, "archetypes.class_name.unique")
     assert (entry["severity"], entry["default_severity"], entry["failed"]) == ("error", "warning", 1)
@@ -158,12 +160,12 @@ def test_an_override_changes_what_is_rejected_and_the_report_says_so(sample_run:
     assert rejects.collect().get_column("_rules").to_list() == [["archetypes.class_name.unique"]]
 
     off = [rule_override("power_effects.*", "off", source="ETL_RULES")]
-    report = validate(sample_run, sample_run.dataset(), rules=off).report
+    report = validate(sample_run, dataset_of(sample_run), rules=off).report
     assert report["status"] == "passed"
     skipped = [r for r in report["rules"] if r["level"] == "power_effects"]
     assert skipped and all(r["failed"] is None and r["severity"] == "off" for r in skipped)
     # Back to the defaults: nothing rejected, no override recorded.
-    report = validate(sample_run, sample_run.dataset()).report
+    report = validate(sample_run, dataset_of(sample_run)).report
     assert report["status"] == "passed" and report["overrides"] == []
     assert sample_run.rejects("archetypes") is None
 

@@ -13,6 +13,7 @@ import pytest
 
 from etl import Settings, get_dataset
 from etl.dataset import Column, Table
+from etl.datasets import dataset_of
 from etl.errors import RunStateError
 from etl.run import comparable_json, frames_checksum, json_dtypes
 from etl.stage import stage
@@ -38,8 +39,8 @@ def reversed_run(tmp_path_factory: pytest.TempPathFactory):
     export.write_text(json.dumps(items[::-1]))
     run = stage(AODB, [export], settings=Settings(staging_dir=root / "st",
                                                   chunk_rows=CHUNK_ROWS)).run
-    assert validate(run, run.dataset()).passed
-    run = transform(run, run.dataset()).run
+    assert validate(run, dataset_of(run)).passed
+    run = transform(run, dataset_of(run)).run
     return run
 
 
@@ -111,8 +112,8 @@ def test_written_files_do_not_depend_on_the_plan_order(reversed_run, tmp_path: P
     sample = require_shared(SHARED / "aodb" / "items_100.json")
     run = stage(AODB, [sample], settings=Settings(staging_dir=tmp_path,
                                                   chunk_rows=CHUNK_ROWS)).run
-    assert validate(run, run.dataset()).passed
-    run = transform(run, run.dataset()).run
+    assert validate(run, dataset_of(run)).passed
+    run = transform(run, dataset_of(run)).run
 
     def files(r) -> dict[str, list[str]]:
         return {name: [c["sha256"] for c in entry["chunks"]]

@@ -13,10 +13,10 @@ from pathlib import Path
 import click
 from rich.logging import RichHandler
 
-from etl import __version__
 from etl.cli.render import err, print_phases, print_report
 from etl.config import load_settings
 from etl.metrics import prefer_jemalloc
+from etl.version import __version__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -17,6 +17,7 @@ from typing import Any
 
 from etl.dataset import Dataset, Generated
 from etl.errors import ConfigError
+from etl.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,14 @@ def get_dataset(name: str) -> Dataset:
         raise ConfigError(f"unknown dataset {name!r}",
                           hint=f"known datasets: {', '.join(sorted(datasets))} (see `etl datasets`)"
                           ) from None
+
+
+def dataset_of(run: Run) -> Dataset:
+    """The registered dataset a run was staged for (a notebook convenience: the stages are given
+    their :class:`Dataset` and never look it up), checked against the run's fingerprint."""
+    ds = get_dataset(run.dataset_name)
+    run.check_dataset(ds)
+    return ds
 
 
 def generate(name: str, out: Path, *, seed: int = 0, template: Path | None = None,

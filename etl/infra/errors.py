@@ -8,7 +8,10 @@ kind from the driver error that caused it.
 
 from __future__ import annotations
 
+import psycopg
+
 from etl.errors import EtlError, TerminalError, TransientError
+from etl.errors import is_transient as _is_transient_etl
 
 
 class DatabaseError(EtlError):
@@ -31,9 +34,7 @@ class LockBusy(TerminalError):
 
 def database_error(message: str, cause: BaseException | None, **kwargs: object) -> DatabaseError:
     """A :class:`DatabaseError` for ``message``, of the transient kind when ``cause`` is (see
-    :func:`etl.infra.pg.is_transient`)."""
-    from etl.infra.pg import is_transient
-
+    :func:`is_transient`)."""
     kind = DatabaseUnavailable if cause is not None and is_transient(cause) else DatabaseError
     return kind(message, **kwargs)  # type: ignore[arg-type]
 
@@ -54,3 +55,26 @@ class NotFound(TerminalError):
     """Nothing matches what was asked for in the live data."""
 
     exit_code = 1
+
+
+#: SQLSTATEs worth a retry: the connection (class 08), a serialization failure or deadlock
+#: (40001, 40P01), too many connections (53300), a server shutting down or starting (57P01-03).
+_TRANSIENT_STATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03"})
+#: ADBC's status code for an I/O failure (a lost or refused connection).
+_ADBC_IO = 10
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth a retry, asked of its type and codes, never its message: the
+    toolkit's errors say so (:class:`~etl.errors.TransientError`); a driver error by its SQLSTATE
+    (see :data:`_TRANSIENT_STATES`; every other state is a refused statement or value, terminal);
+    one without a SQLSTATE by its class: psycopg's ``OperationalError``/``InterfaceError`` and
+    ADBC's I/O status mean the connection itself failed."""
+    if isinstance(exc, EtlError):
+        return _is_transient_etl(exc)
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str) and state:
+        return state[:2] == "08" or state in _TRANSIENT_STATES
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+        return True
+    return getattr(exc, "status_code", None) == _ADBC_IO and type(exc).__module__.startswith("adbc")

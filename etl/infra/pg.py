@@ -17,12 +17,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from etl.errors import ConfigError, EtlError, mask_secrets
-from etl.errors import is_transient as _is_transient_etl
+from etl.errors import ConfigError, mask_secrets
 
 # DatabaseError and LockBusy are imported from here too (they were defined here before).
 from etl.infra.errors import DatabaseError as DatabaseError
 from etl.infra.errors import DatabaseUnavailable, LockBusy
+from etl.infra.errors import is_transient as is_transient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,29 +82,6 @@ def connect_adbc(url: str, *, autocommit: bool = False) -> Any:
     except Exception as exc:  # the driver raises its own OperationalError family
         raise DatabaseUnavailable(f"cannot connect to {mask_secrets(normalize_url(url))}: {exc}".strip(),
                                   hint="check that PostgreSQL runs and the URL is right") from exc
-
-
-#: SQLSTATEs worth a retry: the connection (class 08), a serialization failure or deadlock
-#: (40001, 40P01), too many connections (53300), a server shutting down or starting (57P01-03).
-_TRANSIENT_STATES = frozenset({"40001", "40P01", "53300", "57P01", "57P02", "57P03"})
-#: ADBC's status code for an I/O failure (a lost or refused connection).
-_ADBC_IO = 10
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is worth a retry, asked of its type and codes, never its message: the
-    toolkit's errors say so (:class:`~etl.errors.TransientError`); a driver error by its SQLSTATE
-    (see :data:`_TRANSIENT_STATES`; every other state is a refused statement or value, terminal);
-    one without a SQLSTATE by its class: psycopg's ``OperationalError``/``InterfaceError`` and
-    ADBC's I/O status mean the connection itself failed."""
-    if isinstance(exc, EtlError):
-        return _is_transient_etl(exc)
-    state = getattr(exc, "sqlstate", None)
-    if isinstance(state, str) and state:
-        return state[:2] == "08" or state in _TRANSIENT_STATES
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-        return True
-    return getattr(exc, "status_code", None) == _ADBC_IO and type(exc).__module__.startswith("adbc")
 
 
 def retry(fn: Callable[[], T], *, what: str, attempts: int = 4, first_delay: float = 0.5,

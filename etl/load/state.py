@@ -20,7 +20,7 @@ from etl.dataset import Dataset
 from etl.infra import pg
 from etl.load import forked
 from etl.load.faults import Faults
-from etl.load.swap import CacheFence
+from etl.load.fence import CacheFence
 from etl.metrics import Phase, peak_rss_bytes
 from etl.run import Run
 
