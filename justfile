@@ -24,7 +24,7 @@ run DATASET +SOURCES:
 load RUN *ARGS:
     {{venv}}etl load {{RUN}} {{ARGS}}
 
-# apply the Alembic migrations (ledger and live schemas)
+# apply the Alembic migrations (the ledger) and create the datasets' live schemas from their tables
 db-upgrade *ARGS:
     {{venv}}etl db upgrade {{ARGS}}
 

@@ -510,8 +510,9 @@ class Dataset:
     tables: tuple[Table, ...]
     rules: tuple[Rule, ...] = ()
     cleaning: tuple[Clean, ...] = ()
-    #: Folder of post-load SQL files (``*.sql``, run in name order after the keys); usually
-    #: ``Path(__file__).parent / "sql"`` beside the dataset's module, shipped as package data.
+    #: Folder of post-load SQL files (``*.sql``, run in name order after the keys). The built-ins'
+    #: are the repository's ``sql/<name>/`` (:func:`etl.shipped.shipped`); a plugin dataset ships
+    #: its own as package data beside its module (``Path(__file__).parent / "sql"``).
     sql_dir: Path | None = None
     #: Files beside the JSON (screenshots…), staged by hooks.
     side_files: tuple[SideFiles, ...] = ()

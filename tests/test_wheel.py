@@ -67,11 +67,13 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_wheel_holds_the_data_files(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    versions = sorted(p.name for p in (REPO / "etl/infra/migrations/versions").glob("*.py"))
-    sql = sorted(str(p.relative_to(REPO)) for p in (REPO / "etl/datasets").glob("*/sql/*.sql"))
+    # The repository's top-level migrations/ and sql/ travel as etl/_shipped/ (setup.py).
+    versions = sorted(p.name for p in (REPO / "migrations/versions").glob("*.py"))
+    sql = sorted(str(p.relative_to(REPO)) for p in (REPO / "sql").glob("*/*.sql"))
     assert versions and sql
-    expected = {"etl/infra/migrations/env.py", "etl/infra/migrations/script.py.mako",
-                *(f"etl/infra/migrations/versions/{v}" for v in versions), *sql}
+    expected = {"etl/_shipped/migrations/env.py", "etl/_shipped/migrations/script.py.mako",
+                *(f"etl/_shipped/migrations/versions/{v}" for v in versions),
+                *(f"etl/_shipped/{s}" for s in sql)}
     assert expected <= names, sorted(expected - names)
     assert "etl/stage/_extra.c" not in names
     if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]):  # the extension is optional
@@ -94,8 +96,11 @@ def test_installed_wheel_runs_the_demo(wheel: Path, tmp_path: Path, pg_url: str)
     work = tmp_path / "work"  # outside the checkout: no pyproject.toml above it
     work.mkdir()
     env = _clean_env()
-    where = _run([python, "-c", "import etl, etl.stage._extra as x; print(etl.__file__); print(x.__file__)"],
+    where = _run([python, "-c", "import etl, etl.stage._extra as x; from etl.shipped import shipped; "
+                  "print(etl.__file__); print(x.__file__); "
+                  "print(shipped('sql')); print(shipped('migrations'))"],
                  cwd=work, env=env).stdout.split()
+    assert len(where) == 4
     for path in where:
         assert Path(path).resolve().is_relative_to(venv.resolve()), f"{path} is not the installed wheel's"
 
@@ -104,7 +109,7 @@ def test_installed_wheel_runs_the_demo(wheel: Path, tmp_path: Path, pg_url: str)
     summary = json.loads(demo.stdout)
     assert summary["tables"]["powersets"] == 50
 
-    head = max(p.stem for p in (REPO / "etl/infra/migrations/versions").glob("*.py"))
+    head = max(p.stem for p in (REPO / "migrations/versions").glob("*.py"))
     with psycopg.connect(pg_url) as con:
         # The migrations ran from the installed package, up to the newest one ...
         assert con.execute("SELECT version_num FROM etl.alembic_version").fetchone() == (head,)

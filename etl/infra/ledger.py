@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -27,6 +26,7 @@ from etl.infra import pg
 from etl.infra.errors import DatabaseError, DatabaseUnavailable
 from etl.infra.pg import sqlalchemy_url
 from etl.metrics import Phase
+from etl.shipped import shipped
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ Status = Literal["running", "succeeded", "failed"]
 
 #: The Alembic scripts of the ledger (schema ``etl``), shipped inside the package. The datasets'
 #: live schemas are not migrated: they come from the datasets' tables (:mod:`etl.infra.live`).
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 _COLUMNS = ("id, dataset, run_id, manifest_sha256, mode, status, started_at, ended_at, phases, rows, "
             "peak_rss, error, host, pid, ended_at - started_at AS duration")
@@ -202,11 +201,8 @@ def alembic_config(url: str) -> Any:
     ``url``."""
     from alembic.config import Config
 
-    if not (MIGRATIONS / "env.py").is_file():
-        raise ConfigError(f"the Alembic migrations are not at {MIGRATIONS}",
-                          hint="run from a checkout of the repository (pip install -e .)")
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("script_location", str(shipped("migrations")))
     # ConfigParser interpolates %: a URL-encoded password (p%40ss) must be doubled.
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     cfg.attributes["url"] = sqlalchemy_url(url)
@@ -216,7 +212,7 @@ def alembic_config(url: str) -> Any:
 def _script() -> Any:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory(str(MIGRATIONS))
+    return ScriptDirectory(str(shipped("migrations")))
 
 
 def heads() -> list[str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.dataset import Dataset, Table
+from etl.errors import ConfigError
 from etl.infra.pg import quote_ident
 
 
@@ -19,9 +20,15 @@ def schema_exists(conn: Any, name: str) -> bool:
 
 
 def sql_files(dataset: Dataset) -> list[Path]:
-    """The dataset's SQL files (``sql/<dataset>/*.sql``), run in file-name order after the keys."""
+    """The dataset's post-load SQL files (``sql_dir/*.sql``), run in file-name order after the keys;
+    a ``sql_dir`` that is given but not there is an error, not a load without its views."""
     folder = dataset.sql_dir
-    return sorted(folder.glob("*.sql")) if folder is not None and folder.is_dir() else []
+    if folder is None:
+        return []
+    if not folder.is_dir():
+        raise ConfigError(f"dataset {dataset.name!r}: its post-load SQL folder {folder} is not there",
+                          hint="reinstall the package, or fix the dataset's sql_dir")
+    return sorted(folder.glob("*.sql"))
 
 
 def json_columns(table: Table) -> list[str]:

@@ -27,7 +27,6 @@ Order inside lists (stats, criteria, spells) is kept as ``position`` columns.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -50,6 +49,7 @@ from etl.dataset import (
     unique,
 )
 from etl.datasets.aodb.gen import BENCH, GENERATOR
+from etl.shipped import shipped
 
 VERSION = "3"
 
@@ -410,7 +410,7 @@ DATASET = Dataset(
     transform=transform,
     tables=TABLES,
     rules=RULES,
-    sql_dir=Path(__file__).parent / "sql",
+    sql_dir=shipped("sql") / "aodb",
     notes={
         "items": "one per array element (AOID unique)",
         "stat_values": "distinct (Stat, RawValue) pairs of StatValues[]",

@@ -13,7 +13,6 @@ export always gets the same ids whatever the file order.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import polars as pl
 
@@ -36,6 +35,7 @@ from etl.dataset import (
 )
 from etl.datasets.mids.gen import BENCH, GENERATOR
 from etl.datasets.mids.queries import reads
+from etl.shipped import shipped
 
 VERSION = "2"
 
@@ -498,7 +498,7 @@ DATASET = Dataset(
     tables=TABLES,
     rules=RULES,
     cleaning=CLEANING,
-    sql_dir=Path(__file__).parent / "sql",
+    sql_dir=shipped("sql") / "mids",
     notes={
         "powersets": "one per db/**/*.json file",
         "powers": "Powers[] of each powerset",
