@@ -5,7 +5,6 @@ transform's kept keys and the reconciliation all parse with :func:`parse_record`
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -31,7 +30,7 @@ def parse_record(text: str | bytes) -> Any:
     """A record's JSON as Python values: orjson, or json where orjson refuses a number it cannot
     hold (integers beyond 64 bits, beyond a double; json also reads NaN and Infinity). Raises
     ValueError for text neither reads (DuckDB's reader accepts a few more tokens)."""
-    if _LONG_NUMBER.search(text if isinstance(text, bytes) else text.encode()):
+    if _has_long_number(text if isinstance(text, bytes) else text.encode()):
         return json.loads(text)  # orjson reads integers beyond 64 bits as floats, rounded
     try:
         return orjson.loads(text)
@@ -39,7 +38,16 @@ def parse_record(text: str | bytes) -> Any:
         return json.loads(text)
 
 
-_LONG_NUMBER = re.compile(rb"\d{19}")
+#: Every ASCII digit to "1", every other byte to "0": a run of 19 "1"s in the translated text is a
+#: number of 19 or more digits. Two C passes (translate, then a substring search) instead of a
+#: regular expression: 15x faster (0.14 s against 2.1 s over the 140 MB of mids_full's powersets).
+_DIGITS = bytes(0x31 if 0x30 <= i <= 0x39 else 0x30 for i in range(256))
+_LONG_RUN = b"1" * 19
+
+
+def _has_long_number(text: bytes) -> bool:
+    """Whether ``text`` holds a run of 19 or more digits (a number orjson might not keep exactly)."""
+    return _LONG_RUN in text.translate(_DIGITS)
 
 
 def add_keys(text: str, values: dict[str, Any]) -> str:
