@@ -46,7 +46,8 @@ FLATTEN_DEPTH = 2
 MAX_LEVEL_DEPTH = 5
 #: An object position with more distinct keys than this is kept whole as jsonb (keys that are data).
 MAX_KEYS = 500
-#: A column with at most this many distinct values, in a level of at least ONE_OF_MIN_ROWS rows,
+#: A column with at most this many distinct values of its own type, present in at least
+#: ONE_OF_MIN_ROWS rows,
 #: gets a proposed ``one_of`` rule.
 ONE_OF_MAX = 12
 ONE_OF_MIN_ROWS = 50
@@ -71,7 +72,7 @@ class SpecError(TerminalError):
 # column names
 
 
-RESERVED = frozenset("""
+_RESERVED_WORDS = """
 all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate
 collation column concurrently constraint create cross current_catalog current_date current_role
 current_schema current_time current_timestamp current_user default deferrable desc distinct do else end
@@ -80,7 +81,9 @@ is isnull join lateral leading left like limit localtime localtimestamp natural 
 only or order outer overlaps placing primary references returning right select session_user similar some
 symmetric system_user table tablesample then to trailing true union unique user using variadic verbose
 when where window with
-""".split())
+"""
+#: PostgreSQL's reserved key words: a column named one gets a trailing ``_``.
+RESERVED = frozenset(_RESERVED_WORDS.split())
 
 _CAMEL1 = re.compile(r"([a-z0-9])([A-Z])")
 _CAMEL2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
@@ -311,7 +314,8 @@ def _files(sources: list[Path]) -> tuple[Path, list[Path]]:
         else:
             raise SpecError(f"no such file or folder: {src}", file=src)
     if not files:
-        raise SpecError("no JSON files (.json, .ndjson, .jsonl) in the sources", hint="name the export's folder")
+        raise SpecError("no JSON files (.json, .ndjson, .jsonl) in the sources",
+                        hint="name the export's folder")
     root = Path(os.path.commonpath([os.path.abspath(t) for t in tops]))
     return root, sorted(dict.fromkeys(files), key=lambda p: str(p))
 
@@ -389,7 +393,8 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
                 continue
             doc = _parse(path)
         except (ValueError, _BadJson) as exc:
-            offset = exc.offset if isinstance(exc, _BadJson) else getattr(exc, "pos", getattr(exc, "start", 0))
+            offset = (exc.offset if isinstance(exc, _BadJson)
+                      else getattr(exc, "pos", getattr(exc, "start", 0)))
             msg = f"{rel}: not valid JSON at byte {offset}: {exc}"
             if strict:
                 raise SpecError(msg, file=path, offset=offset, hint="fix or remove the file") from exc
@@ -437,8 +442,8 @@ def _patterns(files: list[str], all_files: list[str]) -> list[str]:
         lead = folder + "/" if folder else ""
         others = [f for f in all_files if f.rpartition("/")[0] == folder and f not in mine]
         names = [m.rpartition("/")[2] for m in members]
-        prefix = os.path.commonprefix(names)
-        suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]
+        prefix = os.path.commonprefix(names)  # noqa: RUF071 (character-wise on purpose)
+        suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]  # noqa: RUF071
         pattern = lead + (prefix + "*" + suffix if len(prefix) + len(suffix) < min(map(len, names)) else "*")
         if not others:
             exts = sorted({os.path.splitext(n)[1] for n in names})
@@ -563,9 +568,11 @@ def _rules(lv: _Level, cols: list[tuple[_Col, str, str]], by_path: dict[tuple[st
         name = by_path[col.path]
         if lv.rows and col.present == lv.rows:
             rules.append(RuleSpec("required", name, inferred=True))
-        if (col.distinct is not None and typ in ("text", "bigint") and lv.rows >= ONE_OF_MIN_ROWS
-                and 0 < len(col.distinct) <= ONE_OF_MAX and col.kinds == {"scalar"}):
-            rules.append(RuleSpec("one_of", name, values=sorted(col.distinct, key=lambda v: (str(type(v)), v)),
+        want = {"text": str, "bigint": int}.get(typ)
+        if (col.distinct is not None and want is not None and col.present >= ONE_OF_MIN_ROWS
+                and 0 < len(col.distinct) <= ONE_OF_MAX and col.kinds == {"scalar"}
+                and all(type(v) is want for v in col.distinct)):
+            rules.append(RuleSpec("one_of", name, values=sorted(col.distinct),
                                   inferred=True))
     return rules
 

@@ -131,7 +131,8 @@ class Spec:
         out.append("warnings = [" + "".join(f"\n  {_s(w)}," for w in self.warnings) +
                    ("\n]" if self.warnings else "]"))
         for sk in self.skipped:
-            out += ["", "[[skipped]]", f"file = {_s(sk.file)}", f"offset = {sk.offset}", f"error = {_s(sk.error)}"]
+            out += ["", "[[skipped]]", f"file = {_s(sk.file)}", f"offset = {sk.offset}",
+                    f"error = {_s(sk.error)}"]
         for src in self.sources:
             out += ["", "", "[[sources]]", f"name = {_s(src.name)}",
                     f"kind = {_s(src.kind)}  # object: a record a file; array: records in a top-level "
