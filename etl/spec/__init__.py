@@ -1,0 +1,8 @@
+"""Dataset specs: infer one from a JSON export (:func:`infer`) and read or write it as TOML
+(:class:`Spec`). Imports only :mod:`etl.errors` and :mod:`etl.jsontext` from the toolkit."""
+
+from etl.spec.infer import SpecError, infer
+from etl.spec.model import ColumnSpec, KeySpec, LevelSpec, RuleSpec, SkippedFile, SourceSpec, Spec
+
+__all__ = ["ColumnSpec", "KeySpec", "LevelSpec", "RuleSpec", "SkippedFile", "SourceSpec", "Spec", "SpecError",
+           "infer"]

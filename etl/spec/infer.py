@@ -1,0 +1,580 @@
+"""Infer a dataset spec from JSON exports: :func:`infer` reads every record of every file, one file at
+a time, and proposes sources, levels, columns, types, keys and rules (see :mod:`etl.spec.model`).
+
+How it reads: each file is parsed whole (orjson; :func:`etl.jsontext.parse_record` where a number is
+beyond 64 bits) or, for ``.ndjson``/``.jsonl``, a batch of lines at a time; only that file's values
+are held. The records of a file are profiled a column at a time (a level's rows gathered into a list,
+each key's values gathered with a comprehension), which keeps the per-value work in C.
+
+What it keeps across files, per level: for each column the kinds of values seen, a count of the
+values present, the small set of distinct values (dropped past :data:`ONE_OF_MAX`), and for at most
+:data:`KEY_CANDIDATES` direct fields the hashes of their values (a candidate is dropped at its first
+duplicate, null or missing value). A broken file is skipped and listed in :attr:`Spec.skipped` with
+the byte offset of the error (``strict=True`` raises :class:`SpecError` instead).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+from etl.errors import TerminalError
+from etl.jsontext import parse_record
+from etl.spec.model import (
+    ColumnSpec,
+    KeySpec,
+    LevelSpec,
+    RuleSpec,
+    SkippedFile,
+    SourceSpec,
+    Spec,
+    widen,
+)
+
+log = logging.getLogger(__name__)
+
+#: Nested objects are flattened into columns this many levels below a record; deeper ones are jsonb.
+FLATTEN_DEPTH = 2
+#: Nested lists of objects become child levels this many deep; deeper ones are jsonb.
+MAX_LEVEL_DEPTH = 5
+#: An object position with more distinct keys than this is kept whole as jsonb (keys that are data).
+MAX_KEYS = 500
+#: A column with at most this many distinct values of its own type, present in at least
+#: ONE_OF_MIN_ROWS rows,
+#: gets a proposed ``one_of`` rule.
+ONE_OF_MAX = 12
+ONE_OF_MIN_ROWS = 50
+#: Direct fields of a level tried as its natural key (the first ones seen).
+KEY_CANDIDATES = 16
+#: Files whose key sets share at least this much (Jaccard) with a source's keys join that source.
+SIMILAR = 0.5
+#: Lines of an NDJSON file profiled together.
+NDJSON_BATCH = 2000
+
+JSON_SUFFIXES = (".json", ".ndjson", ".jsonl")
+_INT64 = (-(2**63), 2**63 - 1)
+_SCALAR_TYPE = {bool: "boolean", int: "bigint", float: "double precision", str: "text"}
+_KEYABLE = (int, str)
+
+
+class SpecError(TerminalError):
+    """Inference cannot go on: no JSON files, or (with ``strict``) a file that is not JSON."""
+
+
+# ---------------------------------------------------------------------------------------------
+# column names
+
+
+_RESERVED_WORDS = """
+all analyse analyze and any array as asc asymmetric authorization binary both case cast check collate
+collation column concurrently constraint create cross current_catalog current_date current_role
+current_schema current_time current_timestamp current_user default deferrable desc distinct do else end
+except false fetch for foreign freeze from full grant group having ilike in initially inner intersect into
+is isnull join lateral leading left like limit localtime localtimestamp natural not notnull null offset on
+only or order outer overlaps placing primary references returning right select session_user similar some
+symmetric system_user table tablesample then to trailing true union unique user using variadic verbose
+when where window with
+"""
+#: PostgreSQL's reserved key words: a column named one gets a trailing ``_``.
+RESERVED = frozenset(_RESERVED_WORDS.split())
+
+_CAMEL1 = re.compile(r"([a-z0-9])([A-Z])")
+_CAMEL2 = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_NOT_IDENT = re.compile(r"[^a-z0-9_]+")
+_UNDERSCORES = re.compile(r"_+")
+
+
+def snake(text: str) -> str:
+    """``text`` in snake_case: ``PowerSetID`` -> ``power_set_id``, ``nID`` -> ``n_id``, ``a.b c`` ->
+    ``a_b_c``; characters other than ASCII letters, digits and ``_`` become ``_``."""
+    text = _CAMEL2.sub(r"\1_\2", _CAMEL1.sub(r"\1_\2", text))
+    return _UNDERSCORES.sub("_", _NOT_IDENT.sub("_", text.lower())).strip("_")
+
+
+def pg_name(parts: list[str] | tuple[str, ...], taken: set[str]) -> str:
+    """A PostgreSQL identifier for the key path ``parts`` not in ``taken`` (which it is added to):
+    snake_case parts joined by ``_``, at most 63 bytes, not starting with a digit, reserved words
+    followed by ``_``, a collision suffixed ``_2``, ``_3``..."""
+    base = "_".join(p for p in (snake(x) for x in parts) if p) or "col"
+    if base[0].isdigit():
+        base = "_" + base
+    base = base[:63]
+    if base in RESERVED:
+        base += "_"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        suffix = f"_{n}"
+        name = base[: 63 - len(suffix)] + suffix
+    taken.add(name)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# profiles
+
+
+@dataclass
+class _Col:
+    """What was seen at one key path of a level."""
+
+    path: tuple[str, ...]
+    kinds: set[str] = field(default_factory=set)
+    present: int = 0
+    scalar: str | None = None
+    distinct: set[Any] | None = field(default_factory=set)
+
+
+@dataclass
+class _Level:
+    """A level being profiled: its columns, object positions, key candidates and child levels."""
+
+    path: str
+    depth: int
+    parent: _Level | None
+    at: tuple[str, ...] = ()
+    rows: int = 0
+    cols: dict[tuple[str, ...], _Col] = field(default_factory=dict)
+    positions: dict[tuple[str, ...], dict[str, None] | None] = field(default_factory=dict)
+    children: dict[tuple[str, ...], _Level] = field(default_factory=dict)
+    unique: dict[str, set[int]] | None = None
+    unique_in_parent: dict[str, None] | None = None
+
+    def col(self, path: tuple[str, ...]) -> _Col:
+        col = self.cols.get(path)
+        if col is None:
+            col = self.cols[path] = _Col(path)
+        return col
+
+
+@dataclass
+class _Source:
+    """Files grouped as one source, and the profile of their records."""
+
+    kind: str
+    depth: int
+    keys: set[str]
+    files: list[str] = field(default_factory=list)
+    root: _Level = field(default_factory=lambda: _Level("", 0, None))
+    records: int = 0
+
+
+class _Profiler:
+    """Profiles batches of records into a :class:`_Level` tree; collects warnings."""
+
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+
+    def level_batch(self, lv: _Level, rows: list[Any], bounds: list[int] | None) -> None:
+        """Profile ``rows`` (objects; anything else is profiled as ``{"value": it}``) of ``lv``;
+        ``bounds`` are the ends of each parent's run of rows (child levels)."""
+        if not all(type(r) is dict for r in rows):
+            rows = [r if type(r) is dict else {"value": r} for r in rows]
+        first = lv.rows == 0
+        lv.rows += len(rows)
+        keys = self.object_batch(lv, (), rows)
+        if keys is None:
+            return
+        if first:
+            cands = [k for k in keys][:KEY_CANDIDATES]
+            lv.unique = {k: set() for k in cands}
+            lv.unique_in_parent = dict.fromkeys(cands) if lv.parent is not None else {}
+        self._keys(lv, rows, bounds)
+
+    def _keys(self, lv: _Level, rows: list[dict[str, Any]], bounds: list[int] | None) -> None:
+        assert lv.unique is not None and lv.unique_in_parent is not None
+        for k in list(lv.unique.keys() | lv.unique_in_parent.keys()):
+            vals = [r.get(k) for r in rows]
+            if not all(type(v) in _KEYABLE for v in vals):
+                lv.unique.pop(k, None)
+                lv.unique_in_parent.pop(k, None)
+                continue
+            seen = lv.unique.get(k)
+            if seen is not None:
+                before = len(seen)
+                seen.update(map(hash, vals))
+                if len(seen) != before + len(vals):
+                    del lv.unique[k]
+            if k in lv.unique_in_parent and bounds is not None:
+                start = 0
+                for end in bounds:
+                    if len(set(vals[start:end])) != end - start:
+                        del lv.unique_in_parent[k]
+                        break
+                    start = end
+
+    def object_batch(self, lv: _Level, prefix: tuple[str, ...], dicts: list[dict[str, Any]]
+                     ) -> dict[str, None] | None:
+        """Profile the objects ``dicts`` found at ``prefix`` in ``lv``'s rows; their keys, or None when
+        the position has been given up as jsonb."""
+        pos = lv.positions.get(prefix, {})
+        if pos is None:
+            return None
+        keys = dict.fromkeys(chain.from_iterable(dicts))
+        pos.update(keys)
+        if len(pos) > MAX_KEYS:
+            self._explode(lv, prefix, len(pos))
+            return None
+        lv.positions[prefix] = pos
+        for k in keys:
+            path = (*prefix, k)
+            vals = [v for d in dicts if (v := d.get(k)) is not None]
+            col = lv.col(path)
+            col.present += len(vals)
+            types = set(map(type, vals))
+            if dict in types:
+                col.kinds.add("object")
+                if len(path) <= FLATTEN_DEPTH:
+                    self.object_batch(lv, path, [v for v in vals if type(v) is dict])
+                else:
+                    col.kinds.add("deep")
+            if list in types:
+                self._lists(lv, col, [v for v in vals if type(v) is list])
+            for t in types:
+                name = _SCALAR_TYPE.get(t)
+                if name is None:
+                    continue
+                col.kinds.add("scalar")
+                if t is int:
+                    ints = [v for v in vals if type(v) is int]
+                    if min(ints) < _INT64[0] or max(ints) > _INT64[1]:
+                        name = "numeric"
+                col.scalar = widen(col.scalar, name)
+            if col.distinct is not None:
+                if types <= {str, int, bool}:
+                    col.distinct.update(vals)
+                    if len(col.distinct) > ONE_OF_MAX:
+                        col.distinct = None
+                else:
+                    col.distinct = None
+        return keys
+
+    def _lists(self, lv: _Level, col: _Col, lists: list[list[Any]]) -> None:
+        elem_types = set(map(type, chain.from_iterable(lists)))
+        if not elem_types:
+            col.kinds.add("list_empty")
+        elif elem_types == {dict}:
+            col.kinds.add("list_obj")
+            if lv.depth + 1 > MAX_LEVEL_DEPTH:
+                col.kinds.add("deep")
+                return
+            child = lv.children.get(col.path)
+            if child is None:
+                path = (lv.path + "." if lv.path else "") + ".".join(col.path) + "[]"
+                child = lv.children[col.path] = _Level(path, lv.depth + 1, lv, col.path)
+            bounds, end = [], 0
+            for items in lists:
+                end += len(items)
+                bounds.append(end)
+            self.level_batch(child, list(chain.from_iterable(lists)), bounds)
+        elif dict in elem_types or list in elem_types:
+            col.kinds.add("list_mixed")
+        else:
+            col.kinds.add("list_scalar")
+
+    def _explode(self, lv: _Level, prefix: tuple[str, ...], n: int) -> None:
+        lv.positions[prefix] = None
+        where = ".".join(prefix) or "(the record)"
+        self.warnings.append(f"level {lv.path or '(root)'!r}: {where} has more than {MAX_KEYS} distinct keys "
+                             f"({n} seen; keys that are data?): kept whole as jsonb")
+        log.warning(self.warnings[-1])
+        for path in [p for p in lv.cols if p[: len(prefix)] == prefix and len(p) > len(prefix)]:
+            del lv.cols[path]
+        for path in [p for p in lv.children if p[: len(prefix)] == prefix]:
+            del lv.children[path]
+        col = lv.col(prefix) if prefix else lv.col(("doc",))
+        col.kinds.add("exploded")
+        if not prefix:
+            col.present = lv.rows
+            lv.unique, lv.unique_in_parent = {}, {}
+
+
+# ---------------------------------------------------------------------------------------------
+# reading files
+
+
+def _files(sources: list[Path]) -> tuple[Path, list[Path]]:
+    """The root (common folder of the sources) and every JSON file under them, sorted."""
+    files: list[Path] = []
+    tops: list[str] = []
+    for src in sources:
+        if src.is_dir():
+            tops.append(str(src))
+            files += sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in JSON_SUFFIXES)
+        elif src.is_file():
+            tops.append(str(src.parent))
+            files.append(src)
+        else:
+            raise SpecError(f"no such file or folder: {src}", file=src)
+    if not files:
+        raise SpecError("no JSON files (.json, .ndjson, .jsonl) in the sources",
+                        hint="name the export's folder")
+    root = Path(os.path.commonpath([os.path.abspath(t) for t in tops]))
+    return root, sorted(dict.fromkeys(files), key=lambda p: str(p))
+
+
+def _parse(path: Path) -> Any:
+    data = path.read_bytes()
+    return parse_record(data)
+
+
+def _ndjson(path: Path) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    offset = 0
+    with path.open("rb") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    batch.append(parse_record(line))
+                except ValueError as exc:
+                    raise _BadJson(offset + getattr(exc, "pos", 0), str(exc)) from exc
+            offset += len(line)
+            if len(batch) >= NDJSON_BATCH:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+class _BadJson(Exception):
+    def __init__(self, offset: int, message: str) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
+def _signature(doc: Any) -> tuple[str, set[str]]:
+    if isinstance(doc, dict):
+        return "object", set(doc)
+    if isinstance(doc, list):
+        return "array", set(chain.from_iterable(d for d in doc if isinstance(d, dict)))
+    return "object", set()
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# infer
+
+
+def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
+    """Read every record of the JSON files in ``sources`` (files or folders) and propose a spec.
+
+    Files are grouped into sources by shape (top-level object, array of objects or NDJSON; for
+    objects the top-level keys, Jaccard >= :data:`SIMILAR` with the source's keys; the same folder
+    depth under the root). A file that is not valid JSON is listed in ``Spec.skipped`` with the byte
+    offset of the error and a warning, or raises :class:`SpecError` when ``strict``.
+    """
+    root, files = _files([Path(s) for s in sources])
+    prof = _Profiler()
+    groups: list[_Source] = []
+    skipped: list[SkippedFile] = []
+    for path in files:
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        depth = rel.count("/")
+        try:
+            if path.suffix.lower() in (".ndjson", ".jsonl"):
+                batches = _ndjson(path)
+                first = next(batches, [])
+                kind, keys = "ndjson", set(chain.from_iterable(d for d in first if isinstance(d, dict)))
+                src = _group(groups, kind, depth, keys)
+                src.files.append(rel)
+                for batch in chain([first], batches):
+                    src.records += len(batch)
+                    prof.level_batch(src.root, batch, None)
+                continue
+            doc = _parse(path)
+        except (ValueError, _BadJson) as exc:
+            offset = (exc.offset if isinstance(exc, _BadJson)
+                      else getattr(exc, "pos", getattr(exc, "start", 0)))
+            msg = f"{rel}: not valid JSON at byte {offset}: {exc}"
+            if strict:
+                raise SpecError(msg, file=path, offset=offset, hint="fix or remove the file") from exc
+            skipped.append(SkippedFile(rel, int(offset), str(exc)))
+            log.warning("skipped %s", msg)
+            continue
+        kind, keys = _signature(doc)
+        src = _group(groups, kind, depth, keys)
+        src.files.append(rel)
+        rows = doc if isinstance(doc, list) else [doc]
+        src.records += len(rows)
+        if rows:
+            prof.level_batch(src.root, rows, None)
+        del doc, rows
+    spec = Spec(name=name, root=str(root), warnings=prof.warnings, skipped=skipped)
+    all_rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in files]
+    tables: set[str] = set()
+    names: set[str] = set()
+    for src in groups:
+        spec.sources.append(_source_spec(src, all_rel, names, tables))
+    return spec
+
+
+def _group(groups: list[_Source], kind: str, depth: int, keys: set[str]) -> _Source:
+    for src in groups:
+        if src.kind == kind and src.depth == depth and _jaccard(keys, src.keys) >= SIMILAR:
+            src.keys |= keys
+            return src
+    src = _Source(kind, depth, set(keys))
+    groups.append(src)
+    return src
+
+
+def _patterns(files: list[str], all_files: list[str]) -> list[str]:
+    """Globs matching ``files`` and no other of ``all_files``: ``dir/*.json`` where the folder holds
+    only the source's files, ``dir/prefix*suffix`` where that is enough, else the files by name."""
+    if len(files) == 1:
+        return list(files)
+    by_dir: dict[str, list[str]] = {}
+    for f in files:
+        by_dir.setdefault(f.rpartition("/")[0], []).append(f)
+    mine = set(files)
+    out: list[str] = []
+    for folder, members in by_dir.items():
+        lead = folder + "/" if folder else ""
+        others = [f for f in all_files if f.rpartition("/")[0] == folder and f not in mine]
+        names = [m.rpartition("/")[2] for m in members]
+        prefix = os.path.commonprefix(names)  # noqa: RUF071 (character-wise on purpose)
+        suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]  # noqa: RUF071
+        pattern = lead + (prefix + "*" + suffix if len(prefix) + len(suffix) < min(map(len, names)) else "*")
+        if not others:
+            exts = sorted({os.path.splitext(n)[1] for n in names})
+            out += [f"{lead}*{ext}" for ext in exts] if len(exts) > 1 else [lead + "*" + exts[0]]
+        elif not any(fnmatch.fnmatchcase(o, pattern) for o in others):
+            out.append(pattern)
+        else:
+            out += members
+    return out
+
+
+def _source_name(src: _Source, names: set[str]) -> str:
+    if len(src.files) == 1:
+        base = snake(src.files[0].rpartition("/")[2].rsplit(".", 1)[0])
+    else:
+        folders = {f.rpartition("/")[0] for f in src.files}
+        common = os.path.commonpath(list(folders)) if all(folders) else ""
+        base = snake(common.rpartition("/")[2]) if common else "records"
+    return pg_name([base or "records"], names)
+
+
+def _source_spec(src: _Source, all_files: list[str], names: set[str], tables: set[str]) -> SourceSpec:
+    name = _source_name(src, names)
+    levels: list[LevelSpec] = []
+    _level_specs(src.root, name, levels, tables)
+    return SourceSpec(name=name, kind=src.kind, patterns=_patterns(src.files, all_files),
+                      files=len(src.files), levels=levels)
+
+
+def _level_specs(lv: _Level, name: str, out: list[LevelSpec], tables: set[str]) -> None:
+    """Finish ``lv`` (decide jsonb columns, drop child levels they absorb) and its children into
+    ``out``, parents first."""
+    table = pg_name([name] if lv.parent is None else list(lv.at), tables)
+    cols = _finish(lv)
+    taken: set[str] = set()
+    columns: list[ColumnSpec] = []
+    by_path: dict[tuple[str, ...], str] = {}
+    for col, typ, note in cols:
+        cname = pg_name(col.path, taken)
+        by_path[col.path] = cname
+        columns.append(ColumnSpec(cname, list(col.path), typ, lv.rows - col.present, note))
+    out.append(LevelSpec(path=lv.path, table=table, rows=lv.rows, key=_key(lv, by_path, cols),
+                         parent=lv.parent.path if lv.parent is not None else None, columns=columns,
+                         rules=_rules(lv, cols, by_path)))
+    for child in lv.children.values():
+        _level_specs(child, name, out, tables)
+
+
+def _finish(lv: _Level) -> list[tuple[_Col, str, str]]:
+    """The level's columns with their type and note; drops what a jsonb column absorbs."""
+    decided: list[tuple[_Col, str, str]] = []
+    absorbed: list[tuple[str, ...]] = []
+    for path in list(lv.cols):
+        col = lv.cols.get(path)
+        if col is None or any(path[: len(a)] == a for a in absorbed):
+            continue
+        kinds = col.kinds
+        note = ""
+        if "exploded" in kinds:
+            note = f"more than {MAX_KEYS} distinct keys: kept whole"
+        elif "object" in kinds and kinds & {"scalar", "list_obj", "list_scalar", "list_mixed", "list_empty"}:
+            note = "an object in some records, not in others"
+        elif "deep" in kinds:
+            note = "nested deeper than the columns go"
+        elif "list_obj" in kinds and kinds - {"list_obj", "list_empty"}:
+            note = "a list of objects in some records, not in others"
+        elif kinds == {"object"}:
+            if any(p[: len(path)] == path and len(p) > len(path) for p in lv.cols):
+                continue  # flattened into its keys' columns
+            note = "always an empty object"
+        elif kinds <= {"list_obj", "list_empty"} and "list_obj" in kinds:
+            continue  # a child level
+        elif "list_mixed" in kinds:
+            note = "a list of objects and other values"
+        elif "list_scalar" in kinds or "list_empty" in kinds:
+            note = "a list of values" if kinds <= {"list_scalar", "list_empty"} else "a list in some records"
+            if kinds == {"list_empty"}:
+                note = "always an empty list"
+        elif not kinds:
+            decided.append((col, "text", "always null"))
+            continue
+        else:
+            decided.append((col, col.scalar or "text", ""))
+            continue
+        decided.append((col, "jsonb", note))
+        if path:
+            absorbed.append(path)
+            for p in [p for p in lv.cols if p[: len(path)] == path and len(p) > len(path)]:
+                del lv.cols[p]
+            for p in [p for p in lv.children if p[: len(path)] == path]:
+                del lv.children[p]
+    return decided
+
+
+_KEY_NAMES = ("id", "uid", "uuid", "key", "code", "full_name", "name")
+
+
+def _key(lv: _Level, by_path: dict[tuple[str, ...], str], cols: list[tuple[_Col, str, str]]) -> KeySpec:
+    def rank(k: str) -> tuple[int, int]:
+        s = snake(k)
+        for i, n in enumerate(_KEY_NAMES):
+            if s == n or s.endswith("_" + n):
+                return (i, order.index(k))
+        return (len(_KEY_NAMES), order.index(k))
+
+    order = [c.path[0] for c, _, _ in cols if len(c.path) == 1]
+    if lv.rows >= 2 and lv.unique:
+        best = min((k for k in lv.unique if (k,) in by_path), key=rank, default=None)
+        if best is not None:
+            return KeySpec(columns=[by_path[(best,)]])
+    if lv.parent is not None and lv.unique_in_parent:
+        best = min((k for k in lv.unique_in_parent if (k,) in by_path), key=rank, default=None)
+        if best is not None:
+            return KeySpec(columns=[by_path[(best,)]], within_parent=True)
+    return KeySpec(surrogate=True)
+
+
+def _rules(lv: _Level, cols: list[tuple[_Col, str, str]], by_path: dict[tuple[str, ...], str]
+           ) -> list[RuleSpec]:
+    rules: list[RuleSpec] = []
+    for col, typ, _ in cols:
+        name = by_path[col.path]
+        if lv.rows and col.present == lv.rows:
+            rules.append(RuleSpec("required", name, inferred=True))
+        want = {"text": str, "bigint": int}.get(typ)
+        if (col.distinct is not None and want is not None and col.present >= ONE_OF_MIN_ROWS
+                and 0 < len(col.distinct) <= ONE_OF_MAX and col.kinds == {"scalar"}
+                and all(type(v) is want for v in col.distinct)):
+            rules.append(RuleSpec("one_of", name, values=sorted(col.distinct),
+                                  inferred=True))
+    return rules
+
+
+__all__ = ["SpecError", "infer", "pg_name", "snake"]

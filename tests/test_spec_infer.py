@@ -1,0 +1,187 @@
+"""etl.spec.infer on the real samples (read in place) and on hostile exports written to tmp_path."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from etl.spec import LevelSpec, SourceSpec, Spec, SpecError, infer
+from etl.spec.infer import pg_name, snake
+
+DATA = Path("/work/shared/data")
+needs_data = pytest.mark.skipif(not (DATA / "mids").is_dir(), reason="shared sample data not present")
+
+
+def _source_with(spec: Spec, level_path: str) -> SourceSpec:
+    return next(s for s in spec.sources if any(lv.path == level_path for lv in s.levels))
+
+
+def _level(src: SourceSpec, path: str) -> LevelSpec:
+    return next(lv for lv in src.levels if lv.path == path)
+
+
+def _col(lv: LevelSpec, *json_path: str):
+    return next(c for c in lv.columns if c.json == list(json_path))
+
+
+def _round_trip(spec: Spec) -> None:
+    assert Spec.from_toml(spec.to_toml()) == spec
+
+
+@needs_data
+def test_mids_sources_levels_and_keys() -> None:
+    spec = infer("mids", [DATA / "mids"])
+    assert spec.skipped == []
+    singles = sorted(s.patterns[0] for s in spec.sources if s.files == 1)
+    assert singles == ["EnhDB.json", "I12.json", "Salvage.json"]
+    powersets = _source_with(spec, "Powers[].Effects[]")
+    assert powersets.files == 32 and powersets.kind == "object"
+    assert sorted(powersets.patterns) == ["db/Other/*.json", "db/Player/*.json"]
+    root, powers, effects = (_level(powersets, p) for p in ("", "Powers[]", "Powers[].Effects[]"))
+    assert root.rows == 32 and powers.parent == "" and effects.parent == "Powers[]"
+    assert powers.key.columns == ["full_name"] and not powers.key.surrogate
+    assert _col(powers, "FullName").type == "text"
+    assert _col(powers, "FullName").name == "full_name"
+    assert _col(root, "nIDTrunkSet").name == "n_id_trunk_set"
+    assert all(c.name == c.name.lower() and len(c.name.encode()) <= 63 for lv in powersets.levels
+               for c in lv.columns)
+    assert any(r.kind == "required" and r.inferred for r in powers.rules)
+    assert any(r.kind == "one_of" and r.inferred and 0 < len(r.values) <= 12 for r in effects.rules)
+    # the three root files are separate sources, each with its own levels
+    assert _level(_source_with(spec, "Salvage[]"), "Salvage[]").rows == 108
+    assert _level(_source_with(spec, "Enhancements[]"), "Enhancements[]").key.columns == ["uid"]
+    _round_trip(spec)
+
+
+@needs_data
+def test_aodb_levels_and_the_broken_file_is_skipped_with_its_offset() -> None:
+    spec = infer("aodb", [DATA / "aodb"])
+    assert len(spec.skipped) == 1
+    bad = spec.skipped[0]
+    assert bad.file == "items_truncated_invalid.json" and bad.offset > 0
+    with pytest.raises(SpecError, match=r"items_truncated_invalid\.json.*byte \d+"):
+        infer("aodb", [DATA / "aodb"], strict=True)
+    items = _source_with(spec, "StatValues[]")
+    assert items.kind == "array" and items.patterns == ["items_100.json"]
+    root = _level(items, "")
+    assert root.rows == 100 and root.key.columns == ["aoid"]
+    assert _level(items, "StatValues[]").rows > 100
+    assert _level(items, "SpellData[].Items[]").parent == "SpellData[]"
+    assert _col(root, "AOID").type == "bigint"
+    _round_trip(spec)
+
+
+@needs_data
+def test_fl_licenses_ignores_pngs_and_flattens_nested_objects() -> None:
+    spec = infer("fl", [DATA / "licenses" / "states_baseline" / "FL"])
+    (src,) = spec.sources
+    assert src.files == 10 and src.patterns == ["*.json"]
+    root = _level(src, "")
+    assert _col(root, "metadata", "pharmacy_name").name == "metadata_pharmacy_name"
+    lic = _level(src, "search_result.licenses[]")
+    assert lic.key.columns == ["license_number"]
+    _round_trip(spec)
+
+
+@needs_data
+def test_mids_full_completes() -> None:
+    start = time.perf_counter()
+    spec = infer("mids_full", [DATA / "mids_full"])
+    took = time.perf_counter() - start
+    print(f"infer mids_full: {took:.2f} s")
+    powersets = _source_with(spec, "Powers[].Effects[]")
+    assert powersets.files > 3000
+    assert {"", "Powers[]", "Powers[].Effects[]"} <= {lv.path for lv in powersets.levels}
+    _round_trip(spec)
+
+
+def _write(path: Path, doc: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+
+
+def test_ragged_records_mixed_kinds_empty_lists_and_widening(tmp_path: Path) -> None:
+    rows = [{"id": i, "n": i, "x": True, "tags": [], "kids": [], "bag": [1, 2]} for i in range(60)]
+    rows[3]["n"] = 2.5  # int -> float
+    rows[4]["x"] = 7  # bool -> int
+    rows[5]["extra"] = "only here"  # ragged
+    del rows[6]["n"]
+    rows[7]["kids"] = [{"k": 1}, {"k": 2}]
+    rows[8]["kids"] = [{"k": 1}]
+    rows[9]["big"] = 2**70  # beyond int64
+    rows[10]["big"] = 5
+    rows[11]["status"] = "a"
+    _write(tmp_path / "items.json", rows)
+    _write(tmp_path / "parts" / "a.json", {"pid": 1, "val": 1})
+    _write(tmp_path / "parts" / "b.json", {"pid": 2, "val": {"deep": 1}})  # int in one file, object next
+    spec = infer("hostile", [tmp_path])
+    items = _source_with(spec, "kids[]")
+    root = _level(items, "")
+    assert _col(root, "n").type == "double precision" and _col(root, "n").nulls == 1
+    assert _col(root, "x").type == "bigint"
+    assert _col(root, "extra").nulls == 59
+    assert _col(root, "big").type == "numeric"
+    assert _col(root, "tags").type == "jsonb" and _col(root, "tags").note == "always an empty list"
+    assert _col(root, "bag").type == "jsonb"
+    assert root.key.columns == ["id"]
+    kids = _level(items, "kids[]")
+    assert kids.rows == 3 and kids.key.columns == ["k"] and kids.key.within_parent
+    required = {r.column for r in root.rules if r.kind == "required"}
+    assert "id" in required and "n" not in required
+    one_of = {r.column: r.values for r in root.rules if r.kind == "one_of"}
+    assert "x" not in one_of and "id" not in one_of and "extra" not in one_of  # bool+int; unique; rare
+    parts = next(s for s in spec.sources if s.patterns == ["parts/*.json"])
+    val = _col(_level(parts, ""), "val")
+    assert val.type == "jsonb" and "object" in val.note
+    assert not any(c.json[:1] == ["val"] and len(c.json) > 1 for c in _level(parts, "").columns)
+    _round_trip(spec)
+
+
+def test_deep_nesting_names_and_key_explosion(tmp_path: Path) -> None:
+    deep: dict[str, object] = {"leaf": 1}
+    for i in range(30):
+        deep = {f"L{i}": deep, "list": [deep]} if i % 3 == 0 else {f"L{i}": deep}
+    rec = {
+        "ID": 1, "deep": deep,
+        "First Name": "a", "first.name": "b", "FirstName": "c", "order": 1, "User": "u", "select": 2,
+        "9lives": 1, "x" * 100: 1, "Ünïcode": 1,
+        "by_id": {f"k{i}": {"v": i} for i in range(5000)},
+    }
+    _write(tmp_path / "one.json", [rec, {**rec, "ID": 2}])
+    spec = infer("hostile", [tmp_path])
+    root = _level(spec.sources[0], "")
+    names = {tuple(c.json): c.name for c in root.columns}
+    assert names[("First Name",)] == "first_name"
+    assert names[("first.name",)] == "first_name_2"
+    assert names[("FirstName",)] == "first_name_3"
+    assert names[("order",)] == "order_" and names[("User",)] == "user_" and names[("select",)] == "select_"
+    assert names[("9lives",)] == "_9lives"
+    assert len(names[("x" * 100,)]) == 63
+    assert len(set(names.values())) == len(names)
+    by_id = _col(root, "by_id")
+    assert by_id.type == "jsonb" and "distinct keys" in by_id.note
+    assert any("by_id" in w and "jsonb" in w for w in spec.warnings)
+    assert not any(c.json[0] == "by_id" and len(c.json) > 1 for c in root.columns)
+    assert all(len(c.json) <= 3 for c in root.columns)
+    assert any(c.type == "jsonb" and c.json[0] == "deep" for c in root.columns)
+    assert max(lv.path.count("[]") for lv in spec.sources[0].levels) <= 5
+    _round_trip(spec)
+
+
+def test_ndjson_and_no_files(tmp_path: Path) -> None:
+    lines = [json.dumps({"a": i, "b": "x"}) for i in range(5000)]
+    (tmp_path / "recs.ndjson").write_text("\n".join(lines) + "\n")
+    spec = infer("nd", [tmp_path / "recs.ndjson"])
+    (src,) = spec.sources
+    assert src.kind == "ndjson" and src.levels[0].rows == 5000 and src.levels[0].key.columns == ["a"]
+    with pytest.raises(SpecError):
+        infer("none", [tmp_path / "missing"])
+
+
+def test_snake_and_pg_name() -> None:
+    assert snake("PowerSetID") == "power_set_id" and snake("nID") == "n_id" and snake("EnhDB") == "enh_db"
+    taken: set[str] = set()
+    assert [pg_name([k], taken) for k in ("Table", "table", "TABLE")] == ["table_", "table__2", "table__3"]
