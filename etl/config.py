@@ -20,6 +20,7 @@ from etl.errors import ConfigError
 #: Environment variables read for each setting, first match wins.
 ENV = {
     "staging_dir": ("ETL_STAGING_DIR",),
+    "datasets_dir": ("ETL_DATASETS_DIR",),
     "database_url": ("ETL_DATABASE_URL", "DATABASE_URL"),
     "redis_url": ("ETL_REDIS_URL",),
     "memory_limit": ("ETL_MEMORY_LIMIT",),
@@ -94,6 +95,8 @@ class Settings:
     """Everything the stages need to know about their environment."""
 
     staging_dir: Path = Path("staging")
+    #: Where ``etl init`` writes dataset specs (``NAME.toml``).
+    datasets_dir: Path = Path("datasets")
     database_url: str | None = None
     redis_url: str | None = None
     #: DuckDB's memory limit while staging (DuckDB syntax: "256MB", "1GB").
@@ -158,8 +161,9 @@ def load_settings(*, start: Path | None = None, **flags: Any) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"cannot parse {pyproject}: {exc}", file=pyproject) from exc
         merged.update({k.replace("-", "_"): v for k, v in table.items()})
-        if "staging_dir" in merged and not Path(merged["staging_dir"]).is_absolute():
-            merged["staging_dir"] = pyproject.parent / merged["staging_dir"]
+        for key in ("staging_dir", "datasets_dir"):
+            if key in merged and not Path(merged[key]).is_absolute():
+                merged[key] = pyproject.parent / merged[key]
         if "rules" in merged:
             rules += _pyproject_rules(merged.pop("rules"), pyproject)
     for key, names in ENV.items():

@@ -44,10 +44,10 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from etl.cli import bench, cache, data, db, ops, pipeline, query
+    from etl.cli import bench, cache, data, db, ops, pipeline, query, spec
 
     for command in (
-        data.datasets_cmd, data.generate_cmd, data.demo_cmd,
+        data.datasets_cmd, data.generate_cmd, data.demo_cmd, spec.init_cmd,
         pipeline.stage_cmd, pipeline.validate_cmd, pipeline.transform_cmd, pipeline.load_cmd,
         pipeline.run_cmd, pipeline.rebuild_cmd, pipeline.reconcile_cmd,
         bench.bench_cmd, bench.bench_reads_cmd,

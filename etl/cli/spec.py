@@ -1,0 +1,70 @@
+"""``etl init``: a dataset spec inferred from any JSON export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from etl.cli.options import ctx_settings
+from etl.cli.render import err, handle_errors
+from etl.spec import init
+
+
+@click.command("init")
+@click.argument("name")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the spec here (default: NAME.toml in the datasets folder, "
+                   "[tool.etl] datasets-dir or ETL_DATASETS_DIR, ./datasets if unset).")
+@click.option("--force", is_flag=True, help="Replace an existing spec file.")
+@click.option("--strict", is_flag=True,
+              help="Stop at a file that is not valid JSON (default: list it as skipped).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
+@click.pass_context
+@handle_errors
+def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path | None, force: bool,
+             strict: bool, as_json: bool) -> None:
+    """Read every record of a JSON export and write a dataset spec (TOML) to edit and commit.
+
+    Files of different shapes become separate sources; nested lists of objects become child
+    levels keyed to their parent; types are widened over all records; keys and rules are
+    proposed and marked as inferred.
+
+    \b
+    Example:
+      etl init powers ../shared/data/mids_full
+      etl init items export.json --out specs/items.toml
+    """
+    settings = ctx_settings(ctx)
+    written = init(name, list(sources), out=out, datasets_dir=settings.datasets_dir, force=force,
+                   strict=strict)
+    spec = written.spec
+    if as_json:
+        click.echo(json.dumps({
+            "spec": str(written.path), "name": spec.name, "root": spec.root,
+            "sources": [{"name": s.name, "kind": s.kind, "files": s.files, "patterns": s.patterns,
+                         "levels": [{"path": lv.path, "table": lv.table, "rows": lv.rows,
+                                     "columns": len(lv.columns)} for lv in s.levels]}
+                        for s in spec.sources],
+            "warnings": spec.warnings,
+            "skipped": [{"file": f.file, "offset": f.offset, "error": f.error} for f in spec.skipped],
+        }, indent=2))
+        return
+    table = Table(title=f"spec {spec.name} → {written.path}", title_justify="left")
+    for col in ("source", "kind", "files", "level", "table", "rows", "columns", "key"):
+        table.add_column(col)
+    for src in spec.sources:
+        for lv in src.levels:
+            key = "surrogate" if lv.key.surrogate else ", ".join(lv.key.columns)
+            table.add_row(src.name, src.kind, f"{src.files:,}", lv.path or "(record)", lv.table,
+                          f"{lv.rows:,}", str(len(lv.columns)), key)
+    Console().print(table)
+    for warning in spec.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for bad in spec.skipped:
+        err.print(f"[yellow]skipped:[/] {bad.file} at byte {bad.offset}: {bad.error}", highlight=False)
+    err.print(f"edit {written.path}, then commit it")
