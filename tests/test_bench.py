@@ -112,3 +112,8 @@ def test_bench_copies_cli(mids_sample: Path, tmp_path: Path) -> None:
     assert [p["name"] for p in res["phases"]] == ["stage", "validate", "transform"]
     assert res["tables"]["powersets"] == 2 * len(list((mids_sample / "db").rglob("*.json")))
     assert all(p["peak_rss"] > 0 and p["seconds"] > 0 for p in res["phases"])
+    # etl init is measured on the same export: every powerset file read, twice over.
+    spec = res["init"]
+    assert spec["seconds"] > 0 and spec["peak_rss"] > 0
+    assert spec["rows"] >= 2 * len(list((mids_sample / "db").rglob("*.json")))
+    assert spec["sources"] >= 2 and spec["levels"] >= 3

@@ -105,6 +105,10 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
         if res.get("rejected"):
             err.print("validation rejected rows (measured with --max-reject-ratio "
                       f"{max_reject_ratio}): " + ", ".join(f"{k} {n:,}" for k, n in res["rejected"].items()))
+        spec = res["init"]
+        err.print(f"etl init on the same export (a spec inferred from every record): {spec['seconds']:.2f} s "
+                  f"in-process ({spec['wall_seconds']:.2f} s wall), {spec['records']:,} records, "
+                  f"{spec['sources']} sources, {spec['levels']} levels, peak RSS {mb(spec['peak_rss'])}")
         err.print(f"whole run: {res['total_seconds']:.2f} s in-process "
                   f"({res['total_wall_seconds']:.2f} s with interpreter starts); max peak RSS "
                   f"{mb(res['max_peak_rss'])}")
