@@ -98,10 +98,11 @@ def test_child_rows_reference_their_parent(tmp_path: Path) -> None:
             assert missing.height == 0, (table.name, fk)
 
 
-def test_loads_into_postgres(tmp_path: Path, pg_url: str) -> None:
-    spec, ds, run = _built(require_shared(AODB), tmp_path)
+@pytest.mark.parametrize("src", [FL, AODB], ids=["licenses-FL", "aodb-items"])
+def test_loads_into_postgres(src: Path, tmp_path: Path, pg_url: str) -> None:
+    spec, ds, run = _built(require_shared(src), tmp_path)
     load(run, ds, database_url=pg_url)
     with psycopg.connect(pg_url) as conn:
         for level in (lv for s in spec.sources for lv in s.levels):
-            n = conn.execute(f'SELECT count(*) FROM "{level.table}"').fetchone()
+            n = conn.execute(f'SELECT count(*) FROM "{ds.name}"."{level.table}"').fetchone()
             assert n is not None and n[0] == level.rows, level.table

@@ -204,8 +204,11 @@ def _plan(lv: LevelSpec, parent: _Plan | None, rules: list[Rule]) -> _Plan:
     refs: list[_KeyCol] = []
     inherit: list[tuple[str, str]] = []
     if parent is not None:
+        parent_refs = {r.name for r in parent.refs}
         for kc in parent.key:
-            name = _fresh(f"{parent.level.name}_{kc.name}", taken)
+            # the parent's own key column is named after the parent; one it holds of its own
+            # parent's key keeps its name (it names that table already)
+            name = _fresh(kc.name if kc.name in parent_refs else f"{parent.level.name}_{kc.name}", taken)
             if kc.strip is None:
                 inherit.append((kc.name, name))
                 refs.append(_KeyCol(name, kc.type))
