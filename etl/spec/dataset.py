@@ -241,7 +241,7 @@ def _table(plan: _Plan, parent: _Plan | None) -> Table:
     cols += [Column(r.name, r.type, False) for r in plan.refs if r.name not in {c.name for c in cols}]
     cols += [Column(c.name, TYPES[c.type][1], c.name not in key_names) for c in plan.columns]
     cols.append(Column(EXTRA, "json", False))
-    fks = ()
+    fks: tuple[ForeignKey, ...] = ()
     if parent is not None:
         fks = (ForeignKey(tuple(r.name for r in plan.refs), parent.level.name,
                           tuple(k.name for k in parent.key)),)
