@@ -109,3 +109,11 @@ def test_loads_into_postgres(src: Path, tmp_path: Path, pg_url: str) -> None:
         for level in (lv for s in spec.sources for lv in s.levels):
             n = conn.execute(f'SELECT count(*) FROM "{ds.name}"."{level.table}"').fetchone()
             assert n is not None and n[0] == level.rows, level.table
+
+
+def test_mids_sources_levels_and_types(tmp_path: Path) -> None:
+    """Several sources, nested levels three deep, every spec type but numeric."""
+    spec, _, run = _built(require_shared(SHARED / "mids"), tmp_path)
+    assert len(spec.sources) > 1
+    for level in (lv for s in spec.sources for lv in s.levels):
+        assert run.table(level.table).select("extra").collect().height == level.rows, level.table
