@@ -152,12 +152,15 @@ class _Rebuilder:
         #: held by a lookup row (``fk->table.column``) is read through ``vias``.
         self.typed: list[tuple[str, str]] = []
         self.vias: list[tuple[str, Table, str, str]] = []  # (fk, lookup table, column, alias)
+        self.json: set[str] = set()  # columns of typed that hold JSON text
         for f in level.fields:
             if not typed_in_table(f, table, level, tables):
                 continue
             found = field_column(level, f, tables)
             assert found is not None
             fk, target, col = found
+            if f.type == "JSON":  # a JSON field in a json(b) column: read back as its text
+                self.json.add(col.name if fk is None else f"__via_{f.name}")
             if fk is None:
                 self.typed.append((col.name, f.key))
             else:
@@ -182,7 +185,7 @@ class _Rebuilder:
         for name, key in self.typed:
             value = row.get(name)
             if value is not None:
-                out[key] = value
+                out[key] = parse_record(value) if name in self.json else value
         out.update(extra)
         return out
 
