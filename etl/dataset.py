@@ -57,6 +57,15 @@ CARRY = ("_file", "_record", "_path", XREF, PATCH)
 XREF_SHIFT = 40
 
 
+def ancestor_path(path: pl.Expr, *relpaths: str) -> pl.Expr:
+    """The lineage ``_path`` of a nested row's ancestor: a nested row's path is its parent's path,
+    ".", its level's path relative to the parent, and "[i]"; the suffixes of ``relpaths`` are
+    taken off, innermost first."""
+    for rel in relpaths:
+        path = path.str.replace(rf"\.?{re.escape(rel)}\[\d+\]$", "")
+    return path
+
+
 def carried() -> pl.Expr:
     """The columns a transform keeps on a home table's rows (:data:`CARRY`, and ``_extra`` where
     the levels were read whole), whichever of them the frame has: ``lf.select(..., carried())``."""

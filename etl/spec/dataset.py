@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ from etl.dataset import (
     Severity,
     Source,
     Table,
+    ancestor_path,
     carried,
     check,
     one_of,
@@ -139,10 +139,7 @@ def _surrogate(path: pl.Expr) -> pl.Expr:
 def _ancestor_path(strip: tuple[str, ...]) -> pl.Expr:
     """``_path`` less the suffixes ``.<path>[i]`` of the levels in ``strip`` (innermost first):
     the path of the ancestor record (the rule :mod:`etl.validate` uses for parent rows)."""
-    expr = pl.col("_path")
-    for rel in strip:
-        expr = expr.str.replace(rf"\.?{re.escape(rel)}\[\d+\]$", "")
-    return expr
+    return ancestor_path(pl.col("_path"), *strip)
 
 
 def to_dataset(spec: Spec, *, root: Path | None = None) -> Dataset:

@@ -29,7 +29,15 @@ from typing import Any
 import polars as pl
 
 from etl.config import RuleOverride
-from etl.dataset import PATCH, STAGED_EXTRA, Dataset, Rule, cleaning_changed, effective_cleaning
+from etl.dataset import (
+    PATCH,
+    STAGED_EXTRA,
+    Dataset,
+    Rule,
+    ancestor_path,
+    cleaning_changed,
+    effective_cleaning,
+)
 from etl.metrics import Phase, timed
 from etl.run import Run, apply_cleaning, replace_dir, write_json_atomic
 from etl.validate.errors import ValidationFailed
@@ -134,8 +142,7 @@ def _fails(rule: Rule, schema: pl.Schema, accepted_keys: dict[tuple[str, str], p
             return (~rule.expr()).fill_null(False)
         case "parent":
             assert rule.ref is not None
-            # A nested row's path is its parent's path, ".", the level's path and "[i]".
-            parent_path = pl.col("_path").str.replace(rf"\.?{re.escape(rule.ref[1])}\[\d+\]$", "")
+            parent_path = ancestor_path(pl.col("_path"), rule.ref[1])
             return ~_lineage_key(parent_path).is_in(accepted_keys[(rule.ref[0], LINEAGE_KEY)].implode())
         case "types":
             return pl.col("_type_errors").list.len() > 0
