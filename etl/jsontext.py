@@ -5,6 +5,8 @@ transform's kept keys and the reconciliation all parse with :func:`parse_record`
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -70,3 +72,31 @@ def add_keys(text: str, values: dict[str, Any]) -> str:
     if not added:
         return text
     return body[:-1] + ("," if body[1:-1].strip() else "") + added + "}"
+
+
+#: The file names the toolkit reads as JSON exports (staging and ``etl init`` alike).
+JSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
+
+
+def is_json_name(name: str) -> bool:
+    """Whether a file called ``name`` is read as JSON (hidden files are not)."""
+    return name.lower().endswith(JSON_SUFFIXES) and not name.startswith(".")
+
+
+def is_line_delimited(name: str) -> bool:
+    """Whether ``name`` holds a record a line (``.ndjson``/``.jsonl``, gzipped or not)."""
+    return name.lower().removesuffix(".gz").endswith((".ndjson", ".jsonl"))
+
+
+def json_files_under(root: Path) -> list[str]:
+    """Relative paths (posix) of the JSON files under ``root``, hidden files and folders left out,
+    sorted."""
+    out: list[str] = []
+    base = str(root)
+    for folder, dirs, names in os.walk(base):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(folder, base)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        out.extend(prefix + n for n in names if is_json_name(n) and os.path.isfile(os.path.join(folder, n)))
+    out.sort()
+    return out

@@ -185,3 +185,20 @@ def test_snake_and_pg_name() -> None:
     assert snake("PowerSetID") == "power_set_id" and snake("nID") == "n_id" and snake("EnhDB") == "enh_db"
     taken: set[str] = set()
     assert [pg_name([k], taken) for k in ("Table", "table", "TABLE")] == ["table_", "table__2", "table__3"]
+
+
+def test_reads_the_files_staging_reads(tmp_path: Path) -> None:
+    """The same files as ``etl stage``: gzipped JSON and NDJSON are read, hidden files and folders
+    (an editor's backup, .git) are not."""
+    import gzip
+
+    (tmp_path / "a.ndjson.gz").write_bytes(gzip.compress(b'{"id": 1}\n{"id": 2}\n'))
+    (tmp_path / "b.json.gz").write_bytes(gzip.compress(json.dumps([{"id": 3}, {"id": 4}]).encode()))
+    (tmp_path / ".c.json").write_text('{"hidden": true}')
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "d.json").write_text('{"hidden": true}')
+    spec = infer("gz", [tmp_path])
+    assert not spec.skipped
+    kinds = sorted((s.kind, s.files, s.levels[0].rows) for s in spec.sources)
+    assert kinds == [("array", 1, 2), ("ndjson", 1, 2)]
+    assert all("hidden" not in c.json for s in spec.sources for lv in s.levels for c in lv.columns)

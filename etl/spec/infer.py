@@ -16,6 +16,7 @@ the byte offset of the error (``strict=True`` raises :class:`SpecError` instead)
 from __future__ import annotations
 
 import fnmatch
+import gzip
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from etl.errors import TerminalError
-from etl.jsontext import parse_record
+from etl.jsontext import JSON_SUFFIXES, is_line_delimited, json_files_under, parse_record
 from etl.spec.model import (
     ColumnSpec,
     KeySpec,
@@ -58,7 +59,6 @@ SIMILAR = 0.5
 #: Lines of an NDJSON file profiled together.
 NDJSON_BATCH = 2000
 
-JSON_SUFFIXES = (".json", ".ndjson", ".jsonl")
 _INT64 = (-(2**63), 2**63 - 1)
 _SCALAR_TYPE = {bool: "boolean", int: "bigint", float: "double precision", str: "text"}
 _KEYABLE = (int, str)
@@ -307,14 +307,14 @@ def _files(sources: list[Path]) -> tuple[Path, list[Path]]:
     for src in sources:
         if src.is_dir():
             tops.append(str(src))
-            files += sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in JSON_SUFFIXES)
+            files += [src / rel for rel in json_files_under(src)]
         elif src.is_file():
             tops.append(str(src.parent))
             files.append(src)
         else:
             raise SpecError(f"no such file or folder: {src}", file=src)
     if not files:
-        raise SpecError("no JSON files (.json, .ndjson, .jsonl) in the sources",
+        raise SpecError(f"no JSON files ({', '.join(JSON_SUFFIXES)}) in the sources",
                         hint="name the export's folder")
     root = Path(os.path.commonpath([os.path.abspath(t) for t in tops]))
     return root, sorted(dict.fromkeys(files), key=lambda p: str(p))
@@ -322,13 +322,13 @@ def _files(sources: list[Path]) -> tuple[Path, list[Path]]:
 
 def _parse(path: Path) -> Any:
     data = path.read_bytes()
-    return parse_record(data)
+    return parse_record(gzip.decompress(data) if path.name.lower().endswith(".gz") else data)
 
 
 def _ndjson(path: Path) -> Iterator[list[Any]]:
     batch: list[Any] = []
     offset = 0
-    with path.open("rb") as fh:
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as fh:
         for line in fh:
             if line.strip():
                 try:
@@ -381,7 +381,7 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         depth = rel.count("/")
         try:
-            if path.suffix.lower() in (".ndjson", ".jsonl"):
+            if is_line_delimited(path.name):
                 batches = _ndjson(path)
                 first = next(batches, [])
                 kind, keys = "ndjson", set(chain.from_iterable(d for d in first if isinstance(d, dict)))

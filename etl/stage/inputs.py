@@ -22,10 +22,10 @@ from typing import Any, Literal
 
 from etl.dataset import Dataset
 from etl.errors import InputError
+from etl.jsontext import is_json_name, json_files_under
 
 log = logging.getLogger(__name__)
 
-JSON_SUFFIXES = (".json", ".ndjson", ".jsonl", ".json.gz", ".ndjson.gz", ".jsonl.gz")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _WS = b" \t\r\n"
 #: How a file is read: "object" files hold one JSON object and are read whole (read_text);
@@ -54,10 +54,6 @@ class InputFile:
 # ------------------------------------------------------------------------------ finding inputs
 
 
-def _is_json_name(name: str) -> bool:
-    return name.lower().endswith(JSON_SUFFIXES) and not name.startswith(".")
-
-
 def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
     """Expand files, directories (recursively) and globs into (path, relative path) pairs."""
     found: list[tuple[Path, str]] = []
@@ -66,7 +62,7 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
         if _GLOB_CHARS.search(text):
             head = Path(_GLOB_CHARS.split(text, 1)[0]).parent if "/" in text else Path(".")
             matches = sorted(globlib.glob(text, recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file() and _is_json_name(Path(m).name)]
+            files = [Path(m) for m in matches if Path(m).is_file() and is_json_name(Path(m).name)]
             if not files:
                 raise InputError("glob matches no JSON file", file=text,
                                  hint="check the pattern; quote it so the shell does not expand it")
@@ -75,7 +71,7 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
         else:
             path = Path(text)
             if path.is_dir():
-                files_rel = _walk_json(path)
+                files_rel = json_files_under(path)
                 if not files_rel:
                     raise InputError("directory holds no JSON file (*.json, *.ndjson, *.jsonl, .gz)",
                                      file=path, hint="point at the export's folder")
@@ -85,20 +81,6 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
             else:
                 raise InputError("no such file or directory", file=path, hint="check the path")
     return found
-
-
-def _walk_json(root: Path) -> list[str]:
-    """Relative paths (posix) of the JSON files under ``root``, hidden ones left out, sorted."""
-    out: list[str] = []
-    base = str(root)
-    for folder, dirs, names in os.walk(base):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        rel = os.path.relpath(folder, base)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out.extend(prefix + n for n in names if _is_json_name(n)
-                   and os.path.isfile(os.path.join(folder, n)))
-    out.sort()
-    return out
 
 
 def assign_sources(dataset: Dataset, files: list[tuple[Path, str]]) -> dict[str, list[tuple[Path, str]]]:
