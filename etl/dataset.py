@@ -537,6 +537,17 @@ class Dataset:
     bench: BenchSpec | None = None
     #: The cached reads of the live data (``etl query``, ``etl cache warm``, ``etl bench-reads``).
     reads: Reads | None = None
+    #: For a dataset built from a declarative spec (``etl init``): the spec's TOML text, which the
+    #: stage keeps in the run (``spec.toml``) so that every later stage, and ``etl rebuild``, reads
+    #: the very spec the run was staged with; and the file it was read from.
+    spec_text: str | None = None
+    spec_file: Path | None = None
+    #: The export a spec was inferred from (its ``root``): what ``etl run NAME`` reads when given
+    #: no source.
+    default_source: Path | None = None
+    #: For a spec dataset: what to do with keys and types the spec does not declare, per source
+    #: (``keep``: kept in ``extra`` and reported; ``freeze``: stop; ``evolve``: add columns).
+    drift: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def levels(self) -> dict[str, Level]:

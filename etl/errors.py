@@ -96,6 +96,10 @@ class InputError(TerminalError):
     exit_code = 2
 
 
+class DriftError(InputError):
+    """An export holds keys or types its spec does not declare, and the spec says ``freeze``."""
+
+
 class ConfigError(TerminalError):
     """A setting, dataset name or run directory is wrong."""
 

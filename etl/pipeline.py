@@ -40,6 +40,8 @@ class PipelineResult:
             "total_seconds": round(sum(p.seconds for p in self.phases), 4),
             "peak_rss": max((p.peak_rss for p in self.phases), default=0),
         }
+        if self.run.manifest.get("drift"):
+            out["drift"] = self.run.manifest["drift"]
         if self.load is not None:
             out["load"] = {
                 "database": _masked(self.load.url),
@@ -76,6 +78,7 @@ def run_pipeline(
     (``strict``: also on a file a quarantining source would leave out)."""
     staged = stage(dataset, sources, settings=settings, force=force, progress=progress,
                    strict=strict)
+    dataset = staged.dataset or dataset  # a spec evolved by drift
     checked = validate(staged.run, dataset, max_reject_ratio=max_reject_ratio, rules=settings.rules,
                        progress=progress)
     require_passed(checked)
@@ -104,6 +107,10 @@ def run_all(
     Validation errors stop the run before anything reaches the database."""
     first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
                          force=force, progress=progress, strict=strict)
+    if first.run.manifest["dataset_version"] != dataset.version:  # a spec evolved by drift
+        from etl.datasets import dataset_of
+
+        dataset = dataset_of(first.run)
     loaded = load(first.run, dataset, database_url=settings.database_url, mode=mode, force=force,
                   progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
@@ -122,12 +129,12 @@ def rebuild(
     Every chunk file is checked against the manifest's sha256 first (a changed or missing file
     is refused, named). A run not yet transformed is validated and transformed from its raw
     chunks. The load then runs as a full load in mode ``rebuild``. ``dataset``: the run's
-    dataset (default: the registered one of the run's name, resolved here once)."""
+    dataset (default: the spec the run keeps, or the registered one of its name)."""
     run = open_run(run_dir)
     if dataset is None:
-        from etl.datasets import get_dataset
+        from etl.datasets import dataset_of
 
-        dataset = get_dataset(run.dataset_name)
+        dataset = dataset_of(run)
     run.check_dataset(dataset)
     with timed("check") as phase:
         phase.rows = check_run_files(run.path, run.manifest)

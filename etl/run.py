@@ -52,6 +52,8 @@ from etl.jsontext import add_keys
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: The copy of a spec dataset's spec a staged run keeps: the spec it was staged with.
+RUN_SPEC = "spec.toml"
 MANIFEST_FORMAT = 1
 PARQUET_COMPRESSION = "zstd"
 #: Target tables are read again at once by the load (and the transform's checksum): lz4 decodes
@@ -248,6 +250,14 @@ def check_run_files(run_dir: Path, manifest: Mapping[str, Any]) -> int:
                                         hint="restore the run directory from a copy, or stage the "
                                              "export again")
                 checked += 1
+    spec = manifest.get("spec")
+    if spec:
+        path = run_dir / spec["path"]
+        if not path.is_file() or sha256_file(path) != spec["sha256"]:
+            raise RunStateError("the spec the run was staged with is missing or changed", file=path,
+                                run=manifest.get("run_id"),
+                                hint="restore the run directory from a copy, or stage the export again")
+        checked += 1
     return checked
 
 

@@ -24,6 +24,7 @@ from etl.cli.render import (
     echo_json,
     err,
     handle_errors,
+    print_drift,
     print_levels,
     print_load,
     print_phases,
@@ -34,9 +35,20 @@ from etl.cli.render import (
     progress_bar,
     validation_shown,
 )
-from etl.datasets import get_dataset
+from etl.dataset import Dataset
+from etl.datasets import dataset_of, resolve
 from etl.metrics import Phase
 from etl.run import Run, open_run
+
+
+def default_sources(ds: Dataset) -> list[str]:
+    """What to read when no SOURCE is given: the export a spec dataset was inferred from."""
+    if ds.default_source is None:
+        raise click.UsageError(f"give the export's files or folders: SOURCE... (dataset {ds.name})")
+    if not ds.default_source.exists():
+        raise click.UsageError(f"the export the spec of {ds.name} was inferred from "
+                               f"({ds.default_source}) is not there; give SOURCE...")
+    return [str(ds.default_source)]
 
 
 def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, force: bool,
@@ -44,10 +56,12 @@ def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, forc
     from etl.stage import stage
 
     settings = ctx_settings(ctx, **flags)
+    ds = resolve(dataset, datasets_dir=settings.datasets_dir)
     with progress_bar() as progress:
-        result = stage(get_dataset(dataset), list(sources), settings=settings, force=force,
+        result = stage(ds, list(sources or default_sources(ds)), settings=settings, force=force,
                        max_record_bytes=max_record_bytes, progress=progress, strict=strict)
     print_quarantined(result.run.manifest.get("quarantined") or [])
+    print_drift(result.run.manifest)
     if result.skipped:
         err.print(f"[yellow]already staged[/] (same content, dataset version "
                   f"{result.run.manifest['dataset_version']}): {escape(str(result.run.path))} "
@@ -57,14 +71,17 @@ def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, forc
 
 @click.command("stage")
 @click.argument("dataset")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @stage_options
 @click.pass_context
 @handle_errors
 def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts: Any) -> None:
     """Stage an export: JSON files, directories or globs -> Parquet chunks.
 
-    Writes staging/DATASET/RUN/raw/<level>/part-*.parquet and manifest.json. The run id comes
+    DATASET is a dataset name (`etl datasets`), a spec file written by `etl init` (FILE.toml), or
+    the name of a spec in the datasets folder; a spec dataset with no SOURCE reads the export it
+    was inferred from. Writes staging/DATASET/RUN/raw/<level>/part-*.parquet and manifest.json
+    (a spec dataset's run also keeps the spec it was staged with, spec.toml). The run id comes
     from the content, so staging the same export again is skipped. The last line printed is the
     run directory.
 
@@ -72,6 +89,7 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
     Examples:
       etl stage mids ../shared/data/mids
       etl stage mids 'exports/**/*.json' --memory-limit 512MB --chunk-rows 50000
+      etl stage datasets/powers.toml ../shared/data/mids_full
     """
     run, phase, skipped = do_stage(ctx, dataset, sources, **opts)
     if not skipped:
@@ -98,7 +116,8 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
                  **opts: Any) -> None:
     """Check a staged run (or stage the export first) against the dataset's rules.
 
-    TARGET is a run directory, or a dataset name followed by the export's SOURCES. Writes
+    TARGET is a run directory, or a dataset (a name, or a spec file from `etl init`) followed
+    by the export's SOURCES (a spec dataset's default: the export it was inferred from). Writes
     report.json and rejects/<level>.parquet in the run. Exit 0: passed; 1: error rules
     rejected more than --max-reject-ratio of some level; 2: the input cannot be read.
 
@@ -116,20 +135,19 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
 
     settings = ctx_settings(ctx, rules=rules)
     if list_rules:
-        name = open_run(target).dataset_name if looks_like_run(target) else target
-        print_rules(get_dataset(name), settings)
+        ds = dataset_of(open_run(target)) if looks_like_run(target) else resolve(
+            target, datasets_dir=settings.datasets_dir)
+        print_rules(ds, settings)
         return
     phases: list[Phase] = []
     if sources or not looks_like_run(target):
-        if not sources:
-            raise click.UsageError(f"{target} is not a staged run; give DATASET SOURCE... to stage first")
         run, phase, skipped = do_stage(ctx, target, sources, **opts)
         if not skipped:
             phases.append(phase)
     else:
         run = open_run(target)
     with progress_bar() as progress:
-        result = validate(run, get_dataset(run.dataset_name), max_reject_ratio=max_reject_ratio,
+        result = validate(run, dataset_of(run), max_reject_ratio=max_reject_ratio,
                           rules=settings.rules, report_file=report_file, progress=progress)
     phases.append(result.phase)
     print_report(result.report)
@@ -156,7 +174,7 @@ def transform_cmd(ctx: click.Context, run_dir: Path) -> None:
 
     run = open_run(run_dir)
     with progress_bar() as progress:
-        result = transform(run, get_dataset(run.dataset_name), progress=progress)
+        result = transform(run, dataset_of(run), progress=progress)
     table = Table(title=f"tables of {run.id}", title_justify="left")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -196,7 +214,7 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
     mode = resolve_mode(unsafe_fast, yes, load_mode)
     run = open_run(run_dir)
     with progress_bar() as progress:
-        result = load(run, get_dataset(run.dataset_name), database_url=settings.database_url, mode=mode,
+        result = load(run, dataset_of(run), database_url=settings.database_url, mode=mode,
                       force=force, progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     if as_json:
         click.echo(json.dumps({
@@ -215,7 +233,7 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
 
 @click.command("run")
 @click.argument("dataset")
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @click.option("--max-reject-ratio", type=float, default=0.0, show_default=True,
               help="Allowed share of rejected rows per level before the run stops.")
 @rule_option
@@ -229,6 +247,11 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
             **opts: Any) -> None:
     """Stage, validate, transform and load an export in one go.
 
+    DATASET is a dataset name (`etl datasets`), a spec file written by `etl init` (FILE.toml),
+    or the name of a spec in the datasets folder ([tool.etl] datasets-dir, ETL_DATASETS_DIR;
+    ./datasets by default). A spec dataset given no SOURCE reads the export it was inferred
+    from.
+
     Validation errors stop the run before anything reaches the database, with the failing
     rules shown as `etl validate` shows them (--json: in the JSON error document on stdout).
     Ends with a per-phase summary (time, rows, rows/s, peak memory); --json prints it as JSON
@@ -239,6 +262,8 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
       etl run mids ../shared/data/mids
       etl run mids ./export --database-url postgresql://me@db:5432/games --json
       etl run mids ./export --rule powersets.full_name.unique=warning
+      etl init powers ../shared/data/mids_full && etl run powers
+      etl run specs/items.toml ./items-2026-11.json --mode merge
     """
     from etl.pipeline import run_all
 
@@ -247,11 +272,14 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
                          rules=rules)
     mode = resolve_mode(unsafe_fast, yes, load_mode)
     with validation_shown(as_json=as_json), progress_bar() as progress:
-        result = run_all(get_dataset(dataset), list(sources), settings=settings,
+        ds = resolve(dataset, datasets_dir=settings.datasets_dir)
+        result = run_all(ds, list(sources or default_sources(ds)), settings=settings,
                          max_reject_ratio=max_reject_ratio, mode=mode, force=opts.get("force", False),
                          progress=progress, tag=tag, delete_missing=delete_missing,
                          strict=opts.get("strict", False), warm=warm)
     print_quarantined(result.run.manifest.get("quarantined") or [])
+    if not as_json:
+        print_drift(result.run.manifest)
     print_pipeline(result, settings, as_json=as_json)
 
 
@@ -311,7 +339,7 @@ def reconcile_cmd(run_dir: Path, database_url: str | None, schema: str | None, a
 
     run = open_run(run_dir)
     with progress_bar() as progress:
-        result = reconcile(run, get_dataset(run.dataset_name), database_url=database_url, schema=schema,
+        result = reconcile(run, dataset_of(run), database_url=database_url, schema=schema,
                            progress=progress)
     if as_json:
         echo_json(result.to_dict())

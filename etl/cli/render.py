@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -132,6 +132,31 @@ def print_quarantined(bad: list[dict[str, Any]]) -> None:
         err.print(f"  {escape(q['relpath'])}: {escape(q['reason'])}", soft_wrap=True)
     if len(bad) > 20:
         err.print(f"  … and {len(bad) - 20} more (see the manifest's \"quarantined\")")
+
+
+def print_drift(manifest: Mapping[str, Any]) -> None:
+    """What the stage found that the run's spec does not declare, and what each source's policy
+    did with it."""
+    found = manifest.get("drift") or []
+    if not found:
+        return
+    table = Table(title=f"drift: {len(found)} key(s) or type(s) the spec does not declare",
+                  title_justify="left")
+    for col in ("level", "key", "declared", "seen", "rows", "first seen", "policy"):
+        table.add_column(col, justify="right" if col == "rows" else "left")
+    did = {"keep": "kept in extra", "evolve": "evolved", "freeze": "stopped"}
+    for d in found:
+        table.add_row(escape(d["level"]), escape(d["key"]), d["declared"] or "(new)",
+                      "/".join(d["seen"]) or "null", f"{d['rows']:,}",
+                      escape(f"{d['file']} record {d['record']}"), did.get(d["policy"], d["policy"]))
+    err.print(table)
+    policies = {d["policy"] for d in found}
+    if "keep" in policies:
+        err.print("[yellow]kept whole in each row's extra[/]: to type them, run "
+                  "`etl init --update NAME SOURCE...` or set drift = \"evolve\" for the source")
+    if "evolve" in policies:
+        err.print("the run's spec was evolved (new columns, wider types; its copy is the run's "
+                  "spec.toml): `etl init --update NAME SOURCE...` brings your spec file along")
 
 
 def print_levels(run: Run) -> None:

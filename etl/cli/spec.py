@@ -16,18 +16,22 @@ from etl.spec import init
 
 @click.command("init")
 @click.argument("name")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("sources", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the spec here (default: NAME.toml in the datasets folder, "
                    "[tool.etl] datasets-dir or ETL_DATASETS_DIR, ./datasets if unset).")
 @click.option("--force", is_flag=True, help="Replace an existing spec file.")
+@click.option("--update", is_flag=True,
+              help="Bring an existing spec along with the export (a later one that drifted): keep "
+                   "what it declares as edited, widen types the data outgrew, add new sources, "
+                   "levels and columns. Without SOURCE, reads the spec's root.")
 @click.option("--strict", is_flag=True,
               help="Stop at a file that is not valid JSON (default: list it as skipped).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
 @click.pass_context
 @handle_errors
 def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path | None, force: bool,
-             strict: bool, as_json: bool) -> None:
+             update: bool, strict: bool, as_json: bool) -> None:
     """Read every record of a JSON export and write a dataset spec (TOML) to edit and commit.
 
     Files of different shapes become separate sources; nested lists of objects become child
@@ -35,13 +39,19 @@ def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path
     proposed and marked as inferred.
 
     \b
-    Example:
+    Then `etl run NAME` (or `etl run FILE.toml SOURCE...`) loads the export with it.
+
+    \b
+    Examples:
       etl init powers ../shared/data/mids_full
       etl init items export.json --out specs/items.toml
+      etl init powers ../exports/2026-12 --update
     """
     settings = ctx_settings(ctx)
+    if not sources and not update:
+        raise click.UsageError("give the export's files or folders: etl init NAME SOURCE...")
     written = init(name, list(sources), out=out, datasets_dir=settings.datasets_dir, force=force,
-                   strict=strict)
+                   strict=strict, update=update)
     spec = written.spec
     if as_json:
         click.echo(json.dumps({
@@ -50,7 +60,7 @@ def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path
                          "levels": [{"path": lv.path, "table": lv.table, "rows": lv.rows,
                                      "columns": len(lv.columns)} for lv in s.levels]}
                         for s in spec.sources],
-            "warnings": spec.warnings,
+            "warnings": spec.warnings, "changes": list(written.changes),
             "skipped": [{"file": f.file, "offset": f.offset, "error": f.error} for f in spec.skipped],
         }, indent=2))
         return
@@ -67,4 +77,10 @@ def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     for bad in spec.skipped:
         err.print(f"[yellow]skipped:[/] {bad.file} at byte {bad.offset}: {bad.error}", highlight=False)
-    err.print(f"edit {written.path}, then commit it")
+    if update:
+        for change in written.changes:
+            err.print(f"[green]updated:[/] {change}", highlight=False)
+        if not written.changes:
+            err.print("the spec declares everything the export holds: nothing to update")
+    how = spec.name if out is None else f"{written.path}"
+    err.print(f"edit {written.path}, then commit it; load with `etl run {how}`")

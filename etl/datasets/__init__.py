@@ -17,7 +17,7 @@ from typing import Any
 
 from etl.dataset import Dataset, Generated
 from etl.errors import ConfigError
-from etl.run import Run
+from etl.run import RUN_SPEC, Run
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +60,51 @@ def get_dataset(name: str) -> Dataset:
                           ) from None
 
 
+def spec_files(datasets_dir: Path) -> dict[str, Path]:
+    """The specs in the project's datasets folder, by dataset name (file stem)."""
+    if not datasets_dir.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(datasets_dir.glob("*.toml"))}
+
+
+def resolve(target: str | Path, *, datasets_dir: Path = Path("datasets")) -> Dataset:
+    """The dataset ``target`` names: a spec file (``*.toml``), a registered dataset (built-in or
+    entry point), or a spec ``NAME.toml`` in ``datasets_dir`` — in that order, so a spec cannot
+    shadow a built-in by name. :class:`ConfigError` listing what is known otherwise."""
+    from etl.spec.dataset import read_dataset
+
+    text = str(target)
+    path = Path(text)
+    if text.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"no spec file {text}", file=path,
+                              hint=f"write one with `etl init NAME SOURCE... --out {text}`")
+        return read_dataset(path)
+    datasets = available()
+    if text in datasets:
+        return datasets[text]
+    specs = spec_files(datasets_dir)
+    if text in specs:
+        return read_dataset(specs[text])
+    known = sorted(datasets) + [f"{n} ({p})" for n, p in specs.items() if n not in datasets]
+    raise ConfigError(f"unknown dataset {text!r}",
+                      hint=f"known datasets: {', '.join(known)}; or infer a spec from your export "
+                           f"with `etl init {text if text.isidentifier() else 'NAME'} EXPORT_DIR`")
+
+
 def dataset_of(run: Run) -> Dataset:
-    """The registered dataset a run was staged for (a notebook convenience: the stages are given
-    their :class:`Dataset` and never look it up), checked against the run's fingerprint."""
-    ds = get_dataset(run.dataset_name)
+    """The dataset a run was staged with, checked against the run's fingerprint: the spec the run
+    keeps (``spec.toml``, for a spec dataset; its post-load SQL from beside the original spec
+    file when that is still there), else the registered dataset of the run's name."""
+    from etl.spec.dataset import read_dataset
+
+    kept = run.path / RUN_SPEC
+    if kept.is_file():
+        original = (run.manifest.get("spec") or {}).get("file")
+        home = Path(original).parent if original and Path(original).parent.is_dir() else None
+        ds = read_dataset(kept, home=home)
+    else:
+        ds = get_dataset(run.dataset_name)
     run.check_dataset(ds)
     return ds
 

@@ -107,6 +107,18 @@ def step_done(conn: psycopg.Connection[Any], ledger_id: int, step: str,
     )
 
 
+def record_drift(conn: psycopg.Connection[Any], ledger_id: int, manifest: Mapping[str, Any]) -> None:
+    """Record what the run's stage found its spec does not declare (the manifest's ``drift``: the
+    keys and types seen, and what each source's policy did: kept, evolved) as the load's
+    ``drift`` step; nothing when there was none."""
+    drift = manifest.get("drift")
+    if not drift:
+        return
+    evolving = any(d.get("policy") == "evolve" for d in drift)
+    evolved = manifest.get("spec", {}).get("sha256") if evolving else None
+    step_done(conn, ledger_id, "drift", {"findings": list(drift), "evolved_spec_sha256": evolved})
+
+
 def steps_done(conn: psycopg.Connection[Any], ledger_id: int) -> dict[str, dict[str, Any] | None]:
     """The finished steps of a load, in the order they finished, with their detail."""
     rows = _ledger_sql(

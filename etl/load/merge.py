@@ -48,6 +48,7 @@ def merge(load: Load, *, delete_missing: bool) -> LoadResult:
     with plan.locked(load) as lock_conn:
         load.ledger_id = ledger.start_run(lock_conn, dataset=load.live, run_id=load.run.id,
                                           manifest_sha256=digest, mode=load.mode)
+        ledger.record_drift(lock_conn, load.ledger_id, load.run.manifest)
         result.ledger_id = load.ledger_id
         try:
             start = time.perf_counter()

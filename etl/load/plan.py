@@ -117,6 +117,7 @@ def begin(load: Load, lock_conn: Any, digest: str) -> None:
     else:
         load.ledger_id = ledger.start_run(lock_conn, dataset=load.live, run_id=load.run.id,
                                           manifest_sha256=digest, mode=load.mode)
+        ledger.record_drift(lock_conn, load.ledger_id, load.run.manifest)
     load.build = f"{load.live}__b{load.ledger_id}"
     if load.steps and not schema_exists(lock_conn, load.build):
         log.warning("build schema %s is gone; starting this load over", load.build)

@@ -52,7 +52,7 @@ from etl.dataset import (
     unique,
 )
 from etl.errors import ConfigError
-from etl.spec.model import ColumnSpec, LevelSpec, Spec
+from etl.spec.model import ColumnSpec, LevelSpec, Spec, SpecFormatError
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,29 @@ def _ancestor_path(strip: tuple[str, ...]) -> pl.Expr:
     return ancestor_path(pl.col("_path"), *strip)
 
 
-def to_dataset(spec: Spec, *, root: Path | None = None) -> Dataset:
+def read_dataset(path: Path, *, home: Path | None = None) -> Dataset:
+    """The dataset the spec file ``path`` describes (:func:`to_dataset`), carrying the spec's text
+    so a run staged with it keeps it. ``home``: the folder whose ``sql/<name>/`` holds post-load
+    SQL (default: the spec file's own folder)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the spec {path}: {exc.strerror}", file=path,
+                          hint="give a spec file written by `etl init`, or a dataset name") from None
+    try:
+        spec = Spec.from_toml(text)
+    except SpecFormatError as exc:
+        raise ConfigError(f"spec {path}: {exc}", file=path,
+                          hint="see the README's 'Dataset specs' section for the format") from None
+    return to_dataset(spec, root=home or path.parent, file=path.resolve())
+
+
+def to_dataset(spec: Spec, *, root: Path | None = None, file: Path | None = None) -> Dataset:
     """The :class:`Dataset` that stages, checks, reshapes and loads exports ``spec`` describes.
 
     ``root``: the folder the spec was read from; its ``sql/<name>/`` folder, when there is one,
-    holds the post-load SQL (as the repository's ``sql/<name>/`` does for the built-ins)."""
+    holds the post-load SQL (as the repository's ``sql/<name>/`` does for the built-ins).
+    ``file``: the spec's file, recorded in the runs staged with it."""
     plans: dict[str, _Plan] = {}
     by_path: dict[tuple[str, str], str] = {}
     sources: list[Source] = []
@@ -179,6 +197,10 @@ def to_dataset(spec: Spec, *, root: Path | None = None) -> Dataset:
         tables=tuple(tables),
         rules=tuple(rules),
         sql_dir=sql_dir if sql_dir is not None and sql_dir.is_dir() else None,
+        spec_text=spec.to_toml(),
+        spec_file=file,
+        default_source=Path(spec.root) if spec.root else None,
+        drift={src.name: src.drift for src in spec.sources},
         notes={p.level.name: f"one row per record at {p.spec.path or 'the top'} of source "
                              f"{p.spec.table}" for p in plans.values()},
     )
@@ -259,7 +281,10 @@ def _rules(plan: _Plan) -> list[Rule]:
         if column is None:
             log.warning("level %s: rule %s on %s, a column it has not; left out", name, r.kind, r.column)
             continue
-        severity: Severity = "warning" if r.inferred else "error"
+        if r.severity == "off":
+            continue
+        severity: Severity = "warning" if r.severity == "warning" or (r.inferred and not r.severity) \
+            else "error"
         if r.kind == "required":
             if column not in naturals:
                 out.append(required(name, column, severity=severity))

@@ -39,6 +39,8 @@ class RuleSpec:
     column: str
     values: list[Any] = field(default_factory=list)
     inferred: bool = False
+    #: ``error``, ``warning`` or ``off``; empty: a warning when ``inferred``, else an error.
+    severity: str = ""
 
 
 @dataclass
@@ -92,6 +94,8 @@ class SourceSpec:
     patterns: list[str]
     files: int
     levels: list[LevelSpec] = field(default_factory=list)
+    #: What a later export's undeclared keys and types do (see :data:`DRIFT_POLICIES`).
+    drift: str = "keep"
 
 
 @dataclass
@@ -137,7 +141,9 @@ class Spec:
             out += ["", "", "[[sources]]", f"name = {_s(src.name)}",
                     f"kind = {_s(src.kind)}  # object: a record a file; array: records in a top-level "
                     "array; ndjson: a record a line",
-                    f"patterns = {_arr(src.patterns)}", f"files = {src.files}"]
+                    f"patterns = {_arr(src.patterns)}", f"files = {src.files}",
+                    f"drift = {_s(src.drift)}  # keys or types this spec does not know: keep (in extra, "
+                    "reported), evolve (new columns), freeze (stop)"]
             for lv in src.levels:
                 out += ["", "[[sources.levels]]",
                         f"# {lv.rows:,} rows" + (" (the records)" if lv.path == "" else f" from {lv.path}"),
@@ -157,33 +163,109 @@ class Spec:
                     if rule.values:
                         out.append(f"values = {_arr(rule.values)}")
                     out.append(f"inferred = {_v(rule.inferred)}")
+                    if rule.severity:
+                        out.append(f"severity = {_s(rule.severity)}")
         return "\n".join(out) + "\n"
 
     @classmethod
     def from_toml(cls, text: str) -> Spec:
-        """The spec ``text`` (as :meth:`to_toml` writes it) describes."""
-        doc = tomllib.loads(text)
+        """The spec ``text`` describes (as :meth:`to_toml` writes it, or written by hand: counts,
+        ``kind`` and ``key`` may be left out). Raises :class:`SpecFormatError` naming the entry
+        that is wrong."""
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecFormatError(f"not valid TOML: {exc}") from None
         return cls(
-            name=doc["name"],
-            root=doc["root"],
+            name=_req(doc, "name", str, "the spec"),
+            root=str(doc.get("root", ".")),
             warnings=list(doc.get("warnings", [])),
-            skipped=[SkippedFile(**sk) for sk in doc.get("skipped", [])],
-            sources=[
-                SourceSpec(
-                    name=src["name"], kind=src["kind"], patterns=list(src["patterns"]), files=src["files"],
-                    levels=[
-                        LevelSpec(
-                            path=lv["path"], table=lv["table"], rows=lv["rows"], parent=lv.get("parent"),
-                            key=KeySpec(**lv["key"]),
-                            columns=[ColumnSpec(**c) for c in lv.get("columns", [])],
-                            rules=[RuleSpec(**r) for r in lv.get("rules", [])],
-                        )
-                        for lv in src.get("levels", [])
-                    ],
-                )
-                for src in doc.get("sources", [])
-            ],
+            skipped=[SkippedFile(**_only(sk, SkippedFile, "[[skipped]]")) for sk in doc.get("skipped", [])],
+            sources=[_source(src, i) for i, src in enumerate(_list(doc, "sources", "the spec"))],
         )
+
+
+class SpecFormatError(ValueError):
+    """A spec file that cannot be read: the message names the entry."""
+
+
+#: A source's ``drift`` policy: ``keep`` undeclared keys in the row's ``extra`` and report them,
+#: ``evolve`` the spec (new columns, wider types), ``freeze`` (stop with the difference).
+DRIFT_POLICIES = ("keep", "evolve", "freeze")
+SEVERITIES = ("error", "warning", "off")
+
+
+def _req(doc: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in doc:
+        raise SpecFormatError(f"{where} has no {key!r}")
+    value = doc[key]
+    if not isinstance(value, kind):
+        raise SpecFormatError(f"{where}: {key} = {value!r} is not a {kind.__name__}")
+    return value
+
+
+def _list(doc: dict[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    value = doc.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise SpecFormatError(f"{where}: {key} must be an array of tables ([[{key}]])")
+    return value
+
+
+def _only(entry: dict[str, Any], cls: type, where: str) -> dict[str, Any]:
+    known = set(cls.__dataclass_fields__)  # type: ignore[attr-defined]
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise SpecFormatError(f"{where}: unknown entr{'y' if len(unknown) == 1 else 'ies'} "
+                              f"{', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return entry
+
+
+def _source(src: dict[str, Any], i: int) -> SourceSpec:
+    where = f"source {src.get('name', i + 1)!r}"
+    _only(src, SourceSpec, where)
+    drift = src.get("drift", "keep")
+    if drift not in DRIFT_POLICIES:
+        raise SpecFormatError(f"{where}: drift = {drift!r}; use one of {', '.join(DRIFT_POLICIES)}")
+    patterns = src.get("patterns", ["**/*.json"])
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return SourceSpec(
+        name=_req(src, "name", str, f"source {i + 1}"), kind=str(src.get("kind", "object")),
+        patterns=list(patterns), files=int(src.get("files", 0)), drift=drift,
+        levels=[_level(lv, where) for lv in _list(src, "levels", where)])
+
+
+def _level(lv: dict[str, Any], where: str) -> LevelSpec:
+    where = f"{where}, level {lv.get('table', lv.get('path', '?'))!r}"
+    _only(lv, LevelSpec, where)
+    key = lv.get("key", {"surrogate": True})
+    if not isinstance(key, dict):
+        raise SpecFormatError(f"{where}: key must be a table, e.g. {{columns = [\"id\"]}}")
+    _only(key, KeySpec, f"{where}, key")
+    rules = []
+    for r in _list(lv, "rules", where):
+        _only(r, RuleSpec, f"{where}, rule")
+        rule = RuleSpec(**r)
+        if rule.severity and rule.severity not in SEVERITIES:
+            raise SpecFormatError(f"{where}, rule {rule.kind} on {rule.column}: severity = "
+                                  f"{rule.severity!r}; use one of {', '.join(SEVERITIES)}")
+        rules.append(rule)
+    columns = []
+    for c in _list(lv, "columns", where):
+        cwhere = f"{where}, column {c.get('name', '?')!r}"
+        _only(c, ColumnSpec, cwhere)
+        name = _req(c, "name", str, cwhere)
+        _req(c, "type", str, cwhere)
+        col = ColumnSpec(**{"json": [name], **c})
+        if col.type not in TYPES:
+            raise SpecFormatError(f"{where}, column {col.name!r}: type = {col.type!r}; use one of "
+                                  f"{', '.join(TYPES)}")
+        if isinstance(col.json, str):
+            col.json = [col.json]
+        columns.append(col)
+    return LevelSpec(path=_req(lv, "path", str, where), table=_req(lv, "table", str, where),
+                     rows=int(lv.get("rows", 0)), parent=lv.get("parent"), key=KeySpec(**key),
+                     columns=columns, rules=rules)
 
 
 def _key(key: KeySpec) -> list[str]:

@@ -41,11 +41,12 @@ import pyarrow.compute as pc
 
 from etl.config import Settings
 from etl.dataset import Dataset, SideInput, Source
-from etl.errors import ConfigError, EtlError, InputError
+from etl.errors import ConfigError, DriftError, EtlError, InputError
 from etl.metrics import Phase, peak_rss_bytes, timed
 from etl.run import (
     MANIFEST,
     MANIFEST_FORMAT,
+    RUN_SPEC,
     ChunkWriter,
     Run,
     level_schema,
@@ -77,6 +78,9 @@ class StageResult:
     run: Run
     skipped: bool
     phase: Phase
+    #: The dataset the run was staged with: the one given, or for a spec dataset whose sources
+    #: evolve on drift, the evolved spec's (the later stages must be given this one).
+    dataset: Dataset | None = None
 
 
 # ------------------------------------------------------------------------------ the stage
@@ -556,7 +560,7 @@ def stage(
             run = open_run(previous)
             _check_strict(run.manifest, strict)
             phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
-            return StageResult(run, True, phase)
+            return StageResult(run, True, phase, _staged_with(dataset, run))
 
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
@@ -567,6 +571,19 @@ def stage(
                                    max_record_bytes=max_record_bytes, progress=progress,
                                    roots=_roots(sources, found))
             _check_strict(manifest, strict)
+            if dataset.spec_text is not None:
+                evolved = _drift(dataset, tmp, manifest, settings)
+                if evolved is not None:
+                    # Stage again with the evolved spec: the new keys get columns of their own.
+                    found_drift = manifest["drift"]
+                    dataset = evolved
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp.mkdir(parents=True)
+                    manifest = _stage_into(dataset, jobs, tmp, settings=settings,
+                                           max_record_bytes=max_record_bytes, progress=progress,
+                                           roots=_roots(sources, found))
+                    manifest["drift"] = found_drift
+                _keep_spec(dataset, tmp, manifest)
             final = root / manifest["run_id"]
             if (final / MANIFEST).is_file() and not force:
                 # Same content under other names or places than any earlier run listed.
@@ -574,7 +591,7 @@ def stage(
                 log.info("run %s already staged at %s; skipping", final.name, final)
                 run = open_run(final)
                 phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
-                return StageResult(run, True, phase)
+                return StageResult(run, True, phase, dataset)
             phase.rows = sum(e["rows"] for e in manifest["levels"].values())
             phase.seconds = time.perf_counter() - started
             phase.peak_rss = peak_rss_bytes()
@@ -587,7 +604,67 @@ def stage(
     log.info("staged %d rows from %d files into %s in %.2fs",
              phase.rows, len(jobs), final, phase.seconds)
     run = open_run(final)
-    return StageResult(run, False, phase)
+    return StageResult(run, False, phase, dataset)
+
+
+def _staged_with(dataset: Dataset, run: Run) -> Dataset:
+    """The dataset an earlier run of the same content was staged with: the evolved spec it keeps
+    when drift evolved it, else ``dataset``."""
+    kept = run.path / RUN_SPEC
+    if dataset.spec_text is None or not kept.is_file() or run.manifest["dataset_version"] == dataset.version:
+        return dataset
+    from etl.spec.dataset import read_dataset
+
+    return read_dataset(kept, home=dataset.sql_dir.parent.parent if dataset.sql_dir else None)
+
+
+def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Settings) -> Dataset | None:
+    """Check a spec dataset's staged levels for keys and types its spec does not declare, and apply
+    each source's policy: ``keep`` (recorded in the manifest's ``drift``, values kept in ``extra``),
+    ``freeze`` (:class:`DriftError`), ``evolve`` (the evolved dataset is returned: stage again)."""
+    from etl.spec.dataset import to_dataset
+    from etl.spec.drift import detect, evolve
+    from etl.spec.model import Spec
+
+    assert dataset.spec_text is not None
+    spec = Spec.from_toml(dataset.spec_text)
+    files = {name: [tmp / c["path"] for c in entry["chunks"]] for name, entry in manifest["levels"].items()}
+    fields = {name: {f.name: f.key for f in lvl.fields} for name, lvl in dataset.levels.items()}
+    found = detect(spec, files, fields, memory_limit=settings.memory_limit)
+    if not found:
+        return None
+    policy = {src.name: src.drift for src in spec.sources}
+    manifest["drift"] = [{**d.to_dict(), "policy": policy.get(d.source, "keep")} for d in found]
+    for d in found:
+        log.warning("drift (%s): %s", policy.get(d.source, "keep"), d.describe())
+    frozen = [d for d in found if policy.get(d.source) == "freeze"]
+    if frozen:
+        first = frozen[0]
+        more = f"; and {len(frozen) - 1} more: " + "; ".join(d.describe() for d in frozen[1:6]) \
+            if len(frozen) > 1 else ""
+        raise DriftError(
+            f"the export holds what the spec does not declare (drift = \"freeze\" for source "
+            f"{first.source}): {first.describe()}{more}", dataset=dataset.name, file=first.file,
+            record=first.record,
+            hint=f"update the spec (etl init --update {dataset.name} SOURCE...), or set drift = "
+                 f"\"keep\" or \"evolve\" for source {first.source}"
+                 + (f" in {dataset.spec_file}" if dataset.spec_file else ""))
+    evolving = [d for d in found if policy.get(d.source) == "evolve"]
+    if not evolving:
+        return None
+    evolved = evolve(spec, evolving)
+    return to_dataset(evolved, root=dataset.sql_dir.parent.parent if dataset.sql_dir else None,
+                      file=dataset.spec_file)
+
+
+def _keep_spec(dataset: Dataset, tmp: Path, manifest: dict[str, Any]) -> None:
+    """Keep the spec a spec dataset's run was staged with in the run, so the later stages and
+    ``etl rebuild`` read that very spec (the user's file may change or move)."""
+    assert dataset.spec_text is not None
+    data = dataset.spec_text.encode()
+    (tmp / RUN_SPEC).write_bytes(data)
+    manifest["spec"] = {"file": str(dataset.spec_file) if dataset.spec_file else None,
+                        "path": RUN_SPEC, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _check_strict(manifest: Mapping[str, Any], strict: bool) -> None:

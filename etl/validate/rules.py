@@ -29,8 +29,12 @@ def effective_rules(dataset: Dataset) -> tuple[Rule, ...]:
     in was accepted: rejecting a record rejects what it holds, so nothing is left pointing at
     a row that will not be loaded), then the dataset's own rules, then the built-in
     ``storable`` rules (:func:`etl.storable.storable_rules`)."""
-    types = tuple(Rule(f"{name}.types", name, "types") for name, level in dataset.levels.items()
-                  if level.fields)
+    # A spec dataset whose source keeps drift keeps a value of another type whole in the row's
+    # extra (and the stage reports it): the row is loaded, the types rule only warns.
+    types = tuple(Rule(f"{name}.types", name, "types",
+                       severity="warning" if dataset.drift.get(dataset.level_source(name).name) == "keep"
+                       else "error")
+                  for name, level in dataset.levels.items() if level.fields)
     parents = tuple(
         Rule(f"{name}.parent", name, "parent", (), "error", ref=(level.parent, level.path or ""),
              message=f"the {level.parent} record it sits in must be accepted (a rejected record "
