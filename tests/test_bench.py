@@ -117,3 +117,9 @@ def test_bench_copies_cli(mids_sample: Path, tmp_path: Path) -> None:
     assert spec["seconds"] > 0 and spec["peak_rss"] > 0
     assert spec["rows"] >= 2 * len(list((mids_sample / "db").rglob("*.json")))
     assert spec["sources"] >= 2 and spec["levels"] >= 3
+    # ... and the same export is run with that inferred spec, as if mids were not built in.
+    run = res["spec_run"]
+    assert [p["name"] for p in run["phases"]] == ["stage", "validate", "transform"]
+    assert run["phases"][1]["status"] == "passed"
+    assert run["phases"][2]["tables"]["powers"] == res["tables"]["powers"]
+    assert run["total_seconds"] > 0

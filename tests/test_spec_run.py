@@ -27,7 +27,7 @@ def _write(folder: Path, records: list[dict]) -> Path:
 
 
 def _v1(n: int = 6) -> list[dict]:
-    return [{"id": i, "count": i * 2, "Name": f"thing {i}",
+    return [{"id": i, "count": i * 2, "Name": f"thing {i}", "Size": {"w": i},
              "parts": [{"slot": j, "label": f"p{j}"} for j in range(i % 3)]} for i in range(n)]
 
 
@@ -37,6 +37,7 @@ def _v2() -> list[dict]:
     recs = _v1()
     recs[2]["Fresh Key"] = 1.5
     recs[3]["count"] = {"low": 1, "high": 9}
+    recs[4]["Size"]["h"] = 7  # inside an object the spec flattens into columns
     for rec in recs:
         for part in rec["parts"]:
             part["weight"] = "heavy"
@@ -117,9 +118,11 @@ def test_drift_keep_reports_and_loads_every_value(tmp_path: Path, pg_url: str) -
     summary = _invoke(["run", str(spec), str(v2), "--database-url", pg_url, "--json"], _env(tmp_path))
     found = {(d["level"], d["kind"], d["key"]): d for d in summary["drift"]}
     assert set(found) == {("records", "new_key", "Fresh Key"), ("records", "type", "count"),
-                          ("parts", "new_key", "weight")}
+                          ("parts", "new_key", "weight"), ("records", "new_key", "Size.h")}
+    assert found[("records", "new_key", "Size.h")]["seen"] == ["BIGINT"]
     fresh = found[("records", "new_key", "Fresh Key")]
-    assert (fresh["file"], fresh["record"], fresh["seen"], fresh["rows"]) == ("rec_002.json", 0, ["DOUBLE"], 1)
+    assert (fresh["file"], fresh["record"], fresh["seen"], fresh["rows"]) == \
+        ("rec_002.json", 0, ["DOUBLE"], 1)
     typed = found[("records", "type", "count")]
     assert (typed["declared"], typed["seen"], typed["file"]) == ("bigint", ["OBJECT"], "rec_003.json")
     assert found[("parts", "new_key", "weight")]["rows"] == 6
@@ -134,7 +137,7 @@ def test_drift_keep_reports_and_loads_every_value(tmp_path: Path, pg_url: str) -
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT detail FROM etl.load_steps WHERE step = 'drift'").fetchone()
     assert row is not None
-    assert {d["key"] for d in row[0]["findings"]} == {"Fresh Key", "count", "weight"}
+    assert {d["key"] for d in row[0]["findings"]} == {"Fresh Key", "count", "weight", "Size.h"}
     assert row[0]["evolved_spec_sha256"] is None
 
 
@@ -149,10 +152,12 @@ def test_drift_evolve_adds_columns_and_widens(tmp_path: Path, pg_url: str) -> No
     assert cols["fresh_key"].type == "double precision" and cols["fresh_key"].json == ["Fresh Key"]
     assert cols["count"].type == "jsonb"
     assert cols["weight"].type == "text"
+    assert cols["size_h"].type == "bigint" and cols["size_h"].json == ["Size", "h"]
     assert spec.read_text() == before  # the user's file is theirs; the run keeps the evolved copy
     assert _count(pg_url, "SELECT count(*) FROM things.records WHERE fresh_key = 1.5") == 1
     assert _count(pg_url, "SELECT count(*) FROM things.records WHERE count->>'high' = '9'") == 1
     assert _count(pg_url, "SELECT count(*) FROM things.parts WHERE weight = 'heavy'") == 6
+    assert _count(pg_url, "SELECT count(*) FROM things.records WHERE size_h = 7") == 1
     rec = _invoke(["reconcile", summary["run"], "--database-url", pg_url, "--json"], _env(tmp_path))
     assert rec["ok"]
     with psycopg.connect(pg_url) as conn:

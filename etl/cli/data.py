@@ -18,14 +18,23 @@ from etl.datasets import available, get_dataset
 
 @click.command("datasets")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def datasets_cmd(as_json: bool) -> None:
-    """List the datasets this toolkit knows (built-in and from plugins).
+@click.pass_context
+@handle_errors
+def datasets_cmd(ctx: click.Context, as_json: bool) -> None:
+    """List the datasets this toolkit knows: built-in, from plugins, and the specs in the
+    project's datasets folder ([tool.etl] datasets-dir, ETL_DATASETS_DIR; ./datasets).
 
     \b
     Example:
       etl datasets
     """
-    found = available()
+    from etl.datasets import resolve, spec_files
+
+    found = dict(available())
+    folder = ctx_settings(ctx).datasets_dir
+    for name, path in spec_files(folder).items():
+        if name not in found:
+            found[name] = resolve(path, datasets_dir=folder)
     if as_json:
         click.echo(json.dumps({name: {
             "version": ds.version, "description": ds.description,

@@ -33,7 +33,7 @@ from etl.spec.model import ColumnSpec, LevelSpec, Spec, widen
 log = logging.getLogger(__name__)
 
 #: DuckDB's ``json_type`` → the spec type that holds it (None: null, no type).
-_SPEC_TYPE = {"BIGINT": "bigint", "UBIGINT": "numeric", "DOUBLE": "double precision", "HUGEINT": "numeric",
+_SPEC_TYPE = {"BIGINT": "bigint", "UBIGINT": "bigint", "DOUBLE": "double precision", "HUGEINT": "numeric",
               "VARCHAR": "text", "BOOLEAN": "boolean", "OBJECT": "jsonb", "ARRAY": "jsonb", "NULL": None}
 #: At most this many findings are kept per level (a flood of new keys is one story).
 MAX_FINDINGS = 200
@@ -56,10 +56,13 @@ class Drift:
     rows: int
     file: str
     record: int
+    #: ``key`` as its path of JSON keys (one key, or more inside a flattened object).
+    path: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["seen"] = list(self.seen)
+        out["path"] = list(self.path)
         return out
 
     def describe(self) -> str:
@@ -91,6 +94,20 @@ def declared_keys(spec: Spec) -> dict[str, set[str]]:
     return out
 
 
+def _flattened(spec: Spec, level: str) -> dict[tuple[str, ...], set[str]]:
+    """The nested objects the level's columns flatten (key path → the keys the spec declares in
+    it)."""
+    out: dict[tuple[str, ...], set[str]] = {}
+    for src in spec.sources:
+        for lv in src.levels:
+            if lv.table != level:
+                continue
+            for col in lv.columns:
+                for depth in range(1, len(col.json)):
+                    out.setdefault(tuple(col.json[:depth]), set()).add(col.json[depth])
+    return out
+
+
 def _pointer(parts: Sequence[str]) -> str:
     """The key path ``parts`` as a JSON pointer (``/a~1b`` for the key ``a/b``), which quotes any
     key DuckDB's paths cannot."""
@@ -118,9 +135,16 @@ def detect(spec: Spec, levels: Mapping[str, Sequence[Path]], fields: Mapping[str
             keys = {r[0] for r in con.execute(
                 f"SELECT DISTINCT unnest(json_keys(_extra)) FROM {scan} WHERE _extra IS NOT NULL "
                 "AND json_type(_extra) = 'OBJECT'").fetchall()}
-            new = sorted(keys - declared[level])[:MAX_FINDINGS]
-            for key in new:
-                found.append(_finding(con, scan, source_of[level], level, "new_key", [key], None,
+            new = [[k] for k in sorted(keys - declared[level])]
+            # Inside the objects the spec flattens into columns (kept whole in _extra too).
+            for prefix, known in _flattened(spec, level).items():
+                pointer = _lit(_pointer(prefix))
+                inner = {r[0] for r in con.execute(
+                    f"SELECT DISTINCT unnest(json_keys(_extra, {pointer})) FROM {scan} WHERE "
+                    f"json_type(_extra, {pointer}) = 'OBJECT'").fetchall()}
+                new += [[*prefix, k] for k in sorted(inner - known)]
+            for parts in new[:MAX_FINDINGS]:
+                found.append(_finding(con, scan, source_of[level], level, "new_key", parts, None,
                                       "TRUE"))
             if "_type_errors" not in cols:
                 continue
@@ -147,9 +171,10 @@ def _finding(con: duckdb.DuckDBPyConnection, scan: str, source: str, level: str,
         f"SELECT count(*), min((_file, _record)), list(DISTINCT json_type({value})) "
         f"FROM {scan} WHERE {where} AND {value} IS NOT NULL").fetchone() or (0, None, [])
     file, record = (first["_file"], first["_record"]) if isinstance(first, dict) else (first or ("", 0))
-    seen = tuple(sorted(t for t in (types or []) if t and t != "NULL"))
+    # DuckDB names a non-negative integer UBIGINT: for a spec, an integer is an integer.
+    seen = tuple(sorted({"BIGINT" if t == "UBIGINT" else t for t in (types or []) if t and t != "NULL"}))
     return Drift(source, level, kind, ".".join(parts), declared, seen, int(rows or 0), str(file or ""),
-                 int(record or 0))
+                 int(record or 0), tuple(parts))
 
 
 def evolve(spec: Spec, drifts: Sequence[Drift]) -> Spec:
@@ -167,7 +192,8 @@ def evolve(spec: Spec, drifts: Sequence[Drift]) -> Spec:
             seen = widen(seen, _SPEC_TYPE.get(t, "jsonb"))
         if d.kind == "new_key":
             taken = {c.name for c in lv.columns}
-            lv.columns.append(ColumnSpec(pg_name([d.key], taken), [d.key], seen or "text",
+            path = list(d.path or (d.key,))
+            lv.columns.append(ColumnSpec(pg_name(path, taken), path, seen or "text",
                                          note=f"added by drift (evolve): first seen in {d.file} "
                                               f"record {d.record}"))
         else:

@@ -636,7 +636,7 @@ def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Sett
     policy = {src.name: src.drift for src in spec.sources}
     manifest["drift"] = [{**d.to_dict(), "policy": policy.get(d.source, "keep")} for d in found]
     for d in found:
-        log.warning("drift (%s): %s", policy.get(d.source, "keep"), d.describe())
+        log.info("drift (%s): %s", policy.get(d.source, "keep"), d.describe())
     frozen = [d for d in found if policy.get(d.source) == "freeze"]
     if frozen:
         first = frozen[0]
