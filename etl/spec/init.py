@@ -77,8 +77,8 @@ def merge(existing: Spec, fresh: Spec) -> tuple[Spec, list[str]]:
     for new_src in fresh.sources:
         src = next((s for s in out.sources if s.name == new_src.name or s.patterns == new_src.patterns), None)
         if src is None:
-            for lv in new_src.levels:
-                lv.table = _unique(lv.table, tables)
+            for added in new_src.levels:
+                added.table = _unique(added.table, tables)
             out.sources.append(new_src)
             changes.append(f"source {new_src.name}: new ({new_src.files:,} files, "
                            f"{len(new_src.levels)} levels)")
