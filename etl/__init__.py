@@ -18,7 +18,7 @@ from etl.dataset import Dataset
 from etl.datasets import available as available_datasets
 from etl.datasets import get_dataset
 from etl.errors import EtlError, InputError, TerminalError, TransientError
-from etl.run import Run, open_run
+from etl.run import Run, latest_run, open_run
 from etl.validate.errors import ValidationFailed
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "__version__",
     "available_datasets",
     "get_dataset",
+    "latest_run",
     "load_settings",
     "open_run",
 ]

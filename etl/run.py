@@ -391,6 +391,14 @@ class Run:
     path: Path
     manifest: Manifest
 
+    def __repr__(self) -> str:
+        m = self.manifest
+        rows = sum(int(e.get("rows", 0)) for e in (m.get("levels") or {}).values())
+        state = "transformed" if m.get("tables") else (
+            f"validated ({m['validation'].get('status')})" if m.get("validation") else "staged")
+        return (f"Run({self.id!r}, dataset={self.dataset_name!r}, {state}, "
+                f"{len(m.get('levels') or {})} levels, {rows:,} staged rows, path={str(self.path)!r})")
+
     def current(self) -> Run:
         """This run as it is on disk now (a later stage may have advanced it)."""
         return open_run(self.path)
@@ -634,6 +642,20 @@ def open_run(path: str | Path) -> Run:
         raise RunStateError(f"manifest format {manifest.get('format')} is not {MANIFEST_FORMAT}",
                             file=manifest_path, hint="stage the export again with this toolkit")
     return Run(root, Manifest(manifest))
+
+
+def latest_run(dataset: str, staging_dir: str | Path = "staging") -> Run:
+    """The run of ``dataset`` staged last under ``staging_dir`` (a notebook's way to the run an
+    ``etl run`` just made): :class:`RunStateError` naming the folder when there is none.
+
+    >>> run = latest_run("mids")   # doctest: +SKIP
+    """
+    folder = Path(staging_dir) / dataset
+    runs = [p for p in folder.glob(f"{dataset}-*") if (p / MANIFEST).is_file()] if folder.is_dir() else []
+    if not runs:
+        raise RunStateError(f"no staged run of {dataset} under {folder}", file=folder,
+                            hint=f"stage one with `etl run {dataset} SOURCE...` (or pass staging_dir)")
+    return open_run(max(runs, key=lambda p: ((p / MANIFEST).stat().st_mtime, p.name)))
 
 
 def lineage_columns() -> list[str]:

@@ -12,10 +12,11 @@ from ipykernel.kernelspec import install as install_kernelspec
 from nbclient import NotebookClient
 
 from etl.datasets.mids.gen import generate_mids
+from tests.conftest import SHARED, require_shared, transformed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "inspect_run.ipynb"
-REAL_SAMPLE = ROOT.parent / "shared" / "data" / "mids"
+REAL_SAMPLE = SHARED / "mids"
 
 
 @pytest.fixture
@@ -62,21 +63,43 @@ def errors(nb: nbformat.NotebookNode) -> list[dict]:
 
 
 def test_notebook_runs(kernel: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The real sample if it sits beside the repo, else a generated export.
+    # The real sample when ETL_SHARED_DATA names the data, else a generated export.
     monkeypatch.delenv("ETL_NOTEBOOK_DATA", raising=False)
+    monkeypatch.delenv("ETL_NOTEBOOK_RUN", raising=False)
+    if REAL_SAMPLE.is_dir():
+        monkeypatch.setenv("ETL_SHARED_DATA", str(REAL_SAMPLE.parent))
     nb = run_notebook(kernel)
     assert errors(nb) == []
     if REAL_SAMPLE.is_dir():
         assert printed_export(nb) == str(REAL_SAMPLE)
     assert tagged_output(nb, "report-status") == "'passed'"
+    assert tagged_output(nb, "run-repr").startswith("Run('mids-")
 
 
 def test_notebook_uses_etl_notebook_data(kernel: str, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     export = tmp_path / "export"
     generate_mids(export, powersets=5, seed=1)
+    monkeypatch.delenv("ETL_NOTEBOOK_RUN", raising=False)
     monkeypatch.setenv("ETL_NOTEBOOK_DATA", str(export))
     nb = run_notebook(kernel)
     assert errors(nb) == []
     assert printed_export(nb) == str(export)
     assert tagged_output(nb, "report-status") == "'passed'"
+
+
+def test_notebook_on_a_staged_run_of_the_real_full_export(kernel: str, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pointed at a run (ETL_NOTEBOOK_RUN), the notebook stages nothing and reads that run: here
+    the whole real MidsReborn export, every level and table."""
+    full = require_shared(SHARED / "mids_full")
+    run = transformed_run("mids", [full], tmp_path / "staging")
+    monkeypatch.setenv("ETL_NOTEBOOK_RUN", str(run.path))
+    nb = run_notebook(kernel)
+    assert errors(nb) == []
+    assert tagged_output(nb, "run-repr") == repr(run.current())
+    tables = tagged_output(nb, "table-rows")
+    assert "'powers': 9649" in tables and "'power_effects': 65293" in tables and "'powersets': 3568" in tables
+    assert tagged_output(nb, "report-status") == "'passed'"
+    assert not any("export:" in o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs if o.output_type == "stream")
