@@ -90,11 +90,13 @@ class Worker:
                 os.dup2(self._stderr.fileno(), 2)
                 _serve(theirs, target, setup)
             theirs.close()
+            # Whole before it is listed: a child another thread forks next closes the pipes of
+            # every listed worker, and must not find one without its pipe yet.
+            self.pid = pid
+            self.conn: Connection = mine
+            self.peak_rss = 0
+            self.closed = False
             _LIVE.append(self)
-        self.pid = pid
-        self.conn: Connection = mine
-        self.peak_rss = 0
-        self.closed = False
 
     def call(self, op: str, *args: Any, on_message: Callable[[str, Any], None] | None = None) -> Any:
         """``target.<op>(*args)`` in the child; its result, or its exception raised here."""

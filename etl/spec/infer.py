@@ -58,6 +58,9 @@ KEY_CANDIDATES = 16
 SIMILAR = 0.5
 #: Lines of an NDJSON file profiled together.
 NDJSON_BATCH = 2000
+#: One-object files are profiled this many records (or files of this many bytes) at a time.
+OBJECT_BATCH = 256
+OBJECT_BATCH_BYTES = 16 << 20
 
 _INT64 = (-(2**63), 2**63 - 1)
 _SCALAR_TYPE = {bool: "boolean", int: "bigint", float: "double precision", str: "text"}
@@ -377,6 +380,7 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
     prof = _Profiler()
     groups: list[_Source] = []
     skipped: list[SkippedFile] = []
+    pending: dict[int, list[Any]] = {}  # source → [source, records held, their files' bytes]
     for path in files:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         depth = rel.count("/")
@@ -407,8 +411,18 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
         rows = doc if isinstance(doc, list) else [doc]
         src.records += len(rows)
         if rows:
-            prof.level_batch(src.root, rows, None)
+            # One-object files are profiled a batch of files at a time (the profile's cost is
+            # per key and batch, so a record a call would spend it thousands of times over).
+            entry = pending.setdefault(id(src), [src, [], 0])
+            entry[1].extend(rows)
+            entry[2] += path.stat().st_size
+            if len(entry[1]) >= OBJECT_BATCH or entry[2] >= OBJECT_BATCH_BYTES:
+                prof.level_batch(src.root, entry[1], None)
+                entry[1], entry[2] = [], 0
         del doc, rows
+    for src, held, _ in pending.values():
+        if held:
+            prof.level_batch(src.root, held, None)
     spec = Spec(name=name, root=str(root), warnings=prof.warnings, skipped=skipped)
     all_rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in files]
     tables: set[str] = set()
