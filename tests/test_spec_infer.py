@@ -202,3 +202,78 @@ def test_reads_the_files_staging_reads(tmp_path: Path) -> None:
     kinds = sorted((s.kind, s.files, s.levels[0].rows) for s in spec.sources)
     assert kinds == [("array", 1, 2), ("ndjson", 1, 2)]
     assert all("hidden" not in c.json for s in spec.sources for lv in s.levels for c in lv.columns)
+
+
+def test_a_json_file_holding_ndjson_is_read_as_ndjson(tmp_path: Path) -> None:
+    (tmp_path / "lines.json").write_text('{"a": 1, "b": [{"c": 1}]}\n{"a": 2, "b": []}\n')
+    (tmp_path / "broken.json").write_text('{"a": 1}\n{"a": ')
+    spec = infer("lines", [tmp_path])
+    (src,) = spec.sources
+    assert (src.kind, src.patterns, [lv.rows for lv in src.levels]) == ("ndjson", ["lines.json"], [2, 1])
+    assert [(s.file, s.offset) for s in spec.skipped] == [("broken.json", 9)]
+
+
+def _one_object_files(folder: Path, records: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, rec in enumerate(records):
+        (folder / f"rec_{i:05d}.json").write_text(json.dumps(rec))
+
+
+def test_ragged_records_stay_one_source_with_the_common_keys_typed(tmp_path: Path) -> None:
+    """Every file has the same 120 keys and 30 of 1,000 rare ones: the source's keys grow with
+    every file, so a Jaccard with them falls; the records are still one source, whose table types
+    the keys most records have (at most MAX_COLUMNS) and leaves the rest to extra, as expected
+    keys (an open level: not drift)."""
+    import random
+
+    from etl.spec.infer import MAX_COLUMNS
+
+    rng = random.Random(7)
+    rare = [f"Rare{i}" for i in range(1000)]
+    _one_object_files(tmp_path / "recs", [
+        {"ID": i, **{f"Common{j}": j for j in range(120)}, **dict.fromkeys(rng.sample(rare, 30), 1),
+         "Parts": [{"N": n} for n in range(i % 3)]}
+        for i in range(600)])
+    (tmp_path / "index.json").write_text(json.dumps({"exported": "2026-11-29", "files": 600}))
+    spec = infer("ragged", [tmp_path])
+    assert sorted((s.name, s.files) for s in spec.sources) == [("index", 1), ("recs", 600)]
+    recs = _level(spec.source("recs"), "")
+    assert recs.open and len(recs.columns) == MAX_COLUMNS
+    typed = {tuple(c.json) for c in recs.columns}
+    assert {("ID",), *((f"Common{j}",) for j in range(120))} <= typed
+    assert recs.key.columns == ["id"]
+    assert _level(spec.source("recs"), "Parts[]").rows == sum(i % 3 for i in range(600))
+    assert not _level(spec.source("index"), "").open
+    _round_trip(spec)
+
+
+def test_a_folder_of_records_whose_keys_are_data_is_one_source(tmp_path: Path) -> None:
+    """Records drawing 20 of 5,000 keys each share only "id": file by file they look like 400
+    kinds of file; a folder that splits into more than MAX_SHAPES sources is one source."""
+    import random
+
+    rng = random.Random(3)
+    keys = [f"k{i}" for i in range(5000)]
+    _one_object_files(tmp_path / "recs", [
+        {"id": i, **{k: rng.randint(0, 9) for k in rng.sample(keys, 20)}} for i in range(400)])
+    (tmp_path / "index.json").write_text(json.dumps({"exported": "x"}))
+    spec = infer("keys_are_data", [tmp_path])
+    assert sorted((s.name, s.files) for s in spec.sources) == [("index", 1), ("recs", 400)]
+    recs = _level(spec.source("recs"), "")
+    assert recs.rows == 400 and recs.open and recs.key.columns == ["id"]
+    assert any("400 different sets of keys" in w for w in spec.warnings)
+
+
+def test_sources_split_while_streaming_merge_with_their_profiles(tmp_path: Path) -> None:
+    """Files alike only once all are seen are merged: rows, nulls, widened types, child levels and
+    key candidates (unique across both parts) all come out as one pass over one source would."""
+    recs = [{"a": 1, "b": 2}, {"c": 3, "d": 4}] + [
+        {"id": i, "a": i, "b": float(i), "c": i, "d": "x", "kids": [{"k": 1}]} for i in range(10)]
+    _one_object_files(tmp_path / "recs", recs)
+    spec = infer("merged", [tmp_path])
+    (src,) = spec.sources
+    root = _level(src, "")
+    assert src.files == 12 and root.rows == 12
+    assert _col(root, "b").type == "double precision" and _col(root, "d").type == "text"
+    assert _col(root, "a").nulls == 1 and _col(root, "id").nulls == 2
+    assert _level(src, "kids[]").rows == 10

@@ -122,6 +122,7 @@ def detect(spec: Spec, levels: Mapping[str, Sequence[Path]], fields: Mapping[str
     types = {lv.table: {".".join(c.json): c.type for c in lv.columns}
              for src in spec.sources for lv in src.levels}
     source_of = {lv.table: src.name for src in spec.sources for lv in src.levels}
+    open_levels = {lv.table for src in spec.sources for lv in src.levels if lv.open}
     found: list[Drift] = []
     con = duckdb.connect(config={"memory_limit": memory_limit, "threads": 2})
     try:
@@ -135,7 +136,7 @@ def detect(spec: Spec, levels: Mapping[str, Sequence[Path]], fields: Mapping[str
             keys = {r[0] for r in con.execute(
                 f"SELECT DISTINCT unnest(json_keys(_extra)) FROM {scan} WHERE _extra IS NOT NULL "
                 "AND json_type(_extra) = 'OBJECT'").fetchall()}
-            new = [[k] for k in sorted(keys - declared[level])]
+            new = [] if level in open_levels else [[k] for k in sorted(keys - declared[level])]
             # Inside the objects the spec flattens into columns (kept whole in _extra too).
             for prefix, known in _flattened(spec, level).items():
                 pointer = _lit(_pointer(prefix))

@@ -47,6 +47,11 @@ FLATTEN_DEPTH = 2
 MAX_LEVEL_DEPTH = 5
 #: An object position with more distinct keys than this is kept whole as jsonb (keys that are data).
 MAX_KEYS = 500
+#: A record level with more distinct keys than this (keys that are data) gets no columns: its
+#: records stay whole in ``extra``. Below it, the level keeps at most :data:`MAX_COLUMNS` columns,
+#: the keys most records have; the rest stay in ``extra`` too (PostgreSQL takes 1,600 columns).
+ROOT_MAX_KEYS = 20_000
+MAX_COLUMNS = 400
 #: A column with at most this many distinct values of its own type, present in at least
 #: ONE_OF_MIN_ROWS rows,
 #: gets a proposed ``one_of`` rule.
@@ -56,6 +61,10 @@ ONE_OF_MIN_ROWS = 50
 KEY_CANDIDATES = 16
 #: Files whose key sets share at least this much (Jaccard) with a source's keys join that source.
 SIMILAR = 0.5
+#: A file whose top-level keys are this much (or more) among a source's keys is of that source.
+CONTAINED = 0.8
+#: A folder whose files would make more sources than this is read as one source.
+MAX_SHAPES = 4
 #: Lines of an NDJSON file profiled together.
 NDJSON_BATCH = 2000
 #: One-object files are profiled this many records (or files of this many bytes) at a time.
@@ -149,6 +158,8 @@ class _Level:
     children: dict[tuple[str, ...], _Level] = field(default_factory=dict)
     unique: dict[str, set[int]] | None = None
     unique_in_parent: dict[str, None] | None = None
+    #: Keys the level's columns leave out are expected (kept in ``extra``, not drift).
+    open: bool = False
 
     def col(self, path: tuple[str, ...]) -> _Col:
         col = self.cols.get(path)
@@ -222,7 +233,7 @@ class _Profiler:
             return None
         keys = dict.fromkeys(chain.from_iterable(dicts))
         pos.update(keys)
-        if len(pos) > MAX_KEYS:
+        if len(pos) > (MAX_KEYS if prefix else ROOT_MAX_KEYS):
             self._explode(lv, prefix, len(pos))
             return None
         lv.positions[prefix] = pos
@@ -285,17 +296,19 @@ class _Profiler:
     def _explode(self, lv: _Level, prefix: tuple[str, ...], n: int) -> None:
         lv.positions[prefix] = None
         where = ".".join(prefix) or "(the record)"
-        self.warnings.append(f"level {lv.path or '(root)'!r}: {where} has more than {MAX_KEYS} distinct keys "
-                             f"({n} seen; keys that are data?): kept whole as jsonb")
+        limit = MAX_KEYS if prefix else ROOT_MAX_KEYS
+        what = "kept whole as jsonb" if prefix else "no columns: the records stay whole in extra"
+        self.warnings.append(f"level {lv.path or '(root)'!r}: {where} has more than {limit} distinct keys "
+                             f"({n} seen; keys that are data?): {what}")
         log.warning(self.warnings[-1])
         for path in [p for p in lv.cols if p[: len(prefix)] == prefix and len(p) > len(prefix)]:
             del lv.cols[path]
         for path in [p for p in lv.children if p[: len(prefix)] == prefix]:
             del lv.children[path]
-        col = lv.col(prefix) if prefix else lv.col(("doc",))
-        col.kinds.add("exploded")
-        if not prefix:
-            col.present = lv.rows
+        if prefix:
+            lv.col(prefix).kinds.add("exploded")
+        else:
+            lv.open = True
             lv.unique, lv.unique_in_parent = {}, {}
 
 
@@ -346,6 +359,27 @@ def _ndjson(path: Path) -> Iterator[list[Any]]:
         yield batch
 
 
+def _first_line_is_a_value(path: Path) -> bool:
+    """Whether the file's first line alone is a JSON object or array (so the file may be NDJSON)."""
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as fh:
+        line = fh.readline(64 << 20).strip()
+    try:
+        return isinstance(parse_record(line), dict | list) if line else False
+    except ValueError:
+        return False
+
+
+def _profile_ndjson(prof: _Profiler, groups: list[_Source], path: Path, rel: str, depth: int) -> None:
+    batches = _ndjson(path)
+    first = next(batches, [])
+    keys = set(chain.from_iterable(d for d in first if isinstance(d, dict)))
+    src = _group(groups, "ndjson", depth, keys)
+    src.files.append(rel)
+    for batch in chain([first], batches):
+        src.records += len(batch)
+        prof.level_batch(src.root, batch, None)
+
+
 class _BadJson(Exception):
     def __init__(self, offset: int, message: str) -> None:
         super().__init__(message)
@@ -386,16 +420,19 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
         depth = rel.count("/")
         try:
             if is_line_delimited(path.name):
-                batches = _ndjson(path)
-                first = next(batches, [])
-                kind, keys = "ndjson", set(chain.from_iterable(d for d in first if isinstance(d, dict)))
-                src = _group(groups, kind, depth, keys)
-                src.files.append(rel)
-                for batch in chain([first], batches):
-                    src.records += len(batch)
-                    prof.level_batch(src.root, batch, None)
+                _profile_ndjson(prof, groups, path, rel, depth)
                 continue
-            doc = _parse(path)
+            try:
+                doc = _parse(path)
+            except ValueError as first_error:
+                # A .json file may hold a record a line, as the stage reads it too.
+                if not _first_line_is_a_value(path):
+                    raise
+                try:
+                    _profile_ndjson(prof, groups, path, rel, depth)
+                except _BadJson:
+                    raise first_error from None
+                continue
         except (ValueError, _BadJson) as exc:
             offset = (exc.offset if isinstance(exc, _BadJson)
                       else getattr(exc, "pos", getattr(exc, "start", 0)))
@@ -423,23 +460,125 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
     for src, held, _ in pending.values():
         if held:
             prof.level_batch(src.root, held, None)
+    groups = _merge_groups(prof, groups)
     spec = Spec(name=name, root=str(root), warnings=prof.warnings, skipped=skipped)
     all_rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in files]
     tables: set[str] = set()
     names: set[str] = set()
     for src in groups:
-        spec.sources.append(_source_spec(src, all_rel, names, tables))
+        spec.sources.append(_source_spec(src, all_rel, names, tables, spec.warnings))
     return spec
 
 
+def _similar(a: set[str], b: set[str]) -> float:
+    """How alike two key sets are, for grouping: their Jaccard index, or for ragged records (a
+    source's keys grow with every file, so a file's Jaccard with them falls) how much of the
+    smaller set the larger holds, counted at :data:`CONTAINED` or more as :data:`SIMILAR`."""
+    small, large = (a, b) if len(a) <= len(b) else (b, a)
+    if small and len(small & large) / len(small) >= CONTAINED:
+        return 1.0
+    return _jaccard(a, b)
+
+
 def _group(groups: list[_Source], kind: str, depth: int, keys: set[str]) -> _Source:
+    """The source a file of ``kind`` at ``depth`` with top-level ``keys`` joins (the most alike), or
+    a new one."""
+    best: tuple[float, _Source] | None = None
     for src in groups:
-        if src.kind == kind and src.depth == depth and _jaccard(keys, src.keys) >= SIMILAR:
-            src.keys |= keys
-            return src
+        if src.kind == kind and src.depth == depth:
+            score = _similar(keys, src.keys)
+            if score >= SIMILAR and (best is None or score > best[0]):
+                best = (score, src)
+    if best is not None:
+        best[1].keys |= keys
+        return best[1]
     src = _Source(kind, depth, set(keys))
     groups.append(src)
     return src
+
+
+def _merge_groups(prof: _Profiler, groups: list[_Source]) -> list[_Source]:
+    """Sources the streaming pass split that turned out alike once each had seen all its files
+    (records with keys drawn from many, the first files sharing few of them) merged, profiles
+    and all; and a folder whose files split into more than :data:`MAX_SHAPES` sources is one
+    source (records whose keys are data, not a few kinds of file). Order: the first file's."""
+    def fold(a: _Source, b: _Source) -> None:
+        a.files += b.files
+        a.records += b.records
+        a.keys |= b.keys
+        _merge_level(prof, a.root, b.root)
+        groups.remove(b)
+
+    merged = True
+    while merged:
+        merged = False
+        for i, a in enumerate(groups):
+            b = next((b for b in groups[i + 1:] if a.kind == b.kind and a.depth == b.depth
+                      and _similar(a.keys, b.keys) >= SIMILAR), None)
+            if b is not None:
+                fold(a, b)
+                merged = True
+                break
+    by_folder: dict[tuple[str, str], list[_Source]] = {}
+    for src in groups:
+        for folder in dict.fromkeys(f.rpartition("/")[0] for f in src.files):
+            by_folder.setdefault((src.kind, folder), []).append(src)
+    for (_, folder), shapes in by_folder.items():
+        shapes = [s for s in shapes if s in groups]
+        if len(shapes) > MAX_SHAPES:
+            prof.warnings.append(f"the files of {folder or 'the root folder'} have {len(shapes)} "
+                                 "different sets of keys: read as one source")
+            for other in shapes[1:]:
+                fold(shapes[0], other)
+    return groups
+
+
+def _merge_level(prof: _Profiler, a: _Level, b: _Level) -> None:
+    """Fold the profile ``b`` (of other rows at the same place) into ``a``."""
+    rows_a = a.rows
+    a.rows += b.rows
+    a.open = a.open or b.open
+    for prefix, pb in b.positions.items():  # first: a place given up as jsonb takes no columns
+        pa = a.positions.get(prefix, {})
+        if pa is None:
+            continue
+        if pb is None:
+            prof._explode(a, prefix, len(pa))
+            continue
+        pa.update(pb)
+        a.positions[prefix] = pa
+        if len(pa) > (MAX_KEYS if prefix else ROOT_MAX_KEYS):
+            prof._explode(a, prefix, len(pa))
+    gone = [p for p, keys in a.positions.items() if keys is None]
+    for path, cb in b.cols.items():
+        if any(path[: len(g)] == g and len(path) > len(g) for g in gone):
+            continue
+        ca = a.col(path)
+        ca.kinds |= cb.kinds
+        ca.present += cb.present
+        ca.scalar = widen(ca.scalar, cb.scalar)
+        if ca.distinct is None or cb.distinct is None:
+            ca.distinct = None
+        else:
+            ca.distinct |= cb.distinct
+            if len(ca.distinct) > ONE_OF_MAX:
+                ca.distinct = None
+    # A key candidate stays one only if it was one on both sides, its values apart.
+    if rows_a == 0:
+        a.unique, a.unique_in_parent = b.unique, b.unique_in_parent
+    elif b.rows:
+        ua, ub = a.unique or {}, b.unique or {}
+        a.unique = {k: ua[k] | ub[k] for k in ua.keys() & ub.keys() if not ua[k] & ub[k]}
+        a.unique_in_parent = {k: None for k in (a.unique_in_parent or {}) if k in (b.unique_in_parent or {})}
+    for path, child in b.children.items():
+        if any(path[: len(g)] == g for g in gone):
+            continue
+        mine = a.children.get(path)
+        if mine is None:
+            child.parent = a
+            a.children[path] = child
+        else:
+            _merge_level(prof, mine, child)
 
 
 def _patterns(files: list[str], all_files: list[str]) -> list[str]:
@@ -479,19 +618,29 @@ def _source_name(src: _Source, names: set[str]) -> str:
     return pg_name([base or "records"], names)
 
 
-def _source_spec(src: _Source, all_files: list[str], names: set[str], tables: set[str]) -> SourceSpec:
+def _source_spec(src: _Source, all_files: list[str], names: set[str], tables: set[str],
+                 warnings: list[str]) -> SourceSpec:
     name = _source_name(src, names)
     levels: list[LevelSpec] = []
-    _level_specs(src.root, name, levels, tables)
+    _level_specs(src.root, name, levels, tables, warnings)
     return SourceSpec(name=name, kind=src.kind, patterns=_patterns(src.files, all_files),
                       files=len(src.files), levels=levels)
 
 
-def _level_specs(lv: _Level, name: str, out: list[LevelSpec], tables: set[str]) -> None:
+def _level_specs(lv: _Level, name: str, out: list[LevelSpec], tables: set[str], warnings: list[str]) -> None:
     """Finish ``lv`` (decide jsonb columns, drop child levels they absorb) and its children into
     ``out``, parents first."""
     table = pg_name([name] if lv.parent is None else list(lv.at), tables)
     cols = _finish(lv)
+    if len(cols) > MAX_COLUMNS:
+        # The keys most records have get columns; the rest stay in extra, which is expected.
+        keep = {id(c) for c, _, _ in sorted(cols, key=lambda d: -d[0].present)[:MAX_COLUMNS]}
+        warning = (f"level {lv.path or '(root)'!r}: {len(cols)} columns; the {MAX_COLUMNS} keys most "
+                   "records have are typed, the others stay in extra (the level is open)")
+        log.warning(warning)
+        warnings.append(warning)
+        cols = [d for d in cols if id(d[0]) in keep]
+        lv.open = True
     taken: set[str] = set()
     columns: list[ColumnSpec] = []
     by_path: dict[tuple[str, ...], str] = {}
@@ -501,9 +650,9 @@ def _level_specs(lv: _Level, name: str, out: list[LevelSpec], tables: set[str]) 
         columns.append(ColumnSpec(cname, list(col.path), typ, lv.rows - col.present, note))
     out.append(LevelSpec(path=lv.path, table=table, rows=lv.rows, key=_key(lv, by_path, cols),
                          parent=lv.parent.path if lv.parent is not None else None, columns=columns,
-                         rules=_rules(lv, cols, by_path)))
+                         rules=_rules(lv, cols, by_path), open=lv.open))
     for child in lv.children.values():
-        _level_specs(child, name, out, tables)
+        _level_specs(child, name, out, tables, warnings)
 
 
 def _finish(lv: _Level) -> list[tuple[_Col, str, str]]:

@@ -81,6 +81,9 @@ class LevelSpec:
     parent: str | None = None
     columns: list[ColumnSpec] = field(default_factory=list)
     rules: list[RuleSpec] = field(default_factory=list)
+    #: Keys the columns leave out are expected (keys that are data, or more keys than columns go):
+    #: kept in ``extra`` and not reported as drift.
+    open: bool = False
 
 
 @dataclass
@@ -151,6 +154,8 @@ class Spec:
                 if lv.parent is not None:
                     out.append(f"parent = {_s(lv.parent)}")
                 out += _key(lv.key)
+                if lv.open:
+                    out.append("open = true  # keys no column names are expected: kept in extra, not drift")
                 for col in lv.columns:
                     out += ["", "[[sources.levels.columns]]", _col_comment(col, lv.rows),
                             f"name = {_s(col.name)}", f"json = {_arr(col.json)}", f"type = {_s(col.type)}",
@@ -265,7 +270,7 @@ def _level(lv: dict[str, Any], where: str) -> LevelSpec:
         columns.append(col)
     return LevelSpec(path=_req(lv, "path", str, where), table=_req(lv, "table", str, where),
                      rows=int(lv.get("rows", 0)), parent=lv.get("parent"), key=KeySpec(**key),
-                     columns=columns, rules=rules)
+                     columns=columns, rules=rules, open=bool(lv.get("open", False)))
 
 
 def _key(key: KeySpec) -> list[str]:
