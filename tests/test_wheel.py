@@ -75,6 +75,9 @@ def test_wheel_holds_the_data_files(wheel: Path) -> None:
                 *(f"etl/_shipped/migrations/versions/{v}" for v in versions),
                 *(f"etl/_shipped/{s}" for s in sql)}
     assert expected <= names, sorted(expected - names)
+    # The built-in datasets' specs, package data beside their hooks.
+    specs = {str(p.relative_to(REPO)) for p in (REPO / "etl/datasets").glob("*/*.toml")}
+    assert "etl/datasets/mids/mids.toml" in specs and specs <= names, sorted(specs - names)
     assert "etl/stage/_extra.c" not in names
     if shutil.which((sysconfig.get_config_var("CC") or "cc").split()[0]):  # the extension is optional
         assert any(n.startswith("etl/stage/_extra.") and n.endswith((".so", ".pyd")) for n in names), \

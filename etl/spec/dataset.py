@@ -24,6 +24,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 import polars as pl
@@ -66,6 +67,13 @@ TYPES: dict[str, tuple[FieldType, str]] = {
     "double precision": ("DOUBLE", "double precision"),
     "numeric": ("VARCHAR", "text"),
     "jsonb": ("JSON", "jsonb"),
+    "integer": ("INTEGER", "integer"),
+    "json": ("JSON", "json"),
+    "text[]": ("VARCHAR[]", "text[]"),
+    "bigint[]": ("BIGINT[]", "bigint[]"),
+    "double precision[]": ("DOUBLE[]", "double precision[]"),
+    "text[][]": ("VARCHAR[][]", "text[][]"),
+    "bigint[][]": ("BIGINT[][]", "bigint[][]"),
 }
 #: The surrogate key column of a level whose spec has no natural key.
 SURROGATE = "row_key"
@@ -95,7 +103,7 @@ class _Plan:
 
 
 def _version(spec: Spec) -> str:
-    return "spec-" + hashlib.sha256(spec.to_toml().encode()).hexdigest()[:12]
+    return spec.version or "spec-" + hashlib.sha256(spec.to_toml().encode()).hexdigest()[:12]
 
 
 def _relpath(lv: LevelSpec) -> str | None:
@@ -142,7 +150,8 @@ def _ancestor_path(strip: tuple[str, ...]) -> pl.Expr:
     return ancestor_path(pl.col("_path"), *strip)
 
 
-def read_dataset(path: Path, *, home: Path | None = None) -> Dataset:
+def read_dataset(path: Path, *, home: Path | None = None,
+                 extend: Callable[[Dataset], Dataset] | None = None) -> Dataset:
     """The dataset the spec file ``path`` describes (:func:`to_dataset`), carrying the spec's text
     so a run staged with it keeps it. ``home``: the folder whose ``sql/<name>/`` holds post-load
     SQL (default: the spec file's own folder)."""
@@ -156,15 +165,20 @@ def read_dataset(path: Path, *, home: Path | None = None) -> Dataset:
     except SpecFormatError as exc:
         raise ConfigError(f"spec {path}: {exc}", file=path,
                           hint="see the README's 'Dataset specs' section for the format") from None
-    return to_dataset(spec, root=home or path.parent, file=path.resolve())
+    return to_dataset(spec, root=home or path.parent, file=path.resolve(), extend=extend)
 
 
-def to_dataset(spec: Spec, *, root: Path | None = None, file: Path | None = None) -> Dataset:
+def to_dataset(spec: Spec, *, root: Path | None = None, file: Path | None = None,
+               extend: Callable[[Dataset], Dataset] | None = None) -> Dataset:
     """The :class:`Dataset` that stages, checks, reshapes and loads exports ``spec`` describes.
 
     ``root``: the folder the spec was read from; its ``sql/<name>/`` folder, when there is one,
     holds the post-load SQL (as the repository's ``sql/<name>/`` does for the built-ins).
-    ``file``: the spec's file, recorded in the runs staged with it."""
+    ``file``: the spec's file, recorded in the runs staged with it. A spec with a ``hook`` (or
+    given ``extend``) declares the staged levels only: ``extend(dataset)`` (the hook module's)
+    adds the tables, the transform and whatever else the dataset has in code."""
+    if spec.hook or extend is not None:
+        return _hooked(spec, file, extend)
     plans: dict[str, _Plan] = {}
     by_path: dict[tuple[str, str], str] = {}
     sources: list[Source] = []
@@ -204,6 +218,47 @@ def to_dataset(spec: Spec, *, root: Path | None = None, file: Path | None = None
         notes={p.level.name: f"one row per record at {p.spec.path or 'the top'} of source "
                              f"{p.spec.table}" for p in plans.values()},
     )
+
+
+def _hooked(spec: Spec, file: Path | None, extend: Callable[[Dataset], Dataset] | None) -> Dataset:
+    """A spec's staged levels as they are declared (a level's name, its table, its parent and the
+    fields it inherits; no keys or tables of the spec's own), extended by its hook."""
+    if extend is None:
+        try:
+            extend = import_module(spec.hook).extend
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"spec {spec.name}: hook {spec.hook!r} cannot be used: {exc}",
+                              hint="name an importable module that defines extend(dataset)") from None
+    sources: list[Source] = []
+    names: set[str] = set()
+    for src in spec.sources:
+        by_path: dict[str, str] = {}
+        levels: list[Level] = []
+        for lv in src.levels:
+            name = lv.level or lv.table
+            if name in names:
+                raise ConfigError(f"spec {spec.name}: two levels are called {name!r}")
+            names.add(name)
+            for col in lv.columns:
+                if col.type not in TYPES:
+                    raise ConfigError(f"level {name}, column {col.name}: unknown type {col.type!r}")
+            parent = by_path.get(lv.parent) if lv.parent is not None else None
+            if lv.parent is not None and parent is None:
+                raise ConfigError(f"level {name}: parent {lv.parent!r} is no level of source {src.name}")
+            levels.append(Level(name, tuple(Field(c.name, ".".join(c.json), TYPES[c.type][0])
+                                            for c in lv.columns),
+                                path=_relpath(lv), parent=parent,
+                                inherit=tuple((a, b) for a, b in lv.inherit), table=lv.table or None,
+                                columns=tuple((a, b) for a, b in lv.into)))
+            by_path[lv.path] = name
+        sources.append(Source(src.name, tuple(src.patterns), tuple(levels), required=src.required,
+                              on_bad_file="quarantine" if src.on_bad_file == "quarantine" else "fail"))
+    base = Dataset(
+        name=spec.name, version=_version(spec), description=spec.description, sources=tuple(sources),
+        transform=lambda levels: dict(levels), tables=(), spec_text=spec.to_toml(), spec_file=file,
+        drift={src.name: src.drift for src in spec.sources},
+        default_source=Path(spec.root) if spec.root not in ("", ".") else None)
+    return extend(base)
 
 
 def _plan(lv: LevelSpec, parent: _Plan | None, rules: list[Rule]) -> _Plan:

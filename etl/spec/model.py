@@ -16,8 +16,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: The column types a spec names, narrowest first for the scalar ones (see :func:`widen`).
-SCALAR_TYPES = ("boolean", "bigint", "double precision", "numeric", "text")
-TYPES = (*SCALAR_TYPES, "jsonb")
+SCALAR_TYPES = ("boolean", "integer", "bigint", "double precision", "numeric", "text")
+#: Lists of values, as PostgreSQL arrays (a spec written by hand, or a built-in's; ``etl init``
+#: types lists as jsonb).
+ARRAY_TYPES = ("text[]", "bigint[]", "double precision[]", "text[][]", "bigint[][]")
+TYPES = (*SCALAR_TYPES, "jsonb", "json", *ARRAY_TYPES)
 
 
 def widen(a: str | None, b: str | None) -> str | None:
@@ -26,7 +29,9 @@ def widen(a: str | None, b: str | None) -> str | None:
         return b
     if b is None:
         return a
-    if a == "jsonb" or b == "jsonb":
+    if a == b:
+        return a
+    if a not in SCALAR_TYPES or b not in SCALAR_TYPES:
         return "jsonb"
     return SCALAR_TYPES[max(SCALAR_TYPES.index(a), SCALAR_TYPES.index(b))]
 
@@ -81,6 +86,13 @@ class LevelSpec:
     parent: str | None = None
     columns: list[ColumnSpec] = field(default_factory=list)
     rules: list[RuleSpec] = field(default_factory=list)
+    #: The staged level's name when it is not ``table`` (levels sharing a table, with a hook).
+    level: str = ""
+    #: Parent fields copied into each row: ``[[parent_column, name], ...]`` (with a hook).
+    inherit: list[list[str]] = field(default_factory=list)
+    #: Fields landing in another column than their own: ``[[field, column], ...]``, the column
+    #: being ``"value"`` or ``"fk->table.column"`` (with a hook; see ``Level.columns``).
+    into: list[list[str]] = field(default_factory=list)
     #: Keys the columns leave out are expected (keys that are data, or more keys than columns go):
     #: kept in ``extra`` and not reported as drift.
     open: bool = False
@@ -99,6 +111,10 @@ class SourceSpec:
     levels: list[LevelSpec] = field(default_factory=list)
     #: What a later export's undeclared keys and types do (see :data:`DRIFT_POLICIES`).
     drift: str = "keep"
+    #: Whether an export must have files of this source.
+    required: bool = True
+    #: ``fail`` or ``quarantine`` (a file that is not valid JSON is left out and listed).
+    on_bad_file: str = "fail"
 
 
 @dataclass
@@ -119,6 +135,13 @@ class Spec:
     sources: list[SourceSpec] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
+    #: A Python module whose ``extend(dataset)`` returns the dataset with what a spec does not
+    #: declare: its target tables and transform, rules in code, cleaning, post-load SQL... (the
+    #: built-ins are a spec and such a hook). Empty: the spec's own tables, a table a level.
+    hook: str = ""
+    #: The dataset's version (what changes staged output); empty: a hash of the spec.
+    version: str = ""
+    description: str = ""
 
     def source(self, name: str) -> SourceSpec:
         """The source called ``name`` (KeyError if there is none)."""
@@ -128,13 +151,21 @@ class Spec:
         raise KeyError(name)
 
     def to_toml(self) -> str:
-        """The spec as readable TOML, with comments saying what was inferred."""
+        """The spec as readable TOML, with comments saying what was inferred (a spec with a hook,
+        declared rather than inferred, gets no counts and no keys: its hook has the tables)."""
+        declared = bool(self.hook)
         out: list[str] = [
+            f"# Dataset spec for {self.name!r}: its sources and staged levels; the module {self.hook} adds "
+            "its tables, transform and rules." if declared else
             f"# Dataset spec for {self.name!r}, inferred by etl init: edit it, then load with it.",
             "# Rules marked inferred = true were proposed from the data; keep, change or delete them.",
             f"name = {_s(self.name)}",
             f"root = {_s(self.root)}",
         ]
+        if declared:
+            del out[1]
+        out += [f"{k} = {_s(v)}" for k, v in (("hook", self.hook), ("version", self.version),
+                                             ("description", self.description)) if v]
         out.append("warnings = [" + "".join(f"\n  {_s(w)}," for w in self.warnings) +
                    ("\n]" if self.warnings else "]"))
         for sk in self.skipped:
@@ -144,19 +175,40 @@ class Spec:
             out += ["", "", "[[sources]]", f"name = {_s(src.name)}",
                     f"kind = {_s(src.kind)}  # object: a record a file; array: records in a top-level "
                     "array; ndjson: a record a line",
-                    f"patterns = {_arr(src.patterns)}", f"files = {src.files}",
-                    f"drift = {_s(src.drift)}  # keys or types this spec does not know: keep (in extra, "
-                    "reported), evolve (new columns), freeze (stop)"]
+                    f"patterns = {_arr(src.patterns)}"]
+            if not declared:
+                out.append(f"files = {src.files}")
+            out.append(f"drift = {_s(src.drift)}  # keys or types this spec does not know: keep (in extra, "
+                       "reported), evolve (new columns), freeze (stop), off (type errors reject rows)")
+            if not src.required:
+                out.append("required = false")
+            if src.on_bad_file != "fail":
+                out.append(f"on_bad_file = {_s(src.on_bad_file)}")
             for lv in src.levels:
-                out += ["", "[[sources.levels]]",
-                        f"# {lv.rows:,} rows" + (" (the records)" if lv.path == "" else f" from {lv.path}"),
-                        f"path = {_s(lv.path)}", f"table = {_s(lv.table)}", f"rows = {lv.rows}"]
+                out += ["", "[[sources.levels]]"]
+                if not declared:
+                    where = " (the records)" if lv.path == "" else f" from {lv.path}"
+                    out.append(f"# {lv.rows:,} rows{where}")
+                out += [f"path = {_s(lv.path)}", f"table = {_s(lv.table)}"]
+                if not declared:
+                    out.append(f"rows = {lv.rows}")
                 if lv.parent is not None:
                     out.append(f"parent = {_s(lv.parent)}")
-                out += _key(lv.key)
+                if lv.level:
+                    out.append(f"level = {_s(lv.level)}")
+                if lv.inherit:
+                    out.append("inherit = [" + ", ".join(_arr(i) for i in lv.inherit) + "]")
+                if lv.into:
+                    out.append("into = [" + ", ".join(_arr(i) for i in lv.into) + "]")
+                if not declared:
+                    out += _key(lv.key)
                 if lv.open:
                     out.append("open = true  # keys no column names are expected: kept in extra, not drift")
                 for col in lv.columns:
+                    if declared:
+                        out += ["", "[[sources.levels.columns]]", f"name = {_s(col.name)}",
+                                f"json = {_arr(col.json)}", f"type = {_s(col.type)}"]
+                        continue
                     out += ["", "[[sources.levels.columns]]", _col_comment(col, lv.rows),
                             f"name = {_s(col.name)}", f"json = {_arr(col.json)}", f"type = {_s(col.type)}",
                             f"nulls = {col.nulls}"]
@@ -184,6 +236,8 @@ class Spec:
         return cls(
             name=_req(doc, "name", str, "the spec"),
             root=str(doc.get("root", ".")),
+            hook=str(doc.get("hook", "")), version=str(doc.get("version", "")),
+            description=str(doc.get("description", "")),
             warnings=list(doc.get("warnings", [])),
             skipped=[SkippedFile(**_only(sk, SkippedFile, "[[skipped]]")) for sk in doc.get("skipped", [])],
             sources=[_source(src, i) for i, src in enumerate(_list(doc, "sources", "the spec"))],
@@ -195,8 +249,10 @@ class SpecFormatError(ValueError):
 
 
 #: A source's ``drift`` policy: ``keep`` undeclared keys in the row's ``extra`` and report them,
-#: ``evolve`` the spec (new columns, wider types), ``freeze`` (stop with the difference).
-DRIFT_POLICIES = ("keep", "evolve", "freeze")
+#: ``evolve`` the spec (new columns, wider types), ``freeze`` (stop with the difference), ``off``
+#: (not looked for: undeclared keys are kept in ``extra`` unreported and a value of another type
+#: is a type error the ``types`` rule rejects, as the built-in datasets do).
+DRIFT_POLICIES = ("keep", "evolve", "freeze", "off")
 SEVERITIES = ("error", "warning", "off")
 
 
@@ -237,6 +293,7 @@ def _source(src: dict[str, Any], i: int) -> SourceSpec:
     return SourceSpec(
         name=_req(src, "name", str, f"source {i + 1}"), kind=str(src.get("kind", "object")),
         patterns=list(patterns), files=int(src.get("files", 0)), drift=drift,
+        required=bool(src.get("required", True)), on_bad_file=str(src.get("on_bad_file", "fail")),
         levels=[_level(lv, where) for lv in _list(src, "levels", where)])
 
 
@@ -270,7 +327,9 @@ def _level(lv: dict[str, Any], where: str) -> LevelSpec:
         columns.append(col)
     return LevelSpec(path=_req(lv, "path", str, where), table=_req(lv, "table", str, where),
                      rows=int(lv.get("rows", 0)), parent=lv.get("parent"), key=KeySpec(**key),
-                     columns=columns, rules=rules, open=bool(lv.get("open", False)))
+                     columns=columns, rules=rules, open=bool(lv.get("open", False)),
+                     level=str(lv.get("level", "")), inherit=[list(i) for i in lv.get("inherit", [])],
+                     into=[list(i) for i in lv.get("into", [])])
 
 
 def _key(key: KeySpec) -> list[str]:

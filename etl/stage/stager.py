@@ -628,12 +628,17 @@ def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Sett
 
     assert dataset.spec_text is not None
     spec = Spec.from_toml(dataset.spec_text)
-    files = {name: [tmp / c["path"] for c in entry["chunks"]] for name, entry in manifest["levels"].items()}
+    policy = {src.name: src.drift for src in spec.sources}
+    watched = {lvl.name for src in dataset.sources if policy.get(src.name, "keep") != "off"
+               for lvl in src.levels}
+    if not watched:
+        return None
+    files = {name: [tmp / c["path"] for c in entry["chunks"]] for name, entry in manifest["levels"].items()
+             if name in watched}
     fields = {name: {f.name: f.key for f in lvl.fields} for name, lvl in dataset.levels.items()}
     found = detect(spec, files, fields, memory_limit=settings.memory_limit)
     if not found:
         return None
-    policy = {src.name: src.drift for src in spec.sources}
     manifest["drift"] = [{**d.to_dict(), "policy": policy.get(d.source, "keep")} for d in found]
     for d in found:
         log.info("drift (%s): %s", policy.get(d.source, "keep"), d.describe())

@@ -27,19 +27,17 @@ Order inside lists (stats, criteria, spells) is kept as ``position`` columns.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
 
 from etl.dataset import (
-    ELEMENT,
     Column,
     Dataset,
-    Field,
     ForeignKey,
-    Level,
-    Source,
     Table,
     carried,
     check,
@@ -50,6 +48,7 @@ from etl.dataset import (
 )
 from etl.datasets.aodb.gen import BENCH, GENERATOR
 from etl.shipped import shipped
+from etl.spec.dataset import read_dataset
 
 VERSION = "3"
 
@@ -64,72 +63,9 @@ MAX_STAT = 65_535
 MAX_OPERATOR = 255
 
 # ------------------------------------------------------------------------------ staged levels
-
-ITEMS = Level(
-    "items",
-    table="items",
-    fields=(
-        Field("aoid", "AOID", "BIGINT"),
-        Field("db_type", "DBType", "BIGINT"),
-        Field("version", "Version", "BIGINT"),
-        Field("name", "Name"),
-        Field("description", "Description"),
-        Field("animation_stat", "AnimationMesh.Animation.Stat", "INTEGER"),
-        Field("animation_value", "AnimationMesh.Animation.RawValue", "BIGINT"),
-        Field("mesh_stat", "AnimationMesh.Mesh.Stat", "INTEGER"),
-        Field("mesh_value", "AnimationMesh.Mesh.RawValue", "BIGINT"),
-        Field("shop_hash", "ShopHashData", "JSON"),
-    ),
-)
-
-_ITEM_KEY = (("aoid", "aoid"),)
-_STAT_FIELDS = (Field("stat", "Stat", "INTEGER"), Field("raw_value", "RawValue", "BIGINT"))
-_CRITERION_FIELDS = (Field("value1", "Value1", "BIGINT"), Field("value2", "Value2", "BIGINT"),
-                     Field("operator", "Operator", "INTEGER"))
-
-# Values deduplicated into a lookup table are typed there: each row points at them.
-_VIA_STAT = (("stat", "stat_value_id->stat_values.stat"),
-             ("raw_value", "stat_value_id->stat_values.value"))
-_VIA_CRITERION = tuple((c, f"criterion_id->criteria.{c}") for c in ("value1", "value2", "operator"))
-
-STAT_VALUES = Level("stat_values", path="StatValues", parent="items", inherit=_ITEM_KEY,
-                    fields=_STAT_FIELDS, table="item_stats", columns=_VIA_STAT)
-ATTACKS = Level("attacks", path="AttackDefenseData.Attack", parent="items", inherit=_ITEM_KEY,
-                fields=_STAT_FIELDS, table="attack_defense", columns=(("raw_value", "value"),))
-DEFENSES = Level("defenses", path="AttackDefenseData.Defense", parent="items", inherit=_ITEM_KEY,
-                 fields=_STAT_FIELDS, table="attack_defense", columns=(("raw_value", "value"),))
-ACTIONS = Level("actions", path="ActionData.Actions", parent="items", inherit=_ITEM_KEY,
-                fields=(Field("action", "Action", "INTEGER"),), table="actions")
-ACTION_CRITERIA = Level("action_criteria", path="Criteria", parent="actions", inherit=_ITEM_KEY,
-                        fields=_CRITERION_FIELDS, table="action_criteria", columns=_VIA_CRITERION)
-SPELL_DATA = Level("spell_data", path="SpellData", parent="items", inherit=_ITEM_KEY,
-                   fields=(Field("event", "Event", "INTEGER"),), table="spell_data")
-SPELLS = Level(
-    "spells",
-    table="spells",
-    path="Items",
-    parent="spell_data",
-    inherit=_ITEM_KEY,
-    fields=(
-        Field("spell_id", "SpellID", "BIGINT"),
-        Field("target", "Target", "INTEGER"),
-        Field("tick_count", "TickCount", "INTEGER"),
-        Field("tick_interval", "TickInterval", "BIGINT"),
-        Field("spell_format", "SpellFormat"),
-        # Parameters: text here, typed (NULL when not a number) by the transform, so an odd
-        # value rejects nothing; params keeps it as it was.
-        Field("stat", "Stat"),
-        Field("amount", "Amount"),
-        Field("params", ELEMENT, "JSON"),
-    ),
-)
-SPELL_CRITERIA = Level("spell_criteria", path="Criteria", parent="spells", inherit=_ITEM_KEY,
-                       fields=_CRITERION_FIELDS, table="spell_criteria", columns=_VIA_CRITERION)
-
-SOURCES = (
-    Source("items", ("*",), (ITEMS, STAT_VALUES, ATTACKS, DEFENSES, ACTIONS, ACTION_CRITERIA,
-                             SPELL_DATA, SPELLS, SPELL_CRITERIA)),
-)
+# The sources and the levels staged from them (which JSON keys become which typed fields) are
+# declared in aodb.toml beside this module, a dataset spec like those `etl init` writes; this
+# module is its hook (`extend`): what a spec does not declare.
 
 # ------------------------------------------------------------------------------ checks
 
@@ -401,26 +337,28 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     }
 
 
-DATASET = Dataset(
-    name="aodb",
-    version=VERSION,
-    description="Anarchy Online items and nanos: stats, actions and criteria, spells with their "
-                "parameters, attack/defense, animation mesh, shop hashes",
-    sources=SOURCES,
-    transform=transform,
-    tables=TABLES,
-    rules=RULES,
-    sql_dir=shipped("sql") / "aodb",
-    notes={
-        "items": "one per array element (AOID unique)",
-        "stat_values": "distinct (Stat, RawValue) pairs of StatValues[]",
-        "item_stats": "StatValues[] entries",
-        "criteria": "distinct (Value1, Value2, Operator) of action and spell criteria",
-        "action_criteria": "ActionData.Actions[].Criteria[] entries",
-        "spells": "SpellData[].Items[] (params: the spell less Criteria, as jsonb)",
-        "spell_criteria": "SpellData[].Items[].Criteria[] entries",
-        "attack_defense": "AttackDefenseData.Attack[] and .Defense[] entries",
-    },
-    generator=GENERATOR,
-    bench=BENCH,
-)
+def extend(base: Dataset) -> Dataset:
+    """The dataset aodb.toml declares, with what a spec does not: rules, cleaning, tables,
+    transform and the rest."""
+    return replace(
+        base,
+        transform=transform,
+        tables=TABLES,
+        rules=RULES,
+        sql_dir=shipped("sql") / "aodb",
+        notes={
+            "items": "one per array element (AOID unique)",
+            "stat_values": "distinct (Stat, RawValue) pairs of StatValues[]",
+            "item_stats": "StatValues[] entries",
+            "criteria": "distinct (Value1, Value2, Operator) of action and spell criteria",
+            "action_criteria": "ActionData.Actions[].Criteria[] entries",
+            "spells": "SpellData[].Items[] (params: the spell less Criteria, as jsonb)",
+            "spell_criteria": "SpellData[].Items[].Criteria[] entries",
+            "attack_defense": "AttackDefenseData.Attack[] and .Defense[] entries",
+        },
+        generator=GENERATOR,
+        bench=BENCH,
+    )
+
+
+DATASET = read_dataset(Path(__file__).with_name("aodb.toml"), extend=extend)

@@ -42,30 +42,28 @@ import struct
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from etl.dataset import (
-    ELEMENT,
     PATCH,
     XREF,
     Clean,
     Column,
     Dataset,
-    Field,
     ForeignKey,
-    Level,
     SideFiles,
     SideInput,
-    Source,
     Table,
     carried,
     check,
     required,
 )
 from etl.datasets.licenses.gen import BENCH, GENERATOR
+from etl.spec.dataset import read_dataset
 from etl.storable import TIMESTAMP_MIN_US
 
 log = logging.getLogger(__name__)
@@ -84,50 +82,9 @@ TIMESTAMP_FORMATS = ("%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # ------------------------------------------------------------------------------ staged levels
-
-SEARCHES = Level("searches", table="search_files", fields=(
-    Field("search_name", "metadata.pharmacy_name"),
-    Field("state", "metadata.state"),
-    Field("search_timestamp", "metadata.search_timestamp"),
-    Field("source_image_file", "metadata.source_image_file"),
-    Field("result_type", "metadata.search_result_type"),
-    Field("result_status", "search_result.result_status"),
-    Field("search_query", "search_result.search_query"),
-    Field("raw", ELEMENT, "JSON"),
-))
-_SEARCH_KEY = (("search_name", "search_name"), ("state", "state"),
-               ("search_timestamp", "search_timestamp"))
-LICENSES = Level("licenses", path="search_result.licenses", parent="searches", inherit=_SEARCH_KEY,
-                 table="search_results", fields=(
-                     Field("license_number", "license_number"),
-                     Field("license_status", "license_status"),
-                     Field("license_type", "license_type"),
-                     Field("issue_date", "issue_date"),
-                     Field("expiration_date", "expiration_date"),
-                     Field("licensee", "pharmacy_name"),
-                     Field("street", "address.street"),
-                     Field("suite", "address.suite"),
-                     Field("city", "address.city"),
-                     Field("address_state", "address.state"),
-                     Field("zip_code", "address.zip_code"),
-                 ))
-#: One row per result file (``_file``): its screenshot, if one was found. Filled by
-#: :func:`stage_images`, not read from JSON (the keys are the hook's column names).
-IMAGES = Level("images", fields=(
-    Field("sha256", "sha256"),
-    Field("size", "size", "BIGINT"),
-    Field("width", "width", "INTEGER"),
-    Field("height", "height", "INTEGER"),
-    Field("stored_path", "stored_path"),
-    Field("image_file", "image_file"),
-    Field("found_by", "found_by"),
-    Field("refused", "refused"),
-))
-
-SOURCES = (
-    Source("results", ("*_parse.json",), (SEARCHES, LICENSES), on_bad_file="quarantine"),
-    Source("screenshots", (), (IMAGES,), required=False),
-)
+# The sources and the levels staged from them (which JSON keys become which typed fields) are
+# declared in licenses.toml beside this module, a dataset spec like those `etl init` writes; this
+# module is its hook (`extend`): what a spec does not declare.
 
 # ------------------------------------------------------------------------------ screenshots
 
@@ -412,24 +369,26 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
             "search_files": search_files}
 
 
-DATASET = Dataset(
-    name="licenses",
-    version=VERSION,
-    description="Pharmacy license search results (one file per search, with screenshots): "
-                "searches and their licenses, cleaned and deduplicated; screenshots by hash",
-    sources=SOURCES,
-    transform=transform,
-    tables=TABLES,
-    rules=RULES,
-    cleaning=CLEANING,
-    side_files=SIDE_FILES,
-    tag_columns={"datasets": "tag", "search_results": "dataset", "search_files": "dataset"},
-    notes={
-        "datasets": "one row per import tag (default, or etl load --tag)",
-        "images": "distinct screenshots by sha256 (stored once under staging/licenses/_store)",
-        "search_results": "search_result.licenses[] entries, plus one row per search without a "
-                          "license; the newest search wins per (state, search name, license)",
-    },
-    generator=GENERATOR,
-    bench=BENCH,
-)
+def extend(base: Dataset) -> Dataset:
+    """The dataset licenses.toml declares, with what a spec does not: rules, cleaning, tables,
+    transform and the rest."""
+    return replace(
+        base,
+        transform=transform,
+        tables=TABLES,
+        rules=RULES,
+        cleaning=CLEANING,
+        side_files=SIDE_FILES,
+        tag_columns={"datasets": "tag", "search_results": "dataset", "search_files": "dataset"},
+        notes={
+            "datasets": "one row per import tag (default, or etl load --tag)",
+            "images": "distinct screenshots by sha256 (stored once under staging/licenses/_store)",
+            "search_results": "search_result.licenses[] entries, plus one row per search without a "
+                              "license; the newest search wins per (state, search name, license)",
+        },
+        generator=GENERATOR,
+        bench=BENCH,
+    )
+
+
+DATASET = read_dataset(Path(__file__).with_name("licenses.toml"), extend=extend)

@@ -13,6 +13,8 @@ export always gets the same ids whatever the file order.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
 
 import polars as pl
 
@@ -20,11 +22,8 @@ from etl.dataset import (
     Clean,
     Column,
     Dataset,
-    Field,
     ForeignKey,
-    Level,
     Rule,
-    Source,
     Table,
     check,
     in_range,
@@ -36,208 +35,16 @@ from etl.dataset import (
 from etl.datasets.mids.gen import BENCH, GENERATOR
 from etl.datasets.mids.queries import reads
 from etl.shipped import shipped
-
-VERSION = "2"
+from etl.spec.dataset import read_dataset
 
 # ------------------------------------------------------------------------------ staged levels
+# The sources and the levels staged from them (which JSON keys become which typed fields) are
+# declared in mids.toml beside this module, a dataset spec like those `etl init` writes; this
+# module is its hook (`extend`): the rules, cleaning, target tables and transform.
 
-ARCHETYPES = Level(
-    "archetypes",
-    table="archetypes",
-    path="Archetypes",
-    fields=(
-        Field("class_name", "ClassName"),
-        Field("display_name", "DisplayName"),
-        Field("class_type", "ClassType", "INTEGER"),
-        Field("hitpoints", "Hitpoints", "BIGINT"),
-        Field("hp_cap", "HPCap", "DOUBLE"),
-        Field("res_cap", "ResCap", "DOUBLE"),
-        Field("damage_cap", "DamageCap", "DOUBLE"),
-        Field("recharge_cap", "RechargeCap", "DOUBLE"),
-        Field("regen_cap", "RegenCap", "DOUBLE"),
-        Field("recovery_cap", "RecoveryCap", "DOUBLE"),
-        Field("perception_cap", "PerceptionCap", "DOUBLE"),
-        Field("base_recovery", "BaseRecovery", "DOUBLE"),
-        Field("base_regen", "BaseRegen", "DOUBLE"),
-        Field("base_threat", "BaseThreat", "DOUBLE"),
-        Field("primary_group", "PrimaryGroup"),
-        Field("secondary_group", "SecondaryGroup"),
-        Field("epic_group", "EpicGroup"),
-        Field("playable", "Playable", "BOOLEAN"),
-        Field("hero", "Hero", "BOOLEAN"),
-        Field("desc_short", "DescShort"),
-        Field("desc_long", "DescLong"),
-        Field("origins", "Origin", "VARCHAR[]"),
-    ),
-)
-
-POWERSETS = Level(
-    "powersets",
-    table="powersets",
-    fields=(
-        Field("full_name", "FullName"),
-        Field("set_name", "SetName"),
-        Field("display_name", "DisplayName"),
-        Field("group_name", "GroupName"),
-        Field("set_type", "SetType", "INTEGER"),
-        Field("at_class", "ATClass"),
-        Field("n_archetype", "nArchetype", "INTEGER"),
-        Field("n_id", "nID", "BIGINT"),
-        Field("sub_name", "SubName"),
-        Field("image_name", "ImageName"),
-        Field("description", "Description"),
-    ),
-)
-
-POWERS = Level(
-    "powers",
-    table="powers",
-    path="Powers",
-    parent="powersets",
-    inherit=(("full_name", "powerset_full_name"),),
-    fields=(
-        Field("full_name", "FullName"),
-        Field("power_name", "PowerName"),
-        Field("display_name", "DisplayName"),
-        Field("full_set_name", "FullSetName"),
-        Field("level", "Level", "INTEGER"),
-        Field("power_type", "PowerType", "INTEGER"),
-        Field("accuracy", "Accuracy", "DOUBLE"),
-        Field("end_cost", "EndCost", "DOUBLE"),
-        Field("recharge_time", "RechargeTime", "DOUBLE"),
-        Field("cast_time", "CastTime", "DOUBLE"),
-        Field("range", "Range", "DOUBLE"),
-        Field("radius", "Radius", "DOUBLE"),
-        Field("arc", "Arc", "INTEGER"),
-        Field("max_targets", "MaxTargets", "INTEGER"),
-        Field("target", "Target", "INTEGER"),
-        Field("effect_area", "EffectArea", "INTEGER"),
-        Field("max_boosts", "MaxBoosts"),
-        Field("toggle_cost", "ToggleCost", "DOUBLE"),
-        Field("static_index", "StaticIndex", "BIGINT"),
-        Field("desc_short", "DescShort"),
-        Field("desc_long", "DescLong"),
-        Field("boosts_allowed", "BoostsAllowed", "VARCHAR[]"),
-        Field("enhancements", "Enhancements", "BIGINT[]"),
-        Field("set_types", "SetTypes", "BIGINT[]"),
-        Field("requires_class", "Requires.ClassName", "VARCHAR[]"),
-        Field("requires_class_not", "Requires.ClassNameNot", "VARCHAR[]"),
-        Field("requires_power", "Requires.PowerID", "VARCHAR[][]"),
-        Field("requires_power_not", "Requires.PowerIDNot", "VARCHAR[][]"),
-    ),
-)
-
-POWER_EFFECTS = Level(
-    "power_effects",
-    table="power_effects",
-    path="Effects",
-    parent="powers",
-    inherit=(("full_name", "power_full_name"),),
-    fields=(
-        Field("effect_type", "EffectType", "INTEGER"),
-        Field("damage_type", "DamageType", "INTEGER"),
-        Field("mez_type", "MezType", "INTEGER"),
-        Field("mag", "Mag", "DOUBLE"),
-        Field("scale", "Scale", "DOUBLE"),
-        Field("probability", "Probability", "DOUBLE"),
-        Field("duration", "Duration", "DOUBLE"),
-        Field("modifier_table", "ModifierTable"),
-        Field("to_who", "ToWho", "INTEGER"),
-        Field("pv_mode", "PvMode", "INTEGER"),
-        Field("stacking", "Stacking", "INTEGER"),
-        Field("aspect", "Aspect", "INTEGER"),
-        Field("buffable", "Buffable", "BOOLEAN"),
-        Field("resistible", "Resistible", "BOOLEAN"),
-        Field("effect_name", "EffectId"),
-        Field("named_power", "PowerFullName"),
-        Field("unique_id", "UniqueID", "BIGINT"),
-        Field("ticks", "Ticks", "INTEGER"),
-        Field("delayed_time", "DelayedTime", "DOUBLE"),
-    ),
-)
-
-ENHANCEMENTS = Level(
-    "enhancements",
-    table="enhancements",
-    path="Enhancements",
-    fields=(
-        Field("uid", "UID"),
-        Field("name", "Name"),
-        Field("short_name", "ShortName"),
-        Field("long_name", "LongName"),
-        Field("description", "Desc"),
-        Field("type_id", "TypeID", "INTEGER"),
-        Field("sub_type_id", "SubTypeID", "INTEGER"),
-        Field("class_ids", "ClassID", "BIGINT[]"),
-        Field("set_index", "nIDSet", "BIGINT"),
-        Field("set_uid", "UIDSet"),
-        Field("level_min", "LevelMin", "INTEGER"),
-        Field("level_max", "LevelMax", "INTEGER"),
-        Field("is_unique", "Unique", "BOOLEAN"),
-        Field("superior", "Superior", "BOOLEAN"),
-        Field("is_proc", "IsProc", "BOOLEAN"),
-        Field("probability", "Probability", "DOUBLE"),
-        Field("effect_chance", "EffectChance", "DOUBLE"),
-        Field("static_index", "StaticIndex", "BIGINT"),
-        Field("recipe_name", "RecipeName"),
-        Field("image", "Image"),
-    ),
-)
-
-ENHANCEMENT_SETS = Level(
-    "enhancement_sets",
-    table="enhancement_sets",
-    path="EnhancementSets",
-    fields=(
-        Field("uid", "Uid"),
-        Field("display_name", "DisplayName"),
-        Field("short_name", "ShortName"),
-        Field("description", "Desc"),
-        Field("set_type", "SetType", "INTEGER"),
-        Field("level_min", "LevelMin", "INTEGER"),
-        Field("level_max", "LevelMax", "INTEGER"),
-        Field("enhancement_indexes", "Enhancements", "BIGINT[]"),
-        Field("image", "Image"),
-    ),
-)
-
-_BONUS_FIELDS = (
-    Field("slotted", "Slotted", "INTEGER"),
-    Field("special", "Special", "INTEGER"),
-    Field("names", "Name", "VARCHAR[]"),
-    Field("power_indexes", "Index", "BIGINT[]"),
-    Field("alt_string", "AltString"),
-)
-SET_BONUSES = Level("set_bonuses", path="Bonus", parent="enhancement_sets", table="set_bonuses",
-                    inherit=(("uid", "set_uid"),), fields=_BONUS_FIELDS)
-SET_SPECIAL_BONUSES = Level("set_special_bonuses", path="SpecialBonus", parent="enhancement_sets",
-                            table="set_bonuses",
-                            inherit=(("uid", "set_uid"),), fields=_BONUS_FIELDS)
-
-SALVAGE = Level(
-    "salvage",
-    table="salvage",
-    path="Salvage",
-    fields=(
-        Field("internal_name", "InternalName"),
-        Field("external_name", "ExternalName"),
-        Field("level_min", "LevelMin", "INTEGER"),
-        Field("level_max", "LevelMax", "INTEGER"),
-    ),
-)
-
-# The header files themselves (I12.json's Version, Issue, Entities…; whatever EnhDB.json and
-# Salvage.json hold beside their lists): one row each in ``documents``, all in ``extra``.
-HEADER_FILES = tuple(Level(f"{name}_file", fields=(), table="documents")
-                     for name in ("archetypes", "enhancements", "salvage"))
-
-SOURCES = (
-    Source("archetypes", ("I12.json", "I12.json.gz"), (HEADER_FILES[0], ARCHETYPES)),
-    Source("enhancements", ("EnhDB.json", "EnhDB.json.gz"),
-           (HEADER_FILES[1], ENHANCEMENTS, ENHANCEMENT_SETS, SET_BONUSES, SET_SPECIAL_BONUSES)),
-    Source("salvage", ("Salvage.json", "Salvage.json.gz"), (HEADER_FILES[2], SALVAGE)),
-    Source("powersets", ("*",), (POWERSETS, POWERS, POWER_EFFECTS)),
-)
+#: The header files' own levels (I12.json's Version, Issue, Entities…; whatever EnhDB.json and
+#: Salvage.json hold beside their lists): one row each in ``documents``, all in ``extra``.
+HEADER_FILES = ("archetypes_file", "enhancements_file", "salvage_file")
 
 # ------------------------------------------------------------------------------ checks
 
@@ -441,7 +248,7 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     ]).join(set_ids, on="set_uid", how="inner").with_columns(
         set_id=pl.col("set_by_uid"), bonus_index=pl.col("_index").cast(pl.Int32))
     salvage = levels["salvage"].with_columns(salvage_id=pl.col("_index").cast(pl.Int32))
-    documents = _numbered(pl.concat([levels[lvl.name] for lvl in HEADER_FILES], how="diagonal_relaxed"),
+    documents = _numbered(pl.concat([levels[name] for name in HEADER_FILES], how="diagonal_relaxed"),
                           ["_file", "_record"], "document_id").with_columns(file=pl.col("_file"))
 
     return {
@@ -488,25 +295,28 @@ def _requirements(powers: pl.LazyFrame, power_ids: pl.LazyFrame) -> pl.LazyFrame
     )
 
 
-DATASET = Dataset(
-    name="mids",
-    version=VERSION,
-    description="MidsReborn power database: archetypes, powersets, powers, effects, "
-                "enhancements, sets, salvage",
-    sources=SOURCES,
-    transform=transform,
-    tables=TABLES,
-    rules=RULES,
-    cleaning=CLEANING,
-    sql_dir=shipped("sql") / "mids",
-    notes={
-        "powersets": "one per db/**/*.json file",
-        "powers": "Powers[] of each powerset",
-        "power_effects": "Effects[] of each power",
-        "power_requirements": "Requires.ClassName/ClassNameNot/PowerID/PowerIDNot entries",
-        "set_bonuses": "Bonus[] plus the non-empty SpecialBonus[] of each set",
-    },
-    generator=GENERATOR,
-    bench=BENCH,
-    reads=reads(TABLES),
-)
+def extend(base: Dataset) -> Dataset:
+    """The dataset mids.toml declares, with what a spec does not: rules, cleaning, tables,
+    transform, post-load SQL, generator, bench and cached reads."""
+    return replace(
+        base,
+        transform=transform,
+        tables=TABLES,
+        rules=RULES,
+        cleaning=CLEANING,
+        sql_dir=shipped("sql") / "mids",
+        notes={
+            "powersets": "one per db/**/*.json file",
+            "powers": "Powers[] of each powerset",
+            "power_effects": "Effects[] of each power",
+            "power_requirements": "Requires.ClassName/ClassNameNot/PowerID/PowerIDNot entries",
+            "set_bonuses": "Bonus[] plus the non-empty SpecialBonus[] of each set",
+        },
+        generator=GENERATOR,
+        bench=BENCH,
+        reads=reads(TABLES),
+    )
+
+
+DATASET = read_dataset(Path(__file__).with_name("mids.toml"), extend=extend)
+VERSION = DATASET.version
