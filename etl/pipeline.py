@@ -73,11 +73,12 @@ def run_pipeline(
     force: bool = False,
     progress: Progress | None = None,
     strict: bool = False,
+    max_record_bytes: int = 64 << 20,
 ) -> PipelineResult:
     """Stage, validate and transform ``sources``; stop with :class:`ValidationFailed` on errors
     (``strict``: also on a file a quarantining source would leave out)."""
     staged = stage(dataset, sources, settings=settings, force=force, progress=progress,
-                   strict=strict)
+                   strict=strict, max_record_bytes=max_record_bytes)
     dataset = staged.dataset or dataset  # a spec evolved by drift
     checked = validate(staged.run, dataset, max_reject_ratio=max_reject_ratio, rules=settings.rules,
                        progress=progress)
@@ -100,13 +101,15 @@ def run_all(
     delete_missing: bool = False,
     strict: bool = False,
     warm: int = 0,
+    max_record_bytes: int = 64 << 20,
 ) -> PipelineResult:
     """Stage → validate → transform → load (with indexes, views, verification and the swap;
     or, with ``mode="merge"``, an upsert into the live tables).
 
     Validation errors stop the run before anything reaches the database."""
     first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
-                         force=force, progress=progress, strict=strict)
+                         force=force, progress=progress, strict=strict,
+                         max_record_bytes=max_record_bytes)
     if first.run.manifest["dataset_version"] != dataset.version:  # a spec evolved by drift
         from etl.datasets import dataset_of
 

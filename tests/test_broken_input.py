@@ -191,3 +191,25 @@ def test_file_name_with_brackets_is_named_verbatim(tmp_path: Path, export: Path)
     assert result.exit_code == 2, result.output
     assert f"error: {broken}, byte 0: file is empty" in result.stderr
     assert_no_run(st)
+
+
+def test_run_honours_max_record_bytes(tmp_path: Path, export: Path, pg_url: str) -> None:
+    """`etl run` stages with the limit it is given (it used to stage with the default)."""
+    st = tmp_path / "staging"
+    result = CliRunner().invoke(main, ["run", "mids", str(export), "--max-record-bytes", "1000",
+                                       "--database-url", pg_url],
+                                env={"ETL_STAGING_DIR": str(st)})
+    m = assert_refused(result, st)
+    assert m["file"] == str(export / "I12.json")
+    assert "limit of 1000 bytes" in result.stderr
+
+
+def test_a_folder_whose_name_looks_like_a_glob_is_that_folder(tmp_path: Path, export: Path) -> None:
+    """`export [v2]` names a folder that exists: it is read as it is, not as a glob ("[v2]" would
+    match one character)."""
+    named = tmp_path / "export [v2]"
+    shutil.copytree(export, named)
+    st = tmp_path / "staging"
+    result = stage_cli(st, named)
+    assert result.exit_code == 0, result.output
+    assert (Path(result.stdout.strip().splitlines()[-1]) / "manifest.json").is_file()

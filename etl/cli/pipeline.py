@@ -276,7 +276,8 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
         result = run_all(ds, list(sources or default_sources(ds)), settings=settings,
                          max_reject_ratio=max_reject_ratio, mode=mode, force=opts.get("force", False),
                          progress=progress, tag=tag, delete_missing=delete_missing,
-                         strict=opts.get("strict", False), warm=warm)
+                         strict=opts.get("strict", False), warm=warm,
+                         max_record_bytes=opts["max_record_bytes"])
     print_quarantined(result.run.manifest.get("quarantined") or [])
     if not as_json:
         print_drift(result.run.manifest)

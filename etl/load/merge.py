@@ -146,6 +146,10 @@ def _merge_table(load: Load, cur: Any, name: str, *, delete_missing: bool) -> di
         if pg.is_transient(exc):
             raise
         raise copy_error(exc, load.run, name, load.entries[name]) from exc
+    # Indexed and analyzed: unanalyzed, the planner takes the temporary table for a few rows and
+    # joins it by nested loops, which made --delete-missing quadratic (137 s for 20,000 results).
+    cur.execute(f"CREATE INDEX ON {temp} ({', '.join(quote_ident(c) for c in pk)})")
+    cur.execute(f"ANALYZE {temp}")
     if rest:
         sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in rest)
         mine = ", ".join(compared(table, c, "t.") for c in rest)

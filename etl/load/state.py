@@ -31,6 +31,18 @@ Progress = Callable[[str, int, int], None]
 T = TypeVar("T")
 
 
+def session_sql(mode: str = "full") -> list[str]:
+    """What every connection of a load sets first."""
+    sets = ["SET maintenance_work_mem = '256MB'", "SET lock_timeout = '60s'",
+            # PostgreSQL 14+: a statement whose client is gone (a killed load) is cancelled within
+            # seconds instead of running on, holding its locks, for minutes.
+            "SELECT set_config('client_connection_check_interval', '2s', false) "
+            "WHERE current_setting('server_version_num')::int >= 140000"]
+    if mode == "unsafe-fast":
+        sets.append("SET synchronous_commit = off")
+    return sets
+
+
 class Load:
     """One load of one run: what every step reads (the run, its tables, the build schema, the
     ledger row and its finished steps) and what it owns (worker processes, their connections,
@@ -87,10 +99,7 @@ class Load:
         return result
 
     def session_sql(self) -> list[str]:
-        sets = ["SET maintenance_work_mem = '256MB'", "SET lock_timeout = '60s'"]
-        if self.mode == "unsafe-fast":
-            sets.append("SET synchronous_commit = off")
-        return sets
+        return session_sql(self.mode)
 
     def timed(self, name: str, rows: int, fn: Callable[[], None]) -> None:
         """Run ``fn`` as phase ``name`` (its time, rows and peak memory go in the ledger)."""

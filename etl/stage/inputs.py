@@ -59,7 +59,8 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for src in sources:
         text = str(src)
-        if _GLOB_CHARS.search(text):
+        # A path that exists is that path, whatever characters its name holds ("export [v2]").
+        if _GLOB_CHARS.search(text) and not Path(text).exists():
             head = Path(_GLOB_CHARS.split(text, 1)[0]).parent if "/" in text else Path(".")
             matches = sorted(globlib.glob(text, recursive=True))
             files = [Path(m) for m in matches if Path(m).is_file() and is_json_name(Path(m).name)]
