@@ -17,12 +17,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-_SECRET = re.compile(r"(://[^:/@\s]+:)([^@\s]+)(@)")
+#: ``scheme://user:password@host``: the password runs to the last ``@`` before the host, so a
+#: raw ``@`` inside it does not leave its tail in sight.
+_URL_SECRET = re.compile(r"(://[^:/@\s'\"]*:)([^\s'\"]*)(@[^@\s'\"]*)")
+#: ``password=…`` in a key=value connection string or a URL's query, quoted or not.
+_KV_SECRET = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|[^\s&'\"]+)",
+                        re.IGNORECASE)
 
 
 def mask_secrets(text: str) -> str:
-    """Hide the password of any URL in ``text`` (``postgresql://u:***@host``)."""
-    return _SECRET.sub(r"\1***\3", text)
+    """Hide every password in ``text``: of a URL (``postgresql://u:***@host``), in a URL's query or
+    a key=value connection string (``password=***``)."""
+    return _KV_SECRET.sub(r"\1***", _URL_SECRET.sub(r"\1***\3", text))
 
 
 class EtlError(Exception):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from etl import Settings, get_dataset
 from etl.cli import main
 from etl.datasets import dataset_of
-from etl.errors import InputError
+from etl.errors import ConfigError, InputError
 from etl.load import load
 from etl.run import Run
 from etl.stage import stage
@@ -286,6 +286,11 @@ def test_tag_names_the_import_and_scopes_deletes(pg_url: str, tree: Path, tmp_pa
     counts = dict(psycopg.connect(pg_url).execute(
         "SELECT dataset, count(*) FROM licenses.search_results GROUP BY 1").fetchall())
     assert counts == {"baseline": 10, "2025-08-10": 2}
+    assert _count(pg_url, "SELECT count(*) FROM licenses.datasets") == 2
+    # A tag is a name: empty, blank or holding control characters is refused before any work.
+    for bad in ("", "   ", "a\x00b", "line\nbreak"):
+        with pytest.raises(ConfigError, match="is not a name"):
+            load(small, dataset_of(small), database_url=pg_url, mode="merge", tag=bad)
     assert _count(pg_url, "SELECT count(*) FROM licenses.datasets") == 2
 
 

@@ -38,6 +38,10 @@ def normalize_url(url: str) -> str:
     if scheme != "postgresql":
         raise ConfigError(f"not a PostgreSQL URL: {mask_secrets(url)}",
                           hint="use postgresql://user:password@host:5432/database")
+    if parts.netloc.count("@") > 1:
+        # libpq would read what follows the first '@' as the host and say so, password and all.
+        raise ConfigError(f"the URL's password holds a raw '@': {mask_secrets(url)}",
+                          hint="percent-encode it: '@' is %40 (e.g. postgresql://me:p%40ss@host/db)")
     return urlunsplit((scheme, *parts[1:]))
 
 

@@ -98,6 +98,9 @@ def load(
     if tag is not None and not dataset.tag_columns:
         raise ConfigError(f"dataset {run.dataset_name} has no tag column; --tag does not apply",
                           hint="leave out --tag")
+    if tag is not None and (not tag.strip() or len(tag) > 200 or not tag.isprintable()):
+        raise ConfigError(f"--tag {tag!r} is not a name: it must be 1 to 200 printable characters, "
+                          "not only spaces", hint="e.g. --tag 2026-11-import")
     if delete_missing and mode != "merge":
         raise ConfigError("--delete-missing applies to --mode merge only",
                           hint="a full load replaces every row anyway")
