@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import decimal
+import fcntl
 import functools
 import hashlib
 import json
@@ -24,10 +25,11 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import polars as pl
@@ -50,6 +52,7 @@ from etl.errors import RunStateError
 from etl.jsontext import add_keys
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 MANIFEST = "manifest.json"
 #: The copy of a spec dataset's spec a staged run keeps: the spec it was staged with.
@@ -372,6 +375,49 @@ class Manifest(dict[str, Any]):
                         "Run.advance(additions) writes it")
 
     __setitem__ = __delitem__ = clear = update = pop = popitem = setdefault = _read_only  # type: ignore[assignment]
+
+
+#: The lock file of a dataset's staging folder (``<staging_dir>/<dataset>/.lock``).
+STAGING_LOCK = ".lock"
+
+
+@contextmanager
+def staging_lock(folder: Path) -> Iterator[None]:
+    """Hold the dataset staging folder ``folder`` alone: a stage, validation or transform of one
+    process at a time writes into it (two runs sharing the folder raced: a run replaced while
+    another validated it lost its rejects). A second process waits. Holding the lock, nothing
+    else is staging here, so the temporary folders of stages killed earlier are removed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / STAGING_LOCK, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another etl process writing in %s", folder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            for leftover in folder.glob(".stage.tmp-*"):
+                log.info("removing %s, left by a stage that did not finish", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def locks_staging(folder_of: Callable[..., Path]) -> Callable[[F], F]:
+    """Decorate a stage function to run under :func:`staging_lock` of the folder ``folder_of``
+    gives for its arguments."""
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with staging_lock(folder_of(*args, **kwargs)):
+                return fn(*args, **kwargs)
+        return locked  # type: ignore[return-value]
+    return wrap
+
+
+def run_folder(run: Run, *_: Any, **__: Any) -> Path:
+    """The dataset staging folder a run sits in."""
+    return run.path.parent
 
 
 def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> None:

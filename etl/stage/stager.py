@@ -50,6 +50,7 @@ from etl.run import (
     ChunkWriter,
     Run,
     level_schema,
+    locks_staging,
     open_run,
     replace_dir,
     schema_to_json,
@@ -523,6 +524,7 @@ def _previous_run(
     return None
 
 
+@locks_staging(lambda dataset, sources, *, settings, **_: Path(settings.staging_dir) / dataset.name)
 def stage(
     dataset: Dataset,
     sources: Sequence[str | Path],

@@ -34,7 +34,9 @@ from etl.run import (
     comparable_json,
     frames_checksum,
     json_dtypes,
+    locks_staging,
     replace_dir,
+    run_folder,
     schema_to_json,
 )
 from etl.transform.errors import KeyViolation
@@ -177,6 +179,7 @@ def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) 
                                     hint="add a required rule for it to the dataset's rules")
 
 
+@locks_staging(run_folder)
 def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -> TransformResult:
     """Build the dataset's target tables from the accepted rows of a validated run."""
     run = run.current()

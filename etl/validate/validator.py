@@ -39,7 +39,7 @@ from etl.dataset import (
     effective_cleaning,
 )
 from etl.metrics import Phase, timed
-from etl.run import Run, apply_cleaning, replace_dir, write_json_atomic
+from etl.run import Run, apply_cleaning, locks_staging, replace_dir, run_folder, write_json_atomic
 from etl.validate.errors import ValidationFailed
 from etl.validate.rules import resolve_rules
 
@@ -172,6 +172,7 @@ def _example(row: dict[str, Any], rule: Rule) -> dict[str, Any]:
     }
 
 
+@locks_staging(run_folder)
 def validate(
     run: Run,
     dataset: Dataset,
