@@ -25,7 +25,7 @@ def test_concurrent_runs_of_one_export_both_complete(tmp_path: Path) -> None:
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for _ in range(3)]
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, errs) in zip(procs, outs, strict=True):
+    for p, (_out, errs) in zip(procs, outs, strict=True):
         assert p.returncode == 0, errs
         assert "Traceback" not in errs
     (run_dir,) = {out.strip().splitlines()[-1] for out, _ in outs}
