@@ -11,6 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner, Result
 
@@ -213,3 +214,30 @@ def test_a_folder_whose_name_looks_like_a_glob_is_that_folder(tmp_path: Path, ex
     result = stage_cli(st, named)
     assert result.exit_code == 0, result.output
     assert (Path(result.stdout.strip().splitlines()[-1]) / "manifest.json").is_file()
+
+
+def test_an_array_or_object_in_a_text_field_is_a_type_error(tmp_path: Path, export: Path) -> None:
+    """Not its JSON text in the text column (a 10,000-deep [[[... became a 20 KB powerset name):
+    a type error the types rule rejects with the file and record, the value kept whole in the
+    row's _extra (issue 17)."""
+    import json
+
+    from etl import get_dataset
+    from etl.datasets import dataset_of
+    from etl.validate import validate
+
+    src = next((export / "db").rglob("*.json"))
+    rec = json.loads(src.read_text())
+    rec["DisplayName"] = "@DEEP@"
+    rec["GroupName"] = {"not": "text"}
+    src.write_text(json.dumps(rec).replace('"@DEEP@"', "[" * 10_000 + "1" + "]" * 10_000))
+    staged = stage(get_dataset("mids"), [export], settings=Settings(staging_dir=tmp_path / "st"))
+    rows = staged.run.raw("powersets").filter(pl.col("_file").str.ends_with(src.name)).collect()
+    row = rows.row(0, named=True)
+    assert row["display_name"] is None and row["group_name"] is None
+    assert sorted(row["_type_errors"]) == ["display_name", "group_name"]
+    assert '"GroupName":{"not":"text"}' in row["_extra"] and "[" * 10_000 + "1" in row["_extra"]
+    checked = validate(staged.run, dataset_of(staged.run), max_reject_ratio=1.0)
+    (types,) = [r for r in checked.report["rules"] if r["name"] == "powersets.types"]
+    assert types["failed"] == 1
+    assert types["examples"][0]["file"].endswith(src.name)

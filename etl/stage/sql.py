@@ -11,7 +11,8 @@ when it extracted each level with JSON paths): INTEGER, BIGINT, DOUBLE and BOOLE
 ``1e-07``; :func:`typed` reads them all the same), text, array and JSON fields as ``"JSON"``,
 taken as text with ``json_extract_string(value, '$')`` (strings unquoted, numbers as written in
 the export, objects and arrays as compact JSON) or cast to their list types. A value that does
-not fit its type is staged as NULL and named in the row's ``_type_errors``.
+not fit its type is staged as NULL and named in the row's ``_type_errors``: an object or an
+array where a text field is declared too (never its JSON text).
 
 What ``from_json`` cannot tell apart, and so is staged alike:
 
@@ -76,6 +77,14 @@ def typed(expr: str, type_: str) -> str:
 def _json_type(field: Field) -> str:
     """How ``field`` is declared in the structure (see the module's docstring)."""
     return "JSON" if field.type in ("VARCHAR", "JSON") or field.type.endswith("[]") else "VARCHAR"
+
+
+def _node(element: dict[str, Node], key: str) -> Node:
+    node: Node = element
+    for part in key.split("."):
+        assert isinstance(node, dict)
+        node = node[part]
+    return node
 
 
 def _is_text(node: Node, field: Field) -> bool:
@@ -197,7 +206,10 @@ def _raw(element: dict[str, Node], field: Field, expr: str = "_e",
         assert isinstance(node, dict)
         node = node[part]
     if _is_text(node, field):
-        return f"json_extract_string({value}, '$')"
+        # An object or array is no scalar: NULL and a type error (it stays whole in _extra),
+        # never its JSON text in a text column (a 10,000-deep [[[... became a 20 KB name).
+        return (f"CASE WHEN json_type({value}) IN ('OBJECT', 'ARRAY') THEN NULL "
+                f"ELSE json_extract_string({value}, '$') END")
     return value
 
 
@@ -336,6 +348,10 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
         checks = [f"CASE WHEN {_raw(element, f)} IS NOT NULL AND {ident(f.name)} IS NULL "
                   f"THEN {sql_str(f.name)} END"
                   for f in lvl.fields if f.type not in ("VARCHAR", "JSON")]
+        checks += [f"CASE WHEN json_type({_access('_e', f.key)}) IN ('OBJECT', 'ARRAY') "
+                   f"THEN {sql_str(f.name)} END"
+                   for f in lvl.fields if f.type == "VARCHAR" and f.key != ELEMENT
+                   and _is_text(_node(element, f.key), f)]
         errors = (f"list_filter([{', '.join(checks)}], lambda x: x IS NOT NULL)" if checks
                   else "CAST([] AS VARCHAR[])")
         queries[lvl.name] = (
