@@ -61,12 +61,15 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
         text = str(src)
         # A path that exists is that path, whatever characters its name holds ("export [v2]").
         if _GLOB_CHARS.search(text) and not Path(text).exists():
-            head = Path(_GLOB_CHARS.split(text, 1)[0]).parent if "/" in text else Path(".")
             matches = sorted(globlib.glob(text, recursive=True))
             files = [Path(m) for m in matches if Path(m).is_file() and is_json_name(Path(m).name)]
             if not files:
                 raise InputError("glob matches no JSON file", file=text,
                                  hint="check the pattern; quote it so the shell does not expand it")
+            # The input root of a glob (what the files' relative paths, and the references a
+            # dataset resolves from them, are judged against) is the deepest folder holding every
+            # file it matched: never wider than the folder the user named.
+            head = Path(os.path.commonpath([str(f.parent) for f in files]))
             found.extend((f, f.relative_to(head).as_posix() if f.is_relative_to(head) else f.name)
                          for f in files)
         else:

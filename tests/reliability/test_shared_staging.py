@@ -47,3 +47,33 @@ def test_a_killed_stage_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> Non
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert not left.exists()
+
+
+def test_a_glob_root_is_the_folder_it_names_so_references_cannot_leave_it(tmp_path: Path) -> None:
+    """A licenses result given as `export/states_baseline/FL/*_parse.json` whose screenshot
+    reference names `secret/other.png` is judged against the FL folder the glob names: a PNG in
+    a folder beside FL is not read, copied or recorded (it used to be, the glob's root being the
+    folder above)."""
+    import hashlib
+    import json
+    import shutil
+
+    from etl import Settings, get_dataset
+    from etl.stage import stage
+    from tests.conftest import SHARED, require_shared
+
+    sample = require_shared(SHARED / "licenses" / "states_baseline" / "FL")
+    export = tmp_path / "export"
+    shutil.copytree(sample, export / "states_baseline" / "FL")
+    secret = export / "states_baseline" / "secret" / "other.png"
+    secret.parent.mkdir()
+    secret.write_bytes((export / "states_baseline" / "FL" / "Belmar_01.png").read_bytes() + b"secret")
+    result = export / "states_baseline" / "FL" / "Belmar_01_parse.json"
+    doc = json.loads(result.read_text())
+    doc["metadata"]["source_image_file"] = "secret/other.png"
+    result.write_text(json.dumps(doc))
+    staged = stage(get_dataset("licenses"), [str(export / "states_baseline" / "FL" / "*_parse.json")],
+                   settings=Settings(staging_dir=tmp_path / "staging"))
+    images = staged.run.raw("images").collect()
+    assert hashlib.sha256(secret.read_bytes()).hexdigest() not in set(images["sha256"])
+    assert images.height == 10 and set(images["found_by"]) == {"name"}
