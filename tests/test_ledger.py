@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from etl.cli import main
 from etl.errors import ConfigError
 from etl.infra import ledger
-from etl.infra.pg import DatabaseError, connect
+from etl.infra.pg import DatabaseError, advisory_lock, connect
 from etl.metrics import Phase
 
 
@@ -27,9 +27,13 @@ def db(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
 def test_run_round_trip(db: psycopg.Connection[Any]) -> None:
     lid = ledger.start_run(db, dataset="mids", run_id="mids-3f2a00000000", manifest_sha256="ab" * 32,
                            mode="full")
-    run = ledger.get_run(db, str(lid))
-    assert run["status"] == "running" and run["ended_at"] is None and run["pid"] and run["host"]
-    assert run["steps"] == []
+    # Running while a loader holds the dataset's load lock; abandoned once none does.
+    with advisory_lock(db, "load:mids", what="load of mids"):
+        run = ledger.get_run(db, str(lid))
+        assert run["status"] == "running" and run["ended_at"] is None and run["pid"] and run["host"]
+        assert run["steps"] == []
+    assert ledger.get_run(db, str(lid))["status"] == "abandoned"
+    assert ledger.list_runs(db, dataset="mids")[0]["status"] == "abandoned"
 
     ledger.step_done(db, lid, "copy:archetypes", {"rows": 12})
     ledger.step_done(db, lid, "copy:archetypes", {"rows": 99})  # again: no change, no error
@@ -62,7 +66,8 @@ def test_resume_candidate(db: psycopg.Connection[Any]) -> None:
     ledger.finish_run(db, first, status="failed", phases=[], rows={}, peak_rss=None, error="killed")
     assert ledger.resume_candidate(db, **kw) == first
     ledger.mark_running(db, first)
-    run = ledger.get_run(db, str(first))
+    with advisory_lock(db, "load:mids", what="load of mids"):
+        run = ledger.get_run(db, str(first))
     assert run["status"] == "running" and run["error"] is None and run["ended_at"] is None
 
     ledger.finish_run(db, first, status="succeeded", phases=[], rows={}, peak_rss=1)

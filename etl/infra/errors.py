@@ -32,6 +32,11 @@ class LockBusy(TerminalError):
     exit_code = 4
 
 
+class LockLost(LockBusy):
+    """A load's lock went with its lock connection's session: another load may hold it now, so
+    this one stops before its next step."""
+
+
 def database_error(message: str, cause: BaseException | None, **kwargs: object) -> DatabaseError:
     """A :class:`DatabaseError` for ``message``, of the transient kind when ``cause`` is (see
     :func:`is_transient`)."""

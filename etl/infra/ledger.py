@@ -18,13 +18,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 
 from etl.errors import ConfigError
 from etl.infra import pg
 from etl.infra.errors import DatabaseError, DatabaseUnavailable
-from etl.infra.pg import sqlalchemy_url
+from etl.infra.pg import lock_key, sqlalchemy_url
 from etl.metrics import Phase
 from etl.shipped import shipped
 
@@ -81,7 +81,7 @@ def resume_candidate(conn: psycopg.Connection[Any], *, dataset: str, run_id: str
         "ORDER BY started_at DESC, id DESC LIMIT 1",
         (dataset, run_id, mode),
     ).fetchone()
-    if row is None or row["status"] not in ("running", "failed"):
+    if row is None or row["status"] not in ("running", "failed", "abandoned", "interrupted"):
         return None
     return int(row["id"])
 
@@ -152,12 +152,43 @@ def finish_run(conn: psycopg.Connection[Any], ledger_id: int, *, status: Status 
 
 def list_runs(conn: psycopg.Connection[Any], *, dataset: str | None = None, limit: int = 50,
               ) -> list[dict[str, Any]]:
-    """The latest loads, newest first (all datasets, or one)."""
+    """The latest loads, newest first (all datasets, or one). A load recorded as ``running``
+    whose dataset's load lock nobody holds (its loader was killed) reads as ``abandoned``."""
     where = "WHERE dataset = %s" if dataset else ""
     params: tuple[Any, ...] = (dataset, limit) if dataset else (limit,)
-    return _ledger_sql(
+    return _abandoned(conn, _ledger_sql(
         conn, f"SELECT {_COLUMNS} FROM etl.runs {where} ORDER BY started_at DESC, id DESC LIMIT %s",
-        params).fetchall()
+        params).fetchall())
+
+
+def _abandoned(conn: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with each ``running`` load whose loader is gone marked ``abandoned``: a running
+    load holds its dataset's advisory lock on the server for its whole life (the session ends
+    with the process), so a running row without it lies."""
+    running = [r for r in rows if r["status"] == "running"]
+    if not running:
+        return rows
+    held = {(int(c), int(o)) for c, o in conn.cursor(row_factory=tuple_row).execute(
+        "SELECT classid::bigint, objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").fetchall()}
+    for r in running:
+        key = lock_key(f"load:{r['dataset']}")
+        if ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF) not in held:
+            r["status"] = "abandoned"
+    return rows
+
+
+def close_abandoned(conn: psycopg.Connection[Any], *, dataset: str, keep: int) -> int:
+    """Record every other ``running`` load of ``dataset`` as ``abandoned`` (called holding the
+    dataset's load lock, so none of them can be alive); how many."""
+    rows = _ledger_sql(
+        conn, "UPDATE etl.runs SET status = 'abandoned', ended_at = coalesce(ended_at, now()), "
+              "error = coalesce(error, 'the loader was gone (its lock was free); closed by load #' || %s) "
+              "WHERE dataset = %s AND status = 'running' AND id <> %s RETURNING id",
+        (keep, dataset, keep)).fetchall()
+    for r in rows:
+        log.warning("ledger: load #%s of %s was abandoned (its loader is gone)", r["id"], dataset)
+    return len(rows)
 
 
 def _like_prefix(text: str) -> str:
@@ -192,6 +223,7 @@ def get_run(conn: psycopg.Connection[Any], key: str) -> dict[str, Any]:
     if row is None:
         raise ConfigError(f"no load of {key!r} in the run ledger", run=key,
                           hint="list the recorded loads with `etl runs`")
+    _abandoned(conn, [row])
     row["steps"] = _ledger_sql(
         conn, "SELECT step, done_at, detail FROM etl.load_steps WHERE run = %s ORDER BY done_at, step",
         (row["id"],)).fetchall()

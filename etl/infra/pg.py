@@ -140,6 +140,20 @@ def advisory_lock(conn: psycopg.Connection[Any], name: str, *, what: str) -> Ite
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
+def holds_lock(conn: psycopg.Connection[Any], name: str) -> bool:
+    """Whether ``conn``'s session still holds the advisory lock for ``name`` (False when the
+    connection is gone: a session that ended holds nothing)."""
+    key = lock_key(name)
+    try:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory' "
+            "AND granted AND objid = (%s::bigint & x'ffffffff'::bigint) AND classid = (%s::bigint >> 32)",
+            (key, key)).fetchone()
+    except psycopg.Error:
+        return False
+    return bool(row and row[0])
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 

@@ -9,7 +9,8 @@ Two environment variables, read at each point (a forked worker inherits them):
   ``<point>@abort`` instead aborts the worker process there, once, as a crashing driver would.
 
 A point is a ledger step's name (``create``, ``copy:<table>``, ``keys:<table>``, ``swap``, …),
-or ``merge`` / ``merge:<table>``. Without the variables every hook does nothing.
+or ``merge`` / ``merge:<table>``; ``lock:<step>`` drops the connection holding the load lock
+just before that step. Without the variables every hook does nothing.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ def merge(load: Load, *, delete_missing: bool) -> LoadResult:
         load.ledger_id = ledger.start_run(lock_conn, dataset=load.live, run_id=load.run.id,
                                           manifest_sha256=digest, mode=load.mode)
         ledger.record_drift(lock_conn, load.ledger_id, load.run.manifest)
+        ledger.close_abandoned(lock_conn, dataset=load.live, keep=load.ledger_id)
         result.ledger_id = load.ledger_id
         try:
             start = time.perf_counter()

@@ -82,7 +82,11 @@ def locked(load: Load) -> Iterator[Any]:
     with pg.connect(load.url) as lock_conn:
         lock_conn.execute("SET application_name = 'etl load'")
         with pg.advisory_lock(lock_conn, f"load:{load.live}", what=f"load of {load.live}"):
-            yield lock_conn
+            load.lock_conn = lock_conn
+            try:
+                yield lock_conn
+            finally:
+                load.lock_conn = None
 
 
 def already_loaded(load: Load, lock_conn: Any, digest: str, *, force: bool) -> dict[str, Any] | None:
@@ -118,6 +122,7 @@ def begin(load: Load, lock_conn: Any, digest: str) -> None:
         load.ledger_id = ledger.start_run(lock_conn, dataset=load.live, run_id=load.run.id,
                                           manifest_sha256=digest, mode=load.mode)
         ledger.record_drift(lock_conn, load.ledger_id, load.run.manifest)
+    ledger.close_abandoned(lock_conn, dataset=load.live, keep=load.ledger_id)
     load.build = f"{load.live}__b{load.ledger_id}"
     if load.steps and not schema_exists(lock_conn, load.build):
         log.warning("build schema %s is gone; starting this load over", load.build)
@@ -132,10 +137,13 @@ def step(load: Load, name: str, fn: Callable[[Any], Any]) -> None:
     """Run ``fn(conn)`` and record step ``name`` in one transaction (skipped if done)."""
     if name in load.steps:
         return
+    if load.lock_conn is not None:
+        load.faults.drop(f"lock:{name}", load.lock_conn)  # test hook: the lock's session ends
+    load.check_lock()
 
     def attempt() -> None:
         with pg.connect(load.url, autocommit=False) as conn:
-            for stmt in load.session_sql():
+            for stmt in [*load.session_sql(), load.working_sql()]:
                 conn.execute(stmt)
             load.faults.drop(name, conn)
             detail = fn(conn)

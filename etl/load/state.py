@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from etl.dataset import Dataset
 from etl.infra import pg
+from etl.infra.errors import LockLost
 from etl.load import forked
 from etl.load.faults import Faults
 from etl.load.fence import CacheFence
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 Mode = Literal["full", "unsafe-fast", "rebuild", "merge"]
 Progress = Callable[[str, int, int], None]
 T = TypeVar("T")
+
+
+def build_lock_name(live: str) -> str:
+    """The advisory lock every working connection of a load of ``live`` holds shared."""
+    return f"build:{live}"
 
 
 def session_sql(mode: str = "full") -> list[str]:
@@ -68,6 +74,8 @@ class Load:
         # The ledger row (see etl.load.plan): its id, the build schema, its finished steps.
         self.ledger_id = 0
         self.build = ""
+        #: The connection holding the dataset's load lock (set while the lock is held).
+        self.lock_conn: Any = None
         self.steps: dict[str, Any] = {}
         self.phases: list[Phase] = []
         self.phase_extra: dict[str, Any] = {}  # details of the phase being timed
@@ -101,6 +109,23 @@ class Load:
     def session_sql(self) -> list[str]:
         return session_sql(self.mode)
 
+    def working_sql(self) -> str:
+        """What a connection doing this load's work runs first: it holds the dataset's build lock
+        shared for its life, so another load never drops a build schema this one works in
+        (:func:`etl.load.swap.cleanup_stale` drops only with the build lock alone)."""
+        return f"SELECT pg_advisory_lock_shared({pg.lock_key(build_lock_name(self.live))})"
+
+    def check_lock(self) -> None:
+        """Stop (:class:`LockLost`) unless this load still holds its dataset's load lock: its lock
+        connection's session may have ended, and another load may have taken the lock since."""
+        if self.lock_conn is not None and not pg.holds_lock(self.lock_conn, f"load:{self.live}"):
+            raise LockLost(
+                f"the load of {self.live} lost its lock (its lock connection to the server ended); "
+                "another load may hold it now, so this one stops before its next step",
+                dataset=self.live, run=self.run.id,
+                hint=f"run `etl load {self.run.path}` again: it waits for no one, resumes its "
+                     "finished steps, or says which load holds the lock")
+
     def timed(self, name: str, rows: int, fn: Callable[[], None]) -> None:
         """Run ``fn`` as phase ``name`` (its time, rows and peak memory go in the ledger)."""
         start = time.perf_counter()
@@ -127,7 +152,7 @@ class Load:
         if conn is None:
             conn = pg.connect_adbc(self.url)
             cur = conn.cursor()
-            for stmt in self.session_sql():
+            for stmt in [*self.session_sql(), self.working_sql()]:
                 cur.execute(stmt)
             cur.close()
             conn.commit()

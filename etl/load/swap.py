@@ -15,12 +15,15 @@ import psycopg
 from etl.infra import ledger, pg
 from etl.infra.pg import quote_ident
 from etl.load._utils import schema_exists
+from etl.load.state import build_lock_name
 from etl.metrics import peak_rss_bytes
 
 if TYPE_CHECKING:
     from etl.load.state import Load
 
 log = logging.getLogger(__name__)
+#: How long cleanup_stale waits for other loads' working connections to let go of the build lock.
+BUILD_LOCK_WAIT = "10s"
 
 
 def swap(load: Load, conn: Any) -> None:
@@ -76,14 +79,33 @@ def _lock_live(load: Load, conn: Any) -> None:
 
 
 def cleanup_stale(load: Load, conn: Any) -> None:
-    """Drop build and old schemas that earlier, interrupted loads left (we hold the lock)."""
+    """Drop build and old schemas that earlier, interrupted loads left (we hold the lock). Only
+    with the dataset's build lock alone: a connection of another load still working (one whose
+    lock connection ended, so this load could take the lock) holds it shared, and its build
+    schema is left to a later load."""
     rows = conn.execute(
         "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s OR nspname LIKE %s",
         (f"{load.live}\\_\\_b%", f"{load.live}\\_\\_old%")).fetchall()
-    for (name,) in rows:
-        if name != load.build:
+    stale = [name for (name,) in rows if name != load.build]
+    if not stale:
+        return
+    key = pg.lock_key(build_lock_name(load.live))
+    # A worker's session ends a moment after its process: wait a little for its shared hold.
+    conn.execute(f"SET lock_timeout = '{BUILD_LOCK_WAIT}'")
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+    except psycopg.errors.LockNotAvailable:
+        log.warning("%s: another load's connections still work in a build schema; leaving %s",
+                    load.live, ", ".join(stale))
+        return
+    finally:
+        conn.execute("RESET lock_timeout")
+    try:
+        for name in stale:
             log.info("dropping %s, left by an interrupted load", name)
             conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(name)} CASCADE")
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def drop_old(load: Load, conn: Any) -> None:
