@@ -28,6 +28,8 @@ class PipelineResult:
     tables: dict[str, int]
     phases: list[Phase]
     load: LoadResult | None = field(default=None)
+    #: The run's report page (``etl run`` writes it; see :mod:`etl.report`).
+    report_html: Path | None = field(default=None)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -40,6 +42,8 @@ class PipelineResult:
             "total_seconds": round(sum(p.seconds for p in self.phases), 4),
             "peak_rss": max((p.peak_rss for p in self.phases), default=0),
         }
+        if self.report_html is not None:
+            out["report"] = str(self.report_html)
         if self.run.manifest.get("drift"):
             out["drift"] = self.run.manifest["drift"]
         if self.load is not None:
@@ -114,7 +118,21 @@ def run_all(
     loaded = load(first.run, dataset, database_url=settings.database_url, mode=mode, force=force,
                   progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
-                          loaded)
+                          loaded, report_html=_report(first.run, loaded, settings))
+
+
+def _report(run: Run, loaded: LoadResult, settings: Settings) -> Path | None:
+    """The run's report page with the figures of the load just made; None (and a warning) if it
+    cannot be written: the load has succeeded, and `etl report RUN` can write the page later."""
+    from etl.report import load_figures, write_report
+
+    try:
+        return write_report(run, load=load_figures(loaded), memory_limit=settings.memory_limit,
+                            threads=settings.threads or None)
+    except Exception as exc:  # anything: a report must not turn a finished load into a failure
+        log.warning("the report of %s was not written (%s); write it with `etl report %s`",
+                    run.id, exc, run.path)
+        return None
 
 
 def rebuild(

@@ -74,7 +74,7 @@ def build_report(run: Run, *, load: Mapping[str, Any] | None = None, database_ur
     if load is None and database_url:
         load, load_note = _ledger_load(database_url, run.id)
     elif load is None:
-        load_note = "no database given: load figures come from the run ledger (--database-url)"
+        load_note = "no database given (they come from its run ledger: --database-url)"
 
     report = run.report() or {}
     tables = m.get("tables") or {}
@@ -120,7 +120,7 @@ def _ledger_load(database_url: str, run_id: str) -> tuple[dict[str, Any] | None,
         with pg.connect(database_url, connect_timeout=3) as conn:
             row = ledger.get_run(conn, run_id)
     except EtlError as exc:
-        return None, f"no load figures from {mask_secrets(database_url)}: {exc.message}"
+        return None, f"the run ledger at {mask_secrets(database_url)} could not be read: {exc.message}"
     if row["run_id"] != run_id:
         return None, f"the run ledger at {mask_secrets(database_url)} has no load of {run_id}"
     return {"source": "run ledger", "ledger_id": row["id"], "status": row["status"], "mode": row["mode"],

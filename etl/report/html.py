@@ -168,7 +168,7 @@ def _flow_section(data: Mapping[str, Any]) -> str:
                    f'{_e(load.get("database"))} (figures from {_e(load.get("source"))})'
                    + (f'<br>error: {_e(load["error"])}' if load.get("error") else "") + "</p>")
     elif data.get("load_note"):
-        out.append(f'<p class="note" id="load-info">Not loaded as far as this report knows: '
+        out.append(f'<p class="note" id="load-info">No load figures: '
                    f'{_e(data["load_note"])}</p>')
     if data["quarantined"]:
         items = "".join(f"<li><code>{_e(q.get('file') or q.get('path'))}</code>: "
