@@ -56,6 +56,7 @@ def write_report(run: Run, *, out: str | Path | None = None, load: Mapping[str, 
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(page.encode("utf-8", "replace"))
+            os.fchmod(f.fileno(), 0o644)  # a page to share: readable like any written file
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
