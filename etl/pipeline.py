@@ -16,6 +16,7 @@ from etl.run import Run, check_run_files, open_run
 from etl.stage import stage
 from etl.transform import transform
 from etl.validate import require_passed, validate
+from etl.validate.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -85,7 +86,13 @@ def run_pipeline(
     dataset = staged.dataset or dataset  # a spec evolved by drift
     checked = validate(staged.run, dataset, max_reject_ratio=max_reject_ratio, rules=settings.rules,
                        progress=progress)
-    require_passed(checked)
+    try:
+        require_passed(checked)
+    except ValidationFailed as exc:  # the page shows the failing rules and their rows: say where
+        page = _report(checked.run, None, settings)
+        if page is not None:
+            exc.hint = f"{exc.hint}; the run's report: {page}" if exc.hint else f"the run's report: {page}"
+        raise
     built = transform(checked.run, dataset, progress=progress)
     return PipelineResult(built.run, checked.report, built.rows,
                           [staged.phase, checked.phase, built.phase])
@@ -121,13 +128,15 @@ def run_all(
                           loaded, report_html=_report(first.run, loaded, settings))
 
 
-def _report(run: Run, loaded: LoadResult, settings: Settings) -> Path | None:
-    """The run's report page with the figures of the load just made; None (and a warning) if it
-    cannot be written: the load has succeeded, and `etl report RUN` can write the page later."""
+def _report(run: Run, loaded: LoadResult | None, settings: Settings) -> Path | None:
+    """The run's report page with the figures of the load just made (if any); None (and a
+    warning) if it cannot be written: it must not hide how the run ended, and `etl report RUN`
+    can write it later."""
     from etl.report import load_figures, write_report
 
     try:
-        return write_report(run, load=load_figures(loaded), memory_limit=settings.memory_limit,
+        return write_report(run, load=load_figures(loaded) if loaded is not None else None,
+                            memory_limit=settings.memory_limit,
                             threads=settings.threads or None)
     except Exception as exc:  # anything: a report must not turn a finished load into a failure
         log.warning("the report of %s was not written (%s); write it with `etl report %s`",

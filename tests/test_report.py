@@ -238,3 +238,19 @@ def test_cli_run_prints_the_report_and_report_reads_the_ledger(mids_sample: Path
 
     res = cli.invoke(main, ["report", "--help"])
     assert res.exit_code == 0 and "Example" in res.output
+
+
+def test_cli_run_stopped_by_validation_names_the_report(mids_sample: Path, pg_url: str,
+                                                        tmp_path: Path) -> None:
+    """When validation stops `etl run`, the error's next step names the report page, which shows
+    the rejected row in the flow and the rule with its source file and record."""
+    res = CliRunner().invoke(main, ["--staging-dir", str(tmp_path / "staging"), "run", "mids",
+                                    str(mids_sample), "--database-url", pg_url, "--rule", f"{RAISED}=error"])
+    assert res.exit_code == 1, res.output
+    found = re.search(r"the run's report: (\S+report\.html)", res.stderr)
+    assert found, res.stderr
+    dom = Dom(Path(found[1]).read_text())
+    assert "validation failed" in dom.texts["load-info"]
+    row = re.search(r"archetypes\s*61\s*1\s*60", dom.texts["flow-table"])
+    assert row, dom.texts["flow-table"]
+    assert RAISED in dom.texts["failing-rules"] and "Archetypes[51]" in dom.texts["failing-rules"]

@@ -74,6 +74,8 @@ def build_report(run: Run, *, load: Mapping[str, Any] | None = None, database_ur
     load_note = None
     if load is None and database_url:
         load, load_note = _ledger_load(database_url, run.id)
+    elif load is None and (m.get("validation") or {}).get("status") == "failed":
+        load_note = "validation failed, so nothing was loaded"
     elif load is None:
         load_note = "no database given (they come from its run ledger: --database-url)"
 
