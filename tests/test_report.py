@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+from datetime import date
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -179,17 +180,20 @@ def test_page_needs_no_network_and_escapes_the_data(report_run: Run) -> None:
 
 
 def test_profile_of_awkward_columns(tmp_path: Path) -> None:
-    """All-null, NaN and infinity, empty text, booleans, lists and an empty table profile
-    without error: min/max over finite values, histograms over what has a value."""
+    """All-null, NaN and infinity, empty text, booleans, lists, dates, an empty table and a
+    folder named with a quote profile without error: min/max over finite values, histograms over
+    what has a value."""
     df = pl.DataFrame({
         "nothing": pl.Series([None, None, None, None], dtype=pl.Int64),
         "x": [1.0, float("nan"), float("inf"), 3.0],
         "flag": [True, False, None, True],
         "name": ["", "b", "b", None],
         "tags": [[], ["a"], ["a", "b", "c"], None],
+        "day": [date(2026, 1, 1), None, date(2026, 11, 29), date(2026, 1, 1)],
         "_file": ["f"] * 4,
     })
-    path = tmp_path / "t.parquet"
+    path = tmp_path / "it's" / "t.parquet"
+    path.parent.mkdir()
     df.write_parquet(path)
     schema = {k: str(v) for k, v in df.schema.items()}
     out = profile_all([("t", [path], schema), ("empty", [], schema)])
@@ -202,7 +206,9 @@ def test_profile_of_awkward_columns(tmp_path: Path) -> None:
     assert cols["name"]["min"] == '""' and cols["name"]["distinct"] == 2
     assert (cols["tags"]["min"], cols["tags"]["max"]) == ("0", "3")
     assert cols["tags"]["histogram"]["of"] == "length"
-    assert out["empty"]["rows"] == 0 and len(out["empty"]["columns"]) == 5
+    day = cols["day"]
+    assert (day["min"], day["max"], day["distinct"]) == ("2026-01-01", "2026-11-29", 2)
+    assert out["empty"]["rows"] == 0 and len(out["empty"]["columns"]) == 6
 
 
 def test_cli_run_prints_the_report_and_report_reads_the_ledger(mids_sample: Path, pg_url: str,

@@ -31,7 +31,7 @@ SHOWN_CHARS = 48
 #: Lineage and bookkeeping columns of the staged levels: not data, not profiled.
 SKIPPED = frozenset({"_file", "_record", "_path", "_index", "_type_errors"})
 
-Kind = Literal["number", "boolean", "text", "list", "other"]
+Kind = Literal["number", "boolean", "text", "list", "time", "other"]
 
 _NUMBERS = {"Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64", "Float32", "Float64"}
 
@@ -46,6 +46,8 @@ def kind_of(dtype: str) -> Kind:
         return "text"
     if dtype.startswith("List("):
         return "list"
+    if dtype == "Date" or dtype.startswith("Datetime"):
+        return "time"
     return "other"
 
 
@@ -66,6 +68,8 @@ def _stats_exprs(n: int, col: str, kind: Kind) -> list[str]:
         out += [f"min(len({c})) AS lo{n}", f"max(len({c})) AS hi{n}"]
     elif kind == "boolean":
         out += [f"min({c}::INT) AS lo{n}", f"max({c}::INT) AS hi{n}"]
+    elif kind == "time":
+        out += [f"min({c})::VARCHAR AS lo{n}", f"max({c})::VARCHAR AS hi{n}"]
     return out
 
 
@@ -152,6 +156,11 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
+def _sql_list(paths: Sequence[Path]) -> str:
+    """A DuckDB list literal of file names (quotes doubled: any path is text, never SQL)."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
 def profile_files(con: Any, files: Sequence[Path], schema: Mapping[str, str]) -> dict[str, Any]:
     """Profile the Parquet ``files`` of one table or level, whose columns and Polars dtypes are
     ``schema``: ``{"rows": N, "columns": [{name, dtype, kind, null_share, distinct, min, max,
@@ -160,7 +169,7 @@ def profile_files(con: Any, files: Sequence[Path], schema: Mapping[str, str]) ->
     if not files:
         return {"rows": 0, "columns": [_column(name, dtype, kind, 0, {}, None)
                                        for name, dtype, kind in columns]}
-    source = f"read_parquet({[str(f) for f in files]!r})"
+    source = f"read_parquet({_sql_list(files)})"
     exprs = ["count(*) AS n"]
     for n, (name, _, kind) in enumerate(columns):
         exprs += _stats_exprs(n, name, kind)
