@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from etl.cli.options import ctx_settings, database_url_option
+from etl.cli.options import ctx_settings
 from etl.cli.render import echo_json, err, handle_errors
 from etl.run import open_run
 
@@ -28,7 +28,9 @@ def ledger_url(ctx: click.Context, flag: str | None) -> str | None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the page here (default: RUN_DIR/report.html).")
-@database_url_option
+@click.option("--database-url", help="Read the run's latest load from this database's run ledger (env "
+              "ETL_DATABASE_URL or DATABASE_URL; default: the embedded server if it is running, never "
+              "started for a report).")
 @click.option("--json", "as_json", is_flag=True, help='Print {"report": PATH} as JSON on stdout.')
 @click.pass_context
 @handle_errors
