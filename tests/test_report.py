@@ -260,3 +260,20 @@ def test_cli_run_stopped_by_validation_names_the_report(mids_sample: Path, pg_ur
     row = re.search(r"archetypes\s*61\s*1\s*60", dom.texts["flow-table"])
     assert row, dom.texts["flow-table"]
     assert RAISED in dom.texts["failing-rules"] and "Archetypes[51]" in dom.texts["failing-rules"]
+
+
+def test_report_of_a_run_only_staged(mids_sample: Path, tmp_path: Path) -> None:
+    """Before validation and transform the page still has every part: the staged levels'
+    columns are profiled (without the lineage columns), the rules say what to run next."""
+    from etl.stage import stage
+
+    run = stage(get_dataset("mids"), [mids_sample], settings=Settings(staging_dir=tmp_path)).run
+    data = build_report(run)
+    assert data["validation"] is None and data["rules"] == [] and data["tables"] == []
+    assert data["profiles"]["of"] == "levels"
+    assert set(data["profiles"]["targets"]) == set(run.manifest["levels"])
+    assert "_file" not in {c["name"] for c in data["profiles"]["targets"]["powers"]["columns"]}
+    assert all(f["rejected"] is None and f["table_rows"] is None for f in data["flow"])
+    dom = Dom(render_html(data))
+    assert {"flow-table", "phase-table", "failing-rules", "column-profiles"} <= dom.ids
+    assert "etl validate" in dom.texts["failing-rules"]
