@@ -213,13 +213,15 @@ def test_profile_of_awkward_columns(tmp_path: Path) -> None:
 
 def test_cli_run_prints_the_report_and_report_reads_the_ledger(mids_sample: Path, pg_url: str,
                                                                tmp_path: Path) -> None:
-    """`etl run` writes report.html into the run and names it at the end (in its JSON too);
-    `etl report RUN` writes it again (--out, --json) with the load's figures from the ledger."""
+    """`etl run` writes report.html into the run and names it at the end, just before the run
+    directory (in its JSON too); `etl report RUN` writes it again (--out, --json) with the
+    load's figures from the ledger."""
     cli = CliRunner()
     staging = ["--staging-dir", str(tmp_path / "staging")]
     res = cli.invoke(main, [*staging, "run", "mids", str(mids_sample), "--database-url", pg_url])
     assert res.exit_code == 0, res.output
-    run_dir = Path(res.stdout.strip().splitlines()[-1])
+    run_dir = Path(res.output.strip().splitlines()[-1])  # still the last line, as scripts expect
+    assert res.stdout.strip() == str(run_dir)
     assert f"report: {run_dir / REPORT_HTML}" in res.stderr.splitlines()[-1]
     page = (run_dir / REPORT_HTML).read_text()
     assert 'id="load-info"' in page and "succeeded" in page and "from this run" in page

@@ -281,8 +281,6 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
     if not as_json:
         print_drift(result.run.manifest)
     print_pipeline(result, settings, as_json=as_json)
-    if result.report_html is not None and not as_json:
-        err.print(f"report: {escape(str(result.report_html))}", highlight=False)
 
 
 @click.command("rebuild")
