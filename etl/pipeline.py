@@ -16,6 +16,7 @@ from etl.run import Run, check_run_files, open_run
 from etl.stage import stage
 from etl.transform import transform
 from etl.validate import require_passed, validate
+from etl.validate.errors import ValidationFailed
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -28,6 +29,8 @@ class PipelineResult:
     tables: dict[str, int]
     phases: list[Phase]
     load: LoadResult | None = field(default=None)
+    #: The run's report page (``etl run`` writes it; see :mod:`etl.report`).
+    report_html: Path | None = field(default=None)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -40,6 +43,8 @@ class PipelineResult:
             "total_seconds": round(sum(p.seconds for p in self.phases), 4),
             "peak_rss": max((p.peak_rss for p in self.phases), default=0),
         }
+        if self.report_html is not None:
+            out["report"] = str(self.report_html)
         if self.run.manifest.get("drift"):
             out["drift"] = self.run.manifest["drift"]
         if self.load is not None:
@@ -82,7 +87,13 @@ def run_pipeline(
     dataset = staged.dataset or dataset  # a spec evolved by drift
     checked = validate(staged.run, dataset, max_reject_ratio=max_reject_ratio, rules=settings.rules,
                        progress=progress)
-    require_passed(checked)
+    try:
+        require_passed(checked)
+    except ValidationFailed as exc:  # the page shows the failing rules and their rows: say where
+        page = _report(checked.run, None, settings)
+        if page is not None:
+            exc.hint = f"{exc.hint}; the run's report: {page}" if exc.hint else f"the run's report: {page}"
+        raise
     built = transform(checked.run, dataset, progress=progress)
     return PipelineResult(built.run, checked.report, built.rows,
                           [staged.phase, checked.phase, built.phase])
@@ -117,7 +128,23 @@ def run_all(
     loaded = load(first.run, dataset, database_url=settings.database_url, mode=mode, force=force,
                   progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
-                          loaded)
+                          loaded, report_html=_report(first.run, loaded, settings))
+
+
+def _report(run: Run, loaded: LoadResult | None, settings: Settings) -> Path | None:
+    """The run's report page with the figures of the load just made (if any); None (and a
+    warning) if it cannot be written: it must not hide how the run ended, and `etl report RUN`
+    can write it later."""
+    from etl.report import load_figures, write_report
+
+    try:
+        return write_report(run, load=load_figures(loaded) if loaded is not None else None,
+                            memory_limit=settings.memory_limit,
+                            threads=settings.threads or None)
+    except Exception as exc:  # anything: a report must not turn a finished load into a failure
+        log.warning("the report of %s was not written (%s); write it with `etl report %s`",
+                    run.id, exc, run.path)
+        return None
 
 
 def rebuild(

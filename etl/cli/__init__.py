@@ -44,7 +44,7 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from etl.cli import bench, cache, data, db, ops, pipeline, query, spec
+    from etl.cli import bench, cache, data, db, ops, pipeline, query, report, spec
 
     for command in (
         data.datasets_cmd, data.generate_cmd, data.demo_cmd, spec.init_cmd,
@@ -52,7 +52,7 @@ def _register() -> None:
         pipeline.run_cmd, pipeline.rebuild_cmd, pipeline.reconcile_cmd,
         bench.bench_cmd, bench.bench_reads_cmd,
         db.db_group, ops.runs_group, ops.health_cmd, ops.stats_cmd,
-        cache.cache_group, query.query_group,
+        cache.cache_group, query.query_group, report.report_cmd,
     ):
         main.add_command(command)
 

@@ -279,6 +279,8 @@ def print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:
     print_phases(result.phases, title=f"{result.run.id}: {sum(p.seconds for p in result.phases):.2f} s")
     if result.load is not None:
         connect_hint(result.load.url, settings)
+    if result.report_html is not None:  # last before the run directory, which scripts read
+        err.print(f"report: {escape(str(result.report_html))}", highlight=False)
     click.echo(result.run.path)
 
 
