@@ -53,7 +53,7 @@ from etl.dataset import (
     unique,
 )
 from etl.errors import ConfigError
-from etl.spec.model import ColumnSpec, LevelSpec, Spec, SpecFormatError
+from etl.spec.model import ColumnSpec, LevelSpec, Spec, SpecFormatError, fresh_name
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +124,6 @@ def _relpath(lv: LevelSpec) -> str | None:
     return rel
 
 
-def _fresh(name: str, taken: set[str]) -> str:
-    out, n = name, 2
-    while out in taken:
-        out, n = f"{name}_{n}", n + 1
-    taken.add(out)
-    return out
 
 
 def _representable(col: ColumnSpec) -> bool:
@@ -273,7 +267,7 @@ def _plan(lv: LevelSpec, parent: _Plan | None, rules: list[Rule]) -> _Plan:
                         lv.table, col.name, col.json)
             continue
         name = col.name if col.name not in RESERVED else col.name + "_"
-        columns.append(ColumnSpec(_fresh(name, taken), col.json, col.type, col.nulls, col.note))
+        columns.append(ColumnSpec(fresh_name(name, taken), col.json, col.type, col.nulls, col.note))
     relpath = _relpath(lv)
     refs: list[_KeyCol] = []
     inherit: list[tuple[str, str]] = []
@@ -282,7 +276,7 @@ def _plan(lv: LevelSpec, parent: _Plan | None, rules: list[Rule]) -> _Plan:
         for kc in parent.key:
             # the parent's own key column is named after the parent; one it holds of its own
             # parent's key keeps its name (it names that table already)
-            name = _fresh(kc.name if kc.name in parent_refs else f"{parent.level.name}_{kc.name}", taken)
+            name = fresh_name(kc.name if kc.name in parent_refs else f"{parent.level.name}_{kc.name}", taken)
             if kc.strip is None:
                 inherit.append((kc.name, name))
                 refs.append(_KeyCol(name, kc.type))
@@ -297,7 +291,7 @@ def _plan(lv: LevelSpec, parent: _Plan | None, rules: list[Rule]) -> _Plan:
         if not lv.key.surrogate:
             log.warning("level %s: key %s names columns it has not: a surrogate key instead",
                         lv.table, lv.key.columns)
-        key.append(_KeyCol(_fresh(SURROGATE, taken), "text", ()))
+        key.append(_KeyCol(fresh_name(SURROGATE, taken), "text", ()))
     else:
         naturals = [by_spec[c].name for c in lv.key.columns]
         if lv.key.within_parent:

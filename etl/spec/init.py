@@ -10,7 +10,7 @@ from pathlib import Path
 
 from etl.errors import ConfigError
 from etl.spec.infer import infer
-from etl.spec.model import Spec, SpecFormatError, widen
+from etl.spec.model import Spec, SpecFormatError, fresh_name, widen
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def merge(existing: Spec, fresh: Spec) -> tuple[Spec, list[str]]:
         src = next((s for s in out.sources if s.name == new_src.name or s.patterns == new_src.patterns), None)
         if src is None:
             for added in new_src.levels:
-                added.table = _unique(added.table, tables)
+                added.table = fresh_name(added.table, tables)
             out.sources.append(new_src)
             changes.append(f"source {new_src.name}: new ({new_src.files:,} files, "
                            f"{len(new_src.levels)} levels)")
@@ -87,7 +87,7 @@ def merge(existing: Spec, fresh: Spec) -> tuple[Spec, list[str]]:
         for new_lv in new_src.levels:
             lv = next((x for x in src.levels if x.path == new_lv.path), None)
             if lv is None:
-                new_lv.table = _unique(new_lv.table, tables)
+                new_lv.table = fresh_name(new_lv.table, tables)
                 src.levels.append(new_lv)
                 changes.append(f"level {new_lv.table} ({new_lv.path}): new, {len(new_lv.columns)} columns")
                 continue
@@ -96,7 +96,7 @@ def merge(existing: Spec, fresh: Spec) -> tuple[Spec, list[str]]:
             for new_col in new_lv.columns:
                 col = next((c for c in lv.columns if c.json == new_col.json), None)
                 if col is None:
-                    new_col.name = _unique(new_col.name, taken)
+                    new_col.name = fresh_name(new_col.name, taken)
                     lv.columns.append(new_col)
                     changes.append(f"{lv.table}.{new_col.name}: new column ({new_col.type}, from "
                                    f"{'.'.join(new_col.json)})")
@@ -109,9 +109,3 @@ def merge(existing: Spec, fresh: Spec) -> tuple[Spec, list[str]]:
     return out, changes
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    out, n = name, 2
-    while out in taken:
-        out, n = f"{name}_{n}", n + 1
-    taken.add(out)
-    return out

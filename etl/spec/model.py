@@ -23,6 +23,15 @@ ARRAY_TYPES = ("text[]", "bigint[]", "double precision[]", "text[][]", "bigint[]
 TYPES = (*SCALAR_TYPES, "jsonb", "json", *ARRAY_TYPES)
 
 
+def fresh_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_2``, ``name_3``... the first not in ``taken`` (which it is added to)."""
+    out, n = name, 2
+    while out in taken:
+        out, n = f"{name}_{n}", n + 1
+    taken.add(out)
+    return out
+
+
 def widen(a: str | None, b: str | None) -> str | None:
     """The narrower scalar type both ``a`` and ``b`` fit in (None for no value seen yet)."""
     if a is None:
