@@ -130,7 +130,7 @@ def test_load_cli_builds_keys_indexes_view_and_records_the_run(pg_url: str, runs
     assert contypes["u"] == sum(len(t.unique) for t in MIDS.tables)
     assert contypes["f"] == sum(len(t.foreign_keys) for t in MIDS.tables)
     indexes = {r[0] for r in query(pg_url, "SELECT indexname FROM pg_indexes WHERE schemaname = 'mids'")}
-    assert {"powers_powerset_id_idx", "power_effects_effect_type_idx",
+    assert {"powers_powerset_id_fkey_idx", "power_effects_effect_type_idx",
             "power_build_summary_power_id_key"} <= indexes
     analyzed = {r[0] for r in query(pg_url, "SELECT DISTINCT tablename FROM pg_stats "
                                             "WHERE schemaname = 'mids'")}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from etl.errors import EtlError
 from etl.infra import pg
 from etl.infra.pg import quote_ident
-from etl.infra.schema import constraints_sql, fkey_name
+from etl.infra.schema import constraints_sql, fkey_index_sql, fkey_name, uncovered_foreign_keys
 from etl.load import plan
 from etl.load._utils import sql_files
 from etl.load.verify import verify_table
@@ -39,6 +39,8 @@ def _keys(load: Load, name: str) -> None:
     of wide text tables, the read-back) overlap."""
     stmts = [s for s in constraints_sql(load.dataset, load.build)
              if f".{quote_ident(name)} ADD CONSTRAINT" in s and "FOREIGN KEY" not in s]
+    stmts += [fkey_index_sql(load.build, load.tables[name], fk)
+              for fk in uncovered_foreign_keys(load.tables[name])]
     stmts.append(f"ANALYZE {quote_ident(load.build)}.{quote_ident(name)}")
 
     def run(conn: Any) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def _fkeys(load: Load, conn: Any) -> None:
     """Every foreign key, added NOT VALID (no scan, so no long lock on the referenced
     tables); ``validate:<name>`` steps then check them, concurrently."""
     for stmt in constraints_sql(load.dataset, load.build):
-        if "FOREIGN KEY" in stmt:
+        if "FOREIGN KEY" in stmt and stmt.startswith("ALTER TABLE"):
             conn.execute(stmt + " NOT VALID")
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from etl.infra import ledger, pg
 from etl.infra.pg import quote_ident
-from etl.infra.schema import constraints_sql, create_tables_sql
+from etl.infra.schema import constraints_sql, create_tables_sql, fkey_index_sql, uncovered_foreign_keys
 from etl.load import plan
 from etl.load._utils import compared, lit, sql_files
 from etl.load.diagnostics import copy_error
@@ -100,6 +100,12 @@ def _merge_once(load: Load, delete_missing: bool) -> dict[str, dict[str, int]]:
             load.faults.drop(f"merge:{name}", conn)
             counts[name] = _merge_table(load, cur, name, delete_missing=delete_missing)
         if delete_missing:
+            # Each delete of a referenced row checks its referencing rows: indexed, or every
+            # check reads the whole referencing table (a live schema made before the loader
+            # indexed foreign keys gets the index here, once).
+            for t in load.dataset.tables:
+                for fk in uncovered_foreign_keys(t):
+                    cur.execute(fkey_index_sql(load.live, t, fk))
             for name in reversed(order):
                 counts[name]["deleted"] = _delete_missing(load, cur, name)
         for name in order:
