@@ -211,6 +211,9 @@ class Rule:
     expr: Callable[[], pl.Expr] | None = None
     when: Callable[[], pl.Expr] | None = None
     message: str = ""
+    #: For a rule whose ``expr`` only finds suspects (a cheap native test): given the values of
+    #: ``columns[0]`` on the rows it flagged, whether each really breaks the rule.
+    recheck: Callable[[pl.Series], pl.Series] | None = None
 
     def describe(self) -> str:
         if self.message:

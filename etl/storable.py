@@ -123,13 +123,31 @@ def _json_ok_batch(jsonb: bool, suspects_only: bool) -> Callable[[pl.Series], pl
         out = pl.Series(s.name, [True] * s.len(), dtype=pl.Boolean())
         if not look.any():
             return out
-        values = s.to_list()
-        flags = out.to_list()
-        for i in look.arg_true().to_list():
-            flags[i] = json_refusal(values[i], jsonb=jsonb) is None
-        return pl.Series(s.name, flags, dtype=pl.Boolean())
+        idx = look.arg_true()
+        bad = [i for i, text in zip(idx.to_list(), s.gather(idx).to_list(), strict=True)
+               if json_refusal(text, jsonb=jsonb) is not None]
+        return out.scatter(bad, False) if bad else out
 
     return ok
+
+
+def suspect_json(e: pl.Expr, jsonb: bool) -> pl.Expr:
+    """:func:`_suspects` as an expression (no Python per batch): true where a staged JSON text
+    may hold what PostgreSQL refuses, so only those are parsed again (:func:`refused_json`)."""
+    out = e.str.contains(_NAN_LETTERS) & e.str.contains(_NAN_VALUE)
+    if jsonb:
+        out = (out | e.str.contains("\\u0000", literal=True) | e.str.contains(_BIG_EXPONENT)
+               | (e.str.len_bytes() > NUMERIC_FRAC_DIGITS))
+    return out.fill_null(False)
+
+
+def refused_json(jsonb: bool) -> Callable[[pl.Series], pl.Series]:
+    """Per text of ``s``: whether PostgreSQL refuses it (``s`` holds only suspects)."""
+    def refused(s: pl.Series) -> pl.Series:
+        return pl.Series(s.name, [t is None or json_refusal(t, jsonb=jsonb) is not None
+                                  for t in s.to_list()], dtype=pl.Boolean())
+
+    return refused
 
 
 # ------------------------------------------------------------------------------ the checks
@@ -214,6 +232,20 @@ def _rule(level: str, table: Table, staged: str, field_type: str, column: Column
     target = f"{table.name}.{column.name} ({column.type}{'' if column.nullable else ' NOT NULL'})"
     parts = (["not be NULL"] if not_null else []) + [f"be {what}" for _, what in checks]
     message = f"{staged} must {' and '.join(parts)} to be stored in {target}"
+
+    base_pg = column.type
+    if field_type == "JSON" and base_pg in ("json", "jsonb"):
+        # Staged JSON: a native test finds the few texts worth parsing again, and only those
+        # are parsed (the rule's recheck, on the rows it flagged). A Python function over every
+        # batch of the wide _extra texts held them all at once (effects x5: +170 MB).
+        jsonb = base_pg == "jsonb"
+
+        def suspect_free() -> pl.Expr:
+            ok = ~suspect_json(pl.col(staged), jsonb)
+            return (ok & pl.col(staged).is_not_null()) if not_null else ok
+
+        return Rule(f"{level}.{column.name}.storable", level, "storable", (staged,), "error",
+                    expr=suspect_free, message=message, recheck=refused_json(jsonb))
 
     def passes() -> pl.Expr:
         e = pl.col(staged)

@@ -149,6 +149,23 @@ def _fails(rule: Rule, schema: pl.Schema, accepted_keys: dict[tuple[str, str], p
     raise ValueError(f"unknown rule kind {rule.kind}")
 
 
+def _rechecked(df: pl.DataFrame, lf: pl.LazyFrame, rules: Sequence[Rule]) -> pl.DataFrame:
+    """The flags of rules with a ``recheck`` narrowed to the rows that really break them: the
+    flagged rows' values are read again (one column, those rows only) and judged in Python."""
+    for j, rule in enumerate(rules):
+        flag = f"__fail{j}"
+        if rule.recheck is None or not df.get_column(flag).any():
+            continue
+        rows = df.get_column(flag).arg_true()
+        values = (lf.select(rule.columns[0]).with_row_index("__row")
+                  .filter(pl.col("__row").is_in(rows.implode())).collect(engine="streaming"))
+        fails = rule.recheck(values.get_column(rule.columns[0]))
+        cleared = values.get_column("__row").filter(~fails)
+        if cleared.len():
+            df = df.with_columns(df.get_column(flag).scatter(cleared, False))
+    return df
+
+
 def preview(value: Any, width: int = EXAMPLE_CHARS) -> Any:
     """``value`` as an example shows it: long text cut (with its length), control characters
     (NUL first of all) written visibly as ``\\xNN``; lists element by element."""
@@ -231,6 +248,7 @@ def validate(
             # The wide _extra text is only checked, never kept: streamed through the flags and
             # dropped, so a level's rows are held without it (effects x5: 90 MB, not 390 MB).
             df = lf.with_columns(flags).drop(STAGED_EXTRA, strict=False).collect(engine="streaming")
+            df = _rechecked(df, lf, level_rules)
             if changed:
                 counts = raw.select([e.sum() for e in changed]).collect().row(0)
             else:
