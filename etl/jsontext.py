@@ -88,13 +88,30 @@ def is_line_delimited(name: str) -> bool:
     return name.lower().removesuffix(".gz").endswith((".ndjson", ".jsonl"))
 
 
+#: The file that marks a dataset's staging folder (and is its lock, :func:`etl.run.staging_lock`).
+#: A folder holding it is never read as input: a staging folder inside the export's folder
+#: (``etl run`` in the export itself, ``./staging`` by default) holds the toolkit's own JSON
+#: (manifests, reports), which a ``*.json`` pattern would otherwise stage as data.
+STAGING_MARK = ".etl-staging.lock"
+
+
+def in_staging_folder(folder: str) -> bool:
+    """Whether ``folder`` is, or sits inside, a staging folder (see :data:`STAGING_MARK`)."""
+    path = Path(folder).absolute()
+    return any((p / STAGING_MARK).exists() for p in (path, *path.parents))
+
+
 def json_files_under(root: Path) -> list[str]:
-    """Relative paths (posix) of the JSON files under ``root``, hidden files and folders left out,
-    sorted."""
+    """Relative paths (posix) of the JSON files under ``root``, sorted; hidden files and folders
+    and staging folders (holding :data:`STAGING_MARK`) left out."""
     out: list[str] = []
     base = str(root)
     for folder, dirs, names in os.walk(base):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(".")
+                   and not os.path.exists(os.path.join(folder, d, STAGING_MARK))]
+        if STAGING_MARK in names:  # root itself is a staging folder: nothing in it is input
+            dirs[:] = []
+            continue
         rel = os.path.relpath(folder, base)
         prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         out.extend(prefix + n for n in names if is_json_name(n) and os.path.isfile(os.path.join(folder, n)))

@@ -49,7 +49,7 @@ from etl.dataset import (
     typed_in_table,
 )
 from etl.errors import RunStateError
-from etl.jsontext import add_keys
+from etl.jsontext import STAGING_MARK, add_keys
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -377,8 +377,9 @@ class Manifest(dict[str, Any]):
     __setitem__ = __delitem__ = clear = update = pop = popitem = setdefault = _read_only  # type: ignore[assignment]
 
 
-#: The lock file of a dataset's staging folder (``<staging_dir>/<dataset>/.lock``).
-STAGING_LOCK = ".lock"
+#: The lock file of a dataset's staging folder (``<staging_dir>/<dataset>/.etl-staging.lock``),
+#: which also marks it as no input (:data:`etl.jsontext.STAGING_MARK`).
+STAGING_LOCK = STAGING_MARK
 
 
 @contextmanager

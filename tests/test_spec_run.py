@@ -216,3 +216,25 @@ def test_rule_severity_in_the_spec(tmp_path: Path, severity: str) -> None:
         assert "records.name.one_of" in listed.output
     result = CliRunner().invoke(main, ["validate", str(out), str(export)], env=_env(tmp_path))
     assert result.exit_code == 0, result.output
+
+
+def test_a_staging_folder_inside_the_export_is_never_input(tmp_path: Path) -> None:
+    """`etl run` in the export's own folder stages into ./staging beside the data: the toolkit's
+    manifests and reports there are JSON files a folder or a glob would otherwise take as
+    records. Run twice (the second restaged with --force), by folder and by glob: the same rows."""
+    export = _write(tmp_path / "export", _v1())
+    env = {"ETL_STAGING_DIR": str(export / "staging"), "ETL_DATASETS_DIR": str(tmp_path / "specs")}
+    _invoke(["init", "things", str(export), "--json"], env)
+    spec = tmp_path / "specs" / "things.toml"
+    for source in (str(export), str(export / "**" / "*.json"), str(export)):
+        result = CliRunner().invoke(main, ["stage", str(spec), source, "--force"], env=env)
+        assert result.exit_code == 0, result.output
+        assert "match no source" not in result.output
+        run = Path(result.stdout.strip().splitlines()[-1])  # the run directory, last
+        manifest = json.loads((run / "manifest.json").read_text())
+        files = [f["relpath"] for f in manifest["sources"]]
+        assert sorted(files) == [f"rec_{i:03d}.json" for i in range(6)], files
+    assert (export / "staging" / "things" / ".etl-staging.lock").exists()
+    # A spec inferred again from the folder does not see the staged runs either.
+    again = _invoke(["init", "things2", str(export), "--json"], env)
+    assert sum(s["files"] for s in again["sources"]) == 6

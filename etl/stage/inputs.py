@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from etl.dataset import Dataset
 from etl.errors import InputError
-from etl.jsontext import is_json_name, json_files_under
+from etl.jsontext import in_staging_folder, is_json_name, json_files_under
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,10 @@ def resolve_inputs(sources: Sequence[str | Path]) -> list[tuple[Path, str]]:
         # A path that exists is that path, whatever characters its name holds ("export [v2]").
         if _GLOB_CHARS.search(text) and not Path(text).exists():
             matches = sorted(globlib.glob(text, recursive=True))
-            files = [Path(m) for m in matches if Path(m).is_file() and is_json_name(Path(m).name)]
+            staged: dict[str, bool] = {}  # per folder: inside a staging folder (never input)
+            files = [Path(m) for m in matches if Path(m).is_file() and is_json_name(Path(m).name)
+                     and not staged.setdefault(os.path.dirname(os.path.abspath(m)),
+                                               in_staging_folder(os.path.dirname(os.path.abspath(m))))]
             if not files:
                 raise InputError("glob matches no JSON file", file=text,
                                  hint="check the pattern; quote it so the shell does not expand it")
