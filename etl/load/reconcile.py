@@ -13,13 +13,17 @@ database holds exactly those rows (row count and content checksum per table), so
 reconciles and loaded has every key of its export in the database.
 
 Records that validation rejected are counted apart (they are in ``rejects/``, not loaded).
-Memory: one source file's records at a time, and each home table's rows of that file.
+Memory: one source file's records at a time, and the rows of one group of files (about
+:data:`GROUP_BYTES` of source) per home table; a larger export's rows wait in temporary files.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import os
+import shutil
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from etl.dataset import ELEMENT, EXTRA, Dataset, Level, Table, field_column, typed_in_table
 from etl.errors import RunStateError
@@ -238,20 +244,32 @@ def _query(url: str, sql: str) -> pl.DataFrame:
     return found
 
 
-def _loaded_rows(run: Run, table: Table, columns: list[str], url: str, schema: str) -> pl.DataFrame:
-    """The rows of ``table`` as the database holds them (``columns``, JSON as its text), each
-    with the lineage of the staged row of the same primary key."""
+def _loaded_pieces(run: Run, table: Table, columns: list[str], url: str, schema: str,
+                   wanted: pl.Series) -> Iterator[pl.DataFrame]:
+    """The rows of ``table`` as the database holds them (``columns``, JSON as its text), a
+    fetched batch at a time, each row with the lineage of the staged row of the same primary
+    key, of the ``wanted`` files only."""
     from etl.infra import pg
 
     pk = list(table.primary_key)
-    staged = run.table(table.name, lineage=True).select(*pk, "_file", "_record", "_path").collect()
+    staged = (run.table(table.name, lineage=True).select(*pk, "_file", "_record", "_path")
+              .filter(pl.col("_file").is_in(wanted.implode())).collect())
     types = {c.name: c.type for c in table.columns}
     select = ", ".join(f"{pg.quote_ident(c)}::text AS {pg.quote_ident(c)}"
                        if types.get(c) in ("json", "jsonb") else pg.quote_ident(c)
                        for c in dict.fromkeys([*pk, *columns]))
-    loaded = _query(url, f"SELECT {select} FROM {pg.quote_ident(schema)}.{pg.quote_ident(table.name)}")
-    loaded = loaded.cast({c: dtype for c, dtype in staged.schema.items() if c in pk})
-    return loaded.join(staged, on=pk, how="inner")
+    conn = pg.connect_adbc(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT {select} FROM {pg.quote_ident(schema)}.{pg.quote_ident(table.name)}")
+            for batch in cur.fetch_record_batch():
+                loaded = pl.from_arrow(batch)
+                assert isinstance(loaded, pl.DataFrame)
+                loaded = loaded.cast({c: dtype for c, dtype in staged.schema.items() if c in pk})
+                yield loaded.join(staged, on=pk, how="inner")
+        conn.rollback()
+    finally:
+        conn.close()
 
 
 def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
@@ -276,66 +294,88 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
         result.levels[lvl.name] = {"records": 0, "matched": 0, "rejected": 0, "mismatched": 0,
                                    "missing": 0}
 
-    # Rows by file: (record, path) → row, per home table (only the columns that rebuild).
+    tables = sorted({lvl.table for lvl in homed if lvl.table is not None})
+    lookups: dict[tuple[str, str], pl.DataFrame] = {}
+
     def lookup(target: Table, column: str) -> pl.DataFrame:
-        """A lookup table's key and ``column``, from the database or the staged tables."""
-        key = target.primary_key[0]
-        if database_url is None:
-            return run.table(target.name).select(key, column).collect()
-        from etl.infra import pg
+        """A lookup table's key and ``column``, from the database or the staged tables (narrow:
+        read once, kept)."""
+        if (target.name, column) not in lookups:
+            key = target.primary_key[0]
+            if database_url is None:
+                found = run.table(target.name).select(key, column).collect()
+            else:
+                from etl.infra import pg
 
-        return _query(database_url, f"SELECT {pg.quote_ident(key)}, {pg.quote_ident(column)} FROM "
-                      f"{pg.quote_ident(schema or dataset.name)}.{pg.quote_ident(target.name)}")
+                found = _query(database_url, f"SELECT {pg.quote_ident(key)}, "
+                               f"{pg.quote_ident(column)} FROM {pg.quote_ident(schema or dataset.name)}"
+                               f".{pg.quote_ident(target.name)}")
+            lookups[(target.name, column)] = found
+        return lookups[(target.name, column)]
 
-    def rows_of(table: str) -> pl.DataFrame:
-        frame = own_rows(table)
+    def with_vias(table: str, frame: pl.DataFrame) -> pl.DataFrame:
         for rb in rebuilders.values():
             if rb.table.name != table:
                 continue
             for fk, target, column, alias in rb.vias:
                 if alias in frame.columns:
                     continue
-                found = lookup(target, column)
                 key = target.primary_key[0]
-                found = found.rename({key: fk, column: alias}).cast({fk: frame.schema[fk]})
-                frame = frame.join(found, on=fk, how="left", maintain_order="left")
+                found = lookup(target, column).rename({key: fk, column: alias})
+                frame = frame.join(found.cast({fk: frame.schema[fk]}), on=fk, how="left",
+                                   maintain_order="left")
         return frame
 
-    def own_rows(table: str) -> pl.DataFrame:
-        cols = {EXTRA, "_file", "_record", "_path"}
+    def columns_of(table: str) -> list[str]:
+        cols = {EXTRA}
         for rb in rebuilders.values():
             if rb.table.name == table:
                 cols |= {name for name, _ in rb.typed if not name.startswith("__via_")}
                 cols |= {fk for fk, _, _, _ in rb.vias}
                 if rb.base:
                     cols.add(rb.base)
-        if database_url is not None:
-            own = sorted(c for c in cols if c not in ("_file", "_record", "_path"))
-            return _loaded_rows(run, dataset.table(table), own, database_url,
-                                schema or dataset.name)
-        if sample is None or sample >= 1:
-            return run.table(table, lineage=True).select(sorted(cols)).collect()
-        # A sample: chunk by chunk, the lineage first, and only the rows of the chosen files
-        # (the rest of a wide table is never held).
-        entry = run.manifest["tables"][table]
-        own = [c for c in sorted(cols) if c not in entry.get("lineage", {})]
-        wanted = pl.Series(selected, dtype=pl.String())
-        parts = []
-        for chunk, line in zip(entry["chunks"], entry.get("lineage_chunks", []), strict=True):
-            lineage = pl.read_parquet(run.path / line["path"]).with_row_index("_n")
-            lineage = lineage.filter(pl.col("_file").is_in(wanted.implode()))
-            if lineage.height == 0:
-                continue
-            rows = (pl.scan_parquet(run.path / chunk["path"]).select(own).with_row_index("_n")
-                    .join(lineage.lazy(), on="_n", how="inner").drop("_n").collect())
-            parts.append(rows)
-        if not parts:
-            return run.table(table, lineage=True).select(sorted(cols)).head(0).collect()
-        return pl.concat(parts, how="vertical_relaxed")
+        return sorted(cols)
 
-    tables = {lvl.table for lvl in homed}
-    frames = {t: rows_of(t).filter(pl.col("_file").is_not_null()).partition_by("_file", as_dict=True)
-              for t in tables if t is not None}
+    wanted = pl.Series(selected, dtype=pl.String())
+
+    def pieces(table: str) -> Iterator[pl.DataFrame]:
+        """The table's rows of the selected files with their lineage, a chunk (or a fetched
+        batch) at a time; at least one frame (empty, with the columns) when there are none."""
+        any_rows = False
+        for piece in _pieces(table):
+            any_rows = True
+            yield piece
+        if not any_rows:
+            yield run.table(table, lineage=True).select(
+                [*columns_of(table), "_file", "_record", "_path"]).head(0).collect()
+
+    def _pieces(table: str) -> Iterator[pl.DataFrame]:
+        own = columns_of(table)
+        if database_url is not None:
+            yield from _loaded_pieces(run, dataset.table(table), own, database_url,
+                                      schema or dataset.name, wanted)
+            return
+        entry = run.manifest["tables"][table]
+        lineage_cols = set(entry.get("lineage", {}))
+        own = [c for c in own if c not in lineage_cols]
+        for chunk, line in zip(entry["chunks"], entry.get("lineage_chunks", []), strict=True):
+            lineage = pl.read_parquet(run.path / line["path"])
+            keep = lineage.get_column("_file").is_in(wanted.implode())
+            if not keep.any():
+                continue
+            # A row group at a time (the wide extra texts of a whole chunk at once, copied by
+            # each step, were the peak), with the lineage rows beside it.
+            start = 0
+            for batch in pq.ParquetFile(run.path / chunk["path"]).iter_batches(
+                    batch_size=16_384, columns=own):
+                n = batch.num_rows
+                mask = keep.slice(start, n)
+                if mask.any():
+                    rows = pl.from_arrow(batch)
+                    assert isinstance(rows, pl.DataFrame)
+                    yield rows.hstack(lineage.slice(start, n)).filter(mask)
+                start += n
+
     rejected: dict[str, set[tuple[int, str]]] = defaultdict(set)
     for lvl in homed:
         rej = run.rejects(lvl.name)
@@ -343,36 +383,140 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
             for f, r, p in rej.select("_file", "_record", "_path").collect().iter_rows():
                 rejected[f].add((r, p or ""))
 
-    for i, src in enumerate(sources):
-        relpath = src["relpath"]
-        path = Path(src["path"])
-        if not path.is_file():
-            raise RunStateError(f"source file {path} is gone; it cannot be reconciled", run=run.id,
-                                file=path, hint="reconcile where the export sits")
-        loaded: dict[str, dict[tuple[int, str], dict[str, Any]]] = {}
-        for table, parts in frames.items():
-            part = parts.get((relpath,))
-            loaded[table] = {} if part is None else {
-                (row["_record"], row["_path"] or ""): row for row in part.iter_rows(named=True)}
-        ds_levels = [lvl for lvl in homed if dataset.level_source(lvl.name).name == src["source"]]
-        try:
-            records = list(_records_of(path))
-        except ValueError as exc:  # text DuckDB read but Python's JSON readers do not
-            result.unreadable.append({"file": relpath, "reason": str(exc)[:200]})
-            continue
-        for record_no, record in enumerate(records):
-            if record is _UNREADABLE:
-                result.unreadable.append({"file": relpath, "record": record_no})
-                continue
-            for lvl in ds_levels:
-                for p, element in _elements(dataset, lvl, record):
-                    _compare(result, rebuilders[lvl.name], relpath, record_no, p, element,
-                             loaded[lvl.table or ""], rejected[relpath])
-        if progress:
-            progress("reconcile", i + 1, len(sources))
+    # The files in groups of about GROUP_BYTES of source; each table's rows are first spread
+    # over the groups (temporary Arrow files, when there is more than one), then each group is
+    # reconciled holding its rows only.
+    groups = _groups(sources)
+    done = 0
+    with _Spill(tables, groups, pieces) as spill:
+        for g, group in enumerate(groups):
+            frames = {t: with_vias(t, spill.rows(t, g)).partition_by("_file", as_dict=True)
+                      for t in tables}
+            for src in group:
+                _reconcile_file(result, run, dataset, homed, rebuilders, src, frames,
+                                rejected[src["relpath"]])
+                done += 1
+                if progress:
+                    progress("reconcile", done, len(sources))
+            del frames
     log.info("reconciled %s: %d records, %d matched, %d mismatched, %d missing", run.id,
              result.records, result.matched, result.mismatched, result.missing)
     return result
+
+
+#: Source bytes reconciled together: a group of files' rows are held at once, never all.
+GROUP_BYTES = 16 << 20
+
+
+def _groups(sources: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``sources`` in order, cut into groups of about :data:`GROUP_BYTES` (a larger file alone)."""
+    groups: list[list[dict[str, Any]]] = []
+    size = 0
+    for src in sources:
+        n = int(src.get("size") or 0)
+        if not groups or (groups[-1] and size + n > GROUP_BYTES):
+            groups.append([])
+            size = 0
+        groups[-1].append(src)
+        size += n
+    return groups or [[]]
+
+
+class _Spill:
+    """Each table's rows spread over the groups of files they belong to: with one group, held
+    as they are; with more, written to one temporary Arrow file per (table, group), so a
+    group's rows are read back alone."""
+
+    def __init__(self, tables: list[str], groups: list[list[dict[str, Any]]],
+                 pieces: Callable[[str], Iterator[pl.DataFrame]]) -> None:
+        self.tables = tables
+        self.groups = groups
+        self.pieces = pieces
+        self.held: dict[str, pl.DataFrame] = {}
+        self.empty: dict[str, pl.DataFrame] = {}
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> _Spill:
+        if len(self.groups) > 1:
+            self.tmp = Path(tempfile.mkdtemp(prefix="etl-reconcile-"))
+            group_of = pl.DataFrame(
+                {"_file": [s["relpath"] for g in self.groups for s in g],
+                 "_group": [i for i, g in enumerate(self.groups) for _ in g]},
+                schema={"_file": pl.String(), "_group": pl.Int32()})
+        for table in self.tables:
+            if self.tmp is None:
+                parts = list(self.pieces(table))
+                self.held[table] = pl.concat(parts, how="vertical_relaxed") if parts else pl.DataFrame()
+                continue
+            writers: dict[int, ipc.RecordBatchFileWriter] = {}
+            schema = None
+            try:
+                for piece in self.pieces(table):
+                    if table not in self.empty:
+                        self.empty[table] = piece.head(0)
+                    tagged = piece.join(group_of, on="_file", how="inner")
+                    for (g,), part in tagged.partition_by("_group", as_dict=True).items():
+                        batch = part.drop("_group").to_arrow()
+                        schema = schema or batch.schema
+                        w = writers.get(int(g))
+                        if w is None:
+                            w = writers[int(g)] = ipc.new_file(self._path(table, int(g)), schema)
+                        w.write_table(batch.cast(schema))
+            finally:
+                for w in writers.values():
+                    w.close()
+        return self
+
+    def _path(self, table: str, group: int) -> str:
+        assert self.tmp is not None
+        return str(self.tmp / f"{table}-{group:05d}.arrow")
+
+    def rows(self, table: str, group: int) -> pl.DataFrame:
+        """The rows of ``table`` from the files of group ``group`` (``_file`` never null)."""
+        if self.tmp is None:
+            frame = self.held.get(table, pl.DataFrame())
+        else:
+            path = self._path(table, group)
+            frame = pl.read_ipc(path) if os.path.exists(path) else \
+                self.empty.get(table, pl.DataFrame())
+        if "_file" not in frame.columns:
+            return pl.DataFrame(schema={"_file": pl.String(), "_record": pl.Int64(),
+                                        "_path": pl.String()})
+        return frame.filter(pl.col("_file").is_not_null())
+
+    def __exit__(self, *exc: object) -> None:
+        self.held.clear()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _reconcile_file(result: Reconciliation, run: Run, dataset: Dataset, homed: list[Level],
+                    rebuilders: dict[str, _Rebuilder], src: dict[str, Any],
+                    frames: dict[str, dict[Any, pl.DataFrame]], rejected: set[tuple[int, str]]) -> None:
+    relpath = src["relpath"]
+    path = Path(src["path"])
+    if not path.is_file():
+        raise RunStateError(f"source file {path} is gone; it cannot be reconciled", run=run.id,
+                            file=path, hint="reconcile where the export sits")
+    loaded: dict[str, dict[tuple[int, str], dict[str, Any]]] = {}
+    for table, parts in frames.items():
+        part = parts.get((relpath,))
+        loaded[table] = {} if part is None else {
+            (row["_record"], row["_path"] or ""): row for row in part.iter_rows(named=True)}
+    ds_levels = [lvl for lvl in homed if dataset.level_source(lvl.name).name == src["source"]]
+    try:
+        records = list(_records_of(path))
+    except ValueError as exc:  # text DuckDB read but Python's JSON readers do not
+        result.unreadable.append({"file": relpath, "reason": str(exc)[:200]})
+        return
+    for record_no, record in enumerate(records):
+        if record is _UNREADABLE:
+            result.unreadable.append({"file": relpath, "record": record_no})
+            continue
+        for lvl in ds_levels:
+            for p, element in _elements(dataset, lvl, record):
+                _compare(result, rebuilders[lvl.name], relpath, record_no, p, element,
+                         loaded[lvl.table or ""], rejected)
 
 
 def _elements(dataset: Dataset, level: Level, record: Any) -> Iterator[tuple[str, Any]]:
