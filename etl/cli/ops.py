@@ -56,7 +56,7 @@ def runs_group(ctx: click.Context, dataset: str | None, limit: int, as_json: boo
         return
     from etl.ops import runs as list_runs
 
-    runs = list_runs(resolve_database_url(ctx, database_url), dataset=dataset, limit=limit)
+    runs = list_runs(resolve_database_url(ctx, database_url, start=False), dataset=dataset, limit=limit)
     if as_json:
         click.echo(json.dumps(jsonable(runs), indent=2))
         return
@@ -92,7 +92,7 @@ def runs_show_cmd(ctx: click.Context, run: str, as_json: bool, database_url: str
     from etl.ops import run_info
 
     parent = ctx.parent.params.get("database_url") if ctx.parent else None
-    r = run_info(resolve_database_url(ctx, database_url or parent), run)
+    r = run_info(resolve_database_url(ctx, database_url or parent, start=False), run)
     if as_json:
         click.echo(json.dumps(jsonable(r), indent=2))
         return
@@ -154,10 +154,11 @@ def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | No
 
     settings = ctx_settings(ctx)
     try:
-        url = resolve_database_url(ctx, database_url)
-    except EtlError as exc:  # the embedded server could not start: report it as the failed part
+        url = resolve_database_url(ctx, database_url, start=False)
+    except EtlError as exc:  # no database given or running: report it as the failed part
         report: dict[str, Any] = {"ok": False, "checks": [{"name": "database", "status": "fail",
-                                                           "required": True, "detail": exc.message}]}
+                                                           "required": True, "detail": exc.message,
+                                                           "hint": exc.hint}]}
     else:
         report = health(url, redis_url=resolve_redis_url(ctx, redis_url), staging_dir=settings.staging_dir)
     if as_json:
@@ -192,7 +193,7 @@ def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_j
     """
     from etl.ops import stats
 
-    info = stats(resolve_database_url(ctx, database_url), runs=last_runs)
+    info = stats(resolve_database_url(ctx, database_url, start=False), runs=last_runs)
     if as_json:
         echo_json(info)
         return
