@@ -161,6 +161,24 @@ def list_runs(conn: psycopg.Connection[Any], *, dataset: str | None = None, limi
         params).fetchall())
 
 
+def latest_per_run(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """The latest load of each staged run (``abandoned`` when its loader is gone, as in
+    :func:`list_runs`)."""
+    return _abandoned(conn, _ledger_sql(
+        conn, f"SELECT DISTINCT ON (dataset, run_id) {_COLUMNS} FROM etl.runs "
+              "ORDER BY dataset, run_id, started_at DESC, id DESC").fetchall())
+
+
+def live_sources(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Per dataset, the latest successful load and the latest successful full load (the one a
+    merge since then built on): the runs the live schema came from (``id``, ``dataset``,
+    ``run_id``, ``mode``)."""
+    latest = ("SELECT * FROM (SELECT DISTINCT ON (dataset) id, dataset, run_id, mode FROM etl.runs "
+              "WHERE status = 'succeeded' {} ORDER BY dataset, ended_at DESC NULLS LAST, id DESC) {}")
+    return _ledger_sql(conn, latest.format("", "any_load") + " UNION "
+                       + latest.format("AND mode <> 'merge'", "full_load")).fetchall()
+
+
 def _abandoned(conn: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with each ``running`` load whose loader is gone marked ``abandoned``: a running
     load holds its dataset's advisory lock on the server for its whole life (the session ends
