@@ -67,7 +67,7 @@ def _staged_runs(staging_dir: Path, dataset: str | None) -> dict[str, list[dict[
     for folder in folders:
         if not folder.is_dir() or folder.name.startswith((".", "_")):
             continue
-        found = []
+        found: list[dict[str, Any]] = []
         for path in folder.iterdir():
             if path.name.startswith((".", "_")) or not (path / MANIFEST).is_file():
                 continue
@@ -78,9 +78,10 @@ def _staged_runs(staging_dir: Path, dataset: str | None) -> dict[str, list[dict[
                 log.info("%s: %s", path, exc)
                 created = ""
             mtime = (path / MANIFEST).stat().st_mtime
-            found.append({"dataset": folder.name, "run_id": path.name, "path": str(path),
-                          "staged_at": created or datetime.fromtimestamp(mtime, UTC).isoformat(
-                              timespec="seconds"), "_order": (created, mtime, path.name)})
+            staged_at = created or datetime.fromtimestamp(mtime, UTC).isoformat(timespec="seconds")
+            entry: dict[str, Any] = {"dataset": folder.name, "run_id": path.name, "path": str(path),
+                                     "staged_at": staged_at, "_order": (created, mtime, path.name)}
+            found.append(entry)
         found.sort(key=lambda r: r["_order"], reverse=True)
         if found:
             out[folder.name] = found

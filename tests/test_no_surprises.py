@@ -113,3 +113,68 @@ def test_unexpected_error_exits_70_with_a_bug_report_hint() -> None:
     assert "bug" in result.output and "Traceback" not in result.output
     usage = CliRunner().invoke(_crashing, [])
     assert usage.exit_code == 2 and "bad usage" in usage.output
+
+
+# ------------------------------------------------------------------------------ no ../shared default
+
+
+@pytest.fixture
+def beside_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder with a ../shared/data beside it (as in a checkout), ETL_SHARED_DATA unset."""
+    for name in ("mids", "mids_full", "aodb"):
+        (tmp_path / "shared" / "data" / name).mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "aodb" / "items.json").write_text("[]")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for name in ("ETL_SHARED_DATA", "ETL_DATABASE_URL", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return work
+
+
+def test_no_command_defaults_to_shared(beside_shared: Path) -> None:
+    from etl.bench import find_real_export
+
+    out = beside_shared / "ao"
+    made = CliRunner().invoke(main, ["generate", "aodb", str(out), "--items", "5"])
+    assert made.exit_code == 2, made.output
+    assert "--template" in made.output and "ETL_SHARED_DATA" in made.output
+    assert not out.exists()
+    reads = CliRunner().invoke(main, ["bench-reads", "--dataset", "mids"])
+    assert reads.exit_code == 2, reads.output
+    assert "--template" in reads.output and "ETL_SHARED_DATA" in reads.output
+    assert not (beside_shared / ".etl").exists()
+    assert find_real_export("mids") is None
+
+
+def test_shared_data_comes_from_the_environment(beside_shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl.bench import find_real_export
+    from tests.conftest import SHARED, require_shared
+
+    require_shared(SHARED / "aodb" / "items_100.json")
+    monkeypatch.setenv("ETL_SHARED_DATA", str(SHARED))
+    out = beside_shared / "ao"
+    made = CliRunner().invoke(main, ["generate", "aodb", str(out), "--items", "5"])
+    assert made.exit_code == 0, made.output
+    assert any(out.iterdir())
+    assert find_real_export("mids") == SHARED / "mids_full"
+
+
+def test_the_session_names_what_it_skipped_for_want_of_data(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "PYTEST_ADDOPTS")}
+    env["ETL_SHARED_DATA"] = str(tmp_path / "nowhere")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         "tests/test_aodb.py::test_lookup_tables_are_deduplicated_and_shared",
+         "tests/test_mids.py::test_counts_reconcile_with_source"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = [line for line in done.stdout.splitlines() if "ETL_SHARED_DATA=" in line]
+    assert len(lines) == 1, done.stdout
+    assert lines[0].startswith("2 tests skipped") and str(tmp_path / "nowhere") in lines[0]
