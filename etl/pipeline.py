@@ -118,9 +118,9 @@ def run_all(
     or, with ``mode="merge"``, an upsert into the live tables).
 
     Validation errors stop the run before anything reaches the database; the database is
-    checked first (reachable, ledger current: :func:`~etl.load.check_database`), before any
-    staging."""
-    url = check_database(settings.database_url)  # the live schema: by the load (drift may evolve it)
+    checked first (reachable, a ledger revision this toolkit knows:
+    :func:`~etl.load.check_database`), before any staging."""
+    url = check_database(settings.database_url)
     first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
                          force=force, progress=progress, strict=strict,
                          max_record_bytes=max_record_bytes)
@@ -169,7 +169,7 @@ def rebuild(
 
         dataset = dataset_of(run)
     run.check_dataset(dataset)
-    url = check_database(settings.database_url, dataset)  # before hashing every chunk
+    url = check_database(settings.database_url)  # before hashing every chunk
     with timed("check") as phase:
         phase.rows = check_run_files(run.path, run.manifest)
     phases = [phase]

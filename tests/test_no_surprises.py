@@ -79,6 +79,22 @@ def test_run_with_a_wrong_url_fails_before_staging(bare_folder: Path) -> None:
     assert not (bare_folder / ".etl").exists()
 
 
+def test_run_on_a_ledger_from_a_newer_etl_fails_before_staging(bare_folder: Path, pg_url: str) -> None:
+    from etl.infra import ledger, pg
+
+    ledger.upgrade(pg_url)
+    with pg.connect(pg_url) as conn:
+        conn.execute("UPDATE etl.alembic_version SET version_num = '9999_from_the_future'")
+    src = bare_folder / "export"
+    generate_mids(src, powersets=3, seed=1)
+    staging = bare_folder / "staging"
+    result = CliRunner().invoke(main, ["--staging-dir", str(staging), "run", "mids", str(src),
+                                       "--database-url", pg_url])
+    assert result.exit_code == 3, result.output
+    assert "9999_from_the_future" in result.output and "upgrade etl" in result.output
+    assert not staging.exists()
+
+
 def test_load_and_rebuild_with_a_wrong_url_fail_at_once(bare_folder: Path, pg_url: str) -> None:
     src = bare_folder / "export"
     generate_mids(src, powersets=3, seed=1)

@@ -282,6 +282,21 @@ def heads() -> list[str]:
     return list(_script().get_heads())
 
 
+def check_known(url: str) -> None:
+    """Raise :class:`DatabaseError` when the database's ledger is at a revision the shipped
+    migrations do not have (a newer toolkit migrated it); none yet, or one behind the head, is
+    fine (:func:`upgrade` brings it up)."""
+    at = current(url)
+    if at is None:
+        return
+    known = {rev.revision for rev in _script().walk_revisions()}
+    unknown = sorted(set(at.split(",")) - known)
+    if unknown:
+        raise DatabaseError(f"the run ledger of this database is at revision {', '.join(unknown)}, "
+                            "which this version of etl does not know (a newer one migrated it)",
+                            hint="upgrade etl (pip install -U etl-staging), or use another database")
+
+
 def current(url: str) -> str | None:
     """The revision the database at ``url`` is at (None: never migrated); a retired revision
     reads as the ledger revision it stands for (see :data:`RETIRED`)."""

@@ -93,7 +93,8 @@ def load(
     if "tables" not in run.manifest:
         raise RunStateError(f"run {run.id} has no transformed tables", run=run.id,
                             hint=f"run `etl transform {run.path}` first")
-    url = check_database(database_url, dataset)
+    url = check_database(database_url)
+    ensure_ledger(url, dataset)
     if tag is not None and not dataset.tag_columns:
         raise ConfigError(f"dataset {run.dataset_name} has no tag column; --tag does not apply",
                           hint="leave out --tag")

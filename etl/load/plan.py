@@ -71,21 +71,23 @@ def manifest_digest(run: Run, tag: str | None = None) -> str:
 CONNECT_TIMEOUT = 5
 
 
-def check_database(database_url: str | None, dataset: Dataset | None = None) -> str:
-    """Before any work: the database is reachable and its ledger at the migrations' head
-    (applied when behind, as every load does), and ``dataset``'s live schema exists. Returns
-    the URL (``None``: the embedded server, started if needed).
+def check_database(database_url: str | None) -> str:
+    """Before any work: the database answers, and its ledger is at a revision this toolkit knows
+    (a ledger behind the head, or none yet, is brought up by the load itself, so a run that
+    validation stops leaves the database untouched). Returns the URL (``None``: the embedded
+    server, started if needed).
 
     ``etl run`` calls it before staging, so a wrong URL fails in a moment, not after the export
     is staged, validated and transformed.
 
     Raises:
         DatabaseUnavailable: the server cannot be reached (the hint says what to check).
+        DatabaseError: the ledger was migrated by a newer version of the toolkit.
     """
     url = pg.resolve_url(database_url)
     with pg.connect(url, connect_timeout=CONNECT_TIMEOUT):
         pass
-    ensure_ledger(url, dataset)
+    ledger.check_known(url)
     return url
 
 
