@@ -199,6 +199,8 @@ def demo(dataset: Dataset, out: Path, *, settings: Settings, size: int | None = 
     if gen is None or gen.demo is None:
         raise ConfigError(f"dataset {dataset.name} has no demo",
                           hint="run `etl demo --help` for the datasets that have one")
+    if load:  # before generating: a wrong URL fails at once
+        check_database(settings.database_url)
     options = dict(gen.demo)
     if size is not None and gen.demo_size:
         options[gen.demo_size] = size

@@ -77,6 +77,11 @@ def test_run_with_a_wrong_url_fails_before_staging(bare_folder: Path) -> None:
     assert "cannot connect" in result.output
     assert not staging.exists(), "the export was staged before the database was checked"
     assert not (bare_folder / ".etl").exists()
+    out = bare_folder / "demo-export"
+    demo = CliRunner().invoke(main, ["--staging-dir", str(staging), "demo", "--out", str(out),
+                                     "--database-url", _refused_url()])
+    assert demo.exit_code == 3 and "cannot connect" in demo.output, demo.output
+    assert not out.exists() and not staging.exists()
 
 
 def test_run_on_a_ledger_from_a_newer_etl_fails_before_staging(bare_folder: Path, pg_url: str) -> None:
