@@ -32,7 +32,7 @@ db-upgrade *ARGS:
 validate TARGET *ARGS:
     {{venv}}etl validate {{TARGET}} {{ARGS}}
 
-# the benchmark: the real full export and 5 renamed copies of it (mids_full), through the load
+# the benchmark: the real full export ($ETL_SHARED_DATA/mids_full) and 5 renamed copies of it, through the load
 perf-bench *ARGS:
     {{venv}}etl bench {{ARGS}}
 

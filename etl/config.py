@@ -27,6 +27,10 @@ ENV = {
     "chunk_rows": ("ETL_CHUNK_ROWS",),
     "threads": ("ETL_THREADS",),
 }
+#: The folder of real sample exports (``mids``, ``mids_full``, ``aodb``, ``licenses``) that
+#: generators, benches and tests read when no --template is given. Never assumed: no command
+#: looks in ``../shared`` by itself.
+SHARED_DATA_ENV = "ETL_SHARED_DATA"
 #: Rule severity overrides from the environment: ``NAME=SEVERITY`` items, comma-separated.
 RULES_ENV = "ETL_RULES"
 
@@ -138,6 +142,18 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"setting {key}={value!r} is not valid: {exc}") from exc
     return out
+
+
+def shared_data(*names: str) -> Path | None:
+    """The first ``$ETL_SHARED_DATA/<name>`` of ``names`` that exists; None when the variable is
+    unset or none of them is there."""
+    root = os.environ.get(SHARED_DATA_ENV)
+    if not root:
+        return None
+    for name in names:
+        if (Path(root) / name).exists():
+            return Path(root) / name
+    return None
 
 
 def find_pyproject(start: Path | None = None) -> Path | None:

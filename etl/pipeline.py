@@ -10,7 +10,7 @@ from typing import Any
 
 from etl.config import Settings
 from etl.dataset import Dataset, Generated
-from etl.load import LoadResult, Mode, load
+from etl.load import LoadResult, Mode, check_database, load
 from etl.metrics import Phase, timed
 from etl.run import Run, check_run_files, open_run
 from etl.stage import stage
@@ -117,7 +117,10 @@ def run_all(
     """Stage → validate → transform → load (with indexes, views, verification and the swap;
     or, with ``mode="merge"``, an upsert into the live tables).
 
-    Validation errors stop the run before anything reaches the database."""
+    Validation errors stop the run before anything reaches the database; the database is
+    checked first (reachable, a ledger revision this toolkit knows:
+    :func:`~etl.load.check_database`), before any staging."""
+    url = check_database(settings.database_url)
     first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
                          force=force, progress=progress, strict=strict,
                          max_record_bytes=max_record_bytes)
@@ -125,7 +128,7 @@ def run_all(
         from etl.datasets import dataset_of
 
         dataset = dataset_of(first.run)
-    loaded = load(first.run, dataset, database_url=settings.database_url, mode=mode, force=force,
+    loaded = load(first.run, dataset, database_url=url, mode=mode, force=force,
                   progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
                           loaded, report_html=_report(first.run, loaded, settings))
@@ -166,6 +169,7 @@ def rebuild(
 
         dataset = dataset_of(run)
     run.check_dataset(dataset)
+    url = check_database(settings.database_url)  # before hashing every chunk
     with timed("check") as phase:
         phase.rows = check_run_files(run.path, run.manifest)
     phases = [phase]
@@ -177,7 +181,7 @@ def rebuild(
         phases += [checked.phase, built.phase]
         report = checked.report
         run = built.run
-    loaded = load(run, dataset, database_url=settings.database_url, mode="rebuild", force=True,
+    loaded = load(run, dataset, database_url=url, mode="rebuild", force=True,
                   progress=progress)
     tables = {n: int(e["rows"]) for n, e in run.manifest["tables"].items()}
     return PipelineResult(run, report, tables, [*phases, *loaded.phases], loaded)
@@ -195,6 +199,8 @@ def demo(dataset: Dataset, out: Path, *, settings: Settings, size: int | None = 
     if gen is None or gen.demo is None:
         raise ConfigError(f"dataset {dataset.name} has no demo",
                           hint="run `etl demo --help` for the datasets that have one")
+    if load:  # before generating: a wrong URL fails at once
+        check_database(settings.database_url)
     options = dict(gen.demo)
     if size is not None and gen.demo_size:
         options[gen.demo_size] = size

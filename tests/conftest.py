@@ -18,14 +18,30 @@ SHARED = Path(os.environ.get("ETL_SHARED_DATA", REPO.parent / "shared" / "data")
 MIDS = SHARED / "mids"
 
 
+#: How a skip for missing real data starts (counted by :func:`pytest_terminal_summary`).
+NO_SHARED = "real sample data not found"
+
+
 def require_shared(path: Path) -> Path:
     """A real sample file or folder. In CI it must be there: a missing sample fails loudly;
     elsewhere (a clone without ../shared) the test is skipped."""
     if not path.exists():
         if os.environ.get("CI"):
-            pytest.fail(f"real sample data not found at {path}; CI needs ../shared/data beside the repo")
-        pytest.skip(f"real sample data not found at {path}")
+            pytest.fail(f"{NO_SHARED} at {path}; CI needs ../shared/data beside the repo")
+        pytest.skip(f"{NO_SHARED} at {path}")
     return path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line, when tests were skipped for want of the real sample data: how many, where it was
+    looked for, and how to point the tests at it."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", [])
+               if NO_SHARED in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} test{'s' if len(skipped) != 1 else ''} skipped: the real sample data is "
+            f"not at {SHARED}; set ETL_SHARED_DATA=/path/to/shared/data (the folder holding mids/, "
+            "mids_full/, aodb/, licenses/) to run them", yellow=True)
 
 
 @pytest.fixture(scope="session")

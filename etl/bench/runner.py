@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from etl.config import SHARED_DATA_ENV, shared_data
 from etl.dataset import BenchSpec, Dataset, Generated
 from etl.datasets import get_dataset
 from etl.errors import ConfigError
@@ -161,7 +162,7 @@ def _figures(made: Generated) -> dict[str, Any]:
 
 def find_real_export(dataset: str, template: Path | None = None, *, full: bool = True) -> Path | None:
     """The real export a bench of ``dataset`` measures: ``template`` when given, else the first
-    of ``$ETL_SHARED_DATA/<name>`` and ``../shared/data/<name>`` that exists, for the names the
+    ``$ETL_SHARED_DATA/<name>`` that exists (no other folder is assumed), for the names the
     dataset's bench prefers (:attr:`BenchSpec.real`; mids: the complete export ``mids_full``
     before the 32-file sample ``mids``); with ``full`` false (a template to amplify, which is
     read whole into memory), its :attr:`BenchSpec.sample` names only."""
@@ -170,13 +171,8 @@ def find_real_export(dataset: str, template: Path | None = None, *, full: bool =
     spec = get_dataset(dataset).bench
     real = spec.real if spec is not None else (dataset,)
     names = real if full or spec is None or spec.sample is None else spec.sample
-    roots = [Path(os.environ["ETL_SHARED_DATA"])] if os.environ.get("ETL_SHARED_DATA") else []
-    roots.append(Path("../shared/data"))
-    for root in roots:
-        for name in names:
-            if (root / name).is_dir():
-                return root / name
-    return None
+    found = shared_data(*names)
+    return found if found is not None and found.is_dir() else None
 
 
 def _real_copies(dataset: Dataset, template: Path, copies: int, work_dir: Path,
@@ -221,6 +217,10 @@ def bench(
     spec = _spec(get_dataset(dataset))
     full = bool(copies) or not sizes  # amplifying (sizes) reads its template whole: the sample
     real = find_real_export(dataset, template, full=full) if spec.real else None
+    if real is None and spec.real and not sizes and not copies:
+        log(f"no real {dataset} export found: pass --template DIR or set {SHARED_DATA_ENV} to the "
+            f"folder holding {(spec.real or (dataset,))[0]}/ to measure it; measuring generated "
+            "exports instead")
     if copies or (spec.copies is not None and real is not None and not sizes):
         sizes, plan = [], list(copies or spec.default_copies)
     else:
@@ -260,8 +260,9 @@ def run_bench(
         raise ConfigError(f"--copies makes renamed copies of a real {dataset} export and needs one"
                           if spec.copies is not None else
                           f"--copies: the {dataset} bench makes no renamed copies of a real export",
-                          hint=f"pass --template ../shared/data/{(spec.real or (dataset,))[0]} (or set "
-                               "ETL_SHARED_DATA)" if spec.copies is not None else "measure --entries instead")
+                          hint=f"pass --template DIR (a real {dataset} export), or set {SHARED_DATA_ENV} "
+                               f"to the folder holding {(spec.real or (dataset,))[0]}/"
+                          if spec.copies is not None else "measure --entries instead")
     url = ""
     if load:
         from etl.infra.pg import resolve_url

@@ -47,7 +47,7 @@ def bench_options(fn: F) -> F:
                      "instead (repeatable): " + ", ".join(f"{name} {spec.unit[1]} (default {_sizes(spec)})"
                                                          for name, spec in benches.items()) + "."),
         click.option("--template", type=click.Path(file_okay=False, path_type=Path),
-                     help="The real export (default $ETL_SHARED_DATA/<dataset> or ../shared/data/<dataset>"
+                     help="The real export (default $ETL_SHARED_DATA/<dataset>, never a folder guessed"
                           + (f"; {prefers}" if prefers else "") + "; without one, generators that "
                           "amplify a real sample fall back to synthetic data where they can)."),
     ]
@@ -152,7 +152,7 @@ def _read_benches() -> list[str]:
 @click.option("--dataset", type=click.Choice(_read_benches()), default=next(iter(_read_benches()), None),
               show_default=True, help="Which dataset to read and reload.")
 @click.option("--template", type=click.Path(file_okay=False, path_type=Path),
-              help="The export to load (default ../shared/data/<dataset>).")
+              help="The export to load (default $ETL_SHARED_DATA/<dataset>).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".etl/bench-reads"), show_default=True)
 @click.option("--reloads", type=int, default=4, show_default=True, help="Full reloads during the reads.")
@@ -182,9 +182,17 @@ def bench_reads_cmd(ctx: click.Context, dataset: str, template: Path | None, wor
       etl bench-reads --reloads 6 --lru-procs 3 --json --database-url postgresql://postgres@127.0.0.1/bench
     """
     from etl.bench.reads import bench_reads
+    from etl.config import SHARED_DATA_ENV, shared_data
+    from etl.errors import ConfigError
 
+    template = template or shared_data(dataset)
+    if template is None:
+        raise ConfigError(f"no {dataset} export to load: --template is not given and "
+                          f"${SHARED_DATA_ENV}/{dataset} is not there",
+                          hint=f"pass --template DIR (a {dataset} export), or set {SHARED_DATA_ENV} "
+                               f"to the folder holding {dataset}/")
     settings = ctx_settings(ctx).with_overrides(staging_dir=work_dir / "staging")
-    result = bench_reads(get_dataset(dataset), template=template or Path("../shared/data") / dataset,
+    result = bench_reads(get_dataset(dataset), template=template,
                          work_dir=work_dir, settings=settings,
                          database_url=resolve_database_url(ctx, database_url),
                          redis_url=resolve_redis_url(ctx, redis_url), reloads=reloads,

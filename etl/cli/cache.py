@@ -42,7 +42,8 @@ def cache_stats_cmd(ctx: click.Context, database_url: str | None, redis_url: str
     """
     from etl.infra import cache
 
-    info = cache.stats(resolve_database_url(ctx, database_url), resolve_redis_url(ctx, redis_url))
+    info = cache.stats(resolve_database_url(ctx, database_url, start=False),
+                       resolve_redis_url(ctx, redis_url))
     if as_json:
         echo_json(info)
         return
@@ -99,7 +100,7 @@ def cache_clear_cmd(ctx: click.Context, database_url: str | None, redis_url: str
     if not url:
         raise ConfigError("no Redis configured: there is nothing shared to clear",
                           hint="give --redis-url or set ETL_REDIS_URL")
-    db = None if everything else resolve_database_url(ctx, database_url)
+    db = None if everything else resolve_database_url(ctx, database_url, start=False)
     deleted = cache.clear(db, url, everything=everything)
     err.print(f"deleted {deleted:,} keys")
     click.echo(deleted)
@@ -131,7 +132,7 @@ def cache_warm_cmd(ctx: click.Context, dataset: str, top: int, database_url: str
     if not url:
         raise ConfigError("no Redis configured: warming an in-process cache that exits at once is useless",
                           hint="give --redis-url or set ETL_REDIS_URL")
-    with Cache(resolve_database_url(ctx, database_url), redis_url=url) as c:
+    with Cache(resolve_database_url(ctx, database_url, start=False), redis_url=url) as c:
         result = warm(c, dataset, top=top)
     if as_json:
         echo_json(result)

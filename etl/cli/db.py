@@ -97,7 +97,7 @@ def db_status_cmd(project_dir: Path | None, as_json: bool) -> None:
         return
     if not info["exists"]:
         err.print(f"no embedded PostgreSQL in {escape(info['project_dir'])} yet: `etl db start` "
-                  "creates one (so does any command that needs a database, given no URL)")
+                  "creates one (so do `etl run`, `load`, `rebuild` and `demo`, given no URL)")
         return
     table = Table(title="embedded PostgreSQL", title_justify="left", show_header=False)
     table.add_column("")
@@ -160,7 +160,7 @@ def db_optimize_cmd(ctx: click.Context, database_url: str | None, datasets: tupl
     """
     from etl.ops import optimize
 
-    report = optimize(resolve_database_url(ctx, database_url), datasets=list(datasets) or None)
+    report = optimize(resolve_database_url(ctx, database_url, start=False), datasets=list(datasets) or None)
     if as_json:
         echo_json(report)
         return

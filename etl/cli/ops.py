@@ -56,7 +56,7 @@ def runs_group(ctx: click.Context, dataset: str | None, limit: int, as_json: boo
         return
     from etl.ops import runs as list_runs
 
-    runs = list_runs(resolve_database_url(ctx, database_url), dataset=dataset, limit=limit)
+    runs = list_runs(resolve_database_url(ctx, database_url, start=False), dataset=dataset, limit=limit)
     if as_json:
         click.echo(json.dumps(jsonable(runs), indent=2))
         return
@@ -92,7 +92,7 @@ def runs_show_cmd(ctx: click.Context, run: str, as_json: bool, database_url: str
     from etl.ops import run_info
 
     parent = ctx.parent.params.get("database_url") if ctx.parent else None
-    r = run_info(resolve_database_url(ctx, database_url or parent), run)
+    r = run_info(resolve_database_url(ctx, database_url or parent, start=False), run)
     if as_json:
         click.echo(json.dumps(jsonable(r), indent=2))
         return
@@ -154,10 +154,11 @@ def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | No
 
     settings = ctx_settings(ctx)
     try:
-        url = resolve_database_url(ctx, database_url)
-    except EtlError as exc:  # the embedded server could not start: report it as the failed part
+        url = resolve_database_url(ctx, database_url, start=False)
+    except EtlError as exc:  # no database given or running: report it as the failed part
         report: dict[str, Any] = {"ok": False, "checks": [{"name": "database", "status": "fail",
-                                                           "required": True, "detail": exc.message}]}
+                                                           "required": True, "detail": exc.message,
+                                                           "hint": exc.hint}]}
     else:
         report = health(url, redis_url=resolve_redis_url(ctx, redis_url), staging_dir=settings.staging_dir)
     if as_json:
@@ -192,7 +193,7 @@ def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_j
     """
     from etl.ops import stats
 
-    info = stats(resolve_database_url(ctx, database_url), runs=last_runs)
+    info = stats(resolve_database_url(ctx, database_url, start=False), runs=last_runs)
     if as_json:
         echo_json(info)
         return
@@ -216,3 +217,71 @@ def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_j
                      when(r["ended_at"]),
                      "-" if r["seconds"] is None else f"{r['seconds']:.2f} s", f"{r['rows']:,}", phases)
     err.print(runs)
+
+
+@runs_group.command("prune")
+@click.option("--keep", type=click.IntRange(min=0), default=3, show_default=True, metavar="N",
+              help="Keep the N runs of each dataset staged last.")
+@click.option("--dataset", help="Only this dataset's runs (default: every dataset in the staging folder).")
+@click.option("--dry-run", is_flag=True, help="Delete nothing: list what would go, with sizes.")
+@click.option("--force", is_flag=True, help="Also delete runs the run ledger needs (live, in use by a "
+              "load, resumable), and prune without a database.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@database_url_option
+@click.pass_context
+@handle_errors
+def runs_prune_cmd(ctx: click.Context, keep: int, dataset: str | None, dry_run: bool, force: bool,
+                   as_json: bool, database_url: str | None) -> None:
+    """Delete old staged runs: keep the N newest of each dataset, and every run the database needs.
+
+    Whatever its age, a run is kept when the run ledger says the live schema came from it (the
+    latest successful load, and the latest full load a merge built on), a load of it is running,
+    or its latest load was interrupted or abandoned (`etl load RUN` resumes it); --force deletes
+    those too. The ledger is read from --database-url or the running embedded server (never
+    started for this); without one, only --force prunes. Prints the space freed.
+
+    \b
+    Examples:
+      etl runs prune --dry-run
+      etl runs prune --keep 1 --dataset mids
+      etl runs prune --keep 0 --force --json
+    """
+    from etl.errors import EtlError
+    from etl.prune import prune
+
+    settings = ctx_settings(ctx)
+    parent = ctx.parent.params.get("database_url") if ctx.parent else None
+    try:
+        url: str | None = resolve_database_url(ctx, database_url or parent, start=False)
+    except EtlError as exc:  # no database: the ledger cannot say which runs are needed
+        if not force:
+            exc.hint = f"{exc.hint}; or give --force to prune by age alone" if exc.hint else None
+            raise
+        url = None
+    report = prune(settings.staging_dir, database_url=url, keep=keep, dataset=dataset or (
+        ctx.parent.params.get("dataset") if ctx.parent else None), force=force, dry_run=dry_run)
+    if as_json:
+        echo_json(report)
+        return
+    if not report["runs"]:
+        err.print(f"no staged runs under {escape(report['staging_dir'])}")
+        return
+    table = Table(title=f"staged runs under {escape(report['staging_dir'])}"
+                        + (" (dry run)" if dry_run else ""), title_justify="left")
+    for col in ("dataset", "run", "staged", "size", "action", "why"):
+        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
+    verb = "would delete" if dry_run else "deleted"
+    for r in report["runs"]:
+        action = f"[red]{verb}[/]" if r["action"] == "delete" else "[green]kept[/]"
+        table.add_row(escape(r["dataset"]), escape(r["run_id"]), escape(r["staged_at"]),
+                      _size(r["bytes"]), action, escape(r["reason"]))
+    err.print(table)
+    gone = sum(1 for r in report["runs"] if r["action"] == "delete")
+    err.print(f"{verb} {gone} run{'' if gone == 1 else 's'}, "
+              f"{'would free' if dry_run else 'freed'} {_size(report['freed_bytes'])}; kept "
+              f"{len(report['runs']) - gone} ({_size(report['kept_bytes'])})")
+    click.echo(report["freed_bytes"])
+
+
+def _size(n: int) -> str:
+    return mb(n) if n >= 10_000_000 else kb(n)

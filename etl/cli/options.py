@@ -105,11 +105,14 @@ database_url_option = click.option(
                            "server under the project directory).")
 
 
-def resolve_database_url(ctx: click.Context, flag: str | None) -> str:
-    """The database to use: --database-url > environment > the embedded server."""
-    from etl.infra.pg import resolve_url
+def resolve_database_url(ctx: click.Context, flag: str | None, *, start: bool = True) -> str:
+    """The database to use: --database-url > environment > the embedded server, started if
+    needed; ``start=False`` (read-only commands): only a running one, else
+    :class:`~etl.infra.errors.NoDatabase` saying what to pass or start."""
+    from etl.infra.pg import existing_url, resolve_url
 
-    return resolve_url(ctx_settings(ctx, database_url=flag).database_url)
+    url = ctx_settings(ctx, database_url=flag).database_url
+    return resolve_url(url) if start else existing_url(url)
 
 
 redis_url_option = click.option(

@@ -27,7 +27,7 @@ def _query_cmd(dataset: str, q: ReadQuery) -> click.Command:
         from etl.infra.cache import Cache
         from etl.query import run
 
-        with Cache(resolve_database_url(ctx, database_url),
+        with Cache(resolve_database_url(ctx, database_url, start=False),
                    redis_url=resolve_redis_url(ctx, redis_url)) as cache:
             result = run(cache, dataset, q.name, arg)
         echo_json(result)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -20,13 +21,15 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from etl.config import Settings
-from etl.errors import EtlError
+from etl.errors import EtlError, mask_secrets
 from etl.metrics import Phase
 from etl.run import Run
 
 # Piped or captured output gets wide lines, so rule names and paths are never folded.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
+#: The exit code of an exception the toolkit did not raise on purpose (sysexits' EX_SOFTWARE).
+INTERNAL_ERROR = 70
 
 
 def handle_errors(fn: F) -> F:
@@ -39,6 +42,16 @@ def handle_errors(fn: F) -> F:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
                       soft_wrap=True)
             sys.exit(exc.exit_code)
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise  # usage errors, --help, confirmations: click's own exits
+        except Exception as exc:  # not raised on purpose: a bug, not a traceback for the user
+            if os.environ.get("ETL_DEBUG"):
+                err.print_exception()
+            err.print(f"[bold red]internal error:[/] {escape(type(exc).__name__)}: "
+                      f"{escape(mask_secrets(str(exc)))}\n  next: this is a bug in etl; please report it "
+                      "with the command you ran and the output of the same command with ETL_DEBUG=1 "
+                      "(the traceback)", highlight=False, soft_wrap=True)
+            sys.exit(INTERNAL_ERROR)
 
     return wrapper  # type: ignore[return-value]
 

@@ -26,6 +26,13 @@ class DatabaseUnavailable(DatabaseError, TransientError):
     transient = True
 
 
+class NoDatabase(DatabaseError, TerminalError):
+    """No database is given and the project's embedded server is not running: a read-only command
+    does not start one."""
+
+    transient = False
+
+
 class LockBusy(TerminalError):
     """Another process holds the dataset's load lock."""
 

@@ -161,6 +161,24 @@ def list_runs(conn: psycopg.Connection[Any], *, dataset: str | None = None, limi
         params).fetchall())
 
 
+def latest_per_run(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """The latest load of each staged run (``abandoned`` when its loader is gone, as in
+    :func:`list_runs`)."""
+    return _abandoned(conn, _ledger_sql(
+        conn, f"SELECT DISTINCT ON (dataset, run_id) {_COLUMNS} FROM etl.runs "
+              "ORDER BY dataset, run_id, started_at DESC, id DESC").fetchall())
+
+
+def live_sources(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
+    """Per dataset, the latest successful load and the latest successful full load (the one a
+    merge since then built on): the runs the live schema came from (``id``, ``dataset``,
+    ``run_id``, ``mode``)."""
+    latest = ("SELECT * FROM (SELECT DISTINCT ON (dataset) id, dataset, run_id, mode FROM etl.runs "
+              "WHERE status = 'succeeded' {} ORDER BY dataset, ended_at DESC NULLS LAST, id DESC) {}")
+    return _ledger_sql(conn, latest.format("", "any_load") + " UNION "
+                       + latest.format("AND mode <> 'merge'", "full_load")).fetchall()
+
+
 def _abandoned(conn: psycopg.Connection[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``rows`` with each ``running`` load whose loader is gone marked ``abandoned``: a running
     load holds its dataset's advisory lock on the server for its whole life (the session ends
@@ -262,6 +280,21 @@ def _script() -> Any:
 def heads() -> list[str]:
     """The head revision(s) of the migrations."""
     return list(_script().get_heads())
+
+
+def check_known(url: str) -> None:
+    """Raise :class:`DatabaseError` when the database's ledger is at a revision the shipped
+    migrations do not have (a newer toolkit migrated it); none yet, or one behind the head, is
+    fine (:func:`upgrade` brings it up)."""
+    at = current(url)
+    if at is None:
+        return
+    known = {rev.revision for rev in _script().walk_revisions()}
+    unknown = sorted(set(at.split(",")) - known)
+    if unknown:
+        raise DatabaseError(f"the run ledger of this database is at revision {', '.join(unknown)}, "
+                            "which this version of etl does not know (a newer one migrated it)",
+                            hint="upgrade etl (pip install -U etl-staging), or use another database")
 
 
 def current(url: str) -> str | None:

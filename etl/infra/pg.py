@@ -21,7 +21,7 @@ from etl.errors import ConfigError, mask_secrets
 
 # DatabaseError and LockBusy are imported from here too (they were defined here before).
 from etl.infra.errors import DatabaseError as DatabaseError
-from etl.infra.errors import DatabaseUnavailable, LockBusy
+from etl.infra.errors import DatabaseUnavailable, LockBusy, NoDatabase
 from etl.infra.errors import is_transient as is_transient
 
 log = logging.getLogger(__name__)
@@ -166,3 +166,28 @@ def resolve_url(database_url: str | None) -> str:
     from etl.infra import embedded
 
     return embedded.ensure_started()
+
+
+def existing_url(database_url: str | None) -> str:
+    """The database a read-only command uses: the given URL, else the project's embedded server
+    if it runs. Never creates or starts a server (``etl runs``, ``stats``, ``health``, ``cache
+    stats`` only read).
+
+    Raises:
+        NoDatabase: no URL is given and the embedded server is not running; the hint names the
+            command that fixes it.
+    """
+    if database_url:
+        return normalize_url(database_url)
+    from etl.infra import embedded
+
+    info = embedded.status()
+    if info["running"] and info["ready"] and info["url"]:
+        return str(info["url"])
+    if info["exists"]:
+        raise NoDatabase(f"no database: the project's embedded PostgreSQL ({info['data_dir']}) is "
+                         "stopped and no --database-url / ETL_DATABASE_URL is given",
+                         hint="run `etl db start`, or pass --database-url")
+    raise NoDatabase(f"no database: no --database-url / ETL_DATABASE_URL is given and the project "
+                     f"({info['project_dir']}) has no embedded PostgreSQL",
+                     hint="pass --database-url or set ETL_DATABASE_URL, or run `etl db start`")

@@ -5,5 +5,7 @@
 
 from etl.load.errors import VerificationFailed
 from etl.load.loader import LoadResult, Mode, live_tables, load, table_checksums
+from etl.load.plan import check_database
 
-__all__ = ["LoadResult", "Mode", "VerificationFailed", "live_tables", "load", "table_checksums"]
+__all__ = ["LoadResult", "Mode", "VerificationFailed", "check_database", "live_tables", "load",
+           "table_checksums"]

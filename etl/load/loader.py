@@ -40,7 +40,7 @@ from etl.load.copy import copy_all
 from etl.load.errors import VerificationFailed
 from etl.load.keys import keys_all, post_sql
 from etl.load.merge import merge
-from etl.load.plan import LoadResult, ensure_ledger, manifest_digest
+from etl.load.plan import LoadResult, check_database, ensure_ledger, manifest_digest
 from etl.load.state import Load, Mode, Progress
 from etl.load.verify import RECONCILE_SAMPLE, RECONCILED, table_checksums, verify
 from etl.metrics import Phase, timed
@@ -93,7 +93,7 @@ def load(
     if "tables" not in run.manifest:
         raise RunStateError(f"run {run.id} has no transformed tables", run=run.id,
                             hint=f"run `etl transform {run.path}` first")
-    url = pg.resolve_url(database_url)
+    url = check_database(database_url)
     ensure_ledger(url, dataset)
     if tag is not None and not dataset.tag_columns:
         raise ConfigError(f"dataset {run.dataset_name} has no tag column; --tag does not apply",

@@ -66,6 +66,31 @@ def manifest_digest(run: Run, tag: str | None = None) -> str:
     return hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+#: How long the check before a load waits for the server to answer (a wrong host, a firewall
+#: that drops packets); a refused connection fails at once.
+CONNECT_TIMEOUT = 5
+
+
+def check_database(database_url: str | None) -> str:
+    """Before any work: the database answers, and its ledger is at a revision this toolkit knows
+    (a ledger behind the head, or none yet, is brought up by the load itself, so a run that
+    validation stops leaves the database untouched). Returns the URL (``None``: the embedded
+    server, started if needed).
+
+    ``etl run`` calls it before staging, so a wrong URL fails in a moment, not after the export
+    is staged, validated and transformed.
+
+    Raises:
+        DatabaseUnavailable: the server cannot be reached (the hint says what to check).
+        DatabaseError: the ledger was migrated by a newer version of the toolkit.
+    """
+    url = pg.resolve_url(database_url)
+    with pg.connect(url, connect_timeout=CONNECT_TIMEOUT):
+        pass
+    ledger.check_known(url)
+    return url
+
+
 def ensure_ledger(url: str, dataset: Dataset | None = None) -> None:
     """Create or upgrade the ledger when the database is behind, and create ``dataset``'s live
     schema (empty, from its tables) when it has none, so readers find its tables from the start."""

@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from etl.config import SHARED_DATA_ENV, shared_data
 from etl.dataset import BenchSpec, Generated, Generator, GenOption
 from etl.errors import ConfigError, InputError
 
@@ -73,7 +74,7 @@ def load_template(template: Path) -> list[dict[str, Any]]:
             items.extend(d for d in data if isinstance(d, dict) and "AOID" in d)
     if not items:
         raise InputError("no template items found", file=template,
-                         hint="point --template at ../shared/data/aodb or an items JSON array")
+                         hint="point --template at a real aodb export or an items JSON array")
     return items
 
 
@@ -201,10 +202,6 @@ def generate_aodb(
 
 # --------------------------------------------------------------------------- as the CLI and the bench call it
 
-#: The real sample amplified when no template is given.
-DEFAULT_TEMPLATE = Path("../shared/data/aodb")
-
-
 def _generated(made: GeneratedItems) -> Generated:
     return Generated(made.root, made.files, made.bytes, made.items,
                      (("items", made.items), ("stat values", made.stat_values), ("spells", made.spells)))
@@ -213,16 +210,22 @@ def _generated(made: GeneratedItems) -> Generated:
 def generate(out: Path, *, seed: int = 0, template: Path | None = None, items: int | None = None,
              files: int = 1, ndjson: bool = False) -> Generated:
     """``etl generate aodb``: ``items`` items (default 1,000) amplified from ``template`` (default
-    :data:`DEFAULT_TEMPLATE`), over ``files`` files, as a JSON array or ``ndjson``."""
+    ``$ETL_SHARED_DATA/aodb``), over ``files`` files, as a JSON array or ``ndjson``."""
+    template = template or shared_data("aodb")
+    if template is None:
+        raise ConfigError("the aodb generator amplifies a real aodb export and was given none",
+                          hint=f"pass --template DIR (a folder of aodb item arrays, or one such "
+                               f"file), or set {SHARED_DATA_ENV} to the folder holding aodb/")
     return _generated(generate_aodb(out, items=items or 1_000, seed=seed, files=files, ndjson=ndjson,
-                                    template=template or DEFAULT_TEMPLATE))
+                                    template=template))
 
 
 def bench_export(out: Path, size: int, seed: int, template: Path | None) -> Generated:
     """An export of ``size`` items for ``etl bench``, amplified from the real ``template``."""
     if template is None:
         raise ConfigError("the aodb bench amplifies a real sample and needs --template",
-                          hint="pass --template ../shared/data/aodb")
+                          hint=f"pass --template DIR (a real aodb export), or set {SHARED_DATA_ENV} "
+                               "to the folder holding aodb/")
     return _generated(generate_aodb(out, items=size, template=template, seed=seed))
 
 
@@ -233,7 +236,7 @@ GENERATOR = Generator(
         GenOption("files", int, "split the items over this many files.", default=1),
         GenOption("ndjson", bool, "one item a line instead of a JSON array."),
     ),
-    template_help="default ../shared/data/aodb",
+    template_help="a real aodb export to amplify (default $ETL_SHARED_DATA/aodb)",
 )
 
 BENCH = BenchSpec(sizes=(170_000,), export=bench_export, unit=("item", "items"), real=("aodb",))
