@@ -9,17 +9,39 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.logging import RichHandler
 
+from etl import interrupt
+from etl.cli.failures import ARGV, fail
 from etl.cli.render import err, print_phases, print_report
 from etl.config import load_settings
 from etl.metrics import prefer_jemalloc
 from etl.version import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class EtlGroup(click.Group):
+    """The root group: it keeps the command line (for "run the same command again" hints), and
+    a usage error of a command given ``--json`` gets the error document on stdout too."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.ClickException as exc:
+            if "--json" not in ctx.meta.get(ARGV, ()):
+                raise
+            fail(exc, as_json=True)
+        except KeyboardInterrupt as exc:  # between commands' own handling (parsing, imports)
+            fail(exc, as_json="--json" in ctx.meta.get(ARGV, ()))
+
+
+@click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="etl")
 @click.option("--staging-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where runs are staged (env ETL_STAGING_DIR; default ./staging).")
@@ -35,6 +57,7 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
       etl transform staging/mids/<run>
       etl demo                           # all of it on a generated export
     """
+    interrupt.install()  # Ctrl-C and SIGTERM raise Interrupted: cleaned up, exit 130 / 143
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False)], force=True)

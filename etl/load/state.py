@@ -8,14 +8,19 @@ the :class:`Load` and runs the function on it; results, progress and exceptions 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 
+from etl import interrupt
 from etl.dataset import Dataset
 from etl.infra import pg
 from etl.infra.errors import LockLost
@@ -101,7 +106,15 @@ class Load:
         return (column, self.tag) if column and self.tag is not None else None
 
     def retry(self, what: str, fn: Callable[[], T]) -> T:
-        result: T = pg.retry(fn, what=what, attempts=self.retries, first_delay=self.retry_delay,
+        def attempt() -> T:
+            interrupt.check()  # asked to stop: no new attempt (a killed worker is not retried)
+            try:
+                return fn()
+            except Exception:
+                interrupt.check()  # the failure is the interruption's doing (abort_work)
+                raise
+
+        result: T = pg.retry(attempt, what=what, attempts=self.retries, first_delay=self.retry_delay,
                              next_step=f"check the database, then run `etl load {self.run.path}` "
                                        "again: finished steps are kept and the load resumes")
         return result
@@ -142,6 +155,40 @@ class Load:
             done = self._copied_rows
         if self.progress:
             self.progress("load", done, total)
+
+    @contextlib.contextmanager
+    def pool(self, prefix: str) -> Iterator[ThreadPoolExecutor]:
+        """Threads for steps that run concurrently. Interrupted (Ctrl-C, SIGTERM), the load does
+        not wait for their steps to end: :meth:`abort_work` stops them at once, and each step's
+        transaction rolls back, left to resume."""
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=prefix) as pool:
+            try:
+                yield pool
+            except KeyboardInterrupt:
+                self.abort_work()
+                raise
+
+    def abort_work(self) -> None:
+        """Stop the load's work where it is: its worker processes killed, and every server
+        session working on its build (each holds the build lock shared, see :meth:`working_sql`)
+        terminated, so no statement of it runs on; the threads waiting on them then end (an
+        interrupted load tries nothing again, see :meth:`retry`)."""
+        with self._progress_lock:
+            workers = [w for w in self._workers if not w.closed]
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signal.SIGKILL)  # the thread waiting on it reaps it
+        key = pg.lock_key(build_lock_name(self.live))
+        try:
+            with pg.connect(self.url) as admin:
+                ended = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid()",
+                    ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall()
+            log.info("stopped %d worker(s) and %d server session(s) of the load of %s",
+                     len(workers), len(ended), self.live)
+        except Exception:  # the database may be what is gone; the sessions then end anyway
+            log.warning("could not end the load's server sessions", exc_info=True)
 
     # -- the ADBC connection (in a worker process) ---------------------------------------------
 
