@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from types import FrameType
@@ -28,6 +29,7 @@ from types import FrameType
 log = logging.getLogger(__name__)
 
 _REQUESTED = threading.Event()
+_REPEATS = [0]  # signals received while already stopping
 _SIGNUM = [int(signal.SIGINT)]  # the signal that asked, for the threads that ask requested()
 
 
@@ -52,6 +54,14 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _raise(signum: int, frame: FrameType | None) -> None:
+    if _REQUESTED.is_set():
+        # Already stopping (cleaning up): a second signal lets that finish, a third ends the
+        # process at once (the load then resumes like one that was killed).
+        _REPEATS[0] += 1
+        if _REPEATS[0] >= 2:
+            os._exit(128 + signum)
+        log.warning("already stopping (finishing the cleanup); signal once more to stop at once")
+        return
     _SIGNUM[0] = signum
     _REQUESTED.set()
     log.info("received %s: stopping", signal.Signals(signum).name)
@@ -60,9 +70,12 @@ def _raise(signum: int, frame: FrameType | None) -> None:
 
 def install() -> None:
     """Make SIGINT and SIGTERM raise :class:`Interrupted` in this process's main thread (a no-op
-    when called from another thread: only the main thread receives Python signal handlers)."""
+    when called from another thread: only the main thread receives Python signal handlers).
+    Forgets an earlier interruption of this process."""
     if threading.current_thread() is not threading.main_thread():
         return
+    _REQUESTED.clear()
+    _REPEATS[0] = 0
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _raise)
 

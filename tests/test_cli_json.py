@@ -213,3 +213,12 @@ def test_a_usage_error_with_json_is_an_error_document(world: World) -> None:
     assert res.exit_code == 2
     assert json.loads(res.stdout)["error"]["type"] == "UsageError"
 
+
+
+def test_a_declined_confirmation_with_json_is_an_error_document(world: World) -> None:
+    res = CliRunner().invoke(main, ["--staging-dir", str(world.tmp / "staging"), "load", str(world.run),
+                                    "--database-url", world.db, "--unsafe-fast", "--json"],
+                             env=ENV, input="n\n")
+    assert res.exit_code == 1, res.output
+    assert json.loads(res.stdout)["error"]["type"] == "Aborted"
+    assert "Aborted!" not in res.stderr

@@ -33,7 +33,7 @@ class EtlGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except click.ClickException as exc:
+        except (click.ClickException, click.Abort) as exc:
             if "--json" not in ctx.meta.get(ARGV, ()):
                 raise
             fail(exc, as_json=True)

@@ -54,6 +54,8 @@ def exit_code(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, click.ClickException):
         return exc.exit_code
+    if isinstance(exc, click.Abort):
+        return 1
     return UNEXPECTED_EXIT
 
 
@@ -79,6 +81,9 @@ def error_document(exc: BaseException) -> dict[str, Any]:
         name = ctx.command_path if ctx is not None else "etl"
         error = {"type": "UsageError", "message": exc.format_message(), "file": None, "record": None,
                  "next": f"see `{name} --help`"}
+    elif isinstance(exc, click.Abort):
+        error = {"type": "Aborted", "message": "not confirmed: nothing was done", "file": None,
+                 "record": None, "next": f"run `{command_line()}` again and confirm, or add --yes"}
     else:
         error = {"type": type(exc).__name__, "message": mask_secrets(str(exc)), "file": None,
                  "record": None, "next": "an unexpected error: run the same command with -vv and "
@@ -105,7 +110,7 @@ def fail(exc: BaseException, *, as_json: bool) -> NoReturn:
     error = doc["error"]
     if isinstance(exc, EtlError):
         text = str(exc)
-    elif interrupt.as_interrupted(exc) is not None or isinstance(exc, click.ClickException):
+    elif interrupt.as_interrupted(exc) is not None or isinstance(exc, click.ClickException | click.Abort):
         text = f"{error['message']}\n  next: {error['next']}"
     else:
         log.debug("unexpected error", exc_info=exc)

@@ -164,6 +164,9 @@ def fail(load: Load, exc: BaseException) -> None:
     load.fence.down()  # no new generation: readers may take leases again
     if not load.ledger_id:
         return
+    if "swap" in load.steps:  # the swap committed the load as succeeded: what failed came after
+        log.warning("the load succeeded (swapped in); then: %s", exc)
+        return
     stopped = interrupt.as_interrupted(exc)
     status = "failed" if stopped is None else "interrupted"
     error = str(exc) if stopped is None else (
