@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from etl import interrupt
 from etl.infra import pg
 from etl.load import forked
 
@@ -68,7 +69,8 @@ class Faults:
             os.replace(tmp, marker)
         deadline = time.monotonic() + PAUSE_LIMIT
         while time.monotonic() < deadline:
-            time.sleep(0.05)  # a signal's handler raises here (or the worker is killed)
+            interrupt.check()  # in a thread: the main thread was interrupted
+            time.sleep(0.05)  # in the main thread, a signal's handler raises here
 
     def drop(self, point: str, conn: Any) -> None:
         """``ETL_FAULT_DROP_AT=<point>[@always|@abort]``: lose ``conn`` (or the worker) here."""

@@ -36,21 +36,24 @@ def _wait_for(what: str, ready: object) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize(("sig", "code", "as_json"), [(signal.SIGINT, 130, False),
-                                                       (signal.SIGTERM, 143, True)])
+@pytest.mark.parametrize(("sig", "code", "point", "as_json"), [
+    (signal.SIGINT, 130, "copy:powers", False),  # in a worker process, mid-COPY
+    (signal.SIGTERM, 143, "copy:powers", True),
+    (signal.SIGTERM, 143, "keys:powers", False),  # in a thread of the loading process
+])
 def test_an_interrupted_run_stops_cleanly_and_the_rerun_resumes(
-        tmp_path: Path, pg_url: str, sig: signal.Signals, code: int, as_json: bool) -> None:
+        tmp_path: Path, pg_url: str, sig: signal.Signals, code: int, point: str, as_json: bool) -> None:
     export = tmp_path / "export"
     generate_mids(export, powersets=12, seed=3)
     marker = tmp_path / "paused"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_FAULT_")}
-    env.update(ETL_FAULT_PAUSE_AT="copy:powers", ETL_FAULT_PAUSE_FILE=str(marker))
+    env.update(ETL_FAULT_PAUSE_AT=point, ETL_FAULT_PAUSE_FILE=str(marker))
     cmd = [sys.executable, "-m", "etl.cli", "--staging-dir", str(tmp_path / "staging"), "run", "mids",
            str(export), "--database-url", pg_url, *(["--json"] if as_json else [])]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        _wait_for("the load to reach copy:powers", lambda: marker.exists() or proc.poll() is not None)
+        _wait_for(f"the load to reach {point}", lambda: marker.exists() or proc.poll() is not None)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)  # to the loading process only: it stops its workers itself
         out, errs = proc.communicate(timeout=WAIT)
