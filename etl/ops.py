@@ -181,8 +181,7 @@ def stats(database_url: str, *, runs: int = 10) -> dict[str, Any]:
                     "status": r["status"], "started_at": r["started_at"], "ended_at": r["ended_at"],
                     "seconds": r["duration"].total_seconds() if r["duration"] is not None else None,
                     "rows": sum(int(v) for v in (r["rows"] or {}).values()),
-                    "phases": {p.get("name"): round(float(p.get("seconds") or 0), 3)
-                               for p in (r["phases"] or [])},
+                    "phases": list(r["phases"] or []),  # as the ledger has them: name, seconds, rows…
                     "peak_rss": r["peak_rss"],
                 })
         except EtlError as exc:

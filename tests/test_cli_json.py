@@ -204,7 +204,10 @@ def test_phases_have_one_shape_everywhere(world: World) -> None:
         assert found, args
         for p in found:
             assert isinstance(p["name"], str) and p["seconds"] >= 0 and p["rows"] >= 0, p
+            assert p["peak_mb"] is None or p["peak_mb"] >= 0, p
             shapes.add(tuple(k for k in p if k != "extra"))
+            if args[0] in ("run", "stats"):
+                assert p["peak_mb"] > 0, (args, p)
     assert shapes == {("name", "seconds", "rows", "rows_per_s", "peak_mb")}
 
 
