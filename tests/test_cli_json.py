@@ -225,3 +225,10 @@ def test_a_declined_confirmation_with_json_is_an_error_document(world: World) ->
     assert res.exit_code == 1, res.output
     assert json.loads(res.stdout)["error"]["type"] == "Aborted"
     assert "Aborted!" not in res.stderr
+
+
+def test_an_invalid_setting_with_json_is_an_error_document(world: World) -> None:
+    res = CliRunner().invoke(main, ["datasets", "--json"], env={**ENV, "ETL_CHUNK_ROWS": "many"})
+    assert res.exit_code == 2, res.output
+    error = json.loads(res.stdout)["error"]
+    assert error["type"] == "ConfigError" and "ETL_CHUNK_ROWS" in error["next"]

@@ -23,8 +23,9 @@ from etl.version import __version__
 
 
 class EtlGroup(click.Group):
-    """The root group: it keeps the command line (for "run the same command again" hints), and
-    a usage error of a command given ``--json`` gets the error document on stdout too."""
+    """The root group: it keeps the command line (for "run the same command again" hints); an
+    error outside a command's own handling (a usage error, an invalid setting) is shown as the
+    commands show theirs, with ``--json`` as the error document on stdout."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[ARGV] = list(args)
@@ -37,7 +38,10 @@ class EtlGroup(click.Group):
             if "--json" not in ctx.meta.get(ARGV, ()):
                 raise
             fail(exc, as_json=True)
-        except KeyboardInterrupt as exc:  # between commands' own handling (parsing, imports)
+        except click.exceptions.Exit:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            # Outside the commands' own handling: the settings (an invalid ETL_* value), parsing.
             fail(exc, as_json="--json" in ctx.meta.get(ARGV, ()))
 
 
