@@ -94,9 +94,13 @@ def check() -> None:
 
 def as_interrupted(exc: BaseException) -> Interrupted | None:
     """``exc`` as an :class:`Interrupted` when it is one (a plain ``KeyboardInterrupt``, as the
-    default SIGINT handler raises it, counts as Ctrl-C); ``None`` otherwise."""
+    default SIGINT handler raises it, counts as Ctrl-C), or when it came after this process was
+    asked to stop (a native library that turns the interruption into an error of its own, as
+    DuckDB does); ``None`` otherwise."""
     if isinstance(exc, Interrupted):
         return exc
     if isinstance(exc, KeyboardInterrupt):
         return Interrupted(signal.SIGINT)
+    if _REQUESTED.is_set():
+        return Interrupted(_SIGNUM[0])
     return None

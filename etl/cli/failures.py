@@ -40,9 +40,17 @@ def command_line() -> str:
     return mask_secrets(shlex.join(["etl", *(argv if argv is not None else sys.argv[1:])]))
 
 
+#: The commands whose work goes on where it stopped when run again (a load's finished steps).
+RESUMING = frozenset({"run", "load", "rebuild", "demo"})
+
+
 def resume_hint() -> str:
-    return (f"run `{command_line()}` again: it reuses what is staged and resumes the load from "
-            "its finished steps")
+    """What to do after Ctrl-C: the same command again, and what it will redo."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.info_name in RESUMING:
+        return (f"run `{command_line()}` again: it reuses what is staged and resumes the load "
+                "from its finished steps")
+    return f"run `{command_line()}` again: it starts what was stopped over (nothing half-done is kept)"
 
 
 def exit_code(exc: BaseException) -> int:
