@@ -211,6 +211,13 @@ def test_phases_have_one_shape_everywhere(world: World) -> None:
     assert shapes == {("name", "seconds", "rows", "rows_per_s", "peak_mb")}
 
 
+def test_a_load_has_one_shape_in_runs_and_stats(world: World) -> None:
+    listed = json.loads(world.invoke(["runs", "--database-url", world.db, "--json"]).stdout)
+    stats = json.loads(world.invoke(["stats", "--database-url", world.db, "--json"]).stdout)
+    assert listed and stats["runs"]
+    assert stats["runs"][0] == listed[0]
+
+
 def test_a_usage_error_with_json_is_an_error_document(world: World) -> None:
     res = world.invoke(["load", "--json"])  # RUN_DIR missing
     assert res.exit_code == 2

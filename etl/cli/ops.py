@@ -211,8 +211,7 @@ def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_j
     for col in ("id", "dataset", "run", "status", "ended", "time", "rows", "phases"):
         runs.add_column(col, overflow="fold")
     for r in info["runs"]:
-        phases = " ".join(f"{p.get('name')} {float(p.get('seconds') or 0):.2f}s" for p in r["phases"])
+        phases = " ".join(f"{p.get('name')} {float(p.get('seconds') or 0):.2f}s" for p in r["phases"] or [])
         runs.add_row(str(r["id"]), r["dataset"], escape(r["run_id"]), status_cell(r["status"]),
-                     when(r["ended_at"]),
-                     "-" if r["seconds"] is None else f"{r['seconds']:.2f} s", f"{r['rows']:,}", phases)
+                     when(r["ended_at"]), duration(r), total_rows(r), phases)
     err.print(runs)
