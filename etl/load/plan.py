@@ -161,13 +161,15 @@ def fail(load: Load, exc: BaseException) -> None:
     """The load failed with ``exc``: the fence down, the failure in the ledger; stopped by a
     signal (:class:`etl.interrupt.Interrupted`), it is recorded ``interrupted``, with its
     finished steps kept for the next run to resume."""
+    stopped = interrupt.as_interrupted(exc)
+    if stopped is not None:
+        load.abort_work()  # what the main thread waited on: its worker, its statement
     load.fence.down()  # no new generation: readers may take leases again
     if not load.ledger_id:
         return
     if "swap" in load.steps:  # the swap committed the load as succeeded: what failed came after
         log.warning("the load succeeded (swapped in); then: %s", exc)
         return
-    stopped = interrupt.as_interrupted(exc)
     status = "failed" if stopped is None else "interrupted"
     error = str(exc) if stopped is None else (
         f"{stopped}: finished steps are kept; run `etl load {load.run.path}` (or the same command "
