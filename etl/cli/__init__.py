@@ -1,7 +1,8 @@
 """The ``etl`` command: a thin layer over the library, in command groups (one module each).
 
 Every command parses its options, makes one library call and renders the result (see
-:mod:`etl.cli.render`); only this package prints. Human output (progress, tables, errors) goes to
+:mod:`etl.cli.render`); only this package prints. A failure is rendered by
+:mod:`etl.cli.failures`, the same for every command (with ``--json``: the error document). Human output (progress, tables, errors) goes to
 stderr; what a script wants (a run directory, a JSON summary) goes to stdout.
 """
 
@@ -60,6 +61,10 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
       etl validate staging/mids/<run>
       etl transform staging/mids/<run>
       etl demo                           # all of it on a generated export
+
+    Every command takes --json: one JSON document on stdout, an error document on failure
+    ({"error": {"type", "message", "file", "record", "next"}}) with the same exit code. Ctrl-C
+    or SIGTERM stops a command cleanly (exit 130 / 143) and names the command that resumes.
     """
     interrupt.install()  # Ctrl-C and SIGTERM raise Interrupted: cleaned up, exit 130 / 143
     level = logging.WARNING - 10 * verbose
