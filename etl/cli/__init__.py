@@ -2,8 +2,9 @@
 
 Every command parses its options, makes one library call and renders the result (see
 :mod:`etl.cli.render`); only this package prints. A failure is rendered by
-:mod:`etl.cli.failures`, the same for every command (with ``--json``: the error document). Human output (progress, tables, errors) goes to
-stderr; what a script wants (a run directory, a JSON summary) goes to stdout.
+:mod:`etl.cli.failures`, the same for every command (with ``--json``: the error document).
+Human output (progress, tables, errors) goes to stderr; what a script wants (a run directory, a
+JSON summary) goes to stdout.
 """
 
 from __future__ import annotations

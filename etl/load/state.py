@@ -89,6 +89,7 @@ class Load:
         self.faults = Faults(url)  # test hooks (etl.load.faults)
         # The worker processes that run every ADBC call (see etl.load.forked), one per thread.
         self._progress_lock = threading.Lock()
+        self._stopping = threading.Event()  # set by abort_work: no step starts or retries
         self._copied_rows = 0
         self._local = threading.local()
         self._adbc_conns: list[Any] = []  # in a worker process: its ADBC connections
@@ -107,11 +108,11 @@ class Load:
 
     def retry(self, what: str, fn: Callable[[], T]) -> T:
         def attempt() -> T:
-            interrupt.check()  # asked to stop: no new attempt (a killed worker is not retried)
+            self.check_stopping()  # asked to stop: no new attempt (a killed worker is not retried)
             try:
                 return fn()
             except Exception:
-                interrupt.check()  # the failure is the interruption's doing (abort_work)
+                self.check_stopping()  # the failure is the interruption's doing (abort_work)
                 raise
 
         result: T = pg.retry(attempt, what=what, attempts=self.retries, first_delay=self.retry_delay,
@@ -168,11 +169,19 @@ class Load:
                 self.abort_work()
                 raise
 
+    def check_stopping(self) -> None:
+        """Raise :class:`~etl.interrupt.Interrupted` once the load is being stopped: by a signal
+        (the CLI's handler) or by Ctrl-C anywhere else (a notebook), see :meth:`abort_work`."""
+        if self._stopping.is_set():
+            raise interrupt.Interrupted()
+        interrupt.check()
+
     def abort_work(self) -> None:
         """Stop the load's work where it is: its worker processes killed, and every server
         session working on its build (each holds the build lock shared, see :meth:`working_sql`)
         terminated, so no statement of it runs on; the threads waiting on them then end (an
         interrupted load tries nothing again, see :meth:`retry`)."""
+        self._stopping.set()
         with self._progress_lock:
             workers = [w for w in self._workers if not w.closed]
         for worker in workers:
@@ -270,6 +279,7 @@ class Load:
         copied, fault points used) sent to the loading process."""
         load._local = threading.local()
         load._progress_lock = threading.Lock()
+        load._stopping = threading.Event()
         load._adbc_conns = []
         load._workers = []
         load.progress = None

@@ -88,3 +88,44 @@ def test_an_interrupted_run_stops_cleanly_and_the_rerun_resumes(
         assert _query(pg_url, f'SELECT count(*) FROM mids."{table}"') == [(entry["rows"],)], table
     # The interrupted load was resumed (its ledger row), not begun again.
     assert _query(pg_url, "SELECT status FROM etl.runs") == [("succeeded",)]
+
+
+def test_ctrl_c_in_a_notebook_stops_the_load_and_it_resumes(tmp_path: Path, pg_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python's own KeyboardInterrupt (no CLI handler installed): the same clean stop."""
+    import threading
+
+    from etl.datasets import dataset_of
+    from etl.load import load
+    from tests.conftest import transformed_run
+
+    export = tmp_path / "export"
+    generate_mids(export, powersets=6, seed=4)
+    run = transformed_run("mids", [export], tmp_path / "staging")
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("ETL_FAULT_PAUSE_AT", "copy:powers")
+    monkeypatch.setenv("ETL_FAULT_PAUSE_FILE", str(marker))
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + WAIT
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does to a notebook's kernel
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    presser = threading.Thread(target=press_ctrl_c)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            load(run, dataset_of(run), database_url=pg_url)
+    finally:
+        presser.join()
+        signal.signal(signal.SIGINT, previous)
+    assert _query(pg_url, "SELECT status FROM etl.runs") == [("interrupted",)]
+    assert _query(pg_url, "SELECT count(*) FROM mids.powers") == [(0,)]
+    monkeypatch.delenv("ETL_FAULT_PAUSE_AT")
+    done = load(run, dataset_of(run), database_url=pg_url)
+    assert done.resumed_from and "create" in done.resumed_from
+    for table, entry in run.manifest["tables"].items():
+        assert _query(pg_url, f'SELECT count(*) FROM mids."{table}"') == [(entry["rows"],)], table
+    assert _query(pg_url, "SELECT status FROM etl.runs") == [("succeeded",)]
