@@ -140,7 +140,9 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             else:
                 out[key] = str(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"setting {key}={value!r} is not valid: {exc}") from exc
+            raise ConfigError(f"setting {key}={value!r} is not valid: {exc}",
+                              hint=f"fix it where it is set: the --{key.replace('_', '-')} flag, "
+                                   f"ETL_{key.upper()} or [tool.etl] in pyproject.toml") from exc
     return out
 
 

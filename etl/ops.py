@@ -175,16 +175,8 @@ def stats(database_url: str, *, runs: int = 10) -> dict[str, Any]:
         except EtlError:
             log.info("no generations table yet (migration 0004)")
         try:
-            for r in ledger.list_runs(conn, limit=runs):
-                out["runs"].append({
-                    "id": r["id"], "dataset": r["dataset"], "run_id": r["run_id"], "mode": r["mode"],
-                    "status": r["status"], "started_at": r["started_at"], "ended_at": r["ended_at"],
-                    "seconds": r["duration"].total_seconds() if r["duration"] is not None else None,
-                    "rows": sum(int(v) for v in (r["rows"] or {}).values()),
-                    "phases": {p.get("name"): round(float(p.get("seconds") or 0), 3)
-                               for p in (r["phases"] or [])},
-                    "peak_rss": r["peak_rss"],
-                })
+            # The ledger's rows as `etl runs` lists them: one shape for a load everywhere.
+            out["runs"] = ledger.list_runs(conn, limit=runs)
         except EtlError as exc:
             log.info("no run ledger: %s", exc.message)
     return out

@@ -197,6 +197,7 @@ def test_cli_rule_flag_list_rules_and_run_shows_the_failing_rules(sample_run: Ru
     assert res.exit_code == 1, res.output
     doc = json.loads(res.stdout)
     assert doc["status"] == "failed" and doc["phase"] == "validate"
+    assert doc["error"]["type"] == "ValidationFailed" and doc["error"]["next"]
     failed = [r for r in doc["failed_rules"] if r["severity"] == "error"]
     assert [r["name"] for r in failed] == ["archetypes.class_name.unique"]
     assert failed[0]["examples"][0]["path"] == "Archetypes[42]"

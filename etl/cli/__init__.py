@@ -1,25 +1,53 @@
 """The ``etl`` command: a thin layer over the library, in command groups (one module each).
 
 Every command parses its options, makes one library call and renders the result (see
-:mod:`etl.cli.render`); only this package prints. Human output (progress, tables, errors) goes to
-stderr; what a script wants (a run directory, a JSON summary) goes to stdout.
+:mod:`etl.cli.render`); only this package prints. A failure is rendered by
+:mod:`etl.cli.failures`, the same for every command (with ``--json``: the error document).
+Human output (progress, tables, errors) goes to stderr; what a script wants (a run directory, a
+JSON summary) goes to stdout.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.logging import RichHandler
 
+from etl import interrupt
+from etl.cli.failures import ARGV, fail
 from etl.cli.render import err, print_phases, print_report
 from etl.config import load_settings
 from etl.metrics import prefer_jemalloc
 from etl.version import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class EtlGroup(click.Group):
+    """The root group: it keeps the command line (for "run the same command again" hints); an
+    error outside a command's own handling (a usage error, an invalid setting) is shown as the
+    commands show theirs, with ``--json`` as the error document on stdout."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.Abort) as exc:
+            if "--json" not in ctx.meta.get(ARGV, ()):
+                raise
+            fail(exc, as_json=True)
+        except click.exceptions.Exit:
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            # Outside the commands' own handling: the settings (an invalid ETL_* value), parsing.
+            fail(exc, as_json="--json" in ctx.meta.get(ARGV, ()))
+
+
+@click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="etl")
 @click.option("--staging-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where runs are staged (env ETL_STAGING_DIR; default ./staging).")
@@ -34,7 +62,12 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
       etl validate staging/mids/<run>
       etl transform staging/mids/<run>
       etl demo                           # all of it on a generated export
+
+    Every command takes --json: one JSON document on stdout, an error document on failure
+    ({"error": {"type", "message", "file", "record", "next"}}) with the same exit code. Ctrl-C
+    or SIGTERM stops a command cleanly (exit 130 / 143) and names the command that resumes.
     """
+    interrupt.install()  # Ctrl-C and SIGTERM raise Interrupted: cleaned up, exit 130 / 143
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False)], force=True)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from etl.cli.options import cache_options, ctx_settings, resolve_database_url, resolve_redis_url
+from etl.cli.options import (
+    cache_options,
+    ctx_settings,
+    json_option,
+    resolve_database_url,
+    resolve_redis_url,
+)
 from etl.cli.render import F, echo_json, err, handle_errors, mb, print_phases
 from etl.dataset import BenchSpec
 from etl.datasets import available, get_dataset
@@ -65,7 +70,7 @@ def bench_options(fn: F) -> F:
               help="Passed to validate, so an export with rejected rows is still measured.")
 @click.option("--database-url", help="Where to load (default: the embedded server).")
 @click.option("--no-load", is_flag=True, help="Measure stage, validate and transform only.")
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@json_option
 @handle_errors
 def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], template: Path | None,
               work_dir: Path, max_reject_ratio: float, database_url: str | None, no_load: bool,
@@ -91,7 +96,7 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
                     log=lambda msg: err.print(msg), database_url=database_url, load=not no_load,
                     max_reject_ratio=max_reject_ratio)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        echo_json(results)
         return
     for res in results:
         print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"]) for p in res["phases"]],
@@ -163,7 +168,7 @@ def _read_benches() -> list[str]:
 @click.option("--rate", type=float, default=0, show_default=True,
               help="Reads per second per thread, paced (0: as fast as possible, a closed loop).")
 @cache_options
-@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def bench_reads_cmd(ctx: click.Context, dataset: str, template: Path | None, work_dir: Path, reloads: int,

@@ -6,7 +6,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from etl.cli.options import cache_options, resolve_database_url, resolve_redis_url
+from etl.cli.options import cache_options, json_option, resolve_database_url, resolve_redis_url
 from etl.cli.render import echo_json, err, handle_errors, mb, when
 
 
@@ -27,7 +27,7 @@ def cache_group() -> None:
 
 @cache_group.command("stats")
 @cache_options
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def cache_stats_cmd(ctx: click.Context, database_url: str | None, redis_url: str | None,
@@ -79,10 +79,11 @@ def cache_stats_cmd(ctx: click.Context, database_url: str | None, redis_url: str
 @cache_options
 @click.option("--all", "everything", is_flag=True, help="Every database's keys (all of etl:*), not just "
                                                         "this one's.")
+@json_option
 @click.pass_context
 @handle_errors
 def cache_clear_cmd(ctx: click.Context, database_url: str | None, redis_url: str | None,
-                    everything: bool) -> None:
+                    everything: bool, as_json: bool) -> None:
     """Delete this database's keys from Redis: values, generations, counters, hot keys.
 
     Never needed for correctness (a reload changes the keys readers use); useful to free memory
@@ -102,6 +103,9 @@ def cache_clear_cmd(ctx: click.Context, database_url: str | None, redis_url: str
                           hint="give --redis-url or set ETL_REDIS_URL")
     db = None if everything else resolve_database_url(ctx, database_url, start=False)
     deleted = cache.clear(db, url, everything=everything)
+    if as_json:
+        echo_json({"deleted": deleted})
+        return
     err.print(f"deleted {deleted:,} keys")
     click.echo(deleted)
 
@@ -110,7 +114,7 @@ def cache_clear_cmd(ctx: click.Context, database_url: str | None, redis_url: str
 @click.argument("dataset")
 @click.option("--top", type=int, default=200, show_default=True, help="How many keys to preload.")
 @cache_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def cache_warm_cmd(ctx: click.Context, dataset: str, top: int, database_url: str | None,

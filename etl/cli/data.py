@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,14 +9,14 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from etl.cli.options import ctx_settings
-from etl.cli.render import F, err, handle_errors, print_pipeline, progress_bar
+from etl.cli.options import ctx_settings, json_option
+from etl.cli.render import F, echo_json, err, handle_errors, print_pipeline, progress_bar
 from etl.dataset import Generated, Generator, GenOption
 from etl.datasets import available, get_dataset
 
 
 @click.command("datasets")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@json_option
 @click.pass_context
 @handle_errors
 def datasets_cmd(ctx: click.Context, as_json: bool) -> None:
@@ -36,10 +35,10 @@ def datasets_cmd(ctx: click.Context, as_json: bool) -> None:
         if name not in found:
             found[name] = resolve(path, datasets_dir=folder)
     if as_json:
-        click.echo(json.dumps({name: {
+        echo_json({name: {
             "version": ds.version, "description": ds.description,
             "levels": list(ds.levels), "tables": [t.name for t in ds.tables],
-        } for name, ds in found.items()}, indent=2))
+        } for name, ds in found.items()})
         return
     table = Table(title="datasets", title_justify="left")
     for col in ("name", "version", "staged levels", "target tables", "description"):
@@ -90,8 +89,10 @@ def generator_options(fn: F) -> F:
 @click.argument("dataset", type=click.Choice(list(_generators())))
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @generator_options
+@json_option
 @handle_errors
-def generate_cmd(dataset: str, out: Path, seed: int, template: Path | None, **options: Any) -> None:
+def generate_cmd(dataset: str, out: Path, seed: int, template: Path | None, as_json: bool,
+                 **options: Any) -> None:
     """Write an export in the real format, of any size, deterministic by seed.
 
     Each dataset's generator takes its own options (named after the dataset in their help);
@@ -108,6 +109,10 @@ def generate_cmd(dataset: str, out: Path, seed: int, template: Path | None, **op
     from etl.datasets import generate
 
     made = generate(dataset, out, seed=seed, template=template, **options)
+    if as_json:
+        echo_json({"dataset": dataset, "out": str(out), "files": made.files, "bytes": made.bytes,
+                   "counts": dict(made.counts)})
+        return
     err.print(f"wrote {made.files:,} files, {made.bytes / 1e6:,.1f} MB: "
               + ", ".join(f"{n:,} {what}" for what, n in made.counts))
     click.echo(out)
@@ -142,7 +147,7 @@ def demo_options(fn: F) -> F:
 @click.option("--database-url", help="Where to load (env ETL_DATABASE_URL or DATABASE_URL; default: "
               "the project's embedded PostgreSQL, started if needed).")
 @click.option("--no-load", is_flag=True, help="Stop after transform (no database needed).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def demo_cmd(ctx: click.Context, out: Path, dataset: str, database_url: str | None, no_load: bool,

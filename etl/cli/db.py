@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich.markup import escape
 from rich.table import Table
 
-from etl.cli.options import database_url_option, project_dir_option, resolve_database_url
+from etl.cli.options import database_url_option, json_option, project_dir_option, resolve_database_url
 from etl.cli.render import echo_json, err, handle_errors
 from etl.config import Settings
 
@@ -32,9 +31,10 @@ def db_group() -> None:
 
 @db_group.command("start")
 @project_dir_option
+@json_option
 @click.pass_context
 @handle_errors
-def db_start_cmd(ctx: click.Context, project_dir: Path | None) -> None:
+def db_start_cmd(ctx: click.Context, project_dir: Path | None, as_json: bool) -> None:
     """Start the project's private PostgreSQL (created on first use) and print its URL.
 
     The last line printed is the URL; the database is `etl`, the user `postgres` (no password,
@@ -49,6 +49,9 @@ def db_start_cmd(ctx: click.Context, project_dir: Path | None) -> None:
 
     url = embedded.ensure_started(project_dir)
     info = embedded.status(project_dir)
+    if as_json:
+        echo_json({**info, "url": url})
+        return
     err.print(f"PostgreSQL {info['version']} runs on 127.0.0.1:{info['port']} (pid {info['pid']})\n"
               f"  data: {escape(info['data_dir'])}\n  log:  {escape(info['log_file'])}\n"
               f"  connect: psql {url}", highlight=False)
@@ -61,8 +64,9 @@ def db_start_cmd(ctx: click.Context, project_dir: Path | None) -> None:
 
 @db_group.command("stop")
 @project_dir_option
+@json_option
 @handle_errors
-def db_stop_cmd(project_dir: Path | None) -> None:
+def db_stop_cmd(project_dir: Path | None, as_json: bool) -> None:
     """Stop the project's private PostgreSQL (its data stays; `etl db start` brings it back).
 
     \b
@@ -71,7 +75,10 @@ def db_stop_cmd(project_dir: Path | None) -> None:
     """
     from etl.infra import embedded
 
-    if embedded.stop(project_dir):
+    stopped = embedded.stop(project_dir)
+    if as_json:
+        echo_json({"stopped": bool(stopped)})
+    elif stopped:
         err.print("stopped the embedded PostgreSQL")
     else:
         err.print("the embedded PostgreSQL was not running")
@@ -79,7 +86,7 @@ def db_stop_cmd(project_dir: Path | None) -> None:
 
 @db_group.command("status")
 @project_dir_option
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@json_option
 @handle_errors
 def db_status_cmd(project_dir: Path | None, as_json: bool) -> None:
     """Show whether the project's private PostgreSQL runs, its URL, data folder and log.
@@ -93,7 +100,7 @@ def db_status_cmd(project_dir: Path | None, as_json: bool) -> None:
 
     info = embedded.status(project_dir)
     if as_json:
-        click.echo(json.dumps(info, indent=2))
+        echo_json(info)
         return
     if not info["exists"]:
         err.print(f"no embedded PostgreSQL in {escape(info['project_dir'])} yet: `etl db start` "
@@ -115,9 +122,10 @@ def db_status_cmd(project_dir: Path | None, as_json: bool) -> None:
 @database_url_option
 @click.option("--revision", default="head", show_default=True,
               help="Migrate up to this revision (see migrations/versions).")
+@json_option
 @click.pass_context
 @handle_errors
-def db_upgrade_cmd(ctx: click.Context, database_url: str | None, revision: str) -> None:
+def db_upgrade_cmd(ctx: click.Context, database_url: str | None, revision: str, as_json: bool) -> None:
     """Apply the Alembic migrations of the run ledger (schema etl), then create the live schema of
     each dataset that has none, from the dataset's own table definitions (a dataset's tables are
     not migrated: every full load builds them anew).
@@ -132,6 +140,9 @@ def db_upgrade_cmd(ctx: click.Context, database_url: str | None, revision: str) 
     from etl.ops import upgrade
 
     done = upgrade(resolve_database_url(ctx, database_url), revision=revision)
+    if as_json:
+        echo_json(done)
+        return
     applied = done["applied"]
     if applied:
         err.print(f"applied {len(applied)} migration{'s' if len(applied) > 1 else ''}: {', '.join(applied)}")
@@ -145,7 +156,7 @@ def db_upgrade_cmd(ctx: click.Context, database_url: str | None, revision: str) 
 @db_group.command("optimize")
 @database_url_option
 @click.option("--dataset", "datasets", multiple=True, help="Only this dataset (repeatable; default: all).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def db_optimize_cmd(ctx: click.Context, database_url: str | None, datasets: tuple[str, ...],

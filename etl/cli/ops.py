@@ -14,6 +14,7 @@ from etl.cli.options import (
     cache_options,
     ctx_settings,
     database_url_option,
+    json_option,
     resolve_database_url,
     resolve_redis_url,
 )
@@ -22,7 +23,6 @@ from etl.cli.render import (
     echo_json,
     err,
     handle_errors,
-    jsonable,
     kb,
     mb,
     print_phases,
@@ -38,7 +38,7 @@ from etl.metrics import Phase
 @click.group("runs", invoke_without_command=True)
 @click.option("--dataset", help="Only this dataset's loads.")
 @click.option("--limit", type=int, default=20, show_default=True, help="Show at most this many loads.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@json_option
 @database_url_option
 @click.pass_context
 @handle_errors
@@ -58,7 +58,7 @@ def runs_group(ctx: click.Context, dataset: str | None, limit: int, as_json: boo
 
     runs = list_runs(resolve_database_url(ctx, database_url, start=False), dataset=dataset, limit=limit)
     if as_json:
-        click.echo(json.dumps(jsonable(runs), indent=2))
+        echo_json(runs)
         return
     if not runs:
         err.print("no loads recorded" + (f" for {escape(dataset)}" if dataset else ""))
@@ -75,7 +75,7 @@ def runs_group(ctx: click.Context, dataset: str | None, limit: int, as_json: boo
 
 @runs_group.command("show")
 @click.argument("run")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@json_option
 @database_url_option
 @click.pass_context
 @handle_errors
@@ -94,7 +94,7 @@ def runs_show_cmd(ctx: click.Context, run: str, as_json: bool, database_url: str
     parent = ctx.parent.params.get("database_url") if ctx.parent else None
     r = run_info(resolve_database_url(ctx, database_url or parent, start=False), run)
     if as_json:
-        click.echo(json.dumps(jsonable(r), indent=2))
+        echo_json(r)
         return
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
@@ -135,7 +135,7 @@ _HEALTH_STYLE = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 
 @click.command("health")
 @cache_options
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | None, as_json: bool) -> None:
@@ -180,7 +180,7 @@ def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | No
 @click.command("stats")
 @database_url_option
 @click.option("--runs", "last_runs", type=int, default=10, show_default=True, help="How many last loads.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_json: bool) -> None:
@@ -212,10 +212,9 @@ def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_j
     for col in ("id", "dataset", "run", "status", "ended", "time", "rows", "phases"):
         runs.add_column(col, overflow="fold")
     for r in info["runs"]:
-        phases = " ".join(f"{k} {v:.2f}s" for k, v in r["phases"].items())
+        phases = " ".join(f"{p.get('name')} {float(p.get('seconds') or 0):.2f}s" for p in r["phases"] or [])
         runs.add_row(str(r["id"]), r["dataset"], escape(r["run_id"]), status_cell(r["status"]),
-                     when(r["ended_at"]),
-                     "-" if r["seconds"] is None else f"{r['seconds']:.2f} s", f"{r['rows']:,}", phases)
+                     when(r["ended_at"]), duration(r), total_rows(r), phases)
     err.print(runs)
 
 

@@ -12,6 +12,11 @@ from etl.cli.render import F, err
 from etl.config import Settings
 from etl.run import MANIFEST
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True,
+    help='Print one JSON document on stdout, also on failure ({"error": {"type", "message", "file", '
+         '"record", "next"}}, same exit code); progress and messages go to stderr.')
+
 
 def ctx_settings(ctx: click.Context, **flags: Any) -> Settings:
     base: Settings = ctx.obj["settings"]
@@ -64,7 +69,7 @@ def load_options(fn: F) -> F:
                      help="Build UNLOGGED tables with synchronous_commit off (faster; lost on a "
                           "server crash). Asks for confirmation."),
         click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --unsafe-fast)."),
-        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+        json_option,
         click.option("--mode", "load_mode", type=click.Choice(["full", "merge"]), default="full",
                      show_default=True,
                      help="full: build a new schema and swap it in; merge: upsert into the live "

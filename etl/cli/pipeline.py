@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from etl.cli.options import (
     ctx_settings,
+    json_option,
     load_options,
     looks_like_run,
     resolve_mode,
@@ -52,7 +52,8 @@ def default_sources(ds: Dataset) -> list[str]:
 
 
 def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, force: bool,
-              max_record_bytes: int, strict: bool = False, **flags: Any) -> tuple[Run, Phase, bool]:
+              max_record_bytes: int, strict: bool = False, as_json: bool = False,
+              **flags: Any) -> tuple[Run, Phase, bool]:
     from etl.stage import stage
 
     settings = ctx_settings(ctx, **flags)
@@ -61,7 +62,8 @@ def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, forc
         result = stage(ds, list(sources or default_sources(ds)), settings=settings, force=force,
                        max_record_bytes=max_record_bytes, progress=progress, strict=strict)
     print_quarantined(result.run.manifest.get("quarantined") or [])
-    print_drift(result.run.manifest)
+    if not as_json:
+        print_drift(result.run.manifest)
     if result.skipped:
         err.print(f"[yellow]already staged[/] (same content, dataset version "
                   f"{result.run.manifest['dataset_version']}): {escape(str(result.run.path))} "
@@ -73,6 +75,7 @@ def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, forc
 @click.argument("dataset")
 @click.argument("sources", nargs=-1)
 @stage_options
+@json_option
 @click.pass_context
 @handle_errors
 def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts: Any) -> None:
@@ -92,10 +95,23 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
       etl stage datasets/powers.toml ../shared/data/mids_full
     """
     run, phase, skipped = do_stage(ctx, dataset, sources, **opts)
+    if opts.get("as_json"):
+        echo_json(staged_doc(run, [] if skipped else [phase], skipped=skipped))
+        return
     if not skipped:
         print_levels(run)
         print_phases([phase])
     click.echo(run.path)
+
+
+def staged_doc(run: Run, phases: list[Phase], *, skipped: bool) -> dict[str, Any]:
+    """What `etl stage --json` prints: the run, its levels, what was quarantined or drifted."""
+    m = run.manifest
+    return {"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name, "skipped": skipped,
+            "levels": {name: {"rows": e["rows"], "chunks": len(e["chunks"])}
+                       for name, e in m["levels"].items()},
+            "quarantined": m.get("quarantined") or [], "drift": m.get("drift") or [],
+            "phases": phases}
 
 
 @click.command("validate")
@@ -109,6 +125,7 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
 @click.option("--report", "report_file", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write report.json here (for CI).")
 @stage_options
+@json_option
 @click.pass_context
 @handle_errors
 def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_reject_ratio: float,
@@ -134,10 +151,17 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
     from etl.validate import validate
 
     settings = ctx_settings(ctx, rules=rules)
+    as_json = bool(opts.get("as_json"))
     if list_rules:
         ds = dataset_of(open_run(target)) if looks_like_run(target) else resolve(
             target, datasets_dir=settings.datasets_dir)
-        print_rules(ds, settings)
+        if as_json:
+            from etl.validate.rules import resolve_rules
+
+            echo_json({"dataset": ds.name, "rules": [res.to_dict(None, []) for res in
+                                                     resolve_rules(ds, settings.rules)]})
+        else:
+            print_rules(ds, settings)
         return
     phases: list[Phase] = []
     if sources or not looks_like_run(target):
@@ -150,9 +174,21 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
         result = validate(run, dataset_of(run), max_reject_ratio=max_reject_ratio,
                           rules=settings.rules, report_file=report_file, progress=progress)
     phases.append(result.phase)
-    print_report(result.report)
-    print_phases(phases)
-    click.echo(run.path)
+    if as_json:
+        from etl.validate import failing_rules
+
+        report = result.report
+        echo_json({"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name,
+                   "status": report["status"], "passed": result.passed,
+                   "report": str(run.path / "report.json"),
+                   "max_reject_ratio": report["max_reject_ratio"],
+                   "failed_levels": report["failed_levels"], "levels": report["levels"],
+                   "failed_rules": failing_rules(report), "cleaning": report["cleaning"],
+                   "overrides": report.get("overrides", []), "phases": phases})
+    else:
+        print_report(result.report)
+        print_phases(phases)
+        click.echo(run.path)
     if not result.passed:
         err.print(f"[bold red]validation failed[/]: see {escape(str(run.path / 'report.json'))} and "
                   f"{escape(str(run.path / 'rejects'))}")
@@ -161,9 +197,10 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
 
 @click.command("transform")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@json_option
 @click.pass_context
 @handle_errors
-def transform_cmd(ctx: click.Context, run_dir: Path) -> None:
+def transform_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
     """Build the target tables of a validated run as Parquet under RUN_DIR/tables/.
 
     \b
@@ -175,6 +212,10 @@ def transform_cmd(ctx: click.Context, run_dir: Path) -> None:
     run = open_run(run_dir)
     with progress_bar() as progress:
         result = transform(run, dataset_of(run), progress=progress)
+    if as_json:
+        echo_json({"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name,
+                   "tables": result.rows, "phases": [result.phase]})
+        return
     table = Table(title=f"tables of {run.id}", title_justify="left")
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -217,12 +258,11 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
         result = load(run, dataset_of(run), database_url=settings.database_url, mode=mode,
                       force=force, progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "run": str(run.path), "run_id": run.id, "schema": result.schema,
             "ledger_id": result.ledger_id, "mode": result.mode, "skipped": result.skipped,
             "merged": result.merged, "changed": result.changed, "tag": result.tag,
-            "rows": result.rows, "checksums": result.checksums,
-            "phases": [p.to_dict() for p in result.phases]}, indent=2))
+            "rows": result.rows, "checksums": result.checksums, "phases": result.phases})
         return
     print_load(result)
     if result.phases:
@@ -287,7 +327,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
 @click.command("rebuild")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--database-url", help="PostgreSQL URL (default: as for `etl load`).")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@json_option
 @click.pass_context
 @handle_errors
 def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_json: bool) -> None:
@@ -306,7 +346,7 @@ def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_
     with progress_bar() as progress:
         result = rebuild(run_dir, settings=settings, progress=progress)
     if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
+        echo_json(result.summary())
         return
     if result.load is not None:
         print_load(result.load)
@@ -322,7 +362,7 @@ def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_
               "live schema, matched to the staged lineage by primary key) instead of the staged "
               "tables.")
 @click.option("--schema", help="With --database-url: the schema to read (default: the live one).")
-@click.option("--json", "as_json", is_flag=True, help="Print the reconciliation as JSON on stdout.")
+@json_option
 @handle_errors
 def reconcile_cmd(run_dir: Path, database_url: str | None, schema: str | None, as_json: bool) -> None:
     """Rebuild every source record from the rows it became and compare it with the export.

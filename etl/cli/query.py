@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from etl.cli.options import cache_options, resolve_database_url, resolve_redis_url
+from etl.cli.options import cache_options, json_option, resolve_database_url, resolve_redis_url
 from etl.cli.render import echo_json, handle_errors
 from etl.dataset import ReadQuery, Reads
 from etl.datasets import available
@@ -21,9 +21,11 @@ def _query_cmd(dataset: str, q: ReadQuery) -> click.Command:
     @click.command(q.name, help=q.help)
     @click.argument("arg", metavar=q.metavar)
     @cache_options
+    @json_option  # an answer is always JSON; the flag is accepted as on every command
     @click.pass_context
     @handle_errors
-    def cmd(ctx: click.Context, arg: str, database_url: str | None, redis_url: str | None) -> None:
+    def cmd(ctx: click.Context, arg: str, database_url: str | None, redis_url: str | None,
+            as_json: bool) -> None:
         from etl.infra.cache import Cache
         from etl.query import run
 

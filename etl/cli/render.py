@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,37 +20,30 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from etl.config import Settings
-from etl.errors import EtlError, mask_secrets
 from etl.metrics import Phase
 from etl.run import Run
 
 # Piped or captured output gets wide lines, so rule names and paths are never folded.
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 F = TypeVar("F", bound=Callable[..., Any])
-#: The exit code of an exception the toolkit did not raise on purpose (sysexits' EX_SOFTWARE).
-INTERNAL_ERROR = 70
 
 
 def handle_errors(fn: F) -> F:
+    """Run a command: an error (or Ctrl-C, SIGTERM) becomes its message on stderr, with
+    ``--json`` also the error document on stdout, and the exit code (see
+    :mod:`etl.cli.failures`). Click's own exceptions (usage, exit) pass through to the root
+    group, which does the same for them."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from etl.cli.failures import fail
+
+        as_json = bool(kwargs.get("as_json"))
         try:
             return fn(*args, **kwargs)
-        except EtlError as exc:
-            # escape: file names like "Powers [old].json" are text, not rich markup.
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True,
-                      soft_wrap=True)
-            sys.exit(exc.exit_code)
-        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
-            raise  # usage errors, --help, confirmations: click's own exits
-        except Exception as exc:  # not raised on purpose: a bug, not a traceback for the user
-            if os.environ.get("ETL_DEBUG"):
-                err.print_exception()
-            err.print(f"[bold red]internal error:[/] {escape(type(exc).__name__)}: "
-                      f"{escape(mask_secrets(str(exc)))}\n  next: this is a bug in etl; please report it "
-                      "with the command you ran and the output of the same command with ETL_DEBUG=1 "
-                      "(the traceback)", highlight=False, soft_wrap=True)
-            sys.exit(INTERNAL_ERROR)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            fail(exc, as_json=as_json)
 
     return wrapper  # type: ignore[return-value]
 
@@ -104,11 +96,59 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+#: Keys whose value is a list of phases: in every JSON document one shape (:func:`phase_doc`).
+PHASE_LISTS = frozenset({"phases", "load_parts", "unsafe_fast_parts", "reimport"})
+_PHASE_KEYS = ("name", "seconds", "rows", "rows_per_s", "peak_mb", "peak_rss")
+
+
+def phase_doc(phase: Phase | Mapping[str, Any]) -> dict[str, Any]:
+    """One phase as every ``--json`` shows it: ``{"name", "seconds", "rows", "rows_per_s",
+    "peak_mb"}``, and ``"extra"`` (its details) when it has any."""
+    p = phase.to_dict() if isinstance(phase, Phase) else dict(phase)
+    seconds = float(p.get("seconds") or 0)
+    rows = int(p.get("rows") or 0)
+    peak = p.get("peak_rss")
+    out: dict[str, Any] = {
+        "name": p.get("name"), "seconds": round(seconds, 4), "rows": rows,
+        "rows_per_s": round(rows / seconds, 1) if seconds > 0 else 0.0,
+        "peak_mb": round(int(peak) / 1e6, 1) if peak is not None else p.get("peak_mb"),
+    }
+    extra = dict(p.get("extra") or {})
+    extra.update({k: v for k, v in p.items() if k not in _PHASE_KEYS and k != "extra"})
+    if extra:
+        out["extra"] = extra
+    return out
+
+
+def _phases(value: Any) -> Any:
+    if isinstance(value, Mapping) and all(isinstance(v, int | float) for v in value.values()):
+        return [phase_doc({"name": k, "seconds": v}) for k, v in value.items()]  # name → seconds
+    if isinstance(value, Mapping):  # name → phase
+        return [phase_doc({"name": k, **v}) for k, v in value.items()]
+    if isinstance(value, list):
+        return [phase_doc(p) if isinstance(p, Phase | Mapping) else p for p in value]
+    return value
+
+
+def json_document(data: Any) -> Any:
+    """``data`` made JSON-ready: datetimes as ISO text, durations as seconds, every list of
+    phases in the one shape (:func:`phase_doc`)."""
+    if isinstance(data, Phase):
+        return phase_doc(data)
+    if isinstance(data, Mapping):
+        return {k: json_document(_phases(v) if k in PHASE_LISTS else v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_document(v) for v in data]
+    return jsonable(data)
+
+
 def echo_json(data: Any) -> None:
-    click.echo(json.dumps(jsonable(data), indent=2, default=str))
+    """The one JSON document a ``--json`` command prints on stdout."""
+    click.echo(json.dumps(json_document(data), indent=2, default=str))
 
 
-STATUS_COLOR = {"succeeded": "green", "failed": "red", "running": "yellow"}
+STATUS_COLOR = {"succeeded": "green", "failed": "red", "running": "yellow", "interrupted": "yellow",
+                "abandoned": "red"}
 
 
 def status_cell(status: str) -> str:
@@ -284,7 +324,7 @@ def print_load(result: Any) -> None:
 def print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:
     """The end of `etl run` and `etl demo`: JSON, or report, load, phases, how to connect."""
     if as_json:
-        click.echo(json.dumps(result.summary(), indent=2))
+        echo_json(result.summary())
         return
     print_report(result.report)
     if result.load is not None:
@@ -300,25 +340,14 @@ def print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:
 @contextmanager
 def validation_shown(*, as_json: bool) -> Iterator[None]:
     """When validation stops a command (`etl run`, `etl demo`, `etl rebuild`), show why as
-    `etl validate` does: the failing-rules table, or with --json a JSON error document on stdout
-    that carries the failing rules; then exit 1 with the error."""
-    from etl.validate import failing_rules
+    `etl validate` does: the failing-rules table (with --json, the error document on stdout
+    carries the failing rules: :func:`etl.cli.failures.error_document`); then exit 1 with the
+    error."""
     from etl.validate.errors import ValidationFailed
 
     try:
         yield
     except ValidationFailed as exc:
-        report = exc.report
-        if report is None:
-            raise
-        if as_json:
-            click.echo(json.dumps({
-                "status": "failed", "phase": "validate", "error": exc.message, "hint": exc.hint,
-                "run_id": report["run_id"], "dataset": report["dataset"],
-                "max_reject_ratio": report["max_reject_ratio"],
-                "failed_levels": report["failed_levels"], "levels": report["levels"],
-                "failed_rules": failing_rules(report), "overrides": report.get("overrides", []),
-            }, indent=2, default=str))
-        else:
-            print_report(report)
+        if exc.report is not None and not as_json:
+            print_report(exc.report)
         raise

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from etl.cli.options import ctx_settings
+from etl.cli.options import ctx_settings, json_option
 from etl.cli.render import echo_json, err, handle_errors
 from etl.run import open_run
 
@@ -31,7 +31,7 @@ def ledger_url(ctx: click.Context, flag: str | None) -> str | None:
 @click.option("--database-url", help="Read the run's latest load from this database's run ledger (env "
               "ETL_DATABASE_URL or DATABASE_URL; default: the embedded server if it is running, never "
               "started for a report).")
-@click.option("--json", "as_json", is_flag=True, help='Print {"report": PATH} as JSON on stdout.')
+@json_option
 @click.pass_context
 @handle_errors
 def report_cmd(ctx: click.Context, run_dir: Path, out: Path | None, database_url: str | None,

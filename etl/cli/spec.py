@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from etl.cli.options import ctx_settings
-from etl.cli.render import err, handle_errors
+from etl.cli.options import ctx_settings, json_option
+from etl.cli.render import echo_json, err, handle_errors
 from etl.spec import init
 
 
@@ -27,7 +26,7 @@ from etl.spec import init
                    "levels and columns. Without SOURCE, reads the spec's root.")
 @click.option("--strict", is_flag=True,
               help="Stop at a file that is not valid JSON (default: list it as skipped).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary instead of a table.")
+@json_option
 @click.pass_context
 @handle_errors
 def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path | None, force: bool,
@@ -54,7 +53,7 @@ def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path
                    strict=strict, update=update)
     spec = written.spec
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "spec": str(written.path), "name": spec.name, "root": spec.root,
             "sources": [{"name": s.name, "kind": s.kind, "files": s.files, "patterns": s.patterns,
                          "levels": [{"path": lv.path, "table": lv.table, "rows": lv.rows,
@@ -62,7 +61,7 @@ def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path
                         for s in spec.sources],
             "warnings": spec.warnings, "changes": list(written.changes),
             "skipped": [{"file": f.file, "offset": f.offset, "error": f.error} for f in spec.skipped],
-        }, indent=2))
+        })
         return
     table = Table(title=f"spec {spec.name} → {written.path}", title_justify="left")
     for col in ("source", "kind", "files", "level", "table", "rows", "columns", "key"):

@@ -31,7 +31,7 @@ from etl.shipped import shipped
 log = logging.getLogger(__name__)
 
 Mode = Literal["full", "unsafe-fast", "rebuild"]
-Status = Literal["running", "succeeded", "failed"]
+Status = Literal["running", "succeeded", "failed", "interrupted", "abandoned"]
 
 #: The Alembic scripts of the ledger (schema ``etl``), shipped inside the package. The datasets'
 #: live schemas are not migrated: they come from the datasets' tables (:mod:`etl.infra.live`).
@@ -137,7 +137,8 @@ def _phase_dict(phase: Phase | Mapping[str, Any]) -> dict[str, Any]:
 def finish_run(conn: psycopg.Connection[Any], ledger_id: int, *, status: Status | str,
                phases: Sequence[Phase | Mapping[str, Any]], rows: Mapping[str, int], peak_rss: int | None,
                error: str | None = None) -> None:
-    """Close a load: its status (``succeeded`` or ``failed``), end time, figures and error."""
+    """Close a load: its status (``succeeded``, ``failed``, or ``interrupted`` by a signal), end
+    time, figures and error."""
     _ledger_sql(
         conn,
         "UPDATE etl.runs SET status = %s, ended_at = now(), phases = %s, rows = %s, peak_rss = %s, "

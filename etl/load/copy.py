@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 
 def copy_all(load: Load, order: list[str]) -> None:
     """The ``load`` phase: step ``create``, then a ``copy:<table>`` step per table, in ``order``."""
-    with ThreadPoolExecutor(max_workers=load.workers, thread_name_prefix="etl-load") as pool:
+    with load.pool("etl-load") as pool:
         # Each thread forks its worker process, which opens its ADBC connection while
         # the build schema is created (the barrier puts one worker on each thread).
         barrier = threading.Barrier(load.workers)
@@ -87,6 +86,7 @@ def _copy_once(load: Load, name: str) -> int:
         # with wal_level=minimal PostgreSQL can skip writing the rows to WAL.
         cur.execute(f"TRUNCATE {target}")
         load.faults.drop(step, conn)
+        load.faults.pause(step)
         try:
             cur.adbc_ingest(name, _counted(load, reader), mode="append", db_schema_name=load.build)
         except Exception as exc:

@@ -8,6 +8,10 @@ Two environment variables, read at each point (a forked worker inherits them):
   network drop would: once per load, or on every attempt with ``<point>@always``.
   ``<point>@abort`` instead aborts the worker process there, once, as a crashing driver would.
 
+* ``ETL_FAULT_PAUSE_AT=<point>`` makes the process (or the worker) wait at that point, once it
+  has written its pid to the file ``ETL_FAULT_PAUSE_FILE`` names, until a signal ends the load
+  (at most ten minutes): tests interrupt a load mid-way knowing where it is, without guessing.
+
 A point is a ledger step's name (``create``, ``copy:<table>``, ``keys:<table>``, ``swap``, …),
 or ``merge`` / ``merge:<table>``; ``lock:<step>`` drops the connection holding the load lock
 just before that step. Without the variables every hook does nothing.
@@ -18,9 +22,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from typing import Any
 
+from etl import interrupt
 from etl.infra import pg
 from etl.load import forked
 
@@ -28,6 +34,9 @@ log = logging.getLogger(__name__)
 
 KILL_AT = "ETL_FAULT_KILL_AT"
 DROP_AT = "ETL_FAULT_DROP_AT"
+PAUSE_AT = "ETL_FAULT_PAUSE_AT"
+PAUSE_FILE = "ETL_FAULT_PAUSE_FILE"
+PAUSE_LIMIT = 600.0
 
 
 class Faults:
@@ -45,6 +54,23 @@ class Faults:
             if parent is not None:
                 os.kill(parent, signal.SIGKILL)
             os.kill(os.getpid(), signal.SIGKILL)
+
+    def pause(self, point: str) -> None:
+        """``ETL_FAULT_PAUSE_AT=<point>``: write the pid to ``ETL_FAULT_PAUSE_FILE`` and wait here
+        for the signal that stops the load (a test's cue)."""
+        if os.environ.get(PAUSE_AT) != point:
+            return
+        log.warning("fault injection: pausing at %s", point)
+        marker = os.environ.get(PAUSE_FILE)
+        if marker:
+            tmp = f"{marker}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(tmp, marker)
+        deadline = time.monotonic() + PAUSE_LIMIT
+        while time.monotonic() < deadline:
+            interrupt.check()  # in a thread: the main thread was interrupted
+            time.sleep(0.05)  # in the main thread, a signal's handler raises here
 
     def drop(self, point: str, conn: Any) -> None:
         """``ETL_FAULT_DROP_AT=<point>[@always|@abort]``: lose ``conn`` (or the worker) here."""

@@ -228,7 +228,9 @@ def _serve(conn: Connection, target: Any, setup: Callable[[Any, Callable[[str, A
         for other in _LIVE:
             other.conn.close()
         _LIVE.clear()
+        # Signals end a worker at once (the loading process handles them: etl.interrupt).
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         faulthandler.disable()  # a crash's own words (on fd 2) are what the parent quotes
         # glibc's allocator is fork-safe; Arrow's default (mimalloc) may have been mid-call in
         # another of the parent's threads, holding a lock nobody here would release.

@@ -3,7 +3,6 @@ checksum on the way), foreign keys added NOT VALID then validated, then ``sql/<d
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from etl.errors import EtlError
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 def keys_all(load: Load, order: list[str]) -> None:
     """The ``keys`` phase: a ``keys:<table>`` step per table, then ``fkeys`` and a
     ``validate:<fk>`` step per foreign key, tables concurrently."""
-    with ThreadPoolExecutor(max_workers=load.workers, thread_name_prefix="etl-keys") as pool:
+    with load.pool("etl-keys") as pool:
         list(pool.map(lambda name: _keys(load, name), order))
         plan.step(load, "fkeys", lambda conn: _fkeys(load, conn))
         # Biggest referencing tables first; one table's keys share a lock, so group them.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from etl import interrupt
 from etl.dataset import Dataset
 from etl.infra import ledger, pg
 from etl.infra.live import ensure_live_schemas
@@ -171,6 +172,7 @@ def step(load: Load, name: str, fn: Callable[[Any], Any]) -> None:
             for stmt in [*load.session_sql(), load.working_sql()]:
                 conn.execute(stmt)
             load.faults.drop(name, conn)
+            load.faults.pause(name)
             detail = fn(conn)
             ledger.step_done(conn, load.ledger_id, name, detail)
             load.faults.kill(name)
@@ -181,14 +183,26 @@ def step(load: Load, name: str, fn: Callable[[Any], Any]) -> None:
 
 
 def fail(load: Load, exc: BaseException) -> None:
-    """The load failed with ``exc``: the fence down, the failure in the ledger."""
+    """The load failed with ``exc``: the fence down, the failure in the ledger; stopped by a
+    signal (:class:`etl.interrupt.Interrupted`), it is recorded ``interrupted``, with its
+    finished steps kept for the next run to resume."""
+    stopped = interrupt.as_interrupted(exc)
+    if stopped is not None:
+        load.abort_work()  # what the main thread waited on: its worker, its statement
     load.fence.down()  # no new generation: readers may take leases again
     if not load.ledger_id:
         return
+    if "swap" in load.steps:  # the swap committed the load as succeeded: what failed came after
+        log.warning("the load succeeded (swapped in); then: %s", exc)
+        return
+    status = "failed" if stopped is None else "interrupted"
+    error = str(exc) if stopped is None else (
+        f"{stopped}: finished steps are kept; run `etl load {load.run.path}` (or the same command "
+        "again) to resume")
     try:
         with pg.connect(load.url) as conn:
-            ledger.finish_run(conn, load.ledger_id, status="failed", phases=load.phases,
-                              rows={}, peak_rss=peak_rss_bytes(), error=str(exc)[:2000])
+            ledger.finish_run(conn, load.ledger_id, status=status, phases=load.phases,
+                              rows={}, peak_rss=peak_rss_bytes(), error=error[:2000])
             if isinstance(exc, VerificationFailed):
                 # The build schema holds wrong rows: the next load must build it again
                 # (dropping it), not resume the steps that made it.

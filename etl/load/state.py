@@ -8,14 +8,19 @@ the :class:`Load` and runs the function on it; results, progress and exceptions 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 
+from etl import interrupt
 from etl.dataset import Dataset
 from etl.infra import pg
 from etl.infra.errors import LockLost
@@ -84,6 +89,7 @@ class Load:
         self.faults = Faults(url)  # test hooks (etl.load.faults)
         # The worker processes that run every ADBC call (see etl.load.forked), one per thread.
         self._progress_lock = threading.Lock()
+        self._stopping = threading.Event()  # set by abort_work: no step starts or retries
         self._copied_rows = 0
         self._local = threading.local()
         self._adbc_conns: list[Any] = []  # in a worker process: its ADBC connections
@@ -101,7 +107,15 @@ class Load:
         return (column, self.tag) if column and self.tag is not None else None
 
     def retry(self, what: str, fn: Callable[[], T]) -> T:
-        result: T = pg.retry(fn, what=what, attempts=self.retries, first_delay=self.retry_delay,
+        def attempt() -> T:
+            self.check_stopping()  # asked to stop: no new attempt (a killed worker is not retried)
+            try:
+                return fn()
+            except Exception:
+                self.check_stopping()  # the failure is the interruption's doing (abort_work)
+                raise
+
+        result: T = pg.retry(attempt, what=what, attempts=self.retries, first_delay=self.retry_delay,
                              next_step=f"check the database, then run `etl load {self.run.path}` "
                                        "again: finished steps are kept and the load resumes")
         return result
@@ -142,6 +156,48 @@ class Load:
             done = self._copied_rows
         if self.progress:
             self.progress("load", done, total)
+
+    @contextlib.contextmanager
+    def pool(self, prefix: str) -> Iterator[ThreadPoolExecutor]:
+        """Threads for steps that run concurrently. Interrupted (Ctrl-C, SIGTERM), the load does
+        not wait for their steps to end: :meth:`abort_work` stops them at once, and each step's
+        transaction rolls back, left to resume."""
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix=prefix) as pool:
+            try:
+                yield pool
+            except KeyboardInterrupt:
+                self.abort_work()
+                raise
+
+    def check_stopping(self) -> None:
+        """Raise :class:`~etl.interrupt.Interrupted` once the load is being stopped: by a signal
+        (the CLI's handler) or by Ctrl-C anywhere else (a notebook), see :meth:`abort_work`."""
+        if self._stopping.is_set():
+            raise interrupt.Interrupted()
+        interrupt.check()
+
+    def abort_work(self) -> None:
+        """Stop the load's work where it is: its worker processes killed, and every server
+        session working on its build (each holds the build lock shared, see :meth:`working_sql`)
+        terminated, so no statement of it runs on; the threads waiting on them then end (an
+        interrupted load tries nothing again, see :meth:`retry`)."""
+        self._stopping.set()
+        with self._progress_lock:
+            workers = [w for w in self._workers if not w.closed]
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                os.kill(worker.pid, signal.SIGKILL)  # the thread waiting on it reaps it
+        key = pg.lock_key(build_lock_name(self.live))
+        try:
+            with pg.connect(self.url) as admin:
+                ended = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid()",
+                    ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall()
+            log.info("stopped %d worker(s) and %d server session(s) of the load of %s",
+                     len(workers), len(ended), self.live)
+        except Exception:  # the database may be what is gone; the sessions then end anyway
+            log.warning("could not end the load's server sessions", exc_info=True)
 
     # -- the ADBC connection (in a worker process) ---------------------------------------------
 
@@ -223,6 +279,7 @@ class Load:
         copied, fault points used) sent to the loading process."""
         load._local = threading.local()
         load._progress_lock = threading.Lock()
+        load._stopping = threading.Event()
         load._adbc_conns = []
         load._workers = []
         load.progress = None

@@ -24,8 +24,8 @@ code, .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monosp
 .badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px; font-weight: 600;
          color: #fff; background: var(--info); }
 .badge.ok, .badge.passed, .badge.loaded, .badge.succeeded { background: var(--ok); }
-.badge.warning, .badge.warn, .badge.skipped { background: var(--warn); }
-.badge.error, .badge.failed, .badge.bad { background: var(--bad); }
+.badge.warning, .badge.warn, .badge.skipped, .badge.interrupted, .badge.running { background: var(--warn); }
+.badge.error, .badge.failed, .badge.bad, .badge.abandoned { background: var(--bad); }
 details { border: 1px solid var(--line); border-radius: 6px; margin: 8px 0; padding: 6px 10px; }
 details > summary { cursor: pointer; }
 details[open] > summary { margin-bottom: 6px; }
