@@ -150,6 +150,8 @@ CASES: dict[str, tuple[Args | None, Args]] = {
     "run": (lambda w: ["run", "mids", str(w.export), "--database-url", w.db],
             lambda w: ["run", "mids", str(w.export), "--database-url", BAD_DB]),
     "runs": (lambda w: ["runs", "--database-url", w.db], lambda w: ["runs", "--database-url", BAD_DB]),
+    "runs prune": (lambda w: ["runs", "prune", "--dry-run", "--database-url", w.db],
+                   lambda w: ["runs", "prune", "--database-url", BAD_DB]),
     "runs show": (lambda w: ["runs", "show", "1", "--database-url", w.db],
                   lambda w: ["runs", "show", "999", "--database-url", w.db]),
     "stage": (lambda w: ["stage", "mids", str(w.export)], lambda w: ["stage", "nope", str(w.export)]),

@@ -225,7 +225,7 @@ def stats_cmd(ctx: click.Context, database_url: str | None, last_runs: int, as_j
 @click.option("--dry-run", is_flag=True, help="Delete nothing: list what would go, with sizes.")
 @click.option("--force", is_flag=True, help="Also delete runs the run ledger needs (live, in use by a "
               "load, resumable), and prune without a database.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@json_option
 @database_url_option
 @click.pass_context
 @handle_errors
