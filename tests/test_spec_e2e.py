@@ -1,0 +1,251 @@
+"""Hostile export shapes, end to end: ``etl init`` infers a spec, ``etl run`` loads it into the real
+PostgreSQL, the rows are checked there, and ``etl reconcile`` rebuilds every source record from
+its loaded rows (typed columns + ``extra``).
+
+The shapes are generated here, each one a thing real exports do that our own samples do not:
+escaped and case-colliding keys, empty structures, deep nesting, long keys, mixed file shapes,
+numbers beyond int64 and double, NUL bytes, reserved words as keys, keys holding an object in one
+record and a scalar in the next, duplicated keys (last wins, as every JSON library the users
+know)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from etl.cli import main
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"ETL_STAGING_DIR": str(tmp_path / "staging"), "ETL_DATASETS_DIR": str(tmp_path / "specs")}
+
+
+def _invoke(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+def _export(folder: Path, files: dict[str, str | bytes]) -> Path:
+    for rel, text in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode() if isinstance(text, str) else text)
+    return folder
+
+
+def _e2e(tmp_path: Path, pg_url: str, files: dict[str, str | bytes], name: str = "hostile"
+         ) -> dict[str, Any]:
+    """init → run → reconcile (from the loaded rows); the run's summary."""
+    env = _env(tmp_path)
+    export = _export(tmp_path / "export", files)
+    _invoke(["init", name, str(export), "--json"], env)
+    summary = _invoke(["run", name, "--database-url", pg_url, "--json"], env)
+    rec = _invoke(["reconcile", summary["run"], "--database-url", pg_url, "--json"], env)
+    assert rec["ok"], rec
+    return summary
+
+
+def _rows(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def _columns(url: str, schema: str, table: str) -> list[str]:
+    return [r[0] for r in _rows(url, "SELECT column_name FROM information_schema.columns WHERE "
+                                     f"table_schema = '{schema}' AND table_name = '{table}' "
+                                     "ORDER BY ordinal_position")]
+
+
+def _records(url: str, schema: str, table: str) -> list[dict[str, Any]]:
+    """Each row as a dict, in key order (the ``id`` column when there is one)."""
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(f'SELECT * FROM "{schema}"."{table}"')
+        names = [d.name for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+# ------------------------------------------------------------------------------ shapes that load
+
+
+def _deep(n: int) -> Any:
+    value: Any = 1
+    for _ in range(n):
+        value = {"k": value}
+    return value
+
+
+SHAPES: dict[str, dict[str, str | bytes]] = {
+    "empty structures": {"a.json": json.dumps(
+        [{}, {"id": 1, "o": {}, "l": [], "kids": []}, {"id": 2, "kids": [], "o": {"p": {}}}])},
+    "deeper than 64 levels": {"a.json": json.dumps(
+        [{"id": 1, "deep": _deep(80)}, {"id": 2, "deep": [[[[[1]]]]]}, {"id": 3, "deep": _deep(200)}])},
+    "mixed file shapes in one folder": {
+        "arr.json": json.dumps([{"id": 1, "a": 1}, {"id": 2, "a": 2}]),
+        "nd.ndjson": '{"id":3,"a":3}\n{"id":4,"a":4}\n',
+        "sub/one.json": json.dumps({"id": 5, "a": 5})},
+    "numbers beyond int64 and double": {"a.json": (
+        '[{"id":1,"big":123456789012345678901234567890,"f":1.00000000000000000001,'
+        '"e":1e400,"neg":-9223372036854775809,"i":9223372036854775807},'
+        '{"id":2,"big":1,"f":0.1,"e":2,"neg":1,"i":-9223372036854775808}]')},
+    "unicode, emoji and right-to-left text": {"a.json": json.dumps(
+        [{"id": 1, "t": "héllo 👋 مرحبا \u202e rtl", "😀": "emoji key", "ключ": "значение"},
+         {"id": 2, "t": "\U0001F600" * 100, "😀": "x", "ключ": "y"}], ensure_ascii=False)},
+    "reserved words, spaces, dots and digits as keys": {"a.json": json.dumps(
+        [{"id": i, "select": i, "order": "x", "user": True, "table": None, "my key": 1, "a.b": 2,
+          "1st": 3, "": 4, "  ": 5, "-": 6} for i in range(3)])},
+    "an object in one record, a scalar in another": {"a.json": json.dumps(
+        [{"id": 1, "v": {"a": 1}}, {"id": 2, "v": 5}, {"id": 3, "v": [1, {"a": 2}]}, {"id": 4, "v": "s"}])},
+    "arrays of mixed scalars and objects": {"a.json": json.dumps(
+        [{"id": 1, "arr": [1, "a", {"x": 1}, None, [2]]}, {"id": 2, "arr": [{"x": 2}, {"x": 3, "y": 1}]},
+         {"id": 3, "arr": [True, 1.5]}])},
+    "every child list empty": {"a.json": json.dumps([{"id": i, "kids": []} for i in range(3)])},
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_hostile_shape_loads_and_reconciles(shape: str, tmp_path: Path, pg_url: str) -> None:
+    summary = _e2e(tmp_path, pg_url, SHAPES[shape])
+    expected = sum(len(json.loads(t)) if t.lstrip().startswith("[") else
+                   len(t.splitlines()) if "\n" in t else 1
+                   for t in (v if isinstance(v, str) else v.decode() for v in SHAPES[shape].values()))
+    # Every record is a row of its source's records table.
+    assert sum(summary["tables"][t] for t in summary["tables"]) >= expected
+
+
+def test_numbers_beyond_int64_and_double_keep_their_text(tmp_path: Path, pg_url: str) -> None:
+    _e2e(tmp_path, pg_url, SHAPES["numbers beyond int64 and double"])
+    rows = {r["id"]: r for r in _records(pg_url, "hostile", "a")}
+    extra = rows[1]["extra"]
+    # Nothing rounded: values no column holds exactly stay in extra as the export wrote them.
+    big = rows[1].get("big") if rows[1].get("big") is not None else extra["big"]
+    assert str(big) == "123456789012345678901234567890"
+    assert rows[1]["i"] == 9223372036854775807 and rows[2]["i"] == -9223372036854775808
+
+
+def test_nul_in_strings_is_cleaned_counted_and_reported(tmp_path: Path, pg_url: str) -> None:
+    summary = _e2e(tmp_path, pg_url, {"a.json": json.dumps(
+        [{"id": 1, "t": "a\u0000b", "o": {"x": "c\u0000"}}, {"id": 2, "t": "ok"}])})
+    rows = {r["id"]: r for r in _records(pg_url, "hostile", "a")}
+    assert rows[1]["t"] == "ab" and rows[2]["t"] == "ok"
+    report = json.loads((Path(summary["run"]) / "report.json").read_text())
+    cleaned = {c["column"]: c["changed"] for c in report["cleaning"] if c["name"] == "strip_nul"}
+    assert cleaned == {"t": 1, "o_x": 1}
+
+
+def test_reserved_word_keys_are_quoted_columns(tmp_path: Path, pg_url: str) -> None:
+    _e2e(tmp_path, pg_url, SHAPES["reserved words, spaces, dots and digits as keys"])
+    cols = _columns(pg_url, "hostile", "a")
+    # Reserved words get a trailing underscore (no quoting needed in hand-written SQL).
+    assert {"select_", "order_", "user_", "my_key", "a_b", "_1st"} <= set(cols), repr(cols)
+    assert [r[0] for r in _rows(pg_url, "SELECT select_ FROM hostile.a ORDER BY id")] == [0, 1, 2]
+
+
+def test_bool_in_some_records_number_in_others_loses_no_value(tmp_path: Path, pg_url: str) -> None:
+    _e2e(tmp_path, pg_url, {"a.json": json.dumps(
+        [{"id": 1, "f": True}, {"id": 2, "f": 3}, {"id": 3, "f": 2.5}, {"id": 4, "f": False}])})
+    rows = {r["id"]: r for r in _records(pg_url, "hostile", "a")}
+    got = {i: rows[i]["f"] if rows[i]["f"] is not None else rows[i]["extra"].get("f") for i in rows}
+    assert got[1] in (True, "true") and got[4] in (False, "false")
+    assert float(got[2]) == 3 and float(got[3]) == 2.5
+
+
+def test_many_distinct_shapes_init_as_one_source(tmp_path: Path, pg_url: str) -> None:
+    files: dict[str, str | bytes] = {f"f{i:04d}.json": json.dumps({"id": i, f"key_{i}": i, "common": "x"})
+                                     for i in range(2000)}
+    summary = _e2e(tmp_path, pg_url, files)
+    assert sum(summary["tables"].values()) == 2000
+
+
+# ------------------------------------------------------------------------------ escaped keys
+
+
+def test_keys_written_with_json_escapes(tmp_path: Path, pg_url: str) -> None:
+    """A key with escapes is the key it decodes to, for DuckDB and the C walker alike: the list
+    at ``"kid\\u0073"`` is the child level ``kids`` (its rows walked, not kept twice), and keys
+    holding quotes, backslashes, accents and NUL are kept whole."""
+    text = ('[{"\\u0069d":1,"kid\\u0073":[{"v":1},{"v":2}],"a\\"b":1,"c\\\\d":2,"caf\\u00e9":3,'
+            '"n\\u0000ul":4,"\\ud83d\\ude00":5},'
+            '{"id":2,"kids":[{"v":3}],"a\\"b":5,"café":6}]')
+    summary = _e2e(tmp_path, pg_url, {"a.json": text})
+    assert summary["tables"] == {"a": 2, "kids": 3}
+    rows = {r["id"]: r for r in _records(pg_url, "hostile", "a")}
+    assert "kids" not in rows[1]["extra"]  # rows of their own, not kept twice
+    assert rows[1]["extra"]["a\"b"] == 1 and rows[1]["extra"]["c\\d"] == 2
+    # Keys a column can name are typed, the others (quotes, backslashes) kept in extra.
+    assert (rows[1]["n_ul"], rows[1]["col"], rows[1]["caf"], rows[2]["caf"]) == (4, 5, 3, 6)
+
+
+# ------------------------------------------------------------------------------ duplicate keys
+
+
+def test_a_duplicated_key_keeps_its_last_value_and_is_counted(tmp_path: Path, pg_url: str) -> None:
+    """Issue 17: ``{"a": 1, "a": 2}`` is ``{"a": 2}`` (as Python's json and orjson read it), at
+    every depth; the records that had one are counted in the manifest and the run's summary."""
+    text = ('[{"id":1,"a":1,"a":2,"n":1.00000000000000000001},'
+            '{"id":2,"a":3,"b":{"c":1,"c":9},"kids":[{"v":1,"v":7}]},'
+            '{"id":3,"a":4,"kids":[{"v":2}]}]')
+    summary = _e2e(tmp_path, pg_url, {"a.json": text})
+    rows = {r["id"]: r for r in _records(pg_url, "hostile", "a")}
+    assert rows[1]["a"] == 2 and rows[2]["a"] == 3
+    b = rows[2].get("b_c", rows[2]["extra"].get("b", {}).get("c"))
+    assert b == 9
+    assert sorted(r[0] for r in _rows(pg_url, "SELECT v FROM hostile.kids")) == [2, 7]
+    manifest = json.loads((Path(summary["run"]) / "manifest.json").read_text())
+    assert manifest["duplicate_keys"]["records"] == 2
+    assert [(e["file"], e["record"]) for e in manifest["duplicate_keys"]["examples"]] == [
+        ("a.json", 0), ("a.json", 1)]
+    assert summary["duplicate_keys"] == 2
+    assert 'id="duplicate-keys"' in Path(summary["report"]).read_text()
+
+
+def test_a_duplicated_key_in_a_built_in_dataset_keeps_its_last_value(tmp_path: Path,
+                                                                       pg_url: str) -> None:
+    """The same in a built-in dataset (mids): a powerset file whose first power names itself twice
+    loads the last name, reconciles, and is counted."""
+    import shutil
+
+    from tests.conftest import MIDS, require_shared
+
+    export = tmp_path / "mids"
+    shutil.copytree(require_shared(MIDS), export)
+    path = next((export / "db").rglob("*.json"))
+    text = path.read_text()
+    name = json.loads(text)["Powers"][0]["DisplayName"]
+    at = text.index('"DisplayName"', text.index('"Powers"'))
+    path.write_text(text[:at] + '"DisplayName": "not this one", ' + text[at:])
+    env = _env(tmp_path)
+    summary = _invoke(["run", "mids", str(export), "--database-url", pg_url, "--json"], env)
+    assert summary["duplicate_keys"] == 1
+    rec = _invoke(["reconcile", summary["run"], "--database-url", pg_url, "--json"], env)
+    assert rec["ok"], rec
+    names = [r[0] for r in _rows(pg_url, "SELECT display_name FROM mids.powers")]
+    assert name in names and "not this one" not in names
+
+
+def test_duplicated_keys_are_found_at_any_depth_and_width() -> None:
+    """The byte scan flags what a full parse finds: wide objects (sorted compare), deep nesting
+    (no recursion), keys in strings that only look like keys; rewriting keeps number texts."""
+    import pyarrow as pa
+
+    from etl.stage.dupkeys import dedupe_text, last_wins
+
+    wide = "{" + ",".join(f'"k{i}":{i}' for i in range(40))
+    deep = '{"d":' * 300 + '{"x":1,"x":2}' + "}" * 300
+    texts = [wide + ',"k7":"last"}', wide + "}", deep, '{"s":"\\"a\\":1,\\"a\\":2","t":["a","a"]}',
+             '{"k\\u0061":1,"ka":2}', '{"a":{"x":1},"b":{"x":2}}', '{"a":1e400,"a":1.10}']
+    records = pa.table({"_file": ["f"] * len(texts), "_record": list(range(len(texts))),
+                        "json": texts})
+    out, where = last_wins(records)
+    assert where == [("f", 0), ("f", 2), ("f", 4), ("f", 6)]
+    got = out.column("json").to_pylist()
+    assert json.loads(got[0])["k7"] == "last" and len(json.loads(got[0])) == 40
+    assert got[1] == texts[1] and got[3] == texts[3] and got[5] == texts[5]
+    assert got[4] == '{"ka":2}' and got[6] == '{"a":1.10}'
+    assert dedupe_text('{"a": 1}') is None
