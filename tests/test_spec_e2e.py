@@ -249,3 +249,26 @@ def test_duplicated_keys_are_found_at_any_depth_and_width() -> None:
     assert got[1] == texts[1] and got[3] == texts[3] and got[5] == texts[5]
     assert got[4] == '{"ka":2}' and got[6] == '{"a":1.10}'
     assert dedupe_text('{"a": 1}') is None
+
+
+# ------------------------------------------------------------------------------ keys by case
+
+
+def test_keys_differing_only_in_case(tmp_path: Path, pg_url: str) -> None:
+    """``Name``, ``name`` and ``NAME`` are three keys: three columns (PostgreSQL folds case, DuckDB's
+    structures ignore it), at the top, inside a flattened object and in a child level."""
+    records = [{"id": i, "Name": f"N{i}", "name": f"n{i}", "NAME": i,
+                "Stats": {"Damage": i, "damage": -i}, "stats": {"x": 1}, "Kids": None,
+                "kids": [{"V": j, "v": f"s{j}"} for j in range(2)]} for i in range(3)]
+    summary = _e2e(tmp_path, pg_url, {"a.json": json.dumps(records)})
+    assert summary["tables"] == {"a": 3, "kids": 6}
+    cols = _columns(pg_url, "hostile", "a")
+    assert len(cols) == len(set(cols))
+    rows = sorted(_records(pg_url, "hostile", "a"), key=lambda r: r["id"])
+    for i, row in enumerate(rows):
+        values = {v for k, v in row.items() if k != "extra"}
+        assert {f"N{i}", f"n{i}", -i} <= values, row  # each case its own typed column
+        assert not {"Name", "name", "NAME"} & set(row["extra"]), row  # typed, not kept twice
+    kids = _records(pg_url, "hostile", "kids")
+    assert sorted(str(v) for r in kids for k, v in r.items() if v in ("s0", "s1")) == ["s0", "s0", "s0",
+                                                                                      "s1", "s1", "s1"]
