@@ -272,3 +272,27 @@ def test_keys_differing_only_in_case(tmp_path: Path, pg_url: str) -> None:
     kids = _records(pg_url, "hostile", "kids")
     assert sorted(str(v) for r in kids for k, v in r.items() if v in ("s0", "s1")) == ["s0", "s0", "s0",
                                                                                       "s1", "s1", "s1"]
+
+
+# ------------------------------------------------------------------------------ long keys
+
+
+def test_keys_longer_than_postgresql_identifiers(tmp_path: Path, pg_url: str) -> None:
+    """Keys over 63 bytes (ASCII and multi-byte) that agree on their first 63 bytes are distinct
+    columns; child tables named after long keys get distinct tables and constraint names (a
+    name PostgreSQL would truncate is shortened with a hash instead)."""
+    a, b = "x" * 70 + "A", "x" * 70 + "B"
+    accents = "é" * 40  # 80 bytes
+    kids1, kids2 = "kids" + "y" * 70 + "1", "kids" + "y" * 70 + "2"
+    records = [{"id": i, a: i, b: i + 1, accents: f"e{i}", accents + "!": f"f{i}",
+                kids1: [{"v": i}], kids2: [{"v": -i}, {"v": 100 + i}]} for i in range(3)]
+    summary = _e2e(tmp_path, pg_url, {"a.json": json.dumps(records)})
+    assert sorted(summary["tables"].values()) == [3, 3, 6]
+    cols = _columns(pg_url, "hostile", "a")
+    assert len(cols) == len(set(cols)) and all(len(c.encode()) <= 63 for c in cols)
+    rows = sorted(_records(pg_url, "hostile", "a"), key=lambda r: r["id"])
+    for i, row in enumerate(rows):
+        assert {i, i + 1, f"e{i}", f"f{i}"} <= {v for k, v in row.items() if k != "extra"}
+    names = [r[0] for r in _rows(pg_url, "SELECT conname FROM pg_constraint c JOIN pg_namespace n "
+                                         "ON n.oid = c.connamespace WHERE n.nspname = 'hostile'")]
+    assert len(names) == len(set(names)) and len(names) >= 5  # 3 primary keys, 2 references
