@@ -296,3 +296,25 @@ def test_keys_longer_than_postgresql_identifiers(tmp_path: Path, pg_url: str) ->
     names = [r[0] for r in _rows(pg_url, "SELECT conname FROM pg_constraint c JOIN pg_namespace n "
                                          "ON n.oid = c.connamespace WHERE n.nspname = 'hostile'")]
     assert len(names) == len(set(names)) and len(names) >= 5  # 3 primary keys, 2 references
+
+
+# ------------------------------------------------------------------------------ empty children
+
+
+def test_a_child_level_with_no_rows_in_this_export(tmp_path: Path, pg_url: str) -> None:
+    """A spec inferred from an export with child records, run on one where every list is empty,
+    missing or null: the grandchild table is empty, the rest loads and
+    every record reconciles, ``[]`` and ``null`` kept as they were."""
+    env = _env(tmp_path)
+    first = _export(tmp_path / "v1", {"a.json": json.dumps(
+        [{"id": i, "kids": [{"v": j, "subs": [{"w": j}]} for j in range(2)]} for i in range(3)])})
+    _invoke(["init", "hostile", str(first), "--json"], env)
+    later = _export(tmp_path / "v2", {"a.json": json.dumps(
+        [{"id": 1, "kids": []}, {"id": 2}, {"id": 3, "kids": None},
+         {"id": 4, "kids": [{"v": 1, "subs": []}]}])})
+    summary = _invoke(["run", "hostile", str(later), "--database-url", pg_url, "--json"], env)
+    rec = _invoke(["reconcile", summary["run"], "--database-url", pg_url, "--json"], env)
+    assert rec["ok"], rec
+    assert sorted(summary["tables"].values()) == [0, 1, 4]
+    extras = {r[0]: r[1] for r in _rows(pg_url, "SELECT id, extra FROM hostile.a")}
+    assert extras[1] == {"kids": []} and extras[3] == {"kids": None}
