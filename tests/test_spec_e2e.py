@@ -318,3 +318,18 @@ def test_a_child_level_with_no_rows_in_this_export(tmp_path: Path, pg_url: str) 
     assert sorted(summary["tables"].values()) == [0, 1, 4]
     extras = {r[0]: r[1] for r in _rows(pg_url, "SELECT id, extra FROM hostile.a")}
     assert extras[1] == {"kids": []} and extras[3] == {"kids": None}
+
+
+# ------------------------------------------------------------------------------ keys inferred
+
+
+@pytest.mark.parametrize("ids", [[1, "1", 2], ["a\u0000", "a", "b"]], ids=["int-and-text", "nul"])
+def test_a_key_is_unique_as_the_column_holds_it(ids: list[Any], tmp_path: Path, pg_url: str) -> None:
+    """1 and "1" are one value in a text column, "a\\0" and "a" one once NUL is stripped: neither
+    is proposed as a key (the load would fail on it), at the top or within a parent."""
+    records = [{"id": v, "kids": [{"k": v}, {"k": ids[(n + 1) % 3]}, {"k": ids[(n + 2) % 3]}]}
+               for n, v in enumerate(ids)]
+    summary = _e2e(tmp_path, pg_url, {"a.json": json.dumps(records)})
+    assert summary["tables"] == {"a": 3, "kids": 9}
+    spec = (tmp_path / "specs" / "hostile.toml").read_text()
+    assert 'key = {columns = ["id"]}' not in spec

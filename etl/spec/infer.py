@@ -76,6 +76,11 @@ _SCALAR_TYPE = {bool: "boolean", int: "bigint", float: "double precision", str: 
 _KEYABLE = (int, str)
 
 
+def _key_text(value: Any) -> str:
+    """A key value as a text column holds it (strings less NUL, which loading strips)."""
+    return value.replace("\0", "") if type(value) is str else str(value)
+
+
 class SpecError(TerminalError):
     """Inference cannot go on: no JSON files, or (with ``strict``) a file that is not JSON."""
 
@@ -210,16 +215,21 @@ class _Profiler:
                 lv.unique.pop(k, None)
                 lv.unique_in_parent.pop(k, None)
                 continue
+            # Values are compared as the column may hold them: by value (1 and 1.0 are one
+            # number) and by their text (1 and "1" are one text; NUL is stripped before loading).
+            texts = [_key_text(v) for v in vals]
             seen = lv.unique.get(k)
             if seen is not None:
                 before = len(seen)
                 seen.update(map(hash, vals))
-                if len(seen) != before + len(vals):
+                seen.update(hash((None, t)) for t in texts)
+                if len(seen) != before + 2 * len(vals):
                     del lv.unique[k]
             if k in lv.unique_in_parent and bounds is not None:
                 start = 0
                 for end in bounds:
-                    if len(set(vals[start:end])) != end - start:
+                    if (len(set(vals[start:end])) != end - start
+                            or len(set(texts[start:end])) != end - start):
                         del lv.unique_in_parent[k]
                         break
                     start = end
