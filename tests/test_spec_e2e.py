@@ -333,3 +333,16 @@ def test_a_key_is_unique_as_the_column_holds_it(ids: list[Any], tmp_path: Path, 
     assert summary["tables"] == {"a": 3, "kids": 9}
     spec = (tmp_path / "specs" / "hostile.toml").read_text()
     assert 'key = {columns = ["id"]}' not in spec
+
+
+def test_nesting_deeper_than_python_reads_is_named_not_a_crash(tmp_path: Path, pg_url: str) -> None:
+    """3,000 levels (DuckDB reads them; Python's json and orjson stop near 1,000): ``etl init``
+    lists the file as skipped with the reason instead of dying with a RecursionError, and the
+    rest of the export loads and reconciles."""
+    deep = '{"id":9,"o":' + '{"k":' * 3000 + "1" + "}" * 3000 + "}"
+    files: dict[str, str | bytes] = {"ok.json": json.dumps([{"id": 1, "a": 1}, {"id": 2, "a": 2}]),
+                                     "deep/one.json": deep}
+    _e2e(tmp_path, pg_url, files)
+    spec = (tmp_path / "specs" / "hostile.toml").read_text()
+    assert 'file = "deep/one.json"' in spec and "nested too deep" in spec
+    assert [r[0] for r in _rows(pg_url, "SELECT a FROM hostile.ok ORDER BY id")] == [1, 2]
