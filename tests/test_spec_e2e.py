@@ -346,3 +346,28 @@ def test_nesting_deeper_than_python_reads_is_named_not_a_crash(tmp_path: Path, p
     spec = (tmp_path / "specs" / "hostile.toml").read_text()
     assert 'file = "deep/one.json"' in spec and "nested too deep" in spec
     assert [r[0] for r in _rows(pg_url, "SELECT a FROM hostile.ok ORDER BY id")] == [1, 2]
+
+
+# ------------------------------------------------------------------------------ names
+
+
+def test_folder_names_with_glob_characters_and_long_dataset_names(tmp_path: Path, pg_url: str) -> None:
+    """Folders named ``… [final]``, with ``*``, ``?``, spaces, non-ASCII or 80 characters are
+    matched as written (a ``[`` is no wildcard); a 40-character dataset name loads twice (its
+    build and old schemas fit PostgreSQL's 63 bytes), a longer one or the ledger's is refused."""
+    name = "d" * 40
+    same = json.dumps([{"id": 1, "a": 1}, {"id": 2, "a": 2}])
+    files: dict[str, str | bytes] = {
+        "Export (v2.0) [final]/one.json": same, "Export (v2.0) [final]/two.json": same,
+        "what*? ёжик 🚀/x.json": json.dumps({"id": 3, "b": 3}),
+        "what*? ёжик 🚀/y.json": json.dumps({"id": 4, "b": 4}),
+        ("a" * 80) + "/q.json": json.dumps({"id": 5, "c": 5}),
+        ("a" * 80) + "b/q.json": json.dumps({"id": 6, "d": 6})}
+    summary = _e2e(tmp_path, pg_url, files, name=name)
+    assert sum(summary["tables"].values()) == 8
+    again = _invoke(["run", name, "--database-url", pg_url, "--json", "--force"], _env(tmp_path))
+    assert again["tables"] == summary["tables"]
+    assert _rows(pg_url, "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ddd%'") == [(1,)]
+    for bad in ("d" * 41, "etl", "a__b"):
+        result = CliRunner().invoke(main, ["init", bad, str(tmp_path / "export")], env=_env(tmp_path))
+        assert result.exit_code == 2 and "dataset name" in result.output, result.output

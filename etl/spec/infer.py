@@ -16,6 +16,7 @@ the byte offset of the error (``strict=True`` raises :class:`SpecError` instead)
 from __future__ import annotations
 
 import fnmatch
+import glob
 import gzip
 import logging
 import os
@@ -593,28 +594,32 @@ def _merge_level(prof: _Profiler, a: _Level, b: _Level) -> None:
 
 def _patterns(files: list[str], all_files: list[str]) -> list[str]:
     """Globs matching ``files`` and no other of ``all_files``: ``dir/*.json`` where the folder holds
-    only the source's files, ``dir/prefix*suffix`` where that is enough, else the files by name."""
+    only the source's files, ``dir/prefix*suffix`` where that is enough, else the files by name.
+    Names are escaped (``export [v2]/a.json`` is ``export [[]v2]/a.json``): a folder's ``[``, ``*``
+    or ``?`` is no wildcard."""
+    esc = glob.escape
     if len(files) == 1:
-        return list(files)
+        return [esc(files[0])]
     by_dir: dict[str, list[str]] = {}
     for f in files:
         by_dir.setdefault(f.rpartition("/")[0], []).append(f)
     mine = set(files)
     out: list[str] = []
     for folder, members in by_dir.items():
-        lead = folder + "/" if folder else ""
+        lead = esc(folder) + "/" if folder else ""
         others = [f for f in all_files if f.rpartition("/")[0] == folder and f not in mine]
         names = [m.rpartition("/")[2] for m in members]
         prefix = os.path.commonprefix(names)  # noqa: RUF071 (character-wise on purpose)
         suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]  # noqa: RUF071
-        pattern = lead + (prefix + "*" + suffix if len(prefix) + len(suffix) < min(map(len, names)) else "*")
+        pattern = lead + (esc(prefix) + "*" + esc(suffix)
+                          if len(prefix) + len(suffix) < min(map(len, names)) else "*")
         if not others:
             exts = sorted({os.path.splitext(n)[1] for n in names})
-            out += [f"{lead}*{ext}" for ext in exts] if len(exts) > 1 else [lead + "*" + exts[0]]
+            out += [f"{lead}*{esc(ext)}" for ext in exts] if len(exts) > 1 else [lead + "*" + esc(exts[0])]
         elif not any(fnmatch.fnmatchcase(o, pattern) for o in others):
             out.append(pattern)
         else:
-            out += members
+            out += [esc(m) for m in members]
     return out
 
 

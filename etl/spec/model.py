@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -243,7 +244,7 @@ class Spec:
         except tomllib.TOMLDecodeError as exc:
             raise SpecFormatError(f"not valid TOML: {exc}") from None
         return cls(
-            name=_req(doc, "name", str, "the spec"),
+            name=check_dataset_name(_req(doc, "name", str, "the spec")),
             root=str(doc.get("root", ".")),
             hook=str(doc.get("hook", "")), version=str(doc.get("version", "")),
             description=str(doc.get("description", "")),
@@ -251,6 +252,31 @@ class Spec:
             skipped=[SkippedFile(**_only(sk, SkippedFile, "[[skipped]]")) for sk in doc.get("skipped", [])],
             sources=[_source(src, i) for i, src in enumerate(_list(doc, "sources", "the spec"))],
         )
+
+
+#: A dataset's name: its PostgreSQL schema, with room for the load's ``<name>__old<ledger id>``
+#: and ``<name>__b<ledger id>`` beside it within PostgreSQL's 63 bytes (a longer name would be
+#: cut by the server: the build schema could become the live one's name).
+DATASET_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+#: Schema names a dataset cannot take (the toolkit's ledger, PostgreSQL's own).
+TAKEN_SCHEMAS = ("etl", "public", "information_schema")
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` when it can name a dataset (:data:`DATASET_NAME`, not :data:`TAKEN_SCHEMAS`,
+    no ``__``); :class:`SpecFormatError` saying why otherwise.
+
+    >>> check_dataset_name("my_export")
+    'my_export'
+    """
+    if not DATASET_NAME.fullmatch(name) or "__" in name:
+        msg = (f"dataset name {name!r} is not a lower-case identifier of at most 40 characters "
+               "(letters, digits and single _, starting with a letter), e.g. my_export")
+        raise SpecFormatError(msg)
+    if name in TAKEN_SCHEMAS or name.startswith("pg_"):
+        msg = f"dataset name {name!r} is a schema PostgreSQL or the toolkit uses; choose another"
+        raise SpecFormatError(msg)
+    return name
 
 
 class SpecFormatError(ValueError):
