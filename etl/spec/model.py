@@ -43,6 +43,10 @@ def widen(a: str | None, b: str | None) -> str | None:
         return a
     if a not in SCALAR_TYPES or b not in SCALAR_TYPES:
         return "jsonb"
+    if "boolean" in (a, b) and {a, b} & {"integer", "bigint", "double precision", "numeric"}:
+        # true and 3 in one column: jsonb keeps both as they are (a number column would hold
+        # no boolean; text would make true and "true" one value)
+        return "jsonb"
     return SCALAR_TYPES[max(SCALAR_TYPES.index(a), SCALAR_TYPES.index(b))]
 
 
