@@ -380,7 +380,7 @@ def _first_line_is_a_value(path: Path) -> bool:
         return False
 
 
-def _profile_ndjson(prof: _Profiler, groups: list[_Source], path: Path, rel: str, depth: int) -> None:
+def _profile_ndjson(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int) -> None:
     batches = _ndjson(path)
     first = next(batches, [])
     keys = set(chain.from_iterable(d for d in first if isinstance(d, dict)))
@@ -423,7 +423,7 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
     """
     root, files = _files([Path(s) for s in sources])
     prof = _Profiler()
-    groups: list[_Source] = []
+    groups = _Groups()
     skipped: list[SkippedFile] = []
     pending: dict[int, list[Any]] = {}  # source → [source, records held, their files' bytes]
     for path in files:
@@ -471,7 +471,7 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
     for src, held, _ in pending.values():
         if held:
             prof.level_batch(src.root, held, None)
-    groups = _merge_groups(prof, groups)
+    groups = _Groups(_merge_groups(prof, groups))
     spec = Spec(name=name, root=str(root), warnings=prof.warnings, skipped=skipped)
     all_rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in files]
     tables: set[str] = set()
@@ -491,20 +491,59 @@ def _similar(a: set[str], b: set[str]) -> float:
     return _jaccard(a, b)
 
 
-def _group(groups: list[_Source], kind: str, depth: int, keys: set[str]) -> _Source:
-    """The source a file of ``kind`` at ``depth`` with top-level ``keys`` joins (the most alike), or
-    a new one."""
-    best: tuple[float, _Source] | None = None
-    for src in groups:
+class _Groups(list[_Source]):
+    """Sources in the order found, with the sources holding each key (a file is scored only
+    against those sharing a key with it: 2,000 files of different keys are 2,000 sources, and
+    scoring each file against every one of them was quadratic in set operations)."""
+
+    def __init__(self, sources: list[_Source] | None = None) -> None:
+        super().__init__(sources or [])
+        self.holding: dict[str, list[int]] = {}
+        for i, src in enumerate(self):
+            self.hold(i, src.keys)
+
+    def hold(self, i: int, keys: set[str]) -> None:
+        for k in keys:
+            self.holding.setdefault(k, []).append(i)
+
+    def shared(self, keys: set[str], after: int = -1) -> dict[int, int]:
+        """How many of ``keys`` each source (by position, past ``after``) holds; none of them
+        when it holds none."""
+        counts: dict[int, int] = {}
+        for k in keys:
+            for i in self.holding.get(k, ()):
+                if i > after:
+                    counts[i] = counts.get(i, 0) + 1
+        return counts
+
+
+def _score(a: int, b: int, inter: int) -> float:
+    """:func:`_similar` of two key sets of sizes ``a`` and ``b`` sharing ``inter`` keys."""
+    small = min(a, b)
+    if small and inter / small >= CONTAINED:
+        return 1.0
+    return inter / (a + b - inter) if a or b else 1.0
+
+
+def _group(groups: _Groups, kind: str, depth: int, keys: set[str]) -> _Source:
+    """The source a file of ``kind`` at ``depth`` with top-level ``keys`` joins (the most alike, the
+    first found of equals), or a new one."""
+    best: tuple[float, int] | None = None
+    candidates = groups.shared(keys) if keys else {i: 0 for i in range(len(groups))}
+    for i in sorted(candidates):
+        src = groups[i]
         if src.kind == kind and src.depth == depth:
-            score = _similar(keys, src.keys)
+            score = _score(len(keys), len(src.keys), candidates[i])
             if score >= SIMILAR and (best is None or score > best[0]):
-                best = (score, src)
+                best = (score, i)
     if best is not None:
-        best[1].keys |= keys
-        return best[1]
+        src = groups[best[1]]
+        groups.hold(best[1], keys - src.keys)
+        src.keys |= keys
+        return src
     src = _Source(kind, depth, set(keys))
     groups.append(src)
+    groups.hold(len(groups) - 1, src.keys)
     return src
 
 
@@ -518,30 +557,44 @@ def _merge_groups(prof: _Profiler, groups: list[_Source]) -> list[_Source]:
         a.records += b.records
         a.keys |= b.keys
         _merge_level(prof, a.root, b.root)
-        groups.remove(b)
+        removed.add(id(b))  # by identity: a list's remove compares whole profiles
 
+    removed: set[int] = set()
     merged = True
     while merged:
+        # Each source takes in the first later one alike (again, as its keys grow); passes
+        # repeat until none is taken. Sources are scored only against those sharing a key.
         merged = False
-        for i, a in enumerate(groups):
-            b = next((b for b in groups[i + 1:] if a.kind == b.kind and a.depth == b.depth
-                      and _similar(a.keys, b.keys) >= SIMILAR), None)
-            if b is not None:
-                fold(a, b)
+        live = _Groups([g for g in groups if id(g) not in removed])
+        gone: set[int] = set()
+        for i, a in enumerate(live):
+            if i in gone:
+                continue
+            while True:
+                counts = live.shared(a.keys, after=i) if a.keys else {
+                    j: 0 for j in range(i + 1, len(live))}
+                j = next((j for j in sorted(counts) if j not in gone and live[j].kind == a.kind
+                          and live[j].depth == a.depth
+                          and _score(len(a.keys), len(live[j].keys), counts[j]) >= SIMILAR), None)
+                if j is None:
+                    break
+                live.hold(i, live[j].keys - a.keys)
+                fold(a, live[j])
+                gone.add(j)
                 merged = True
-                break
+    groups = [g for g in groups if id(g) not in removed]
     by_folder: dict[tuple[str, str], list[_Source]] = {}
     for src in groups:
         for folder in dict.fromkeys(f.rpartition("/")[0] for f in src.files):
             by_folder.setdefault((src.kind, folder), []).append(src)
     for (_, folder), shapes in by_folder.items():
-        shapes = [s for s in shapes if s in groups]
+        shapes = [s for s in shapes if id(s) not in removed]
         if len(shapes) > MAX_SHAPES:
             prof.warnings.append(f"the files of {folder or 'the root folder'} have {len(shapes)} "
                                  "different sets of keys: read as one source")
             for other in shapes[1:]:
                 fold(shapes[0], other)
-    return groups
+    return [g for g in groups if id(g) not in removed]
 
 
 def _merge_level(prof: _Profiler, a: _Level, b: _Level) -> None:

@@ -208,7 +208,9 @@ def structure_and_textual(levels: Sequence[Level]
     # A level staged whole is read as JSON values in its parent's structure; its own structure
     # (``where``) parses each element again as it is unnested.
     for lvl in levels:
-        if (lvl.whole or textual[lvl.name]) and lvl.path is not None:
+        # A level staged whole, or reading keys from its text, or with no structure of its own
+        # (no columns: its records stay whole in extra; DuckDB refuses an empty STRUCT).
+        if (lvl.whole or textual[lvl.name] or not where[lvl.name]) and lvl.path is not None:
             holder: Node = record if lvl.parent is None else where[lvl.parent]
             *parents, last = lvl.path.split(".")
             for part in parents:
@@ -413,5 +415,6 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
             f"{', _j' if texts(lvl) else ''} FROM ({element_rows(lvl)}))")
     text = (", CAST(json(json) AS VARCHAR) AS _j" if whole_root
             else ", json AS _j" if text_root else "")
-    parse = f"SELECT _file, _record, from_json(json, {sql_str(structure)}) AS _s{text} FROM _records"
+    parsed = f"from_json(json, {sql_str(structure)})" if record else "CAST(NULL AS VARCHAR)"
+    parse = f"SELECT _file, _record, {parsed} AS _s{text} FROM _records"
     return SourcePlan(structure, parse, queries)
