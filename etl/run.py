@@ -155,9 +155,10 @@ def json_dtypes(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, str]:
             continue
         try:
             dtype = sample.str.json_decode(infer_schema_length=None).dtype
-        except pl.exceptions.PolarsError:
+            # Arrow's schemas stop at 64 levels of nesting: deeper values are compared as text.
+            out[col] = _dtype_to_text(dtype)
+        except (pl.exceptions.PolarsError, pa.ArrowInvalid, RecursionError):
             continue
-        out[col] = _dtype_to_text(dtype)
     return out
 
 

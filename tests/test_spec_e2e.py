@@ -81,11 +81,21 @@ def _deep(n: int) -> Any:
     return value
 
 
+def _deep_lists(n: int) -> dict[str, Any]:
+    value: dict[str, Any] = {"v": 1}
+    for i in range(n):
+        value = {"l": [value], "i": i}
+    return value
+
+
 SHAPES: dict[str, dict[str, str | bytes]] = {
     "empty structures": {"a.json": json.dumps(
         [{}, {"id": 1, "o": {}, "l": [], "kids": []}, {"id": 2, "kids": [], "o": {"p": {}}}])},
     "deeper than 64 levels": {"a.json": json.dumps(
         [{"id": 1, "deep": _deep(80)}, {"id": 2, "deep": [[[[[1]]]]]}, {"id": 3, "deep": _deep(200)}])},
+    "arrays and lists of objects deeper than 64 levels": {"a.json": json.dumps(
+        [{"id": 1, "a": json.loads("[" * 70 + "1" + "]" * 70), "o": _deep(70), **_deep_lists(70)},
+         {"id": 2, "a": [], "o": {"k": {"k": 2}}, **_deep_lists(3)}])},
     "mixed file shapes in one folder": {
         "arr.json": json.dumps([{"id": 1, "a": 1}, {"id": 2, "a": 2}]),
         "nd.ndjson": '{"id":3,"a":3}\n{"id":4,"a":4}\n',
