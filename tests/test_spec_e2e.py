@@ -110,6 +110,9 @@ SHAPES: dict[str, dict[str, str | bytes]] = {
     "reserved words, spaces, dots and digits as keys": {"a.json": json.dumps(
         [{"id": i, "select": i, "order": "x", "user": True, "table": None, "my key": 1, "a.b": 2,
           "1st": 3, "": 4, "  ": 5, "-": 6} for i in range(3)])},
+    "keys with . [ ] * holding values and lists of objects": {"a.json": json.dumps(
+        [{"id": i, "a.b": [{"x": i}], "a": {"b": [{"y": i}]}, "c[]": [{"z": 1}], "c": [{"w": 2}],
+          "*": i, "kids": [{"*": 1, "v": i}]} for i in range(3)])},
     "an object in one record, a scalar in another": {"a.json": json.dumps(
         [{"id": 1, "v": {"a": 1}}, {"id": 2, "v": 5}, {"id": 3, "v": [1, {"a": 2}]}, {"id": 4, "v": "s"}])},
     "arrays of mixed scalars and objects": {"a.json": json.dumps(

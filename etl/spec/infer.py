@@ -77,6 +77,12 @@ _SCALAR_TYPE = {bool: "boolean", int: "bigint", float: "double precision", str: 
 _KEYABLE = (int, str)
 
 
+def _path_key(key: str) -> bool:
+    """Whether ``key`` can be a part of a level's path (``a.b[]``) and a field's key: not empty,
+    not the whole-record key ``*``, none of ``. [ ] " \\``."""
+    return bool(key) and key != "*" and not any(c in key for c in '.[]"\\')
+
+
 def _key_text(value: Any) -> str:
     """A key value as a text column holds it (strings less NUL, which loading strips)."""
     return value.replace("\0", "") if type(value) is str else str(value)
@@ -289,6 +295,9 @@ class _Profiler:
             col.kinds.add("list_obj")
             if lv.depth + 1 > MAX_LEVEL_DEPTH:
                 col.kinds.add("deep")
+                return
+            if not all(_path_key(p) for p in col.path):
+                col.kinds.add("unpathed")  # kept whole: a level's path cannot name it
                 return
             child = lv.children.get(col.path)
             if child is None:
@@ -739,6 +748,8 @@ def _finish(lv: _Level) -> list[tuple[_Col, str, str]]:
             note = "an object in some records, not in others"
         elif "deep" in kinds:
             note = "nested deeper than the columns go"
+        elif "unpathed" in kinds:
+            note = "a list of objects at a key a level's path cannot name (. [ ] \" \\ or *)"
         elif "list_obj" in kinds and kinds - {"list_obj", "list_empty"}:
             note = "a list of objects in some records, not in others"
         elif kinds == {"object"}:
