@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from etl.cli import main
+from etl.spec import Spec
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
@@ -413,3 +414,21 @@ def test_a_level_with_no_columns_stages_its_rows() -> None:
         con.register("_records", records)
         con.execute(f"CREATE TEMP TABLE _parsed AS {plan.parse}")
         assert {n: len(con.execute(q).fetchall()) for n, q in plan.queries.items()} == want
+
+
+def test_lists_of_objects_at_keys_differing_only_in_case(tmp_path: Path, pg_url: str) -> None:
+    """``Kids`` and ``kids`` (and ``KIDS.Items`` beside ``KIDS.items``) are separate child
+    levels, each with its own rows, none lost or taken for the other."""
+    records = [{"id": i, "Kids": [{"v": i, "V": -i, "subs": [{"s": i}]}],
+                "kids": [{"w": i}, {"w": i + 10}],
+                "KIDS": {"Items": [{"q": i}], "items": [{"r": i}, {"r": -i}, {"r": 7}]}}
+               for i in range(3)]
+    summary = _e2e(tmp_path, pg_url, {"a.json": json.dumps(records)})
+    assert sorted(summary["tables"].values()) == [3, 3, 3, 3, 6, 9]
+    spec = Spec.from_toml((tmp_path / "specs" / "hostile.toml").read_text())
+    table = {lv.path: lv.table for src in spec.sources for lv in src.levels}
+    w = sorted(r[0] for r in _rows(pg_url, f"SELECT w FROM hostile.{table['kids[]']}"))
+    assert w == [0, 1, 2, 10, 11, 12]
+    r = sorted(x[0] for x in _rows(pg_url, f"SELECT r FROM hostile.{table['KIDS.items[]']}"))
+    assert r == [-2, -1, 0, 0, 1, 2, 7, 7, 7]
+    assert _rows(pg_url, f"SELECT count(*) FROM hostile.{table['Kids[].subs[]']}") == [(3,)]

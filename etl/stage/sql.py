@@ -128,6 +128,12 @@ def _list_at(obj: dict[str, Node], path: str, level: Level) -> dict[str, Node]:
     return element
 
 
+#: In :func:`structure_and_textual`'s sets of fields read from text: the level's own list is read
+#: from its parent's text (its key differs from another only in case), and a level has such a child.
+BY_TEXT = "\0by text"
+TEXT_CHILD = "\0text child"
+
+
 def _collides(obj: dict[str, Node], parts: Sequence[str]) -> bool:
     """Whether a key on the way along ``parts`` differs from a key already in the structure only
     in case: DuckDB's STRUCT names ignore case, so ``Name`` and ``name`` cannot both be members
@@ -188,19 +194,30 @@ def structure_and_textual(levels: Sequence[Level]
     """
     record: dict[str, Node] = {}
     where: dict[str, dict[str, Node]] = {}
+    textual: dict[str, set[str]] = {lvl.name: set() for lvl in levels}
     for lvl in levels:
-        if lvl.parent is None:
-            node = record if lvl.path is None else _list_at(record, lvl.path, lvl)
-        else:
+        holder = record
+        if lvl.parent is not None:
             if lvl.path is None:
                 raise ConfigError(f"level {lvl.name} has a parent ({lvl.parent}) but no path")
             if lvl.parent not in where:
                 raise ConfigError(f"level {lvl.name}: its parent {lvl.parent} is not an earlier "
                                   "level of the same source")
-            node = _list_at(where[lvl.parent], lvl.path, lvl)
+            holder = where[lvl.parent]
+        if lvl.path is None:
+            node = record
+        elif _collides(holder, lvl.path.split(".")):
+            # Its list is read from the parent's JSON text (see source_plan), its records parsed
+            # with a structure of their own.
+            node = {}
+            textual[lvl.name].add(BY_TEXT)
+            for root in [lvl.parent] if lvl.parent is not None else \
+                    [r.name for r in levels if r.parent is None and r.path is None]:
+                textual[root].add(TEXT_CHILD)
+        else:
+            node = _list_at(holder, lvl.path, lvl)
         where[lvl.name] = node
     # Fields after all lists, so a field and a list on one key conflict whatever the order.
-    textual: dict[str, set[str]] = {lvl.name: set() for lvl in levels}
     for lvl in levels:
         for f in lvl.fields:
             if not _put(where[lvl.name], f, lvl):
@@ -210,6 +227,8 @@ def structure_and_textual(levels: Sequence[Level]
     for lvl in levels:
         # A level staged whole, or reading keys from its text, or with no structure of its own
         # (no columns: its records stay whole in extra; DuckDB refuses an empty STRUCT).
+        if BY_TEXT in textual[lvl.name]:
+            continue  # not in its parent's structure
         if (lvl.whole or textual[lvl.name] or not where[lvl.name]) and lvl.path is not None:
             holder: Node = record if lvl.parent is None else where[lvl.parent]
             *parents, last = lvl.path.split(".")
@@ -341,7 +360,15 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
             for root in roots:
                 children[root].append(lvl.path)
     whole_root = any(by_name[r].whole for r in roots)
-    text_root = any(textual[r] for r in roots)
+    text_root = any(textual[r] for r in roots) or any(
+        BY_TEXT in textual[lvl.name] for lvl in levels if lvl.parent is None)
+
+    def array(lvl: Level, expr: str, text: str) -> str:
+        """The list ``lvl``'s rows come from: at its path in the parsed parent ``expr``, or read
+        from the parent's JSON ``text`` by its exact path (a key differing from another in case)."""
+        if BY_TEXT in textual[lvl.name]:
+            return f"TRY_CAST(json_extract({text}, {sql_str(_jpath(lvl.path or ''))}) AS JSON[])"
+        return _access(expr, lvl.path or "")
 
     def texts(lvl: Level) -> bool:
         """Whether ``lvl``'s element rows carry ``_j``, the element's JSON text."""
@@ -367,8 +394,7 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
                 sql = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, _s AS _e"
                        f"{', _j' if texts(lvl) else ''} FROM _parsed")
             elif lvl.parent is None:
-                sql = _unnest("_parsed", _access("_s", lvl.path or ""), lvl.path or "", (),
-                              nested=False)
+                sql = _unnest("_parsed", array(lvl, "_s", "_j"), lvl.path or "", (), nested=False)
             else:
                 parent = by_name[lvl.parent]
                 carried = {c for _, c in parent.inherit}
@@ -381,9 +407,10 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
                     else:
                         raise ConfigError(f"level {lvl.name} inherits {p}, which its parent "
                                           f"{parent.name} neither has nor inherits")
+                pj = ", _j AS _pj" if BY_TEXT in textual[lvl.name] else ""
                 src = (f"(SELECT _file, _record, _path{''.join(', ' + i for i in inherited)}, "
-                       f"_e AS _pe FROM ({element_rows(parent)}))")
-                sql = _unnest(src, _access("_pe", lvl.path or ""), lvl.path or "",
+                       f"_e AS _pe{pj} FROM ({element_rows(parent)}))")
+                sql = _unnest(src, array(lvl, "_pe", "_pj"), lvl.path or "",
                               [ident(c) for _, c in lvl.inherit], nested=_has_path(parent))
             if texts(lvl) and lvl.path is not None:
                 sql = whole(sql, lvl)
