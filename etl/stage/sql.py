@@ -196,17 +196,17 @@ def structure_and_textual(levels: Sequence[Level]
     where: dict[str, dict[str, Node]] = {}
     textual: dict[str, set[str]] = {lvl.name: set() for lvl in levels}
     for lvl in levels:
-        holder = record
+        home = record
         if lvl.parent is not None:
             if lvl.path is None:
                 raise ConfigError(f"level {lvl.name} has a parent ({lvl.parent}) but no path")
             if lvl.parent not in where:
                 raise ConfigError(f"level {lvl.name}: its parent {lvl.parent} is not an earlier "
                                   "level of the same source")
-            holder = where[lvl.parent]
+            home = where[lvl.parent]
         if lvl.path is None:
             node = record
-        elif _collides(holder, lvl.path.split(".")):
+        elif _collides(home, lvl.path.split(".")):
             # Its list is read from the parent's JSON text (see source_plan), its records parsed
             # with a structure of their own.
             node = {}
@@ -215,7 +215,7 @@ def structure_and_textual(levels: Sequence[Level]
                     [r.name for r in levels if r.parent is None and r.path is None]:
                 textual[root].add(TEXT_CHILD)
         else:
-            node = _list_at(holder, lvl.path, lvl)
+            node = _list_at(home, lvl.path, lvl)
         where[lvl.name] = node
     # Fields after all lists, so a field and a list on one key conflict whatever the order.
     for lvl in levels:
