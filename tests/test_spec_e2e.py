@@ -432,3 +432,32 @@ def test_lists_of_objects_at_keys_differing_only_in_case(tmp_path: Path, pg_url:
     r = sorted(x[0] for x in _rows(pg_url, f"SELECT r FROM hostile.{table['KIDS.items[]']}"))
     assert r == [-2, -1, 0, 0, 1, 2, 7, 7, 7]
     assert _rows(pg_url, f"SELECT count(*) FROM hostile.{table['Kids[].subs[]']}") == [(3,)]
+
+
+# ------------------------------------------------------------------------------ drift
+
+
+@pytest.mark.parametrize("policy", ["keep", "evolve"])
+def test_drift_of_hostile_keys(policy: str, tmp_path: Path, pg_url: str) -> None:
+    """A later export adds keys differing from declared ones only in case, an escaped key and a
+    duplicated one: each is found as drift, kept (or given a column), and every record reconciles."""
+    env = _env(tmp_path)
+    first = _export(tmp_path / "v1", {"a.json": json.dumps(
+        [{"id": i, "Name": f"n{i}", "kids": [{"v": 1}]} for i in range(3)])})
+    _invoke(["init", "hostile", str(first), "--json"], env)
+    spec = tmp_path / "specs" / "hostile.toml"
+    spec.write_text(spec.read_text().replace('drift = "keep"', f'drift = "{policy}"'))
+    later = _export(tmp_path / "v2", {"a.json": (
+        '[{"id":1,"Name":"a","name":"b","NAME":1,"x\\u0041":5,"sel":{"a":1,"a":2},'
+        '"kids":[{"v":1,"V":2}]},{"id":2,"Name":"c","name":"d","kids":[]}]')})
+    summary = _invoke(["run", str(spec), str(later), "--database-url", pg_url, "--json"], env)
+    assert {(d["level"], d["key"]) for d in summary["drift"]} == {
+        ("a", "NAME"), ("a", "name"), ("a", "xA"), ("a", "sel"), ("kids", "V")}
+    rec = _invoke(["reconcile", summary["run"], "--database-url", pg_url, "--json"], env)
+    assert rec["ok"], rec
+    rows = {r["id"]: r for r in _records(pg_url, "hostile", "a")}
+    if policy == "keep":
+        assert rows[1]["extra"] == {"name": "b", "NAME": 1, "xA": 5, "sel": {"a": 2}}
+    else:
+        values = [v for k, v in rows[1].items() if k != "extra"]
+        assert all(v in values for v in ("b", 1, 5, {"a": 2})) and rows[1]["extra"] == {}
