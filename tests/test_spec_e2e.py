@@ -317,6 +317,14 @@ def test_keys_longer_than_postgresql_identifiers(tmp_path: Path, pg_url: str) ->
     names = [r[0] for r in _rows(pg_url, "SELECT conname FROM pg_constraint c JOIN pg_namespace n "
                                          "ON n.oid = c.connamespace WHERE n.nspname = 'hostile'")]
     assert len(names) == len(set(names)) and len(names) >= 5  # 3 primary keys, 2 references
+    # A merge stages each table in a temporary table named after it: distinct too.
+    records[0][kids2].append({"v": 1000})
+    (tmp_path / "export" / "a.json").write_text(json.dumps(records))
+    merged = _invoke(["run", "hostile", "--mode", "merge", "--database-url", pg_url, "--json"],
+                     _env(tmp_path))
+    assert sorted(merged["tables"].values()) == [3, 3, 7]
+    rec = _invoke(["reconcile", merged["run"], "--database-url", pg_url, "--json"], _env(tmp_path))
+    assert rec["ok"], rec
 
 
 # ------------------------------------------------------------------------------ empty children
