@@ -97,6 +97,10 @@ SHAPES: dict[str, dict[str, str | bytes]] = {
     "arrays and lists of objects deeper than 64 levels": {"a.json": json.dumps(
         [{"id": 1, "a": json.loads("[" * 70 + "1" + "]" * 70), "o": _deep(70), **_deep_lists(70)},
          {"id": 2, "a": [], "o": {"k": {"k": 2}}, **_deep_lists(3)}])},
+    "a long key column under a long list name (its children's reference over 63 bytes)": {
+        "a.json": json.dumps([{"id": i, "items_" + "z" * 60: [
+            {"code" + "c" * 55: j, "subs": [{"w": j}, {"w": j + 1}]} for j in range(2)]}
+            for i in range(3)])},
     "mixed file shapes in one folder": {
         "arr.json": json.dumps([{"id": 1, "a": 1}, {"id": 2, "a": 2}]),
         "nd.ndjson": '{"id":3,"a":3}\n{"id":4,"a":4}\n',

@@ -7,6 +7,7 @@ fields, so a spec read back compares equal to the one written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -24,11 +25,27 @@ ARRAY_TYPES = ("text[]", "bigint[]", "double precision[]", "text[][]", "bigint[]
 TYPES = (*SCALAR_TYPES, "jsonb", "json", *ARRAY_TYPES)
 
 
+def fit_identifier(name: str, suffix: str = "") -> str:
+    """``name + suffix`` when it fits PostgreSQL's 63 bytes, else ``name`` cut at a character
+    boundary with a hash of the whole of it before ``suffix`` (PostgreSQL would cut it silently,
+    making two long names one).
+
+    >>> fit_identifier("a_" + "x" * 70)[-9:], len(fit_identifier("a_" + "x" * 70))
+    ('_43afd6bc', 63)
+    """
+    if len((name + suffix).encode()) <= 63:
+        return name + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = 63 - len(suffix.encode()) - len(digest) - 1
+    return f"{name.encode()[:room].decode(errors='ignore')}_{digest}{suffix}"
+
+
 def fresh_name(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_2``, ``name_3``... the first not in ``taken`` (which it is added to)."""
-    out, n = name, 2
+    """``name``, or ``name_2``, ``name_3``... the first not in ``taken`` (which it is added to),
+    each within PostgreSQL's 63 bytes (:func:`fit_identifier`)."""
+    out, n = fit_identifier(name), 2
     while out in taken:
-        out, n = f"{name}_{n}", n + 1
+        out, n = fit_identifier(name, f"_{n}"), n + 1
     taken.add(out)
     return out
 
