@@ -478,3 +478,21 @@ def test_drift_of_hostile_keys(policy: str, tmp_path: Path, pg_url: str) -> None
     else:
         values = [v for k, v in rows[1].items() if k != "extra"]
         assert all(v in values for v in ("b", 1, 5, {"a": 2})) and rows[1]["extra"] == {}
+
+
+def test_empty_files_are_named_by_init_and_an_empty_array_loads(tmp_path: Path, pg_url: str) -> None:
+    """A file of nothing (or white space) is skipped by ``etl init`` with the words staging
+    refuses it with, so the user hears of it before a run; an empty array is a source of no
+    records, which loads (an empty table) beside the others and reconciles."""
+    env = _env(tmp_path)
+    export = _export(tmp_path / "export", {"ok.json": json.dumps({"id": 1}), "arr.json": "[]",
+                                           "blank.ndjson": "\n\n", "zero.json": "", "ws.json": " \n"})
+    out = _invoke(["init", "hostile", str(export), "--json"], env)
+    assert sorted(s["file"] for s in out["skipped"]) == ["blank.ndjson", "ws.json", "zero.json"]
+    assert {s["error"] for s in out["skipped"]} == {"file is empty (no JSON records)"}
+    for name in ("blank.ndjson", "zero.json", "ws.json"):
+        (export / name).unlink()
+    summary = _invoke(["run", "hostile", "--database-url", pg_url, "--json"], env)
+    assert summary["tables"] == {"arr": 0, "ok": 1}
+    rec = _invoke(["reconcile", summary["run"], "--database-url", pg_url, "--json"], env)
+    assert rec["ok"], rec

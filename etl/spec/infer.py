@@ -356,6 +356,23 @@ def _files(sources: list[Path]) -> tuple[Path, list[Path]]:
     return root, sorted(dict.fromkeys(files), key=lambda p: str(p))
 
 
+#: Why a file with no JSON at all is skipped (the words staging refuses it with).
+EMPTY_FILE = "file is empty (no JSON records)"
+
+
+def _is_blank(path: Path) -> bool:
+    """Whether the file holds nothing but white space (read only when it is small)."""
+    if path.stat().st_size > 4096:
+        return False
+    data = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            return False
+    return not data.strip()
+
+
 def _parse(path: Path) -> Any:
     data = path.read_bytes()
     return parse_record(gzip.decompress(data) if path.name.lower().endswith(".gz") else data)
@@ -392,6 +409,8 @@ def _first_line_is_a_value(path: Path) -> bool:
 def _profile_ndjson(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int) -> None:
     batches = _ndjson(path)
     first = next(batches, [])
+    if not first:  # staging refuses it too: said here, before a run finds it
+        raise _BadJson(0, EMPTY_FILE)
     keys = set(chain.from_iterable(d for d in first if isinstance(d, dict)))
     src = _group(groups, "ndjson", depth, keys)
     src.files.append(rel)
@@ -439,6 +458,8 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         depth = rel.count("/")
         try:
+            if _is_blank(path):
+                raise _BadJson(0, EMPTY_FILE)
             if is_line_delimited(path.name):
                 _profile_ndjson(prof, groups, path, rel, depth)
                 continue
