@@ -118,6 +118,9 @@ SHAPES: dict[str, dict[str, str | bytes]] = {
     "keys with . [ ] * holding values and lists of objects": {"a.json": json.dumps(
         [{"id": i, "a.b": [{"x": i}], "a": {"b": [{"y": i}]}, "c[]": [{"z": 1}], "c": [{"w": 2}],
           "*": i, "kids": [{"*": 1, "v": i}]} for i in range(3)])},
+    "keys with line breaks, quotes, $ and 10,000 characters": {"a.json": json.dumps(
+        [{"id": i, "k" * 10000: i, "it's": 1, "a\nb\tc": 2, "$x": 3, "Dollar": {"$ref": 1, "it's": [1]},
+          "kids": [{"it's": 1, "K\nK": 2}], "Kids\n": [{"z": 1}]} for i in range(3)])},
     "an object in one record, a scalar in another": {"a.json": json.dumps(
         [{"id": 1, "v": {"a": 1}}, {"id": 2, "v": 5}, {"id": 3, "v": [1, {"a": 2}]}, {"id": 4, "v": "s"}])},
     "arrays of mixed scalars and objects": {"a.json": json.dumps(

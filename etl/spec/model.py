@@ -218,7 +218,7 @@ class Spec:
             for lv in src.levels:
                 out += ["", "[[sources.levels]]"]
                 if not declared:
-                    where = " (the records)" if lv.path == "" else f" from {lv.path}"
+                    where = " (the records)" if lv.path == "" else f" from {_comment_text(lv.path)}"
                     out.append(f"# {lv.rows:,} rows{where}")
                 out += [f"path = {_s(lv.path)}", f"table = {_s(lv.table)}"]
                 if not declared:
@@ -401,6 +401,18 @@ def _col_comment(col: ColumnSpec, rows: int) -> str:
     nulls = "never null" if col.nulls == 0 else (
         "always null" if col.nulls == rows else f"null or missing in {col.nulls:,}")
     return f"# inferred: {rows:,} records, {nulls}"
+
+
+def _comment_text(text: str) -> str:
+    """``text`` for a TOML comment: control characters (a key's line break) written as JSON
+    escapes, which TOML does not allow there.
+
+    >>> _comment_text("Kids" + chr(10) + "[]")
+    'Kids\\\\n[]'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def _s(text: str) -> str:
