@@ -499,3 +499,13 @@ def test_empty_files_are_named_by_init_and_an_empty_array_loads(tmp_path: Path, 
     assert summary["tables"] == {"arr": 0, "ok": 1}
     rec = _invoke(["reconcile", summary["run"], "--database-url", pg_url, "--json"], env)
     assert rec["ok"], rec
+
+
+def test_init_prints_names_that_look_like_markup_as_they_are(tmp_path: Path) -> None:
+    """File and folder names such as ``[bold]bad.json`` are shown as named, not taken as the
+    terminal's markup (they vanished from the "skipped:" line)."""
+    export = _export(tmp_path / "export", {"[bold]bad.json": '{"id": 1', "[red]x/ok.json": '{"id": 1}',
+                                           "[red]x/ok2.json": '{"id": 2}'})
+    result = CliRunner().invoke(main, ["init", "hostile", str(export)], env=_env(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "skipped: [bold]bad.json at byte 8" in result.output
