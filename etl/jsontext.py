@@ -31,13 +31,18 @@ def dump_json(value: Any) -> str:
 def parse_record(text: str | bytes) -> Any:
     """A record's JSON as Python values: orjson, or json where orjson refuses a number it cannot
     hold (integers beyond 64 bits, beyond a double; json also reads NaN and Infinity). Raises
-    ValueError for text neither reads (DuckDB's reader accepts a few more tokens)."""
-    if _has_long_number(text if isinstance(text, bytes) else text.encode()):
-        return json.loads(text)  # orjson reads integers beyond 64 bits as floats, rounded
+    ValueError for text neither reads (DuckDB's reader accepts a few more tokens), and for text
+    nested deeper than they go (orjson 1,024 levels, json about as many)."""
     try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
+        if _has_long_number(text if isinstance(text, bytes) else text.encode()):
+            return json.loads(text)  # orjson reads integers beyond 64 bits as floats, rounded
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return json.loads(text)
+    except RecursionError:
+        msg = "nested too deep for Python's JSON readers (over about 1,000 levels)"
+        raise ValueError(msg) from None
 
 
 #: Every ASCII digit to "1", every other byte to "0": a run of 19 "1"s in the translated text is a

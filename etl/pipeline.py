@@ -47,6 +47,9 @@ class PipelineResult:
             out["report"] = str(self.report_html)
         if self.run.manifest.get("drift"):
             out["drift"] = self.run.manifest["drift"]
+        dups = (self.run.manifest.get("duplicate_keys") or {}).get("records", 0)
+        if dups:
+            out["duplicate_keys"] = dups
         if self.load is not None:
             out["load"] = {
                 "database": _masked(self.load.url),

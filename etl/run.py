@@ -155,9 +155,10 @@ def json_dtypes(df: pl.DataFrame, columns: Iterable[str]) -> dict[str, str]:
             continue
         try:
             dtype = sample.str.json_decode(infer_schema_length=None).dtype
-        except pl.exceptions.PolarsError:
+            # Arrow's schemas stop at 64 levels of nesting: deeper values are compared as text.
+            out[col] = _dtype_to_text(dtype)
+        except (pl.exceptions.PolarsError, pa.ArrowInvalid, RecursionError):
             continue
-        out[col] = _dtype_to_text(dtype)
     return out
 
 
@@ -540,7 +541,8 @@ class Run:
                                 run=self.id, hint=f"run `etl transform {self.path}` first")
         schema = pl.Schema({k: _dtype_from_str(v) for k, v in entry["schema"].items()})
         lf = _scan(self.path, entry["chunks"], schema)
-        if not lineage or not entry.get("lineage_chunks"):
+        # A table of no rows has no lineage chunks, yet its lineage columns (empty).
+        if not lineage or "lineage" not in entry or (entry["chunks"] and not entry.get("lineage_chunks")):
             return lf
         extra = pl.Schema({k: _dtype_from_str(v) for k, v in entry["lineage"].items()})
         return pl.concat([lf, _scan(self.path, entry["lineage_chunks"], extra)], how="horizontal")

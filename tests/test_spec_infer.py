@@ -106,7 +106,7 @@ def _write(path: Path, doc: object) -> None:
 def test_ragged_records_mixed_kinds_empty_lists_and_widening(tmp_path: Path) -> None:
     rows = [{"id": i, "n": i, "x": True, "tags": [], "kids": [], "bag": [1, 2]} for i in range(60)]
     rows[3]["n"] = 2.5  # int -> float
-    rows[4]["x"] = 7  # bool -> int
+    rows[4]["x"] = 7  # bool and int -> jsonb
     rows[5]["extra"] = "only here"  # ragged
     del rows[6]["n"]
     rows[7]["kids"] = [{"k": 1}, {"k": 2}]
@@ -121,7 +121,7 @@ def test_ragged_records_mixed_kinds_empty_lists_and_widening(tmp_path: Path) -> 
     items = _source_with(spec, "kids[]")
     root = _level(items, "")
     assert _col(root, "n").type == "double precision" and _col(root, "n").nulls == 1
-    assert _col(root, "x").type == "bigint"
+    assert _col(root, "x").type == "jsonb"  # bool and int: both kept as they are
     assert _col(root, "extra").nulls == 59
     assert _col(root, "big").type == "numeric"
     assert _col(root, "tags").type == "jsonb" and _col(root, "tags").note == "always an empty list"

@@ -25,6 +25,7 @@ from etl.cli.render import (
     err,
     handle_errors,
     print_drift,
+    print_duplicate_keys,
     print_levels,
     print_load,
     print_phases,
@@ -63,6 +64,7 @@ def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, forc
                        max_record_bytes=max_record_bytes, progress=progress, strict=strict)
     print_quarantined(result.run.manifest.get("quarantined") or [])
     if not as_json:
+        print_duplicate_keys(result.run.manifest)
         print_drift(result.run.manifest)
     if result.skipped:
         err.print(f"[yellow]already staged[/] (same content, dataset version "
@@ -319,6 +321,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
                          strict=opts.get("strict", False), warm=warm,
                          max_record_bytes=opts["max_record_bytes"])
     print_quarantined(result.run.manifest.get("quarantined") or [])
+    print_duplicate_keys(result.run.manifest)
     if not as_json:
         print_drift(result.run.manifest)
     print_pipeline(result, settings, as_json=as_json)

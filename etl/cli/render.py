@@ -187,6 +187,17 @@ def print_quarantined(bad: list[dict[str, Any]]) -> None:
         err.print(f"  … and {len(bad) - 20} more (see the manifest's \"quarantined\")")
 
 
+def print_duplicate_keys(manifest: Mapping[str, Any]) -> None:
+    """How many records held a key twice (the last value was kept), and the first of them."""
+    found = manifest.get("duplicate_keys") or {}
+    if not found.get("records"):
+        return
+    first = found["examples"][0]
+    err.print(f"[yellow]{found['records']:,} record(s) hold a key twice[/]: the last value of each "
+              f"is kept, as JSON libraries read it (first: {escape(first['file'])} record "
+              f"{first['record']}; the manifest's \"duplicate_keys\" lists more)", soft_wrap=True)
+
+
 def print_drift(manifest: Mapping[str, Any]) -> None:
     """What the stage found that the run's spec does not declare, and what each source's policy
     did with it."""

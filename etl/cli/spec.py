@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from etl.cli.options import ctx_settings, json_option
@@ -63,23 +64,24 @@ def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path
             "skipped": [{"file": f.file, "offset": f.offset, "error": f.error} for f in spec.skipped],
         })
         return
-    table = Table(title=f"spec {spec.name} → {written.path}", title_justify="left")
+    table = Table(title=escape(f"spec {spec.name} → {written.path}"), title_justify="left")
     for col in ("source", "kind", "files", "level", "table", "rows", "columns", "key"):
         table.add_column(col)
     for src in spec.sources:
         for lv in src.levels:
             key = "surrogate" if lv.key.surrogate else ", ".join(lv.key.columns)
-            table.add_row(src.name, src.kind, f"{src.files:,}", lv.path or "(record)", lv.table,
-                          f"{lv.rows:,}", str(len(lv.columns)), key)
+            table.add_row(escape(src.name), src.kind, f"{src.files:,}", escape(lv.path or "(record)"),
+                          escape(lv.table), f"{lv.rows:,}", str(len(lv.columns)), escape(key))
     Console().print(table)
     for warning in spec.warnings:
-        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     for bad in spec.skipped:
-        err.print(f"[yellow]skipped:[/] {bad.file} at byte {bad.offset}: {bad.error}", highlight=False)
+        err.print(f"[yellow]skipped:[/] {escape(bad.file)} at byte {bad.offset}: {escape(bad.error)}",
+                  highlight=False)
     if update:
         for change in written.changes:
-            err.print(f"[green]updated:[/] {change}", highlight=False)
+            err.print(f"[green]updated:[/] {escape(change)}", highlight=False)
         if not written.changes:
             err.print("the spec declares everything the export holds: nothing to update")
     how = spec.name if out is None else f"{written.path}"
-    err.print(f"edit {written.path}, then commit it; load with `etl run {how}`")
+    err.print(escape(f"edit {written.path}, then commit it; load with `etl run {how}`"))

@@ -14,6 +14,7 @@ names follow PostgreSQL's own defaults (``<table>_pkey``, ``<table>_<cols>_key``
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -67,27 +68,37 @@ def _check_type(pg_type: str) -> str:
 # ------------------------------------------------------------------------------ constraint names
 
 
-def _name(name: str) -> str:
-    if len(name) > MAX_IDENTIFIER:
-        raise ValueError(f"constraint name {name!r} is longer than {MAX_IDENTIFIER} characters; "
-                         "PostgreSQL would truncate it")
-    return name
+def _name(stem: str, suffix: str) -> str:
+    """``<stem><suffix>``, or when that is over PostgreSQL's 63 bytes (which it would truncate,
+    making two long names one), the stem cut short with a hash of the whole name before the
+    suffix: deterministic, unique, still telling what it is.
+
+    >>> _name("x" * 70, "_pkey")
+    'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx_d221601c_pkey'
+    """
+    name = stem + suffix
+    if len(name.encode()) <= MAX_IDENTIFIER:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = MAX_IDENTIFIER - len(suffix.encode()) - len(digest) - 1
+    cut = stem.encode()[:room].decode(errors="ignore")  # never half a character
+    return f"{cut}_{digest}{suffix}"
 
 
 def pkey_name(table: Table) -> str:
-    return _name(f"{table.name}_pkey")
+    return _name(table.name, "_pkey")
 
 
 def unique_name(table: Table, columns: Iterable[str]) -> str:
-    return _name(f"{table.name}_{'_'.join(columns)}_key")
+    return _name(f"{table.name}_{'_'.join(columns)}", "_key")
 
 
 def fkey_name(table: Table, fk: ForeignKey) -> str:
-    return _name(f"{table.name}_{'_'.join(fk.columns)}_fkey")
+    return _name(f"{table.name}_{'_'.join(fk.columns)}", "_fkey")
 
 
 def fkey_index_name(table: Table, fk: ForeignKey) -> str:
-    return _name(f"{table.name}_{'_'.join(fk.columns)}_fkey_idx")
+    return _name(f"{table.name}_{'_'.join(fk.columns)}", "_fkey_idx")
 
 
 def uncovered_foreign_keys(table: Table) -> list[ForeignKey]:

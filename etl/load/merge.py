@@ -20,6 +20,7 @@ anything changed, right after the commit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -136,10 +137,19 @@ def _merge_order(load: Load) -> list[str]:
     return order
 
 
+def _temp_name(table: str) -> str:
+    """The merge's temporary table for ``table``: ``_merge_<table>``, or where that is over
+    PostgreSQL's 63 bytes (it would cut two long names to one), ``_merge_<hash of the name>``."""
+    name = f"_merge_{table}"
+    if len(name.encode()) <= 63:
+        return name
+    return "_merge_" + hashlib.sha256(table.encode()).hexdigest()[:24]
+
+
 def _merge_table(load: Load, cur: Any, name: str, *, delete_missing: bool) -> dict[str, int]:
     table = load.tables[name]
     live = f"{quote_ident(load.live)}.{quote_ident(name)}"
-    temp = quote_ident(f"_merge_{name}")
+    temp = quote_ident(_temp_name(name))
     cols = [c.name for c in table.columns]
     col_list = ", ".join(quote_ident(c) for c in cols)
     pk = list(table.primary_key)
@@ -148,7 +158,7 @@ def _merge_table(load: Load, cur: Any, name: str, *, delete_missing: bool) -> di
     reader, staged = table_reader(load.run, table, load.entries[name], for_copy=True,
                                   tag=load.tag_of(name), schema=load.arrow_schemas[name])
     try:
-        cur.adbc_ingest(f"_merge_{name}", reader, mode="append", temporary=True)
+        cur.adbc_ingest(_temp_name(name), reader, mode="append", temporary=True)
     except Exception as exc:
         if pg.is_transient(exc):
             raise
@@ -180,7 +190,7 @@ def _merge_table(load: Load, cur: Any, name: str, *, delete_missing: bool) -> di
 def _delete_missing(load: Load, cur: Any, name: str) -> int:
     table = load.tables[name]
     live = f"{quote_ident(load.live)}.{quote_ident(name)}"
-    temp = quote_ident(f"_merge_{name}")
+    temp = quote_ident(_temp_name(name))
     match = " AND ".join(f"m.{quote_ident(c)} = t.{quote_ident(c)}" for c in table.primary_key)
     where = [f"NOT EXISTS (SELECT 1 FROM {temp} m WHERE {match})"]
     tag_col = load.dataset.tag_columns.get(name)
@@ -204,7 +214,7 @@ def _merge_check(load: Load, cur: Any, name: str) -> None:
     """Every staged row must now be in the live table exactly as staged."""
     table = load.tables[name]
     cols = ", ".join(compared(table, c.name) for c in table.columns)
-    cur.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {quote_ident(f'_merge_{name}')} "
+    cur.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {quote_ident(_temp_name(name))} "
                 f"EXCEPT SELECT {cols} FROM {quote_ident(load.live)}.{quote_ident(name)}) x")
     missing = int(cur.fetchone()[0])
     if missing:

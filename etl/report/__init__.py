@@ -99,6 +99,7 @@ def build_report(run: Run, *, load: Mapping[str, Any] | None = None, database_ur
         "rules": [r for r in report.get("rules", []) if r.get("failed")],
         "cleaning": [c for c in report.get("cleaning", []) if c.get("changed")],
         "quarantined": list(m.get("quarantined") or []),
+        "duplicate_keys": dict(m.get("duplicate_keys") or {"records": 0, "examples": []}),
         "load": dict(load) if load is not None else None,
         "load_note": load_note,
         "profiles": {"of": "tables" if tables else "levels", "targets": profiles},

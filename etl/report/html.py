@@ -175,6 +175,13 @@ def _flow_section(data: Mapping[str, Any]) -> str:
                         f"{_e(q.get('reason') or q.get('error'))}</li>" for q in data["quarantined"])
         out.append(f'<details id="quarantined" open><summary>{len(data["quarantined"])} files quarantined '
                    f"(left out of the run)</summary><ul>{items}</ul></details>")
+    dups = data.get("duplicate_keys") or {}
+    if dups.get("records"):
+        items = "".join(f"<li><code>{_e(d['file'])}</code> record {int(d['record'])}</li>"
+                        for d in dups["examples"])
+        out.append(f'<details id="duplicate-keys"><summary>{int(dups["records"])} record(s) hold a '
+                   "key twice: the last value of each was kept</summary>"
+                   f"<ul>{items}</ul></details>")
     out.append("</section>")
     return "".join(out)
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from etl.dataset import (
+    ELEMENT,
     EXTRA,
     LINEAGE,
     PATCH,
@@ -129,8 +130,8 @@ def _relpath(lv: LevelSpec) -> str | None:
 def _representable(col: ColumnSpec) -> bool:
     """Whether a :class:`Field` key can name the column's JSON path (its keys are joined with dots
     and quoted in a JSON path)."""
-    return bool(col.json) and all(part and "." not in part and '"' not in part and "\\" not in part
-                                  for part in col.json)
+    return bool(col.json) and all(part and part != ELEMENT and "." not in part and '"' not in part
+                                  and "\\" not in part for part in col.json)
 
 
 def _surrogate(path: pl.Expr) -> pl.Expr:

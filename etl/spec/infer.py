@@ -16,6 +16,7 @@ the byte offset of the error (``strict=True`` raises :class:`SpecError` instead)
 from __future__ import annotations
 
 import fnmatch
+import glob
 import gzip
 import logging
 import os
@@ -74,6 +75,17 @@ OBJECT_BATCH_BYTES = 16 << 20
 _INT64 = (-(2**63), 2**63 - 1)
 _SCALAR_TYPE = {bool: "boolean", int: "bigint", float: "double precision", str: "text"}
 _KEYABLE = (int, str)
+
+
+def _path_key(key: str) -> bool:
+    """Whether ``key`` can be a part of a level's path (``a.b[]``) and a field's key: not empty,
+    not the whole-record key ``*``, none of ``. [ ] " \\``."""
+    return bool(key) and key != "*" and not any(c in key for c in '.[]"\\')
+
+
+def _key_text(value: Any) -> str:
+    """A key value as a text column holds it (strings less NUL, which loading strips)."""
+    return value.replace("\0", "") if type(value) is str else str(value)
 
 
 class SpecError(TerminalError):
@@ -210,16 +222,21 @@ class _Profiler:
                 lv.unique.pop(k, None)
                 lv.unique_in_parent.pop(k, None)
                 continue
+            # Values are compared as the column may hold them: by value (1 and 1.0 are one
+            # number) and by their text (1 and "1" are one text; NUL is stripped before loading).
+            texts = [_key_text(v) for v in vals]
             seen = lv.unique.get(k)
             if seen is not None:
                 before = len(seen)
                 seen.update(map(hash, vals))
-                if len(seen) != before + len(vals):
+                seen.update(hash((None, t)) for t in texts)
+                if len(seen) != before + 2 * len(vals):
                     del lv.unique[k]
             if k in lv.unique_in_parent and bounds is not None:
                 start = 0
                 for end in bounds:
-                    if len(set(vals[start:end])) != end - start:
+                    if (len(set(vals[start:end])) != end - start
+                            or len(set(texts[start:end])) != end - start):
                         del lv.unique_in_parent[k]
                         break
                     start = end
@@ -279,6 +296,9 @@ class _Profiler:
             if lv.depth + 1 > MAX_LEVEL_DEPTH:
                 col.kinds.add("deep")
                 return
+            if not all(_path_key(p) for p in col.path):
+                col.kinds.add("unpathed")  # kept whole: a level's path cannot name it
+                return
             child = lv.children.get(col.path)
             if child is None:
                 path = (lv.path + "." if lv.path else "") + ".".join(col.path) + "[]"
@@ -336,6 +356,23 @@ def _files(sources: list[Path]) -> tuple[Path, list[Path]]:
     return root, sorted(dict.fromkeys(files), key=lambda p: str(p))
 
 
+#: Why a file with no JSON at all is skipped (the words staging refuses it with).
+EMPTY_FILE = "file is empty (no JSON records)"
+
+
+def _is_blank(path: Path) -> bool:
+    """Whether the file holds nothing but white space (read only when it is small)."""
+    if path.stat().st_size > 4096:
+        return False
+    data = path.read_bytes()
+    if path.name.lower().endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            return False
+    return not data.strip()
+
+
 def _parse(path: Path) -> Any:
     data = path.read_bytes()
     return parse_record(gzip.decompress(data) if path.name.lower().endswith(".gz") else data)
@@ -369,9 +406,11 @@ def _first_line_is_a_value(path: Path) -> bool:
         return False
 
 
-def _profile_ndjson(prof: _Profiler, groups: list[_Source], path: Path, rel: str, depth: int) -> None:
+def _profile_ndjson(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int) -> None:
     batches = _ndjson(path)
     first = next(batches, [])
+    if not first:  # staging refuses it too: said here, before a run finds it
+        raise _BadJson(0, EMPTY_FILE)
     keys = set(chain.from_iterable(d for d in first if isinstance(d, dict)))
     src = _group(groups, "ndjson", depth, keys)
     src.files.append(rel)
@@ -412,13 +451,15 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
     """
     root, files = _files([Path(s) for s in sources])
     prof = _Profiler()
-    groups: list[_Source] = []
+    groups = _Groups()
     skipped: list[SkippedFile] = []
     pending: dict[int, list[Any]] = {}  # source → [source, records held, their files' bytes]
     for path in files:
         rel = os.path.relpath(path, root).replace(os.sep, "/")
         depth = rel.count("/")
         try:
+            if _is_blank(path):
+                raise _BadJson(0, EMPTY_FILE)
             if is_line_delimited(path.name):
                 _profile_ndjson(prof, groups, path, rel, depth)
                 continue
@@ -460,7 +501,7 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
     for src, held, _ in pending.values():
         if held:
             prof.level_batch(src.root, held, None)
-    groups = _merge_groups(prof, groups)
+    groups = _Groups(_merge_groups(prof, groups))
     spec = Spec(name=name, root=str(root), warnings=prof.warnings, skipped=skipped)
     all_rel = [os.path.relpath(p, root).replace(os.sep, "/") for p in files]
     tables: set[str] = set()
@@ -480,20 +521,59 @@ def _similar(a: set[str], b: set[str]) -> float:
     return _jaccard(a, b)
 
 
-def _group(groups: list[_Source], kind: str, depth: int, keys: set[str]) -> _Source:
-    """The source a file of ``kind`` at ``depth`` with top-level ``keys`` joins (the most alike), or
-    a new one."""
-    best: tuple[float, _Source] | None = None
-    for src in groups:
+class _Groups(list[_Source]):
+    """Sources in the order found, with the sources holding each key (a file is scored only
+    against those sharing a key with it: 2,000 files of different keys are 2,000 sources, and
+    scoring each file against every one of them was quadratic in set operations)."""
+
+    def __init__(self, sources: list[_Source] | None = None) -> None:
+        super().__init__(sources or [])
+        self.holding: dict[str, list[int]] = {}
+        for i, src in enumerate(self):
+            self.hold(i, src.keys)
+
+    def hold(self, i: int, keys: set[str]) -> None:
+        for k in keys:
+            self.holding.setdefault(k, []).append(i)
+
+    def shared(self, keys: set[str], after: int = -1) -> dict[int, int]:
+        """How many of ``keys`` each source (by position, past ``after``) holds; none of them
+        when it holds none."""
+        counts: dict[int, int] = {}
+        for k in keys:
+            for i in self.holding.get(k, ()):
+                if i > after:
+                    counts[i] = counts.get(i, 0) + 1
+        return counts
+
+
+def _score(a: int, b: int, inter: int) -> float:
+    """:func:`_similar` of two key sets of sizes ``a`` and ``b`` sharing ``inter`` keys."""
+    small = min(a, b)
+    if small and inter / small >= CONTAINED:
+        return 1.0
+    return inter / (a + b - inter) if a or b else 1.0
+
+
+def _group(groups: _Groups, kind: str, depth: int, keys: set[str]) -> _Source:
+    """The source a file of ``kind`` at ``depth`` with top-level ``keys`` joins (the most alike, the
+    first found of equals), or a new one."""
+    best: tuple[float, int] | None = None
+    candidates = groups.shared(keys) if keys else {i: 0 for i in range(len(groups))}
+    for i in sorted(candidates):
+        src = groups[i]
         if src.kind == kind and src.depth == depth:
-            score = _similar(keys, src.keys)
+            score = _score(len(keys), len(src.keys), candidates[i])
             if score >= SIMILAR and (best is None or score > best[0]):
-                best = (score, src)
+                best = (score, i)
     if best is not None:
-        best[1].keys |= keys
-        return best[1]
+        src = groups[best[1]]
+        groups.hold(best[1], keys - src.keys)
+        src.keys |= keys
+        return src
     src = _Source(kind, depth, set(keys))
     groups.append(src)
+    groups.hold(len(groups) - 1, src.keys)
     return src
 
 
@@ -507,30 +587,44 @@ def _merge_groups(prof: _Profiler, groups: list[_Source]) -> list[_Source]:
         a.records += b.records
         a.keys |= b.keys
         _merge_level(prof, a.root, b.root)
-        groups.remove(b)
+        removed.add(id(b))  # by identity: a list's remove compares whole profiles
 
+    removed: set[int] = set()
     merged = True
     while merged:
+        # Each source takes in the first later one alike (again, as its keys grow); passes
+        # repeat until none is taken. Sources are scored only against those sharing a key.
         merged = False
-        for i, a in enumerate(groups):
-            b = next((b for b in groups[i + 1:] if a.kind == b.kind and a.depth == b.depth
-                      and _similar(a.keys, b.keys) >= SIMILAR), None)
-            if b is not None:
-                fold(a, b)
+        live = _Groups([g for g in groups if id(g) not in removed])
+        gone: set[int] = set()
+        for i, a in enumerate(live):
+            if i in gone:
+                continue
+            while True:
+                counts = live.shared(a.keys, after=i) if a.keys else {
+                    j: 0 for j in range(i + 1, len(live))}
+                j = next((j for j in sorted(counts) if j not in gone and live[j].kind == a.kind
+                          and live[j].depth == a.depth
+                          and _score(len(a.keys), len(live[j].keys), counts[j]) >= SIMILAR), None)
+                if j is None:
+                    break
+                live.hold(i, live[j].keys - a.keys)
+                fold(a, live[j])
+                gone.add(j)
                 merged = True
-                break
+    groups = [g for g in groups if id(g) not in removed]
     by_folder: dict[tuple[str, str], list[_Source]] = {}
     for src in groups:
         for folder in dict.fromkeys(f.rpartition("/")[0] for f in src.files):
             by_folder.setdefault((src.kind, folder), []).append(src)
     for (_, folder), shapes in by_folder.items():
-        shapes = [s for s in shapes if s in groups]
+        shapes = [s for s in shapes if id(s) not in removed]
         if len(shapes) > MAX_SHAPES:
             prof.warnings.append(f"the files of {folder or 'the root folder'} have {len(shapes)} "
                                  "different sets of keys: read as one source")
             for other in shapes[1:]:
                 fold(shapes[0], other)
-    return groups
+    return [g for g in groups if id(g) not in removed]
 
 
 def _merge_level(prof: _Profiler, a: _Level, b: _Level) -> None:
@@ -583,28 +677,32 @@ def _merge_level(prof: _Profiler, a: _Level, b: _Level) -> None:
 
 def _patterns(files: list[str], all_files: list[str]) -> list[str]:
     """Globs matching ``files`` and no other of ``all_files``: ``dir/*.json`` where the folder holds
-    only the source's files, ``dir/prefix*suffix`` where that is enough, else the files by name."""
+    only the source's files, ``dir/prefix*suffix`` where that is enough, else the files by name.
+    Names are escaped (``export [v2]/a.json`` is ``export [[]v2]/a.json``): a folder's ``[``, ``*``
+    or ``?`` is no wildcard."""
+    esc = glob.escape
     if len(files) == 1:
-        return list(files)
+        return [esc(files[0])]
     by_dir: dict[str, list[str]] = {}
     for f in files:
         by_dir.setdefault(f.rpartition("/")[0], []).append(f)
     mine = set(files)
     out: list[str] = []
     for folder, members in by_dir.items():
-        lead = folder + "/" if folder else ""
+        lead = esc(folder) + "/" if folder else ""
         others = [f for f in all_files if f.rpartition("/")[0] == folder and f not in mine]
         names = [m.rpartition("/")[2] for m in members]
         prefix = os.path.commonprefix(names)  # noqa: RUF071 (character-wise on purpose)
         suffix = os.path.commonprefix([n[::-1] for n in names])[::-1]  # noqa: RUF071
-        pattern = lead + (prefix + "*" + suffix if len(prefix) + len(suffix) < min(map(len, names)) else "*")
+        pattern = lead + (esc(prefix) + "*" + esc(suffix)
+                          if len(prefix) + len(suffix) < min(map(len, names)) else "*")
         if not others:
             exts = sorted({os.path.splitext(n)[1] for n in names})
-            out += [f"{lead}*{ext}" for ext in exts] if len(exts) > 1 else [lead + "*" + exts[0]]
+            out += [f"{lead}*{esc(ext)}" for ext in exts] if len(exts) > 1 else [lead + "*" + esc(exts[0])]
         elif not any(fnmatch.fnmatchcase(o, pattern) for o in others):
             out.append(pattern)
         else:
-            out += members
+            out += [esc(m) for m in members]
     return out
 
 
@@ -671,6 +769,8 @@ def _finish(lv: _Level) -> list[tuple[_Col, str, str]]:
             note = "an object in some records, not in others"
         elif "deep" in kinds:
             note = "nested deeper than the columns go"
+        elif "unpathed" in kinds:
+            note = "a list of objects at a key a level's path cannot name (. [ ] \" \\ or *)"
         elif "list_obj" in kinds and kinds - {"list_obj", "list_empty"}:
             note = "a list of objects in some records, not in others"
         elif kinds == {"object"}:

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from etl.errors import ConfigError
 from etl.spec.infer import infer
-from etl.spec.model import Spec, SpecFormatError, fresh_name, widen
+from etl.spec.model import Spec, SpecFormatError, check_dataset_name, fresh_name, widen
 
 log = logging.getLogger(__name__)
-
-_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-
 
 @dataclass(frozen=True, slots=True)
 class Written:
@@ -33,9 +29,10 @@ def init(name: str, sources: list[Path], *, out: Path | None = None, datasets_di
     is meant to be edited, and an edited spec must not be overwritten by accident. ``update``: bring
     the existing spec along instead (:func:`merge`: what it declares is kept as edited, what the
     export adds is added); with no ``sources``, the export the spec names as its root is read."""
-    if not _NAME.fullmatch(name):
-        raise ConfigError(f"dataset name {name!r} is not a lower-case identifier",
-                          hint="use letters, digits and _, starting with a letter, e.g. my_export")
+    try:
+        check_dataset_name(name)
+    except SpecFormatError as exc:
+        raise ConfigError(str(exc), hint="etl init NAME SOURCE..., NAME like my_export") from None
     target = out or datasets_dir / f"{name}.toml"
     changes: list[str] = []
     if update:

@@ -7,8 +7,10 @@ fields, so a spec read back compares equal to the one written.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +25,27 @@ ARRAY_TYPES = ("text[]", "bigint[]", "double precision[]", "text[][]", "bigint[]
 TYPES = (*SCALAR_TYPES, "jsonb", "json", *ARRAY_TYPES)
 
 
+def fit_identifier(name: str, suffix: str = "") -> str:
+    """``name + suffix`` when it fits PostgreSQL's 63 bytes, else ``name`` cut at a character
+    boundary with a hash of the whole of it before ``suffix`` (PostgreSQL would cut it silently,
+    making two long names one).
+
+    >>> fit_identifier("a_" + "x" * 70)[-9:], len(fit_identifier("a_" + "x" * 70))
+    ('_43afd6bc', 63)
+    """
+    if len((name + suffix).encode()) <= 63:
+        return name + suffix
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = 63 - len(suffix.encode()) - len(digest) - 1
+    return f"{name.encode()[:room].decode(errors='ignore')}_{digest}{suffix}"
+
+
 def fresh_name(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_2``, ``name_3``... the first not in ``taken`` (which it is added to)."""
-    out, n = name, 2
+    """``name``, or ``name_2``, ``name_3``... the first not in ``taken`` (which it is added to),
+    each within PostgreSQL's 63 bytes (:func:`fit_identifier`)."""
+    out, n = fit_identifier(name), 2
     while out in taken:
-        out, n = f"{name}_{n}", n + 1
+        out, n = fit_identifier(name, f"_{n}"), n + 1
     taken.add(out)
     return out
 
@@ -41,6 +59,10 @@ def widen(a: str | None, b: str | None) -> str | None:
     if a == b:
         return a
     if a not in SCALAR_TYPES or b not in SCALAR_TYPES:
+        return "jsonb"
+    if "boolean" in (a, b) and {a, b} & {"integer", "bigint", "double precision", "numeric"}:
+        # true and 3 in one column: jsonb keeps both as they are (a number column would hold
+        # no boolean; text would make true and "true" one value)
         return "jsonb"
     return SCALAR_TYPES[max(SCALAR_TYPES.index(a), SCALAR_TYPES.index(b))]
 
@@ -196,7 +218,7 @@ class Spec:
             for lv in src.levels:
                 out += ["", "[[sources.levels]]"]
                 if not declared:
-                    where = " (the records)" if lv.path == "" else f" from {lv.path}"
+                    where = " (the records)" if lv.path == "" else f" from {_comment_text(lv.path)}"
                     out.append(f"# {lv.rows:,} rows{where}")
                 out += [f"path = {_s(lv.path)}", f"table = {_s(lv.table)}"]
                 if not declared:
@@ -243,7 +265,7 @@ class Spec:
         except tomllib.TOMLDecodeError as exc:
             raise SpecFormatError(f"not valid TOML: {exc}") from None
         return cls(
-            name=_req(doc, "name", str, "the spec"),
+            name=check_dataset_name(_req(doc, "name", str, "the spec")),
             root=str(doc.get("root", ".")),
             hook=str(doc.get("hook", "")), version=str(doc.get("version", "")),
             description=str(doc.get("description", "")),
@@ -251,6 +273,31 @@ class Spec:
             skipped=[SkippedFile(**_only(sk, SkippedFile, "[[skipped]]")) for sk in doc.get("skipped", [])],
             sources=[_source(src, i) for i, src in enumerate(_list(doc, "sources", "the spec"))],
         )
+
+
+#: A dataset's name: its PostgreSQL schema, with room for the load's ``<name>__old<ledger id>``
+#: and ``<name>__b<ledger id>`` beside it within PostgreSQL's 63 bytes (a longer name would be
+#: cut by the server: the build schema could become the live one's name).
+DATASET_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+#: Schema names a dataset cannot take (the toolkit's ledger, PostgreSQL's own).
+TAKEN_SCHEMAS = ("etl", "public", "information_schema")
+
+
+def check_dataset_name(name: str) -> str:
+    """``name`` when it can name a dataset (:data:`DATASET_NAME`, not :data:`TAKEN_SCHEMAS`,
+    no ``__``); :class:`SpecFormatError` saying why otherwise.
+
+    >>> check_dataset_name("my_export")
+    'my_export'
+    """
+    if not DATASET_NAME.fullmatch(name) or "__" in name:
+        msg = (f"dataset name {name!r} is not a lower-case identifier of at most 40 characters "
+               "(letters, digits and single _, starting with a letter), e.g. my_export")
+        raise SpecFormatError(msg)
+    if name in TAKEN_SCHEMAS or name.startswith("pg_"):
+        msg = f"dataset name {name!r} is a schema PostgreSQL or the toolkit uses; choose another"
+        raise SpecFormatError(msg)
+    return name
 
 
 class SpecFormatError(ValueError):
@@ -354,6 +401,18 @@ def _col_comment(col: ColumnSpec, rows: int) -> str:
     nulls = "never null" if col.nulls == 0 else (
         "always null" if col.nulls == rows else f"null or missing in {col.nulls:,}")
     return f"# inferred: {rows:,} records, {nulls}"
+
+
+def _comment_text(text: str) -> str:
+    """``text`` for a TOML comment: control characters (a key's line break) written as JSON
+    escapes, which TOML does not allow there.
+
+    >>> _comment_text("Kids" + chr(10) + "[]")
+    'Kids\\\\n[]'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def _s(text: str) -> str:

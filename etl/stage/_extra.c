@@ -9,9 +9,12 @@
  * values. The rules are the ones of etl/stage/extra.py (the pure Python version, used when this
  * module is not built), and tests check that both give the same values.
  *
- * A key written with escapes in the export is compared as written: it never matches a typed
- * key, so it stays in ``_extra`` (kept, never lost). On input it cannot walk (not valid JSON),
- * it raises ValueError and the caller falls back to the Python version.
+ * A key written with escapes in the export is compared with its escapes decoded, as DuckDB reads
+ * it ("kid\u0073" is "kids"). On input it cannot walk (not valid JSON), it raises ValueError and
+ * the caller falls back to the Python version.
+ *
+ * dup_keys finds the records that hold an object with a key twice (which DuckDB reads as its
+ * first value, every JSON library the users know as its last: etl/stage/dupkeys.py rewrites them).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -176,9 +179,86 @@ static int exact(const typed_key *k, const char *p, const char *q) {
     return scalar_exact(k->type, p, q);
 }
 
+static int hex4(const char *p, const char *end, unsigned *out) {
+    if (end - p < 4) return 0;
+    unsigned v = 0;
+    for (int i = 0; i < 4; i++) {
+        char ch = p[i];
+        v <<= 4;
+        if (ch >= '0' && ch <= '9') v |= (unsigned)(ch - '0');
+        else if (ch >= 'a' && ch <= 'f') v |= (unsigned)(ch - 'a' + 10);
+        else if (ch >= 'A' && ch <= 'F') v |= (unsigned)(ch - 'A' + 10);
+        else return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+/* The UTF-8 bytes of the JSON string text ks..ke (between its quotes, escapes decoded) written to
+ * ``out`` (room for ``cap`` bytes); their number, or -1 when they do not fit or an escape is
+ * broken. A lone surrogate is written as its 3-byte form (what a key compare needs: it can only
+ * equal the same lone surrogate). */
+static Py_ssize_t unescape(const char *ks, const char *ke, char *out, Py_ssize_t cap) {
+    Py_ssize_t n = 0;
+    while (ks < ke) {
+        unsigned cp;
+        if (*ks != '\\') {
+            if (n >= cap) return -1;
+            out[n++] = *ks++;
+            continue;
+        }
+        if (ke - ks < 2) return -1;
+        char e = ks[1];
+        ks += 2;
+        switch (e) {
+        case '"': cp = '"'; break;
+        case '\\': cp = '\\'; break;
+        case '/': cp = '/'; break;
+        case 'b': cp = '\b'; break;
+        case 'f': cp = '\f'; break;
+        case 'n': cp = '\n'; break;
+        case 'r': cp = '\r'; break;
+        case 't': cp = '\t'; break;
+        case 'u': {
+            if (!hex4(ks, ke, &cp)) return -1;
+            ks += 4;
+            unsigned lo;
+            if (cp >= 0xD800 && cp < 0xDC00 && ke - ks >= 6 && ks[0] == '\\' && ks[1] == 'u'
+                && hex4(ks + 2, ke, &lo) && lo >= 0xDC00 && lo < 0xE000) {
+                cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                ks += 6;
+            }
+            break;
+        }
+        default: return -1;
+        }
+        if (n + 4 > cap) return -1;
+        if (cp < 0x80) out[n++] = (char)cp;
+        else if (cp < 0x800) { out[n++] = (char)(0xC0 | (cp >> 6)); out[n++] = (char)(0x80 | (cp & 0x3F)); }
+        else if (cp < 0x10000) {
+            out[n++] = (char)(0xE0 | (cp >> 12)); out[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
+            out[n++] = (char)(0x80 | (cp & 0x3F));
+        } else {
+            out[n++] = (char)(0xF0 | (cp >> 18)); out[n++] = (char)(0x80 | ((cp >> 12) & 0x3F));
+            out[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[n++] = (char)(0x80 | (cp & 0x3F));
+        }
+    }
+    return n;
+}
+
 static int key_is(const char *ks, const char *ke, span want) {
-    /* ks, ke: the key's text between its quotes */
-    return ke - ks == want.n && memcmp(ks, want.s, want.n) == 0;
+    /* ks, ke: the key's text between its quotes, compared with its escapes decoded ("kid\u0073"
+     * is the key "kids", as DuckDB reads it) */
+    if (!memchr(ks, '\\', (size_t)(ke - ks))) return ke - ks == want.n && memcmp(ks, want.s, want.n) == 0;
+    if (ke - ks < want.n) return 0;  /* an escape never makes a key longer */
+    char small[256];
+    char *buf = small;
+    Py_ssize_t cap = want.n + 4;  /* one more character than the key: a longer key differs */
+    if (cap > (Py_ssize_t)sizeof small) { buf = PyMem_RawMalloc(cap); if (!buf) return 0; }
+    Py_ssize_t n = unescape(ks, ke, buf, cap);
+    int same = n == want.n && memcmp(buf, want.s, want.n) == 0;
+    if (buf != small) PyMem_RawFree(buf);
+    return same;
 }
 
 #define MAXKIDS 32
@@ -473,8 +553,135 @@ done:
     return result;
 }
 
+/* ---------------------------------------------------------------- duplicate keys */
+
+typedef struct { span *v; Py_ssize_t n, cap; } spans;
+
+static int spans_push(spans *S, const char *s, Py_ssize_t n) {
+    if (S->n == S->cap) {
+        Py_ssize_t cap = S->cap ? S->cap * 2 : 256;
+        span *v = PyMem_RawRealloc(S->v, cap * sizeof(span));
+        if (!v) return -1;
+        S->v = v; S->cap = cap;
+    }
+    S->v[S->n].s = s; S->v[S->n].n = n; S->n++;
+    return 0;
+}
+
+static int span_cmp(const void *a, const void *b) {
+    const span *x = a, *y = b;
+    if (x->n != y->n) return x->n < y->n ? -1 : 1;
+    return memcmp(x->s, y->s, (size_t)x->n);
+}
+
+/* Whether the keys k[0..n) (texts as written) hold one twice; ``tmp``: room for n spans. */
+static int any_twice(const span *k, Py_ssize_t n, span *tmp) {
+    if (n < 2) return 0;
+    if (n <= 16) {
+        for (Py_ssize_t i = 1; i < n; i++)
+            for (Py_ssize_t j = 0; j < i; j++)
+                if (k[i].n == k[j].n && memcmp(k[i].s, k[j].s, (size_t)k[i].n) == 0) return 1;
+        return 0;
+    }
+    memcpy(tmp, k, n * sizeof(span));
+    qsort(tmp, (size_t)n, sizeof(span), span_cmp);
+    for (Py_ssize_t i = 1; i < n; i++) if (span_cmp(&tmp[i - 1], &tmp[i]) == 0) return 1;
+    return 0;
+}
+
+/* 1 when the JSON value at p..end holds an object with a key twice, or a key written with an
+ * escape (only a full decode can tell: the caller checks those records itself); 0 when not; -1
+ * when out of memory. Iterative: any nesting depth. */
+static int has_dup(const char *p, const char *end, spans *keys, spans *tmp, Py_ssize_t **stack,
+                   Py_ssize_t *stack_cap) {
+    Py_ssize_t depth = 0;
+    keys->n = 0;
+    while (p < end) {
+        while (p < end && !special[(unsigned char)*p]) p++;
+        if (p >= end) break;
+        char ch = *p;
+        if (ch == '"') {
+            const char *e = skip_string(p, end);
+            if (!e) return 0;  /* not valid JSON: DuckDB names it */
+            const char *c = e;
+            while (c < end && (*c == ' ' || *c == '\n' || *c == '\r' || *c == '\t')) c++;
+            if (c < end && *c == ':') {
+                if (memchr(p + 1, '\\', (size_t)(e - 1 - (p + 1)))) return 1;
+                if (spans_push(keys, p + 1, e - 1 - (p + 1))) return -1;
+            }
+            p = e;
+            continue;
+        }
+        if (ch == '{' || ch == '[') {
+            if (depth == *stack_cap) {
+                Py_ssize_t cap = *stack_cap ? *stack_cap * 2 : 64;
+                Py_ssize_t *st = PyMem_RawRealloc(*stack, cap * sizeof(Py_ssize_t));
+                if (!st) return -1;
+                *stack = st; *stack_cap = cap;
+            }
+            (*stack)[depth++] = ch == '{' ? keys->n : -1;
+        } else if (depth > 0) {  /* a closing bracket */
+            Py_ssize_t base = (*stack)[--depth];
+            if (base >= 0) {
+                Py_ssize_t n = keys->n - base;
+                if (n > 16 && tmp->cap < n) {
+                    span *v = PyMem_RawRealloc(tmp->v, n * sizeof(span));
+                    if (!v) return -1;
+                    tmp->v = v; tmp->cap = n;
+                }
+                if (any_twice(keys->v + base, n, tmp->v)) return 1;
+                keys->n = base;
+            }
+        }
+        p++;
+    }
+    return 0;
+}
+
+/*
+ * dup_keys(data: buffer, offsets: buffer (int64, n+1)) -> list[int]: the records (indexes) holding
+ * an object with a key twice (or a key with an escape, to be checked by the caller).
+ */
+static PyObject *dup_keys(PyObject *Py_UNUSED(self), PyObject *args) {
+    Py_buffer data, offs;
+    if (!PyArg_ParseTuple(args, "y*y*", &data, &offs)) return NULL;
+    const char *base = data.buf;
+    const int64_t *o = offs.buf;
+    Py_ssize_t n = offs.len / (Py_ssize_t)sizeof(int64_t) - 1;
+    spans keys = {0}, tmp = {0};
+    Py_ssize_t *stack = NULL, stack_cap = 0;
+    Py_ssize_t *found = n > 0 ? PyMem_RawMalloc(n * sizeof(Py_ssize_t)) : NULL;
+    Py_ssize_t nfound = 0;
+    int failed = n > 0 && !found;
+    if (!failed) {
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t r = 0; r < n; r++) {
+            if (o[r] < 0 || o[r + 1] < o[r] || o[r + 1] > data.len) { failed = 2; break; }
+            int d = has_dup(base + o[r], base + o[r + 1], &keys, &tmp, &stack, &stack_cap);
+            if (d < 0) { failed = 1; break; }
+            if (d) found[nfound++] = r;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyObject *result = NULL;
+    if (failed == 1) PyErr_NoMemory();
+    else if (failed == 2) PyErr_SetString(PyExc_ValueError, "bad offsets");
+    else if ((result = PyList_New(nfound)) != NULL) {
+        for (Py_ssize_t i = 0; i < nfound; i++) {
+            PyObject *v = PyLong_FromSsize_t(found[i]);
+            if (!v) { Py_CLEAR(result); break; }
+            PyList_SET_ITEM(result, i, v);
+        }
+    }
+    PyMem_RawFree(found); PyMem_RawFree(keys.v); PyMem_RawFree(tmp.v); PyMem_RawFree(stack);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&offs);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"extras", extras, METH_VARARGS, "The _extra texts of a batch of records (see etl/stage/extra.py)."},
+    {"dup_keys", dup_keys, METH_VARARGS, "The records holding an object with a key twice."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -128,12 +128,39 @@ def _list_at(obj: dict[str, Node], path: str, level: Level) -> dict[str, Node]:
     return element
 
 
-def _put(obj: dict[str, Node], field: Field, level: Level) -> None:
+#: In :func:`structure_and_textual`'s sets of fields read from text: the level's own list is read
+#: from its parent's text (its key differs from another only in case), and a level has such a child.
+BY_TEXT = "\0by text"
+TEXT_CHILD = "\0text child"
+
+
+def _collides(obj: dict[str, Node], parts: Sequence[str]) -> bool:
+    """Whether a key on the way along ``parts`` differs from a key already in the structure only
+    in case: DuckDB's STRUCT names ignore case, so ``Name`` and ``name`` cannot both be members
+    (the second is read from the element's JSON text instead, see :func:`_raw`)."""
+    node: Node = obj
+    for part in parts:
+        if not isinstance(node, dict):
+            return False
+        low = part.encode().lower()
+        if any(k != part and k.encode().lower() == low for k in node):
+            return True
+        if part not in node:
+            return False
+        node = node[part]
+    return False
+
+
+def _put(obj: dict[str, Node], field: Field, level: Level) -> bool:
+    """Place ``field`` in the structure ``obj``; False when its key is read from the element's
+    text instead (:func:`_collides`)."""
     if field.key == ELEMENT:
         if field.type != "JSON":
             raise ConfigError(f"level {level.name}: field {field.name} reads the whole record "
                               f"({ELEMENT!r}), which must be of type JSON, not {field.type}")
-        return  # taken from the element's JSON text (see _field_value)
+        return True  # taken from the element's JSON text (see _field_value)
+    if _collides(obj, field.key.split(".")):
+        return False
     *parents, last = field.key.split(".")
     holder = _object_at(obj, parents, level, field.key)
     want = _json_type(field)
@@ -147,35 +174,62 @@ def _put(obj: dict[str, Node], field: Field, level: Level) -> None:
             f"level {level.name}: field {field.name} reads {field.key!r} as a value, but the "
             f"dataset's levels also read {field.key!r} as {_what(node)}",
             hint="read the whole value (type JSON) or the keys inside it, not both")
+    return True
 
 
 def source_structure(levels: Sequence[Level]) -> tuple[dict[str, Node], dict[str, dict[str, Node]]]:
     """The ``from_json`` structure of one record of a source holding ``levels`` (parents first),
-    and each level's element structure inside it.
+    and each level's element structure inside it (see :func:`structure_and_textual`)."""
+    record, where, _ = structure_and_textual(levels)
+    return record, where
+
+
+def structure_and_textual(levels: Sequence[Level]
+                          ) -> tuple[dict[str, Node], dict[str, dict[str, Node]], dict[str, set[str]]]:
+    """:func:`source_structure`, and per level the fields read from the element's JSON text
+    (keys that differ from another only in case, :func:`_collides`): such a level's elements are
+    staged as text too (declared ``"JSON"`` in their parent, parsed once more as unnested).
 
     Raises :class:`ConfigError` when two levels need one key as a value and as an object or list.
     """
     record: dict[str, Node] = {}
     where: dict[str, dict[str, Node]] = {}
+    textual: dict[str, set[str]] = {lvl.name: set() for lvl in levels}
     for lvl in levels:
-        if lvl.parent is None:
-            node = record if lvl.path is None else _list_at(record, lvl.path, lvl)
-        else:
+        home = record
+        if lvl.parent is not None:
             if lvl.path is None:
                 raise ConfigError(f"level {lvl.name} has a parent ({lvl.parent}) but no path")
             if lvl.parent not in where:
                 raise ConfigError(f"level {lvl.name}: its parent {lvl.parent} is not an earlier "
                                   "level of the same source")
-            node = _list_at(where[lvl.parent], lvl.path, lvl)
+            home = where[lvl.parent]
+        if lvl.path is None:
+            node = record
+        elif _collides(home, lvl.path.split(".")):
+            # Its list is read from the parent's JSON text (see source_plan), its records parsed
+            # with a structure of their own.
+            node = {}
+            textual[lvl.name].add(BY_TEXT)
+            for root in [lvl.parent] if lvl.parent is not None else \
+                    [r.name for r in levels if r.parent is None and r.path is None]:
+                textual[root].add(TEXT_CHILD)
+        else:
+            node = _list_at(home, lvl.path, lvl)
         where[lvl.name] = node
     # Fields after all lists, so a field and a list on one key conflict whatever the order.
     for lvl in levels:
         for f in lvl.fields:
-            _put(where[lvl.name], f, lvl)
+            if not _put(where[lvl.name], f, lvl):
+                textual[lvl.name].add(f.name)
     # A level staged whole is read as JSON values in its parent's structure; its own structure
     # (``where``) parses each element again as it is unnested.
     for lvl in levels:
-        if lvl.whole and lvl.path is not None:
+        # A level staged whole, or reading keys from its text, or with no structure of its own
+        # (no columns: its records stay whole in extra; DuckDB refuses an empty STRUCT).
+        if BY_TEXT in textual[lvl.name]:
+            continue  # not in its parent's structure
+        if (lvl.whole or textual[lvl.name] or not where[lvl.name]) and lvl.path is not None:
             holder: Node = record if lvl.parent is None else where[lvl.parent]
             *parents, last = lvl.path.split(".")
             for part in parents:
@@ -183,10 +237,15 @@ def source_structure(levels: Sequence[Level]) -> tuple[dict[str, Node], dict[str
                 holder = holder[part]
             assert isinstance(holder, dict)
             holder[last] = ["JSON"]
-    return record, where
+    return record, where, textual
 
 
 # ------------------------------------------------------------------------------ the queries
+
+
+def _jpath(key: str) -> str:
+    """The JSON path of the dotted ``key`` (each part quoted: case and odd characters kept)."""
+    return "$" + "".join(f'."{p}"' for p in key.split("."))
 
 
 def _access(expr: str, key: str) -> str:
@@ -194,17 +253,22 @@ def _access(expr: str, key: str) -> str:
 
 
 def _raw(element: dict[str, Node], field: Field, expr: str = "_e",
-         children: Sequence[str] = ()) -> str:
+         children: Sequence[str] = (), textual: bool = False) -> str:
     """SQL for ``field``'s value in the parsed element ``expr``: text, or JSON for arrays.
     The whole element (:data:`ELEMENT`) is the element's text, ``_j``, less the lists at
-    ``children`` (its child levels' paths)."""
+    ``children`` (its child levels' paths); a ``textual`` field is read from ``_j`` by its path."""
     if field.key == ELEMENT:
         return element_text(children, "_j")
-    value = _access(expr, field.key)
-    node: Node = element
-    for part in field.key.split("."):
-        assert isinstance(node, dict)
-        node = node[part]
+    node: Node
+    if textual:
+        where = sql_str(_jpath(field.key))
+        node = _json_type(field)
+        if node == "VARCHAR":  # a number or boolean's text, as from_json gives it
+            return f"json_extract_string(_j, {where})"
+        value = f"json_extract(_j, {where})"
+    else:
+        value = _access(expr, field.key)
+        node = _node(element, field.key)
     if _is_text(node, field):
         # An object or array is no scalar: NULL and a type error (it stays whole in _extra),
         # never its JSON text in a text column (a 10,000-deep [[[... became a 20 KB name).
@@ -214,8 +278,8 @@ def _raw(element: dict[str, Node], field: Field, expr: str = "_e",
 
 
 def _field_value(element: dict[str, Node], field: Field, expr: str = "_e",
-                 children: Sequence[str] = ()) -> str:
-    raw = _raw(element, field, expr, children)
+                 children: Sequence[str] = (), textual: bool = False) -> str:
+    raw = _raw(element, field, expr, children, textual)
     if field.type == "JSON":
         return f"CAST({raw} AS VARCHAR)"
     return typed(raw, field.type)
@@ -279,7 +343,7 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
     Raises :class:`ConfigError` when the levels do not fit one structure (see
     :func:`source_structure`) or inherit a field their parent lacks.
     """
-    record, where = source_structure(levels)
+    record, where, textual = structure_and_textual(levels)
     structure = json.dumps(record, separators=(",", ":"))
     by_name = {lvl.name: lvl for lvl in levels}
     elements: dict[str, str] = {}
@@ -296,9 +360,23 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
             for root in roots:
                 children[root].append(lvl.path)
     whole_root = any(by_name[r].whole for r in roots)
+    text_root = any(textual[r] for r in roots) or any(
+        BY_TEXT in textual[lvl.name] for lvl in levels if lvl.parent is None)
+
+    def array(lvl: Level, expr: str, text: str) -> str:
+        """The list ``lvl``'s rows come from: at its path in the parsed parent ``expr``, or read
+        from the parent's JSON ``text`` by its exact path (a key differing from another in case)."""
+        if BY_TEXT in textual[lvl.name]:
+            return f"TRY_CAST(json_extract({text}, {sql_str(_jpath(lvl.path or ''))}) AS JSON[])"
+        return _access(expr, lvl.path or "")
+
+    def texts(lvl: Level) -> bool:
+        """Whether ``lvl``'s element rows carry ``_j``, the element's JSON text."""
+        return lvl.whole or bool(textual[lvl.name])
 
     def value(lvl: Level, f: Field) -> str:
-        return _field_value(where[lvl.name], f, children=children[lvl.name])
+        return _field_value(where[lvl.name], f, children=children[lvl.name],
+                            textual=f.name in textual[lvl.name])
 
     def whole(sql: str, lvl: Level) -> str:
         """Rows of ``sql`` (``_e`` a JSON value) with ``_j``, its text, and ``_e`` parsed."""
@@ -314,10 +392,9 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
         if lvl.name not in elements:
             if lvl.parent is None and lvl.path is None:
                 sql = ("SELECT _file, _record, '' AS _path, CAST(NULL AS BIGINT) AS _index, _s AS _e"
-                       f"{', _j' if lvl.whole else ''} FROM _parsed")
+                       f"{', _j' if texts(lvl) else ''} FROM _parsed")
             elif lvl.parent is None:
-                sql = _unnest("_parsed", _access("_s", lvl.path or ""), lvl.path or "", (),
-                              nested=False)
+                sql = _unnest("_parsed", array(lvl, "_s", "_j"), lvl.path or "", (), nested=False)
             else:
                 parent = by_name[lvl.parent]
                 carried = {c for _, c in parent.inherit}
@@ -330,11 +407,12 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
                     else:
                         raise ConfigError(f"level {lvl.name} inherits {p}, which its parent "
                                           f"{parent.name} neither has nor inherits")
+                pj = ", _j AS _pj" if BY_TEXT in textual[lvl.name] else ""
                 src = (f"(SELECT _file, _record, _path{''.join(', ' + i for i in inherited)}, "
-                       f"_e AS _pe FROM ({element_rows(parent)}))")
-                sql = _unnest(src, _access("_pe", lvl.path or ""), lvl.path or "",
+                       f"_e AS _pe{pj} FROM ({element_rows(parent)}))")
+                sql = _unnest(src, array(lvl, "_pe", "_pj"), lvl.path or "",
                               [ident(c) for _, c in lvl.inherit], nested=_has_path(parent))
-            if lvl.whole and lvl.path is not None:
+            if texts(lvl) and lvl.path is not None:
                 sql = whole(sql, lvl)
             elements[lvl.name] = sql
         return elements[lvl.name]
@@ -345,19 +423,25 @@ def source_plan(levels: Sequence[Level]) -> SourcePlan:
         inherit = "".join(", " + ident(c) for _, c in lvl.inherit)
         values = "".join(f", {value(lvl, f)} AS {ident(f.name)}" for f in lvl.fields)
         names = "".join(", " + ident(f.name) for f in lvl.fields)
-        checks = [f"CASE WHEN {_raw(element, f)} IS NOT NULL AND {ident(f.name)} IS NULL "
-                  f"THEN {sql_str(f.name)} END"
+        by_text = textual[lvl.name]
+        checks = [f"CASE WHEN {_raw(element, f, textual=f.name in by_text)} IS NOT NULL "
+                  f"AND {ident(f.name)} IS NULL THEN {sql_str(f.name)} END"
                   for f in lvl.fields if f.type not in ("VARCHAR", "JSON")]
         checks += [f"CASE WHEN json_type({_access('_e', f.key)}) IN ('OBJECT', 'ARRAY') "
                    f"THEN {sql_str(f.name)} END"
                    for f in lvl.fields if f.type == "VARCHAR" and f.key != ELEMENT
-                   and _is_text(_node(element, f.key), f)]
+                   and f.name not in by_text and _is_text(_node(element, f.key), f)]
+        checks += [f"CASE WHEN json_type(_j, {sql_str(_jpath(f.key))}) IN ('OBJECT', 'ARRAY') "
+                   f"THEN {sql_str(f.name)} END"
+                   for f in lvl.fields if f.type == "VARCHAR" and f.name in by_text]
         errors = (f"list_filter([{', '.join(checks)}], lambda x: x IS NOT NULL)" if checks
                   else "CAST([] AS VARCHAR[])")
         queries[lvl.name] = (
             f"SELECT _file, _record, _path, _index{inherit}{names}, {errors} AS _type_errors "
-            f"FROM (SELECT _file, _record, _path, _index{inherit}{values}, _e "
-            f"FROM ({element_rows(lvl)}))")
-    text = ", CAST(json(json) AS VARCHAR) AS _j" if whole_root else ""
-    parse = f"SELECT _file, _record, from_json(json, {sql_str(structure)}) AS _s{text} FROM _records"
+            f"FROM (SELECT _file, _record, _path, _index{inherit}{values}, _e"
+            f"{', _j' if texts(lvl) else ''} FROM ({element_rows(lvl)}))")
+    text = (", CAST(json(json) AS VARCHAR) AS _j" if whole_root
+            else ", json AS _j" if text_root else "")
+    parsed = f"from_json(json, {sql_str(structure)})" if record else "CAST(NULL AS VARCHAR)"
+    parse = f"SELECT _file, _record, {parsed} AS _s{text} FROM _records"
     return SourcePlan(structure, parse, queries)

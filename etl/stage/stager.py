@@ -57,6 +57,8 @@ from etl.run import (
     sha256_file,
     write_manifest,
 )
+from etl.stage.dupkeys import EXAMPLES as DUP_EXAMPLES
+from etl.stage.dupkeys import last_wins
 from etl.stage.extra import ExtraPlan, attach
 from etl.stage.inputs import (
     InputFile,
@@ -446,14 +448,17 @@ def _stage_source(
     done_bytes: list[int],
     total_bytes: int,
     files: Sequence[InputFile] = (),
+    duplicated: list[tuple[str, int]] | None = None,
 ) -> None:
     """Unpack record batches on ``workers`` threads; write their levels in batch order.
-    ``files`` (filled as batches are read) names a broken file by its full path."""
+    ``files`` (filled as batches are read) names a broken file by its full path; the records
+    that held a key twice (rewritten: the last value wins) are added to ``duplicated``."""
     local = threading.local()
     made: list[_LevelWorker] = []
     lock = threading.Lock()
 
-    def work(records: pa.Table) -> dict[str, pa.Table]:
+    def work(records: pa.Table) -> tuple[dict[str, pa.Table], list[tuple[str, int]]]:
+        records, dups = last_wins(records)
         worker = getattr(local, "worker", None)
         if worker is None:
             worker = _LevelWorker(source, plan, extra_plan, memory=worker_memory,
@@ -461,16 +466,19 @@ def _stage_source(
             local.worker = worker
             with lock:
                 made.append(worker)
-        return worker.run(records)
+        return worker.run(records), dups
 
-    def write(result: dict[str, pa.Table], nbytes: int) -> None:
+    def write(done: tuple[dict[str, pa.Table], list[tuple[str, int]]], nbytes: int) -> None:
+        result, dups = done
+        if duplicated is not None:
+            duplicated.extend(dups)
         for name, table in result.items():
             writers[name].write(table)
         done_bytes[0] += nbytes
         if progress:
             progress("stage", done_bytes[0], total_bytes)
 
-    in_flight: deque[tuple[Future[dict[str, pa.Table]], int]] = deque()
+    in_flight: deque[tuple[Future[tuple[dict[str, pa.Table], list[tuple[str, int]]]], int]] = deque()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etl-stage") as pool:
             try:
@@ -773,6 +781,7 @@ def _stage_into(
     done = [0]
     inspected: list[InputFile] = []
     quarantined: list[dict[str, Any]] = []
+    duplicated: dict[str, list[tuple[str, int]]] = {}
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
             for src in dataset.sources:
@@ -786,7 +795,8 @@ def _stage_into(
                 _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
                               extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
                               worker_memory=worker_memory, progress=progress, done_bytes=done,
-                              total_bytes=total, files=inspected)
+                              total_bytes=total, files=inspected,
+                              duplicated=duplicated.setdefault(src.name, []))
     finally:
         reader.close()
     for leftover in tmp.glob(".duckdb_tmp*"):
@@ -819,5 +829,9 @@ def _stage_into(
         "sources": [f.to_dict() for f in sorted(inspected, key=lambda f: (f.source, f.relpath))],
         "levels": level_entries,
         "quarantined": sorted(quarantined, key=lambda q: (q["source"], q["relpath"])),
+        "duplicate_keys": {
+            "records": sum(len(v) for v in duplicated.values()),
+            "examples": [{"source": s, "file": f, "record": r}
+                         for s, found in duplicated.items() for f, r in found][:DUP_EXAMPLES]},
         "phases": {},
     }
