@@ -171,7 +171,7 @@ def test_an_override_changes_what_is_rejected_and_the_report_says_so(sample_run:
 
 
 def test_cli_rule_flag_list_rules_and_run_shows_the_failing_rules(sample_run: Run, mids_sample: Path,
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, pg_url: str) -> None:
     runner = CliRunner()
     res = runner.invoke(main, ["validate", str(sample_run.path),
                                "--rule", "archetypes.class_name.unique=error"])
@@ -185,9 +185,10 @@ def test_cli_rule_flag_list_rules_and_run_shows_the_failing_rules(sample_run: Ru
     res = runner.invoke(main, ["validate", str(sample_run.path), "--rule", "no.such.rule=off"])
     assert res.exit_code == 2 and "is not a rule of dataset mids" in res.stderr
 
-    # `etl run` stopped by validation shows the same table, before anything reaches a database.
+    # `etl run` stopped by validation shows the same table, before anything reaches the database
+    # (which must answer: a run checks it before staging).
     args = ["--staging-dir", str(tmp_path), "run", "mids", str(mids_sample),
-            "--database-url", "postgresql://nobody@127.0.0.1:1/none",
+            "--database-url", pg_url,
             "--rule", "archetypes.class_name.unique=error"]
     res = runner.invoke(main, args)
     assert res.exit_code == 1, res.output

@@ -44,13 +44,16 @@ from etl.metrics import Phase
 @handle_errors
 def runs_group(ctx: click.Context, dataset: str | None, limit: int, as_json: bool,
                database_url: str | None) -> None:
-    """List the loads recorded in the run ledger, newest first (`etl runs show RUN` for one).
+    """List the loads recorded in the run ledger, newest first (`etl runs show RUN` for one;
+    `etl runs prune` deletes old staged runs). Reads the database given, or the project's
+    embedded server if it runs: it never starts one.
 
     \b
     Examples:
       etl runs
       etl runs --dataset mids --limit 5 --json
       etl runs show mids-3f2a
+      etl runs prune --dry-run
     """
     if ctx.invoked_subcommand is not None:
         return
