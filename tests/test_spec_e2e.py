@@ -282,6 +282,9 @@ def test_duplicated_keys_are_found_at_any_depth_and_width() -> None:
     assert got[1] == texts[1] and got[3] == texts[3] and got[5] == texts[5]
     assert got[4] == '{"ka":2}' and got[6] == '{"a":1.10}'
     assert dedupe_text('{"a": 1}') is None
+    # Written as ASCII: a lone surrogate stays an escape (staging names it), never a character
+    # that UTF-8 cannot hold in the rewritten batch.
+    assert dedupe_text('{"a": "x", "a": "\\ud800é"}') == '{"a":"\\ud800\\u00e9"}'
 
 
 # ------------------------------------------------------------------------------ keys by case

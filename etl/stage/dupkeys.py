@@ -71,7 +71,7 @@ def _dump(value: Any, out: list[str]) -> None:
         for i, (k, v) in enumerate(members.items()):
             if i:
                 out.append(",")
-            out.append(json.dumps(k, ensure_ascii=False))
+            out.append(json.dumps(k))
             out.append(":")
             _dump(v, out)
         out.append("}")
@@ -85,7 +85,9 @@ def _dump(value: Any, out: list[str]) -> None:
     elif isinstance(value, _Raw):
         out.append(str(value))
     else:
-        out.append(json.dumps(value, ensure_ascii=False))
+        # ASCII with escapes: a lone surrogate (which json reads) stays an escape, as written,
+        # never a character UTF-8 cannot hold
+        out.append(json.dumps(value))
 
 
 def dedupe_text(text: str) -> str | None:

@@ -448,11 +448,12 @@ def _stage_source(
     done_bytes: list[int],
     total_bytes: int,
     files: Sequence[InputFile] = (),
-    duplicated: list[tuple[str, int]] | None = None,
+    duplicated: dict[str, Any] | None = None,
 ) -> None:
     """Unpack record batches on ``workers`` threads; write their levels in batch order.
     ``files`` (filled as batches are read) names a broken file by its full path; the records
-    that held a key twice (rewritten: the last value wins) are added to ``duplicated``."""
+    that held a key twice (rewritten: the last value wins) are counted in ``duplicated``
+    (``records``; ``examples``: the first few, as source, file and record)."""
     local = threading.local()
     made: list[_LevelWorker] = []
     lock = threading.Lock()
@@ -470,8 +471,11 @@ def _stage_source(
 
     def write(done: tuple[dict[str, pa.Table], list[tuple[str, int]]], nbytes: int) -> None:
         result, dups = done
-        if duplicated is not None:
-            duplicated.extend(dups)
+        if duplicated is not None and dups:
+            duplicated["records"] += len(dups)
+            room = DUP_EXAMPLES - len(duplicated["examples"])
+            duplicated["examples"] += [{"source": source.name, "file": f, "record": r}
+                                       for f, r in dups[:max(0, room)]]
         for name, table in result.items():
             writers[name].write(table)
         done_bytes[0] += nbytes
@@ -781,7 +785,7 @@ def _stage_into(
     done = [0]
     inspected: list[InputFile] = []
     quarantined: list[dict[str, Any]] = []
-    duplicated: dict[str, list[tuple[str, int]]] = {}
+    duplicated: dict[str, Any] = {"records": 0, "examples": []}
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
             for src in dataset.sources:
@@ -796,7 +800,7 @@ def _stage_into(
                               extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
                               worker_memory=worker_memory, progress=progress, done_bytes=done,
                               total_bytes=total, files=inspected,
-                              duplicated=duplicated.setdefault(src.name, []))
+                              duplicated=duplicated)
     finally:
         reader.close()
     for leftover in tmp.glob(".duckdb_tmp*"):
@@ -829,9 +833,6 @@ def _stage_into(
         "sources": [f.to_dict() for f in sorted(inspected, key=lambda f: (f.source, f.relpath))],
         "levels": level_entries,
         "quarantined": sorted(quarantined, key=lambda q: (q["source"], q["relpath"])),
-        "duplicate_keys": {
-            "records": sum(len(v) for v in duplicated.values()),
-            "examples": [{"source": s, "file": f, "record": r}
-                         for s, found in duplicated.items() for f, r in found][:DUP_EXAMPLES]},
+        "duplicate_keys": duplicated,
         "phases": {},
     }
