@@ -42,6 +42,20 @@ def build_lock_name(live: str) -> str:
     return f"build:{live}"
 
 
+def end_build_sessions(url: str, live: str) -> int:
+    """Terminate the server sessions working on a load of ``live`` in the database at ``url``
+    (each holds its build lock shared), but this one's; how many. Advisory locks are the
+    server's, not a database's: the sessions of a load of the same name in another database on
+    the server are not touched."""
+    key = pg.lock_key(build_lock_name(live))
+    with pg.connect(url) as admin:
+        return len(admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
+            "AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid() "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall())
+
+
 def session_sql(mode: str = "full") -> list[str]:
     """What every connection of a load sets first."""
     sets = ["SET maintenance_work_mem = '256MB'", "SET lock_timeout = '60s'",
@@ -187,15 +201,10 @@ class Load:
         for worker in workers:
             with contextlib.suppress(OSError):
                 os.kill(worker.pid, signal.SIGKILL)  # the thread waiting on it reaps it
-        key = pg.lock_key(build_lock_name(self.live))
         try:
-            with pg.connect(self.url) as admin:
-                ended = admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid()",
-                    ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall()
+            ended = end_build_sessions(self.url, self.live)
             log.info("stopped %d worker(s) and %d server session(s) of the load of %s",
-                     len(workers), len(ended), self.live)
+                     len(workers), ended, self.live)
         except Exception:  # the database may be what is gone; the sessions then end anyway
             log.warning("could not end the load's server sessions", exc_info=True)
 

@@ -102,3 +102,33 @@ def test_a_killed_load_reads_as_abandoned_and_the_next_load_closes_it(tmp_path: 
     with psycopg.connect(pg_url) as conn:
         row = conn.execute("SELECT status, error FROM etl.runs WHERE run_id = %s", (full.id,)).fetchone()
     assert row is not None and row[0] == "abandoned" and "closed by load #" in row[1]
+
+
+def test_an_interrupted_load_ends_only_its_own_databases_sessions(pg_url: str) -> None:
+    """Advisory locks are the server's: Ctrl-C on a load of `mids` in one database ended the
+    sessions of a load of `mids` in another database on the same server (they hold the same
+    build lock name)."""
+    import uuid
+
+    from etl.infra.pg import with_database
+    from etl.load.state import end_build_sessions
+    from tests.conftest import PG_ADMIN_URL
+
+    other_name = f"etl_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{other_name}"')
+    other = with_database(PG_ADMIN_URL, other_name)
+    key = lock_key(build_lock_name("mids"))
+    try:
+        with psycopg.connect(pg_url, autocommit=True) as mine, \
+                psycopg.connect(other, autocommit=True) as theirs:
+            for conn in (mine, theirs):
+                conn.execute("SELECT pg_advisory_lock_shared(%s)", (key,))
+            assert end_build_sessions(pg_url, "mids") == 1
+            assert theirs.execute("SELECT 1").fetchone() == (1,)  # untouched
+            with pytest.raises(psycopg.OperationalError):
+                mine.execute("SELECT 1")
+            assert end_build_sessions(other, "mids") == 1
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{other_name}" WITH (FORCE)')
