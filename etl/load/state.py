@@ -192,7 +192,8 @@ class Load:
             with pg.connect(self.url) as admin:
                 ended = admin.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-                    "AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid()",
+                    "AND mode = 'ShareLock' AND classid = %s AND objid = %s AND objsubid = 1 "
+                    "AND pid <> pg_backend_pid()",
                     ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall()
             log.info("stopped %d worker(s) and %d server session(s) of the load of %s",
                      len(workers), len(ended), self.live)
