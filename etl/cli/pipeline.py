@@ -33,6 +33,8 @@ from etl.cli.render import (
     print_report,
     print_rules,
     progress_bar,
+    staged_doc,
+    validated_doc,
     validation_shown,
 )
 from etl.dataset import Dataset
@@ -104,15 +106,6 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
     click.echo(run.path)
 
 
-def staged_doc(run: Run, phases: list[Phase], *, skipped: bool) -> dict[str, Any]:
-    """What `etl stage --json` prints: the run, its levels, what was quarantined or drifted."""
-    m = run.manifest
-    return {"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name, "skipped": skipped,
-            "levels": {name: {"rows": e["rows"], "chunks": len(e["chunks"])}
-                       for name, e in m["levels"].items()},
-            "quarantined": m.get("quarantined") or [], "drift": m.get("drift") or [],
-            "phases": phases}
-
 
 @click.command("validate")
 @click.argument("target")
@@ -175,16 +168,7 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
                           rules=settings.rules, report_file=report_file, progress=progress)
     phases.append(result.phase)
     if as_json:
-        from etl.validate import failing_rules
-
-        report = result.report
-        echo_json({"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name,
-                   "status": report["status"], "passed": result.passed,
-                   "report": str(run.path / "report.json"),
-                   "max_reject_ratio": report["max_reject_ratio"],
-                   "failed_levels": report["failed_levels"], "levels": report["levels"],
-                   "failed_rules": failing_rules(report), "cleaning": report["cleaning"],
-                   "overrides": report.get("overrides", []), "phases": phases})
+        echo_json(validated_doc(result, phases))
     else:
         print_report(result.report)
         print_phases(phases)
