@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from etl.cli.failures import failed
 from etl.cli.options import (
     ctx_settings,
     json_option,
@@ -367,7 +368,16 @@ def reconcile_cmd(run_dir: Path, database_url: str | None, schema: str | None, a
         result = reconcile(run, dataset_of(run), database_url=database_url, schema=schema,
                            progress=progress)
     if as_json:
-        echo_json(result.to_dict())
+        doc = result.to_dict()
+        if not result.ok:
+            first = result.mismatches[0] if result.mismatches else {}
+            doc = {"error": failed(
+                "ReconcileMismatch", f"{result.mismatched:,} record(s) differ from the export and "
+                f"{result.missing:,} are missing" + (f"; first: {first['difference']}" if first else ""),
+                file=first.get("file"), record=first.get("record"),
+                next_step="see `mismatches`: the transform or load lost or changed what the export "
+                          "holds"), **doc}
+        echo_json(doc)
     else:
         table = Table(title=f"reconciliation of {run.id}: {result.records:,} records, "
                             f"{result.keys_compared:,} keys compared", title_justify="left")
