@@ -183,11 +183,10 @@ def test_every_command_prints_one_json_document(world: World, path: tuple[str, .
     assert res.exit_code != 0, res.output
     doc = _one_document(res)
     assert isinstance(doc, dict)
-    if isinstance(doc.get("error"), dict):
-        assert set(doc["error"]) == ERROR_KEYS, doc
-        assert doc["error"]["message"] and doc["error"]["type"]
-    else:  # a check that ran and failed (health): its report, with the same exit code
-        assert doc.get("ok") is False, doc
+    # Every failure has its error object (a check that ran and failed, health: beside its report).
+    assert isinstance(doc.get("error"), dict), doc
+    assert set(doc["error"]) == ERROR_KEYS, doc
+    assert doc["error"]["message"] and doc["error"]["type"] and doc["error"]["next"]
     # Without --json: the same exit code, and nothing but the human text (on stderr).
     plain = world.invoke(args)
     assert plain.exit_code == res.exit_code, (plain.output, res.output)

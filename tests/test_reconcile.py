@@ -88,7 +88,10 @@ def test_sample_reconciles_and_tampering_is_found(sample_run: Run, tmp_path: Pat
         victim["_file"], victim["_record"], victim["_path"], "Accuracy")
     out = CliRunner().invoke(main, ["reconcile", str(sample_run.path), "--json"])
     assert out.exit_code == 1
-    assert json.loads(out.stdout)["mismatched"] == 1
+    doc = json.loads(out.stdout)
+    assert doc["mismatched"] == 1
+    assert doc["error"]["type"] == "ReconcileMismatch"
+    assert (doc["error"]["file"], doc["error"]["record"]) == (victim["_file"], victim["_record"])
 
 
 @pytest.mark.slow

@@ -177,10 +177,22 @@ def test_cli_rule_flag_list_rules_and_run_shows_the_failing_rules(sample_run: Ru
                                "--rule", "archetypes.class_name.unique=error"])
     assert res.exit_code == 1, res.output
     assert "archetypes.class_name.unique" in res.stderr and "was warning; --rule" in res.stderr
+    # --json: one document, the same exit code, the failure's "error" as `etl run --json` has it.
+    res = runner.invoke(main, ["validate", str(sample_run.path), "--json",
+                               "--rule", "archetypes.class_name.unique=error"])
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is False and doc["error"]["type"] == "ValidationFailed"
+    assert "archetypes.class_name.unique" in [r["name"] for r in doc["failed_rules"]]
 
     res = runner.invoke(main, ["validate", "mids", "--list-rules", "--rule", "powers.*.range=off"])
     assert res.exit_code == 0, res.output
     assert "powersets.set_name.storable" in res.stderr and "off (was error; --rule)" in res.stderr
+    res = runner.invoke(main, ["validate", "mids", "--list-rules", "--json", "--rule", "powers.*.range=off"])
+    rules = {r["name"]: r for r in json.loads(res.stdout)["rules"]}
+    ranged = [r for name, r in rules.items() if name.startswith("powers.") and name.endswith(".range")]
+    assert ranged and all(r["severity"] == "off" for r in ranged)
+    assert rules["powersets.set_name.storable"]["severity"] == "error"
 
     res = runner.invoke(main, ["validate", str(sample_run.path), "--rule", "no.such.rule=off"])
     assert res.exit_code == 2 and "is not a rule of dataset mids" in res.stderr

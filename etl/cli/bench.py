@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from etl.cli.failures import failed
 from etl.cli.options import (
     cache_options,
     ctx_settings,
@@ -203,8 +204,13 @@ def bench_reads_cmd(ctx: click.Context, dataset: str, template: Path | None, wor
                          redis_url=resolve_redis_url(ctx, redis_url), reloads=reloads,
                          lru_procs=lru_procs, redis_procs=redis_procs, db_procs=db_procs,
                          threads=threads, rate=rate, progress=lambda text: err.print(text))
+    bad = result["errors"] or result["stale_reads"] or result["wrong_content"]
     if as_json:
-        echo_json(result)
+        echo_json({"error": failed(
+            "BenchReadsFailed", f"errors {result['errors']}, stale reads {result['stale_reads']}, "
+            f"wrong content {result['wrong_content']}",
+            next_step="see `examples` (errors, stale and wrong reads) and the log (-v)"), **result}
+                  if bad else result)
     else:
         table = Table(title=f"{result['reads']:,} reads in {result['seconds']} s "
                             f"({result['reads_per_s']:,}/s), "
@@ -228,5 +234,5 @@ def bench_reads_cmd(ctx: click.Context, dataset: str, template: Path | None, wor
         err.print(groups)
         err.print(f"errors {result['errors']}, stale reads {result['stale_reads']}, wrong content "
                   f"{result['wrong_content']}; reloads took {result['reload_seconds']} s")
-    if result["errors"] or result["stale_reads"] or result["wrong_content"]:
+    if bad:
         sys.exit(1)

@@ -101,6 +101,14 @@ def error_document(exc: BaseException) -> dict[str, Any]:
     return {"error": error, **doc}
 
 
+def failed(kind: str, message: str, *, file: str | None = None, record: int | None = None,
+           next_step: str | None = None) -> dict[str, Any]:
+    """The ``error`` object of a command whose check ran and found a fault (exit 1: `etl health`,
+    `etl reconcile`, `etl bench-reads`), put beside its report, so that every document of a
+    failed command has one."""
+    return {"type": kind, "message": message, "file": file, "record": record, "next": next_step}
+
+
 def _validation(exc: Any) -> dict[str, Any]:
     from etl.validate import failing_rules
 

@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from etl.cli.failures import failed
 from etl.cli.options import (
     cache_options,
     ctx_settings,
@@ -165,7 +166,11 @@ def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | No
     else:
         report = health(url, redis_url=resolve_redis_url(ctx, redis_url), staging_dir=settings.staging_dir)
     if as_json:
-        echo_json(report)
+        failing = [c for c in report["checks"] if c["status"] == "fail" and c["required"]]
+        echo_json(report if report["ok"] else {"error": failed(
+            "HealthCheckFailed", "; ".join(f"{c['name']}: {c['detail']}" for c in failing),
+            next_step=next((c["hint"] for c in failing if c.get("hint")), None)
+            or "fix the failing parts, then run `etl health` again"), **report})
     else:
         table = Table(title="health", title_justify="left")
         for col in ("part", "status", "detail"):

@@ -10,6 +10,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
+from etl.cli.failures import failed
 from etl.cli.options import (
     ctx_settings,
     json_option,
@@ -34,6 +35,8 @@ from etl.cli.render import (
     print_report,
     print_rules,
     progress_bar,
+    staged_doc,
+    validated_doc,
     validation_shown,
 )
 from etl.dataset import Dataset
@@ -106,15 +109,6 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
     click.echo(run.path)
 
 
-def staged_doc(run: Run, phases: list[Phase], *, skipped: bool) -> dict[str, Any]:
-    """What `etl stage --json` prints: the run, its levels, what was quarantined or drifted."""
-    m = run.manifest
-    return {"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name, "skipped": skipped,
-            "levels": {name: {"rows": e["rows"], "chunks": len(e["chunks"])}
-                       for name, e in m["levels"].items()},
-            "quarantined": m.get("quarantined") or [], "drift": m.get("drift") or [],
-            "phases": phases}
-
 
 @click.command("validate")
 @click.argument("target")
@@ -177,16 +171,7 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
                           rules=settings.rules, report_file=report_file, progress=progress)
     phases.append(result.phase)
     if as_json:
-        from etl.validate import failing_rules
-
-        report = result.report
-        echo_json({"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name,
-                   "status": report["status"], "passed": result.passed,
-                   "report": str(run.path / "report.json"),
-                   "max_reject_ratio": report["max_reject_ratio"],
-                   "failed_levels": report["failed_levels"], "levels": report["levels"],
-                   "failed_rules": failing_rules(report), "cleaning": report["cleaning"],
-                   "overrides": report.get("overrides", []), "phases": phases})
+        echo_json(validated_doc(result, phases))
     else:
         print_report(result.report)
         print_phases(phases)
@@ -386,7 +371,16 @@ def reconcile_cmd(run_dir: Path, database_url: str | None, schema: str | None, a
         result = reconcile(run, dataset_of(run), database_url=database_url, schema=schema,
                            progress=progress)
     if as_json:
-        echo_json(result.to_dict())
+        doc = result.to_dict()
+        if not result.ok:
+            first = result.mismatches[0] if result.mismatches else {}
+            doc = {"error": failed(
+                "ReconcileMismatch", f"{result.mismatched:,} record(s) differ from the export and "
+                f"{result.missing:,} are missing" + (f"; first: {first['difference']}" if first else ""),
+                file=first.get("file"), record=first.get("record"),
+                next_step="see `mismatches`: the transform or load lost or changed what the export "
+                          "holds"), **doc}
+        echo_json(doc)
     else:
         table = Table(title=f"reconciliation of {run.id}: {result.records:,} records, "
                             f"{result.keys_compared:,} keys compared", title_justify="left")

@@ -223,6 +223,36 @@ def print_drift(manifest: Mapping[str, Any]) -> None:
                   "spec.toml): `etl init --update NAME SOURCE...` brings your spec file along")
 
 
+def staged_doc(run: Run, phases: list[Phase], *, skipped: bool) -> dict[str, Any]:
+    """What `etl stage --json` prints: the run, its levels, what was quarantined or drifted."""
+    m = run.manifest
+    return {"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name, "skipped": skipped,
+            "levels": {name: {"rows": e["rows"], "chunks": len(e["chunks"])}
+                       for name, e in m["levels"].items()},
+            "quarantined": m.get("quarantined") or [], "drift": m.get("drift") or [],
+            "phases": phases}
+
+
+def validated_doc(result: Any, phases: list[Phase]) -> dict[str, Any]:
+    """What `etl validate --json` prints: the report's figures and failing rules; when the run
+    did not pass, also the error document's ``error`` (as `etl run --json` has it then)."""
+    from etl.cli.failures import error_document
+    from etl.validate import failing_rules, require_passed
+    from etl.validate.errors import ValidationFailed
+
+    run, report = result.run, result.report
+    doc: dict[str, Any] = {}
+    try:
+        require_passed(result)
+    except ValidationFailed as exc:
+        doc["error"] = error_document(exc)["error"]
+    return {**doc, "run": str(run.path), "run_id": run.id, "dataset": run.dataset_name,
+            "status": report["status"], "passed": result.passed, "report": str(run.path / "report.json"),
+            "max_reject_ratio": report["max_reject_ratio"], "failed_levels": report["failed_levels"],
+            "levels": report["levels"], "failed_rules": failing_rules(report),
+            "cleaning": report["cleaning"], "overrides": report.get("overrides", []), "phases": phases}
+
+
 def print_levels(run: Run) -> None:
     table = Table(title=f"staged {run.id}", title_justify="left")
     table.add_column("level")

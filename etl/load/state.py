@@ -44,14 +44,15 @@ def build_lock_name(live: str) -> str:
 
 def end_build_sessions(url: str, live: str) -> int:
     """Terminate the server sessions working on a load of ``live`` in the database at ``url``
-    (each holds its build lock shared), but this one's; how many. Advisory locks are the
-    server's, not a database's: the sessions of a load of the same name in another database on
-    the server are not touched."""
+    (each holds its build lock shared; never one holding it alone), but this one's; how many.
+    Advisory locks are the server's, not a database's: the sessions of a load of the same name
+    in another database on the server are not touched."""
     key = pg.lock_key(build_lock_name(live))
     with pg.connect(url) as admin:
         return len(admin.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
-            "AND classid = %s AND objid = %s AND objsubid = 1 AND pid <> pg_backend_pid() "
+            "AND mode = 'ShareLock' AND classid = %s AND objid = %s AND objsubid = 1 "
+            "AND pid <> pg_backend_pid() "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall())
 
