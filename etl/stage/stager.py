@@ -755,40 +755,29 @@ def _stage_into(
     memory = _memory_bytes(settings.memory_limit)
     batch_bytes = max(1 << 20, memory // 24)
     threads = settings.threads or os.cpu_count() or 1
-    workers = max(1, threads)
-    reader = duckdb.connect(config={
-        "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
-        "threads": 1,
-        "preserve_insertion_order": True,
-        "temp_directory": str(tmp / ".duckdb_tmp_reader"),
-    })
-    worker_memory = f"{max(64 << 20, (memory * 3 // 4) // workers) >> 20}MB"
     levels = dataset.levels
-    writers = {
-        name: ChunkWriter(tmp / "raw" / name, tmp, chunk_rows=settings.chunk_rows,
-                          schema=level_schema(lvl, levels).to_arrow())
-        for name, lvl in levels.items()
-    }
-    total = sum(j[3] for j in jobs)
-    done = [0]
-    inspected: list[InputFile] = []
-    quarantined: list[dict[str, Any]] = []
-    try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
-            for src in dataset.sources:
-                src_jobs = [j for j in jobs if j[2] == src.name]
-                if not src_jobs:
-                    continue
-                batches = _source_batches(
-                    reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
-                    max_record_bytes=max_record_bytes, inspected=inspected,
-                    quarantine=quarantined if src.on_bad_file == "quarantine" else None)
-                _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
-                              extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
-                              worker_memory=worker_memory, progress=progress, done_bytes=done,
-                              total_bytes=total, files=inspected)
-    finally:
-        reader.close()
+
+    def writer(name: str) -> ChunkWriter:
+        return ChunkWriter(tmp / "raw" / name, tmp, chunk_rows=settings.chunk_rows,
+                           schema=level_schema(levels[name], levels).to_arrow())
+
+    writers: dict[str, ChunkWriter]
+    if settings.engine == "ray":
+        from etl.stage.on_ray import stage_on_ray
+
+        inspected, quarantined, ray_chunks = stage_on_ray(
+            dataset, jobs, tmp, settings=settings, max_record_bytes=max_record_bytes,
+            batch_bytes=batch_bytes, memory=memory, progress=progress)
+        # The levels side-file hooks fill get no rows from the sources: they are written here.
+        side_levels = {side.level for side in dataset.side_files}
+        writers = {name: writer(name) if name in side_levels and not ray_chunks[name]
+                   else _Closed(ray_chunks[name])  # type: ignore[misc]
+                   for name in levels}
+    else:
+        writers = {name: writer(name) for name in levels}
+        inspected, quarantined = _stage_local(
+            dataset, jobs, tmp, writers, plans=plans, threads=threads, batch_bytes=batch_bytes,
+            memory=memory, max_record_bytes=max_record_bytes, progress=progress)
     for leftover in tmp.glob(".duckdb_tmp*"):
         shutil.rmtree(leftover, ignore_errors=True)
     side_entries = _stage_side_files(dataset, tmp, writers, roots=roots or {}, settings=settings,
@@ -815,9 +804,55 @@ def _stage_into(
         "toolkit_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"chunk_rows": settings.chunk_rows, "memory_limit": settings.memory_limit,
-                     "max_record_bytes": max_record_bytes},
+                     "max_record_bytes": max_record_bytes, "engine": settings.engine},
         "sources": [f.to_dict() for f in sorted(inspected, key=lambda f: (f.source, f.relpath))],
         "levels": level_entries,
         "quarantined": sorted(quarantined, key=lambda q: (q["source"], q["relpath"])),
         "phases": {},
     }
+
+
+def _stage_local(
+    dataset: Dataset,
+    jobs: Sequence[tuple[Path, str, str, int]],
+    tmp: Path,
+    writers: dict[str, ChunkWriter],
+    *,
+    plans: Mapping[str, SourcePlan],
+    threads: int,
+    batch_bytes: int,
+    memory: int,
+    max_record_bytes: int,
+    progress: Progress | None,
+) -> tuple[list[InputFile], list[dict[str, Any]]]:
+    """The local engine: each source's batches unpacked on ``threads`` threads, written by
+    ``writers`` in order. Returns the files read and the files quarantined."""
+    workers = max(1, threads)
+    reader = duckdb.connect(config={
+        "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
+        "threads": 1,
+        "preserve_insertion_order": True,
+        "temp_directory": str(tmp / ".duckdb_tmp_reader"),
+    })
+    worker_memory = f"{max(64 << 20, (memory * 3 // 4) // workers) >> 20}MB"
+    total = sum(j[3] for j in jobs)
+    done = [0]
+    inspected: list[InputFile] = []
+    quarantined: list[dict[str, Any]] = []
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
+            for src in dataset.sources:
+                src_jobs = [j for j in jobs if j[2] == src.name]
+                if not src_jobs:
+                    continue
+                batches = _source_batches(
+                    reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
+                    max_record_bytes=max_record_bytes, inspected=inspected,
+                    quarantine=quarantined if src.on_bad_file == "quarantine" else None)
+                _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
+                              extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
+                              worker_memory=worker_memory, progress=progress, done_bytes=done,
+                              total_bytes=total, files=inspected)
+    finally:
+        reader.close()
+    return inspected, quarantined
