@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 from rich.logging import RichHandler
 
-from etl.cli.render import err, print_phases, print_report
+from etl.cli.render import err, handle_errors, print_phases, print_report
 from etl.config import load_settings
 from etl.metrics import prefer_jemalloc
 from etl.version import __version__
@@ -25,6 +25,7 @@ from etl.version import __version__
               help="Where runs are staged (env ETL_STAGING_DIR; default ./staging).")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.pass_context
+@handle_errors  # a bad setting in the environment or pyproject.toml, said as such
 def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
     """Stage JSON exports as Parquet, validate and transform them, load them into PostgreSQL.
 

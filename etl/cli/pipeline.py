@@ -90,6 +90,7 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
       etl stage mids ../shared/data/mids
       etl stage mids 'exports/**/*.json' --memory-limit 512MB --chunk-rows 50000
       etl stage datasets/powers.toml ../shared/data/mids_full
+      etl stage mids ../shared/data/mids_full --engine ray --ray-address ray://head:10001
     """
     run, phase, skipped = do_stage(ctx, dataset, sources, **opts)
     if not skipped:
@@ -262,6 +263,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
       etl run mids ../shared/data/mids
       etl run mids ./export --database-url postgresql://me@db:5432/games --json
       etl run mids ./export --rule powersets.full_name.unique=warning
+      etl run mids ../shared/data/mids_full --engine ray
       etl init powers ../shared/data/mids_full && etl run powers
       etl run specs/items.toml ./items-2026-11.json --mode merge
     """
@@ -269,7 +271,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
 
     settings = ctx_settings(ctx, database_url=database_url, memory_limit=opts.get("memory_limit"),
                          chunk_rows=opts.get("chunk_rows"), threads=opts.get("threads"),
-                         rules=rules)
+                         engine=opts.get("engine"), ray_address=opts.get("ray_address"), rules=rules)
     mode = resolve_mode(unsafe_fast, yes, load_mode)
     with validation_shown(as_json=as_json), progress_bar() as progress:
         ds = resolve(dataset, datasets_dir=settings.datasets_dir)

@@ -1,0 +1,171 @@
+"""The stage on Ray (``engine = "ray"``): the local engine's run, from tasks on a real local Ray.
+
+One Ray (2 CPUs, no dashboard) is started for the module and shut down after it; the stage joins
+it (:func:`etl.infra.cluster.ray_session` uses a Ray already running in the process). A run
+staged on Ray must be the local engine's run: the same run id, the same chunks holding the same
+rows, the same table checksums after the transform. A worker process killed mid-stage is run
+again by Ray, and the run ends with the exact rows and no chunk left over or doubled.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from etl import Settings, get_dataset
+from etl.cli import main
+from etl.config import load_settings
+from etl.datasets import dataset_of
+from etl.datasets.mids.gen import generate_mids
+from etl.errors import ConfigError
+from etl.run import MANIFEST, Run, open_run
+from etl.stage import stage
+from etl.stage.on_ray import FAULT_ENV, PIECES
+from etl.transform import transform
+from etl.validate import require_passed, validate
+from tests.conftest import SHARED, require_shared
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    """A real local Ray for this module's tests, shut down after them."""
+    try:
+        import ray
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("Ray is not installed; CI installs it (the test extra)")
+        pytest.skip("Ray is not installed (pip install 'etl-staging[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated MidsReborn export (every source kind of the real one), a few MB."""
+    out = tmp_path_factory.mktemp("mids-export")
+    generate_mids(out, powersets=120, seed=7)
+    return out
+
+
+def _stage_both(source: Path, root: Path, **settings: Any) -> tuple[Run, Run]:
+    ds = get_dataset("mids")
+    local = stage(ds, [source], settings=Settings(staging_dir=root / "local", engine="local",
+                                                  threads=2, **settings)).run
+    on_ray = stage(ds, [source], settings=Settings(staging_dir=root / "ray", engine="ray",
+                                                   threads=2, **settings)).run
+    return local, on_ray
+
+
+def _assert_same_run(local: Run, on_ray: Run) -> None:
+    """The same run id and files read; every level in the same chunks holding the same rows."""
+    assert on_ray.path.name == local.path.name
+    assert on_ray.manifest["run_id"] == local.manifest["run_id"]
+    assert on_ray.manifest["sources"] == local.manifest["sources"]
+    assert on_ray.manifest["quarantined"] == local.manifest["quarantined"]
+    assert on_ray.manifest["settings"]["engine"] == "ray"
+    for name, entry in local.manifest["levels"].items():
+        other = on_ray.manifest["levels"][name]
+        assert other["rows"] == entry["rows"], name
+        assert other["schema"] == entry["schema"], name
+        assert [(c["path"], c["rows"]) for c in other["chunks"]] == \
+            [(c["path"], c["rows"]) for c in entry["chunks"]], name
+        for chunk in entry["chunks"]:
+            mine, theirs = pq.read_table(local.path / chunk["path"]), pq.read_table(on_ray.path / chunk["path"])
+            assert theirs.schema == mine.schema, chunk["path"]
+            assert theirs.equals(mine), f"{chunk['path']} holds other rows on Ray"
+    _assert_only_listed_chunks(on_ray)
+
+
+def _assert_only_listed_chunks(run: Run) -> None:
+    """The run folder holds the manifest's chunks and nothing else (no pieces, no partial files)."""
+    listed = {c["path"] for e in run.manifest["levels"].values() for c in e["chunks"]}
+    on_disk = {p.relative_to(run.path).as_posix() for p in (run.path / "raw").rglob("*") if p.is_file()}
+    assert on_disk == listed
+    assert not (run.path / PIECES).exists()
+    assert not [p for p in run.path.iterdir() if p.name.startswith(".")]
+
+
+def _table_checksums(run: Run) -> dict[str, tuple[int, str]]:
+    require_passed(validate(run, dataset_of(run)))
+    built = transform(run, dataset_of(run)).run
+    return {name: (t["rows"], t["checksum"]) for name, t in built.manifest["tables"].items()}
+
+
+def test_ray_stage_is_the_local_run_on_a_generated_export(ray_cluster: Any, small_export: Path,
+                                                          tmp_path: Path) -> None:
+    # A small memory limit and chunk size: many groups (of a batch each) and chunks that
+    # gather rows from several groups' pieces.
+    local, on_ray = _stage_both(small_export, tmp_path, memory_limit="24MB", chunk_rows=700)
+    assert len(on_ray.manifest["levels"]["power_effects"]["chunks"]) > 2
+    _assert_same_run(local, on_ray)
+    assert _table_checksums(on_ray) == _table_checksums(local)
+
+
+def test_ray_stage_is_the_local_run_on_the_real_full_export(ray_cluster: Any, tmp_path: Path) -> None:
+    source = require_shared(SHARED / "mids_full")
+    local, on_ray = _stage_both(source, tmp_path, chunk_rows=20_000)
+    assert local.manifest["levels"]["power_effects"]["rows"] > 60_000
+    _assert_same_run(local, on_ray)
+    assert _table_checksums(on_ray) == _table_checksums(local)
+
+
+@pytest.mark.parametrize("point", ["group", "chunk"])
+def test_a_killed_ray_worker_is_retried_without_doubled_rows(
+        ray_cluster: Any, small_export: Path, tmp_path: Path, point: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = get_dataset("mids")
+    settings = Settings(staging_dir=tmp_path / "local", threads=2, memory_limit="24MB", chunk_rows=700)
+    local = stage(ds, [small_export], settings=settings).run
+    marker = tmp_path / "killed"
+    monkeypatch.setenv(FAULT_ENV, f"{point}:{marker}")
+    on_ray = stage(ds, [small_export], settings=Settings(
+        staging_dir=tmp_path / "ray", engine="ray", threads=2, memory_limit="24MB", chunk_rows=700)).run
+    killed = int(marker.read_text())  # a worker process did die (its pid), and the run went on
+    assert killed != os.getpid()
+    _assert_same_run(local, on_ray)
+    assert {n: e["rows"] for n, e in on_ray.manifest["levels"].items()} == \
+        {n: e["rows"] for n, e in local.manifest["levels"].items()}
+
+
+def test_the_engine_is_a_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.etl]\nengine = "ray"\n')
+    monkeypatch.delenv("ETL_ENGINE", raising=False)
+    monkeypatch.delenv("ETL_RAY_ADDRESS", raising=False)
+    assert load_settings(start=tmp_path).engine == "ray"
+    monkeypatch.setenv("ETL_ENGINE", "local")
+    monkeypatch.setenv("ETL_RAY_ADDRESS", "ray://head:10001")
+    settings = load_settings(start=tmp_path)
+    assert (settings.engine, settings.ray_address) == ("local", "ray://head:10001")
+    assert load_settings(start=tmp_path, engine="ray").engine == "ray"  # a flag wins
+    monkeypatch.setenv("ETL_ENGINE", "spark")
+    with pytest.raises(ConfigError, match="engine 'spark'"):
+        load_settings(start=tmp_path)
+
+
+def test_without_ray_the_ray_engine_says_how_to_install_it(small_export: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when it is not installed
+    with pytest.raises(ConfigError) as caught:
+        stage(get_dataset("mids"), [small_export],
+              settings=Settings(staging_dir=tmp_path, engine="ray", threads=2))
+    assert "pip install 'etl-staging[ray]'" in str(caught.value)
+    assert not list((tmp_path / "mids").glob("*/" + MANIFEST))  # nothing looks like a run
+
+
+def test_cli_stage_with_engine_ray(ray_cluster: Any, small_export: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--staging-dir", str(tmp_path), "stage", "mids",
+                                       str(small_export), "--engine", "ray", "--threads", "2"])
+    assert result.exit_code == 0, result.output
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    assert (run_dir / MANIFEST).is_file()
+    assert open_run(run_dir).manifest["settings"]["engine"] == "ray"
