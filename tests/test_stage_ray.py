@@ -23,6 +23,8 @@ from etl import Settings, get_dataset
 from etl.cli import main
 from etl.config import load_settings
 from etl.datasets import dataset_of
+from etl.datasets.aodb.gen import generate_aodb
+from etl.datasets.licenses.gen import generate_licenses
 from etl.datasets.mids.gen import generate_mids
 from etl.errors import ConfigError
 from etl.run import MANIFEST, Run, open_run
@@ -57,8 +59,8 @@ def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _stage_both(source: Path, root: Path, **settings: Any) -> tuple[Run, Run]:
-    ds = get_dataset("mids")
+def _stage_both(source: Path, root: Path, dataset: str = "mids", **settings: Any) -> tuple[Run, Run]:
+    ds = get_dataset(dataset)
     local = stage(ds, [source], settings=Settings(staging_dir=root / "local", engine="local",
                                                   threads=2, **settings)).run
     on_ray = stage(ds, [source], settings=Settings(staging_dir=root / "ray", engine="ray",
@@ -117,6 +119,30 @@ def test_ray_stage_is_the_local_run_on_the_real_full_export(ray_cluster: Any, tm
     assert local.manifest["levels"]["power_effects"]["rows"] > 60_000
     _assert_same_run(local, on_ray)
     assert _table_checksums(on_ray) == _table_checksums(local)
+
+
+@pytest.mark.parametrize("ndjson", [False, True], ids=["arrays", "ndjson"])
+def test_ray_stage_is_the_local_run_on_streamed_files(ray_cluster: Any, tmp_path: Path, ndjson: bool) -> None:
+    # Array and NDJSON files go through DuckDB's streaming reader (the local engine's last pass).
+    template = require_shared(SHARED / "aodb" / "items_100.json")
+    generate_aodb(tmp_path / "export", items=1500, template=template, files=4, ndjson=ndjson)
+    local, on_ray = _stage_both(tmp_path / "export", tmp_path, "aodb", memory_limit="24MB",
+                                chunk_rows=1000)
+    _assert_same_run(local, on_ray)
+
+
+def test_ray_stage_quarantines_and_runs_side_files_as_the_local_run(ray_cluster: Any,
+                                                                    tmp_path: Path) -> None:
+    # licenses: broken result files are quarantined; the screenshots are staged beside the
+    # results by the dataset's side-file hook, on the driver.
+    export = tmp_path / "export"
+    generate_licenses(export, results=40)
+    state = next(p for p in sorted(export.iterdir()) if p.is_dir())
+    (state / "Broken_01_parse.json").write_text('{"results": [')
+    local, on_ray = _stage_both(export, tmp_path, "licenses")
+    assert [q["relpath"] for q in local.manifest["quarantined"]] == [f"{state.name}/Broken_01_parse.json"]
+    assert local.manifest["levels"]["images"]["rows"] > 0
+    _assert_same_run(local, on_ray)
 
 
 @pytest.mark.parametrize("point", ["group", "chunk"])
