@@ -82,7 +82,8 @@ def _assert_same_run(local: Run, on_ray: Run) -> None:
         assert [(c["path"], c["rows"]) for c in other["chunks"]] == \
             [(c["path"], c["rows"]) for c in entry["chunks"]], name
         for chunk in entry["chunks"]:
-            mine, theirs = pq.read_table(local.path / chunk["path"]), pq.read_table(on_ray.path / chunk["path"])
+            mine = pq.read_table(local.path / chunk["path"])
+            theirs = pq.read_table(on_ray.path / chunk["path"])
             assert theirs.schema == mine.schema, chunk["path"]
             assert theirs.equals(mine), f"{chunk['path']} holds other rows on Ray"
     _assert_only_listed_chunks(on_ray)
