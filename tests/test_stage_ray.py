@@ -10,6 +10,7 @@ again by Ray, and the run ends with the exact rows and no chunk left over or dou
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from etl.datasets import dataset_of
 from etl.datasets.aodb.gen import generate_aodb
 from etl.datasets.licenses.gen import generate_licenses
 from etl.datasets.mids.gen import generate_mids
-from etl.errors import ConfigError
+from etl.errors import ConfigError, InputError
 from etl.run import MANIFEST, Run, open_run
 from etl.stage import stage
 from etl.stage.on_ray import FAULT_ENV, PIECES
@@ -144,6 +145,24 @@ def test_ray_stage_quarantines_and_runs_side_files_as_the_local_run(ray_cluster:
     assert [q["relpath"] for q in local.manifest["quarantined"]] == [f"{state.name}/Broken_01_parse.json"]
     assert local.manifest["levels"]["images"]["rows"] > 0
     _assert_same_run(local, on_ray)
+
+
+def test_a_broken_file_stops_the_ray_stage_naming_it(ray_cluster: Any, small_export: Path,
+                                                      tmp_path: Path) -> None:
+    # An error a task raises is the input's, not the worker's: not retried, raised as itself.
+    export = tmp_path / "export"
+    shutil.copytree(small_export, export)
+    good = next((export / "db").rglob("*.json"))
+    text = good.read_bytes()
+    at = text.index(b'"FullName": "') + len(b'"FullName": "')
+    broken = good.with_name("Broken.json")
+    broken.write_bytes(text[:at] + b"\xff\xfe" + text[at:])
+    staging = tmp_path / "staging"
+    with pytest.raises(InputError) as caught:
+        stage(get_dataset("mids"), [export], settings=Settings(staging_dir=staging, engine="ray", threads=2))
+    assert Path(caught.value.file or "").resolve() == broken.resolve()
+    assert "UTF-8" in caught.value.message
+    assert not [p for p in (staging / "mids").iterdir() if p.name != ".lock"]  # no run, no temporary
 
 
 @pytest.mark.parametrize("point", ["group", "chunk"])

@@ -45,10 +45,14 @@ elif phase.startswith("stage-ray:"):
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter() - t
     settings = Settings(staging_dir=staging, engine="ray", threads=workers)
+    # Twice: the first stage also starts the worker processes (and their imports); the second
+    # is what a cluster that has run a stage before gives.
+    cold = stage(get_dataset(dataset), [arg], settings=settings, force=True)
     r = stage(get_dataset(dataset), [arg], settings=settings, force=True)
     ray.shutdown()
     out = {"run": str(r.run.path), **r.phase.to_dict(), "name": f"stage (ray, {workers} worker"
-           + ("s" if workers > 1 else "") + ")", "workers": workers, "ray_start_seconds": started}
+           + ("s" if workers > 1 else "") + ")", "workers": workers, "ray_start_seconds": started,
+           "cold_seconds": cold.phase.seconds}
 elif phase in ("load", "load-unsafe", "merge"):
     from etl.load import load
     mode = {"load-unsafe": "unsafe-fast", "merge": "merge"}.get(phase, "full")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,7 @@ def stage_on_ray(
                                                  options, fault))
                 group_no += 1
         log.info("staging %d files in %d groups on Ray (%d CPUs)", len(jobs), group_no, cpus)
+        started = time.perf_counter()
         done_bytes = 0
         groups: list[_Group] = []
         for result in _gather(ray, pending):
@@ -121,6 +123,7 @@ def stage_on_ray(
         inspected = [replace(f, path=originals.get(f.path, f.path)) for g in groups for f in g.inspected]
         quarantined = [{**q, "path": str(originals.get(Path(q["path"]), q["path"]))}
                        for g in groups for q in g.quarantined]
+        read = time.perf_counter()
         plans = _chunk_plans(dataset, groups, settings.chunk_rows)
         schemas = {name: level_schema(lvl, dataset.levels).to_arrow() for name, lvl in dataset.levels.items()}
         chunk_refs = {level: [chunk_task.remote(str(tmp), level, k, slices, settings.chunk_rows,
@@ -129,6 +132,8 @@ def stage_on_ray(
                       for level, chunks in plans.items()}
         flat = [ref for refs in chunk_refs.values() for ref in refs]
         written = dict(zip(flat, _gather(ray, flat, ordered=True), strict=True))
+        log.info("on Ray: %d group tasks %.2fs, %d chunk tasks %.2fs", group_no, read - started,
+                 len(flat), time.perf_counter() - read)
     shutil.rmtree(tmp / PIECES, ignore_errors=True)
     chunks = {level: [written[ref] for ref in chunk_refs.get(level, [])] for level in dataset.levels}
     return inspected, quarantined, chunks
