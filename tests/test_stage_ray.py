@@ -1,10 +1,12 @@
-"""The stage on Ray (``engine = "ray"``): the local engine's run, from tasks on a real local Ray.
+"""The stage on Ray (``engine = "ray"``): the local engine's run, from tasks on a real Ray cluster.
 
-One Ray (2 CPUs, no dashboard) is started for the module and shut down after it; the stage joins
-it (:func:`etl.infra.cluster.ray_session` uses a Ray already running in the process). A run
-staged on Ray must be the local engine's run: the same run id, the same chunks holding the same
-rows, the same table checksums after the transform. A worker process killed mid-stage is run
-again by Ray, and the run ends with the exact rows and no chunk left over or doubled.
+A Ray cluster of two nodes (a head and a second node process joined to it, one CPU each, no
+dashboard) is started for the module and shut down after it; each stage joins it by its address
+(``ray_address``, as ``ETL_RAY_ADDRESS`` or ``--ray-address`` give it) and leaves it after. Both
+nodes write into the same staging root, a local path. A run staged on Ray must be the local
+engine's run: the same run id, the same chunks holding the same rows, the same table checksums
+after the transform. A worker process killed mid-stage is run again by Ray, and the run ends
+with the exact rows and no chunk left over or doubled.
 """
 
 from __future__ import annotations
@@ -37,19 +39,24 @@ from tests.conftest import SHARED, require_shared
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    """A real local Ray for this module's tests, shut down after them."""
+def ray_cluster() -> Iterator[str]:
+    """A real two-node Ray cluster for this module's tests (its address), shut down after them."""
     try:
         import ray
+        from ray.cluster_utils import Cluster
     except ImportError:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed; CI installs it (the test extra)")
         pytest.skip("Ray is not installed (pip install 'etl-staging[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        yield ray
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +67,13 @@ def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _stage_both(source: Path, root: Path, dataset: str = "mids", **settings: Any) -> tuple[Run, Run]:
+def _stage_both(source: Path, root: Path, address: str, dataset: str = "mids",
+                **settings: Any) -> tuple[Run, Run]:
     ds = get_dataset(dataset)
     local = stage(ds, [source], settings=Settings(staging_dir=root / "local", engine="local",
                                                   threads=2, **settings)).run
-    on_ray = stage(ds, [source], settings=Settings(staging_dir=root / "ray", engine="ray",
-                                                   threads=2, **settings)).run
+    on_ray = stage(ds, [source], settings=Settings(staging_dir=root / "ray", engine="ray", threads=2,
+                                                   ray_address=address, **settings)).run
     return local, on_ray
 
 
@@ -105,35 +113,35 @@ def _table_checksums(run: Run) -> dict[str, tuple[int, str]]:
     return {name: (t["rows"], t["checksum"]) for name, t in built.manifest["tables"].items()}
 
 
-def test_ray_stage_is_the_local_run_on_a_generated_export(ray_cluster: Any, small_export: Path,
+def test_ray_stage_is_the_local_run_on_a_generated_export(ray_cluster: str, small_export: Path,
                                                           tmp_path: Path) -> None:
     # A small memory limit and chunk size: many groups (of a batch each) and chunks that
     # gather rows from several groups' pieces.
-    local, on_ray = _stage_both(small_export, tmp_path, memory_limit="24MB", chunk_rows=700)
+    local, on_ray = _stage_both(small_export, tmp_path, ray_cluster, memory_limit="24MB", chunk_rows=700)
     assert len(on_ray.manifest["levels"]["power_effects"]["chunks"]) > 2
     _assert_same_run(local, on_ray)
     assert _table_checksums(on_ray) == _table_checksums(local)
 
 
-def test_ray_stage_is_the_local_run_on_the_real_full_export(ray_cluster: Any, tmp_path: Path) -> None:
+def test_ray_stage_is_the_local_run_on_the_real_full_export(ray_cluster: str, tmp_path: Path) -> None:
     source = require_shared(SHARED / "mids_full")
-    local, on_ray = _stage_both(source, tmp_path, chunk_rows=20_000)
+    local, on_ray = _stage_both(source, tmp_path, ray_cluster, chunk_rows=20_000)
     assert local.manifest["levels"]["power_effects"]["rows"] > 60_000
     _assert_same_run(local, on_ray)
     assert _table_checksums(on_ray) == _table_checksums(local)
 
 
 @pytest.mark.parametrize("ndjson", [False, True], ids=["arrays", "ndjson"])
-def test_ray_stage_is_the_local_run_on_streamed_files(ray_cluster: Any, tmp_path: Path, ndjson: bool) -> None:
+def test_ray_stage_is_the_local_run_on_streamed_files(ray_cluster: str, tmp_path: Path, ndjson: bool) -> None:
     # Array and NDJSON files go through DuckDB's streaming reader (the local engine's last pass).
     template = require_shared(SHARED / "aodb" / "items_100.json")
     generate_aodb(tmp_path / "export", items=1500, template=template, files=4, ndjson=ndjson)
-    local, on_ray = _stage_both(tmp_path / "export", tmp_path, "aodb", memory_limit="24MB",
+    local, on_ray = _stage_both(tmp_path / "export", tmp_path, ray_cluster, "aodb", memory_limit="24MB",
                                 chunk_rows=1000)
     _assert_same_run(local, on_ray)
 
 
-def test_ray_stage_quarantines_and_runs_side_files_as_the_local_run(ray_cluster: Any,
+def test_ray_stage_quarantines_and_runs_side_files_as_the_local_run(ray_cluster: str,
                                                                     tmp_path: Path) -> None:
     # licenses: broken result files are quarantined; the screenshots are staged beside the
     # results by the dataset's side-file hook, on the driver.
@@ -141,13 +149,13 @@ def test_ray_stage_quarantines_and_runs_side_files_as_the_local_run(ray_cluster:
     generate_licenses(export, results=40)
     state = next(p for p in sorted(export.iterdir()) if p.is_dir())
     (state / "Broken_01_parse.json").write_text('{"results": [')
-    local, on_ray = _stage_both(export, tmp_path, "licenses")
+    local, on_ray = _stage_both(export, tmp_path, ray_cluster, "licenses")
     assert [q["relpath"] for q in local.manifest["quarantined"]] == [f"{state.name}/Broken_01_parse.json"]
     assert local.manifest["levels"]["images"]["rows"] > 0
     _assert_same_run(local, on_ray)
 
 
-def test_a_broken_file_stops_the_ray_stage_naming_it(ray_cluster: Any, small_export: Path,
+def test_a_broken_file_stops_the_ray_stage_naming_it(ray_cluster: str, small_export: Path,
                                                       tmp_path: Path) -> None:
     # An error a task raises is the input's, not the worker's: not retried, raised as itself.
     export = tmp_path / "export"
@@ -159,7 +167,8 @@ def test_a_broken_file_stops_the_ray_stage_naming_it(ray_cluster: Any, small_exp
     broken.write_bytes(text[:at] + b"\xff\xfe" + text[at:])
     staging = tmp_path / "staging"
     with pytest.raises(InputError) as caught:
-        stage(get_dataset("mids"), [export], settings=Settings(staging_dir=staging, engine="ray", threads=2))
+        stage(get_dataset("mids"), [export], settings=Settings(staging_dir=staging, engine="ray", threads=2,
+                                                              ray_address=ray_cluster))
     assert Path(caught.value.file or "").resolve() == broken.resolve()
     assert "UTF-8" in caught.value.message
     assert not [p for p in (staging / "mids").iterdir() if p.name != ".lock"]  # no run, no temporary
@@ -167,7 +176,7 @@ def test_a_broken_file_stops_the_ray_stage_naming_it(ray_cluster: Any, small_exp
 
 @pytest.mark.parametrize("point", ["group", "chunk"])
 def test_a_killed_ray_worker_is_retried_without_doubled_rows(
-        ray_cluster: Any, small_export: Path, tmp_path: Path, point: str,
+        ray_cluster: str, small_export: Path, tmp_path: Path, point: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     ds = get_dataset("mids")
     settings = Settings(staging_dir=tmp_path / "local", threads=2, memory_limit="24MB", chunk_rows=700)
@@ -175,7 +184,8 @@ def test_a_killed_ray_worker_is_retried_without_doubled_rows(
     marker = tmp_path / "killed"
     monkeypatch.setenv(FAULT_ENV, f"{point}:{marker}")
     on_ray = stage(ds, [small_export], settings=Settings(
-        staging_dir=tmp_path / "ray", engine="ray", threads=2, memory_limit="24MB", chunk_rows=700)).run
+        staging_dir=tmp_path / "ray", engine="ray", threads=2, memory_limit="24MB", chunk_rows=700,
+        ray_address=ray_cluster)).run
     killed = int(marker.read_text())  # a worker process did die (its pid), and the run went on
     assert killed != os.getpid()
     _assert_same_run(local, on_ray)
@@ -208,9 +218,9 @@ def test_without_ray_the_ray_engine_says_how_to_install_it(small_export: Path, t
     assert not list((tmp_path / "mids").glob("*/" + MANIFEST))  # nothing looks like a run
 
 
-def test_cli_stage_with_engine_ray(ray_cluster: Any, small_export: Path, tmp_path: Path) -> None:
+def test_cli_stage_with_engine_ray(ray_cluster: str, small_export: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--staging-dir", str(tmp_path), "stage", "mids",
-                                       str(small_export), "--engine", "ray", "--threads", "2"])
+                                       str(small_export), "--engine", "ray", "--ray-address", ray_cluster])
     assert result.exit_code == 0, result.output
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert (run_dir / MANIFEST).is_file()
