@@ -11,6 +11,7 @@ with the exact rows and no chunk left over or doubled.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -225,3 +226,19 @@ def test_cli_stage_with_engine_ray(ray_cluster: str, small_export: Path, tmp_pat
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert (run_dir / MANIFEST).is_file()
     assert open_run(run_dir).manifest["settings"]["engine"] == "ray"
+
+
+def test_cli_run_with_engine_ray_loads_the_local_runs_tables(ray_cluster: str, small_export: Path,
+                                                             tmp_path: Path, pg_url: str) -> None:
+    # Staged on Ray; validated, transformed and loaded in this process, from the shared folder.
+    local = stage(get_dataset("mids"), [small_export],
+                  settings=Settings(staging_dir=tmp_path / "local", threads=2)).run
+    expected = _table_checksums(local)
+    result = CliRunner().invoke(main, ["--staging-dir", str(tmp_path / "ray"), "run", "mids",
+                                       str(small_export), "--engine", "ray", "--ray-address", ray_cluster,
+                                       "--database-url", pg_url, "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["run_id"] == local.id
+    assert summary["tables"] == {name: rows for name, (rows, _) in expected.items()}
+    assert summary["load"]["checksums"] == {name: checksum for name, (_, checksum) in expected.items()}
