@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,3 +243,27 @@ def test_cli_run_with_engine_ray_loads_the_local_runs_tables(ray_cluster: str, s
     assert summary["run_id"] == local.id
     assert summary["tables"] == {name: rows for name, (rows, _) in expected.items()}
     assert summary["load"]["checksums"] == {name: checksum for name, (_, checksum) in expected.items()}
+
+
+def test_a_driver_killed_mid_stage_leaves_no_run_and_the_rerun_stages_it(
+        ray_cluster: str, small_export: Path, tmp_path: Path) -> None:
+    settings = {"staging_dir": tmp_path / "ray", "threads": 2, "memory_limit": "24MB", "chunk_rows": 700}
+    marker = tmp_path / "driver-killed"
+    script = ("import sys\nfrom pathlib import Path\nfrom etl import Settings, get_dataset\n"
+              "from etl.stage import stage\n"
+              f"stage(get_dataset('mids'), [{str(small_export)!r}], settings=Settings("
+              f"staging_dir=Path({str(settings['staging_dir'])!r}), engine='ray', threads=2, "
+              f"memory_limit='24MB', chunk_rows=700, ray_address={ray_cluster!r}))\n")
+    driver = subprocess.run([sys.executable, "-c", script], env={**os.environ, FAULT_ENV: f"driver:{marker}"},
+                            capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 137, driver.stderr[-2000:]
+    assert marker.is_file()
+    left = [p.name for p in (tmp_path / "ray" / "mids").iterdir()]
+    assert not [n for n in left if n.startswith("mids-")]  # nothing that looks like a run
+    on_ray = stage(get_dataset("mids"), [small_export],
+                   settings=Settings(engine="ray", ray_address=ray_cluster, **settings)).run
+    local = stage(get_dataset("mids"), [small_export],
+                  settings=Settings(**{**settings, "staging_dir": tmp_path / "local"})).run
+    _assert_same_run(local, on_ray)
+    # The killed driver's temporary folder went with the rerun (it holds the staging lock).
+    assert [p.name for p in (tmp_path / "ray" / "mids").iterdir() if p.name.startswith(".stage.tmp")] == []

@@ -53,7 +53,8 @@ PIECES = ".pieces"
 MAX_RETRIES = 3
 #: ``ETL_FAULT_RAY_KILL=<point>:<marker file>`` (tests): the first task to reach ``<point>``
 #: (``group``: a group task after writing its first batch; ``chunk``: a chunk task halfway
-#: through its chunk) creates the marker and kills its own worker process, once per marker file.
+#: through its chunk) creates the marker and kills its own worker process, once per marker file;
+#: ``driver`` kills the driver when the first group is done.
 FAULT_ENV = "ETL_FAULT_RAY_KILL"
 
 Job = tuple[Path, str, str, int]
@@ -114,6 +115,7 @@ def stage_on_ray(
         done_bytes = 0
         groups: list[_Group] = []
         for result in _gather(ray, pending):
+            _fault(fault, "driver")
             groups.append(result)
             done_bytes += result.nbytes
             if progress:
@@ -242,7 +244,10 @@ def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: 
     src = next(s for s in dataset.sources if s.name == source_name)
     out = tmp / PIECES / f"g{group:05d}"
     shutil.rmtree(out, ignore_errors=True)  # what an attempt killed before this one left
-    out.mkdir(parents=True)
+    # Never the run's folder itself: a task outliving a killed driver must not bring back the
+    # temporary folder the next stage removed (it fails here instead).
+    (tmp / PIECES).mkdir(exist_ok=True)
+    out.mkdir()
     result = _Group(source_name, group, sum(j[3] for j in jobs))
     schemas = {lvl.name: level_schema(lvl, dataset.levels).to_arrow() for lvl in src.levels}
     writers: dict[tuple[int, str], pa.RecordBatchFileWriter] = {}
@@ -305,7 +310,8 @@ def _write_chunk(tmp_text: str, level: str, index: int, slices: list[tuple[str, 
     """A Ray task: write one chunk of a level from its slices of pieces; its manifest entry."""
     tmp = Path(tmp_text)
     folder = tmp / "raw" / level
-    folder.mkdir(parents=True, exist_ok=True)
+    (tmp / "raw").mkdir(exist_ok=True)  # not the run's folder (see _stage_group)
+    folder.mkdir(exist_ok=True)
     final = folder / f"part-{index:05d}.parquet"
     partial = folder / f".part-{index:05d}.parquet.tmp"
     rows = 0
