@@ -27,12 +27,15 @@ from click.testing import CliRunner
 from etl import Settings, get_dataset
 from etl.cli import main
 from etl.config import load_settings
+from etl.dataset import Dataset
 from etl.datasets import dataset_of
 from etl.datasets.aodb.gen import generate_aodb
 from etl.datasets.licenses.gen import generate_licenses
 from etl.datasets.mids.gen import generate_mids
 from etl.errors import ConfigError, InputError
 from etl.run import MANIFEST, Run, open_run
+from etl.spec import infer
+from etl.spec.dataset import to_dataset
 from etl.stage import stage
 from etl.stage.on_ray import FAULT_ENV, PIECES
 from etl.transform import transform
@@ -69,9 +72,9 @@ def small_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _stage_both(source: Path, root: Path, address: str, dataset: str = "mids",
+def _stage_both(source: Path, root: Path, address: str, dataset: str | Dataset = "mids",
                 **settings: Any) -> tuple[Run, Run]:
-    ds = get_dataset(dataset)
+    ds = get_dataset(dataset) if isinstance(dataset, str) else dataset
     local = stage(ds, [source], settings=Settings(staging_dir=root / "local", engine="local",
                                                   threads=2, **settings)).run
     on_ray = stage(ds, [source], settings=Settings(staging_dir=root / "ray", engine="ray", threads=2,
@@ -155,6 +158,18 @@ def test_ray_stage_quarantines_and_runs_side_files_as_the_local_run(ray_cluster:
     assert [q["relpath"] for q in local.manifest["quarantined"]] == [f"{state.name}/Broken_01_parse.json"]
     assert local.manifest["levels"]["images"]["rows"] > 0
     _assert_same_run(local, on_ray)
+
+
+def test_ray_stage_of_a_spec_dataset_is_the_local_run(ray_cluster: str, small_export: Path,
+                                                      tmp_path: Path) -> None:
+    # A dataset inferred by `etl init` (its levels and transform built from the spec) travels to
+    # the tasks too; its run keeps the spec, and drift is looked for in the staged chunks.
+    ds = to_dataset(infer("powers", [small_export]))
+    local, on_ray = _stage_both(small_export, tmp_path, ray_cluster, ds, memory_limit="24MB",
+                                chunk_rows=700)
+    _assert_same_run(local, on_ray)
+    assert on_ray.manifest["spec"]["sha256"] == local.manifest["spec"]["sha256"]
+    assert on_ray.manifest.get("drift") == local.manifest.get("drift")
 
 
 def test_a_broken_file_stops_the_ray_stage_naming_it(ray_cluster: str, small_export: Path,
