@@ -32,7 +32,7 @@ from etl.datasets import dataset_of
 from etl.datasets.aodb.gen import generate_aodb
 from etl.datasets.licenses.gen import generate_licenses
 from etl.datasets.mids.gen import generate_mids
-from etl.errors import ConfigError, InputError
+from etl.errors import ConfigError, InputError, TransientError
 from etl.run import MANIFEST, Run, open_run
 from etl.spec import infer
 from etl.spec.dataset import to_dataset
@@ -282,3 +282,16 @@ def test_a_driver_killed_mid_stage_leaves_no_run_and_the_rerun_stages_it(
     _assert_same_run(local, on_ray)
     # The killed driver's temporary folder went with the rerun (it holds the staging lock).
     assert [p.name for p in (tmp_path / "ray" / "mids").iterdir() if p.name.startswith(".stage.tmp")] == []
+
+
+def test_a_worker_that_dies_on_every_retry_is_a_transient_error(
+        ray_cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    export = tmp_path / "export"
+    generate_licenses(export, results=3)  # one group: one task, killed on each of its 4 attempts
+    monkeypatch.setenv(FAULT_ENV, "group:always")
+    staging = tmp_path / "staging"
+    with pytest.raises(TransientError, match="failed 4 times") as caught:
+        stage(get_dataset("licenses"), [export],
+              settings=Settings(staging_dir=staging, engine="ray", threads=2, ray_address=ray_cluster))
+    assert caught.value.transient and "stage again" in (caught.value.hint or "")
+    assert not [p for p in (staging / "licenses").iterdir() if p.name != ".lock"]  # no run, no temporary

@@ -2,7 +2,8 @@
 
 Ray is an optional extra (``pip install 'etl-staging[ray]'``) and is imported lazily, only here
 and in the tasks that run on it. :func:`ray_session` joins the cluster named by
-``Settings.ray_address`` (``ETL_RAY_ADDRESS``, ``--ray-address``), or, with none, starts a local
+``Settings.ray_address`` (``ETL_RAY_ADDRESS``, ``--ray-address``; else Ray's own ``RAY_ADDRESS``),
+or, with none, starts a local
 Ray for the run (``Settings.threads`` CPUs, or one per core; no dashboard) and shuts it down
 after. A Ray already initialised in this process (a notebook's, a test's) is used as it is and
 left running.
@@ -47,15 +48,17 @@ def ray_session(settings: Settings) -> Iterator[ModuleType]:
     if ray.is_initialized():
         yield ray
         return
-    address = settings.ray_address
+    # Ray's own variable names a cluster too, as it does for every Ray program.
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS") or None
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if address:
             log.info("joining the Ray cluster at %s", address)
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **quiet)
         else:
             cpus = settings.threads or os.cpu_count() or 1
             log.info("starting a local Ray for this run (%d CPUs)", cpus)
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
     except ConnectionError as exc:
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}",
                           hint="check ETL_RAY_ADDRESS / --ray-address (ray://HEAD:10001), or leave "

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from etl.config import Settings
 from etl.dataset import Dataset
-from etl.errors import EtlError
+from etl.errors import EtlError, TransientError
 from etl.infra.cluster import ray_session
 from etl.run import PARQUET_COMPRESSION, level_schema, sha256_file
 from etl.stage.extra import ExtraPlan
@@ -54,7 +54,7 @@ MAX_RETRIES = 3
 #: ``ETL_FAULT_RAY_KILL=<point>:<marker file>`` (tests): the first task to reach ``<point>``
 #: (``group``: a group task after writing its first batch; ``chunk``: a chunk task halfway
 #: through its chunk) creates the marker and kills its own worker process, once per marker file;
-#: ``driver`` kills the driver when the first group is done.
+#: ``driver`` kills the driver when the first group is done. ``<point>:always`` kills every time.
 FAULT_ENV = "ETL_FAULT_RAY_KILL"
 
 Job = tuple[Path, str, str, int]
@@ -166,7 +166,7 @@ def _groups(jobs: Sequence[Job], group_bytes: int) -> list[list[Job]]:
 def _gather(ray: Any, refs: list[Any], *, ordered: bool = False) -> list[Any]:
     """The tasks' results (as they finish, or in order); a task's own error is raised as itself,
     the other tasks cancelled."""
-    from ray.exceptions import RayTaskError
+    from ray.exceptions import RayError, RayTaskError
 
     out: list[Any] = []
     left = list(refs)
@@ -177,13 +177,19 @@ def _gather(ray: Any, refs: list[Any], *, ordered: bool = False) -> list[Any]:
             ready, left = ray.wait(left, num_returns=1)
             out.append(ray.get(ready[0]))
         return out
-    except RayTaskError as exc:
+    except RayError as exc:
         for ref in refs:
             ray.cancel(ref, force=True)
         cause = getattr(exc, "cause", None)
-        if isinstance(cause, EtlError):
+        if isinstance(exc, RayTaskError) and isinstance(cause, EtlError):
             raise cause from None
-        raise
+        if isinstance(exc, RayTaskError):
+            raise
+        # The cluster's failure, not the input's: a worker that died on every retry, a node lost.
+        raise TransientError(f"a Ray task failed {MAX_RETRIES + 1} times: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                             hint="check the Ray workers' memory and logs (ray status; "
+                                  "/tmp/ray/session_latest/logs), then stage again") from exc
 
 
 def _chunk_plans(dataset: Dataset, groups: Sequence[_Group],
@@ -222,6 +228,9 @@ def _fault(fault: str | None, point: str) -> None:
     if not fault or not fault.startswith(point + ":"):
         return
     marker = fault.split(":", 1)[1]
+    if marker == "always":
+        log.warning("fault injection: killing Ray worker %d at %s (always)", os.getpid(), point)
+        os._exit(137)
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
