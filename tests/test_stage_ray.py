@@ -89,6 +89,11 @@ def _assert_same_run(local: Run, on_ray: Run) -> None:
     assert on_ray.manifest["sources"] == local.manifest["sources"]
     assert on_ray.manifest["quarantined"] == local.manifest["quarantined"]
     assert on_ray.manifest["settings"]["engine"] == "ray"
+    figures = on_ray.manifest["ray"]  # the cluster it ran on (both nodes) and its tasks
+    assert figures == on_ray.manifest["phases"]["stage"]["extra"]["ray"]
+    assert (figures["nodes"], figures["cpus"]) == (2, 2)
+    assert figures["chunks"] == sum(len(e["chunks"]) for e in on_ray.manifest["levels"].values()
+                                    if e["rows"] and not e["chunks"][0]["path"].startswith("raw/images/"))
     for name, entry in local.manifest["levels"].items():
         other = on_ray.manifest["levels"][name]
         assert other["rows"] == entry["rows"], name

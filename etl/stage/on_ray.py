@@ -88,12 +88,16 @@ def stage_on_ray(
     batch_bytes: int,
     memory: int,
     progress: Progress | None,
-) -> tuple[list[InputFile], list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """Stage ``jobs`` into ``tmp`` on Ray: (inspected files, quarantined files, chunks per level)."""
+) -> tuple[list[InputFile], list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """Stage ``jobs`` into ``tmp`` on Ray: (inspected files, quarantined files, chunks per level,
+    the figures of the run on Ray: cluster, tasks, seconds per round)."""
     tmp = tmp.resolve()
     fault = os.environ.get(FAULT_ENV) or None
+    joining = time.perf_counter()
     with ray_session(settings) as ray:
+        joined = time.perf_counter()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         per_node = settings.threads or os.cpu_count() or 1
         options = {"reader_memory": f"{max(96 << 20, memory // 4) >> 20}MB",
                    "worker_memory": f"{max(64 << 20, (memory * 3 // 4) // per_node) >> 20}MB",
@@ -134,11 +138,14 @@ def stage_on_ray(
                       for level, chunks in plans.items()}
         flat = [ref for refs in chunk_refs.values() for ref in refs]
         written = dict(zip(flat, _gather(ray, flat, ordered=True), strict=True))
-        log.info("on Ray: %d group tasks %.2fs, %d chunk tasks %.2fs", group_no, read - started,
-                 len(flat), time.perf_counter() - read)
+        figures = {"nodes": nodes, "cpus": cpus, "join_seconds": round(joined - joining, 3),
+                   "groups": group_no, "group_seconds": round(read - started, 3),
+                   "chunks": len(flat), "chunk_seconds": round(time.perf_counter() - read, 3)}
+        log.info("on Ray (%d nodes, %d CPUs): %d group tasks %.2fs, %d chunk tasks %.2fs", nodes, cpus,
+                 group_no, figures["group_seconds"], len(flat), figures["chunk_seconds"])
     shutil.rmtree(tmp / PIECES, ignore_errors=True)
     chunks = {level: [written[ref] for ref in chunk_refs.get(level, [])] for level in dataset.levels}
-    return inspected, quarantined, chunks
+    return inspected, quarantined, chunks, figures
 
 
 def _group_bytes(jobs: Sequence[Job], batch_bytes: int, cpus: int) -> int:

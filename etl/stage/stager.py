@@ -597,6 +597,8 @@ def stage(
             phase.rows = sum(e["rows"] for e in manifest["levels"].values())
             phase.seconds = time.perf_counter() - started
             phase.peak_rss = peak_rss_bytes()
+            if "ray" in manifest:
+                phase.extra["ray"] = manifest["ray"]
             manifest["phases"]["stage"] = phase.to_dict()
             write_manifest(tmp, manifest)
             replace_dir(tmp, final)
@@ -765,7 +767,7 @@ def _stage_into(
     if settings.engine == "ray":
         from etl.stage.on_ray import stage_on_ray
 
-        inspected, quarantined, ray_chunks = stage_on_ray(
+        inspected, quarantined, ray_chunks, on_ray = stage_on_ray(
             dataset, jobs, tmp, settings=settings, max_record_bytes=max_record_bytes,
             batch_bytes=batch_bytes, memory=memory, progress=progress)
         # The levels side-file hooks fill get no rows from the sources: they are written here.
@@ -774,6 +776,7 @@ def _stage_into(
                    else _Closed(ray_chunks[name])  # type: ignore[misc]
                    for name in levels}
     else:
+        on_ray = None
         writers = {name: writer(name) for name in levels}
         inspected, quarantined = _stage_local(
             dataset, jobs, tmp, writers, plans=plans, threads=threads, batch_bytes=batch_bytes,
@@ -809,6 +812,7 @@ def _stage_into(
         "levels": level_entries,
         "quarantined": sorted(quarantined, key=lambda q: (q["source"], q["relpath"])),
         "phases": {},
+        **({"ray": on_ray} if on_ray is not None else {}),
     }
 
 
