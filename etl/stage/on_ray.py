@@ -98,11 +98,12 @@ def stage_on_ray(
         joined = time.perf_counter()
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        per_node = settings.threads or os.cpu_count() or 1
+        # Each group task has the memory limit to itself, shared as a local stage of one worker
+        # shares it (a quarter for the reader); Ray places the tasks by it (its `memory` resource).
         options = {"reader_memory": f"{max(96 << 20, memory // 4) >> 20}MB",
-                   "worker_memory": f"{max(64 << 20, (memory * 3 // 4) // per_node) >> 20}MB",
+                   "worker_memory": f"{max(64 << 20, memory * 3 // 4) >> 20}MB",
                    "batch_bytes": batch_bytes, "max_record_bytes": max_record_bytes}
-        group_task = ray.remote(_stage_group).options(max_retries=MAX_RETRIES, num_cpus=1)
+        group_task = ray.remote(_stage_group).options(max_retries=MAX_RETRIES, num_cpus=1, memory=memory)
         chunk_task = ray.remote(_write_chunk).options(max_retries=MAX_RETRIES, num_cpus=1)
         dataset_ref = ray.put(dataset)
         total = sum(j[3] for j in jobs)
