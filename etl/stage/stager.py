@@ -772,7 +772,12 @@ def _stage_into(
             batch_bytes=batch_bytes, memory=memory, progress=progress)
         # The levels side-file hooks fill get no rows from the sources: they are written here.
         side_levels = {side.level for side in dataset.side_files}
-        writers = {name: writer(name) if name in side_levels and not ray_chunks[name]
+        mixed = sorted(name for name in side_levels if ray_chunks[name])
+        if mixed:
+            raise ConfigError(f"level {mixed[0]} of {dataset.name} gets rows from both its sources and a "
+                              "side-file hook, which the ray engine does not stage",
+                              dataset=dataset.name, hint="stage this dataset with --engine local")
+        writers = {name: writer(name) if name in side_levels
                    else _Closed(ray_chunks[name])  # type: ignore[misc]
                    for name in levels}
     else:
