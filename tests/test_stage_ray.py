@@ -247,6 +247,7 @@ def test_cli_stage_with_engine_ray(ray_cluster: str, small_export: Path, tmp_pat
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert (run_dir / MANIFEST).is_file()
     assert open_run(run_dir).manifest["settings"]["engine"] == "ray"
+    assert "staged on Ray: 2 node(s), 2 CPUs" in result.stderr
 
 
 def test_cli_run_with_engine_ray_loads_the_local_runs_tables(ray_cluster: str, small_export: Path,

@@ -62,6 +62,11 @@ def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, forc
                        max_record_bytes=max_record_bytes, progress=progress, strict=strict)
     print_quarantined(result.run.manifest.get("quarantined") or [])
     print_drift(result.run.manifest)
+    on_ray = result.phase.extra.get("ray")
+    if on_ray and not result.skipped:
+        err.print(f"staged on Ray: {on_ray['nodes']} node(s), {on_ray['cpus']} CPUs; {on_ray['groups']} "
+                  f"group tasks {on_ray['group_seconds']:.2f} s, {on_ray['chunks']} chunk tasks "
+                  f"{on_ray['chunk_seconds']:.2f} s")
     if result.skipped:
         err.print(f"[yellow]already staged[/] (same content, dataset version "
                   f"{result.run.manifest['dataset_version']}): {escape(str(result.run.path))} "
