@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -44,8 +45,9 @@ from tests.conftest import SHARED, require_shared
 
 
 @pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[str]:
-    """A real two-node Ray cluster for this module's tests (its address), shut down after them."""
+def ray_head() -> Iterator[tuple[str, str]]:
+    """A real two-node Ray cluster for this module's tests, shut down after them: its address, and
+    its Ray Client address (``ray://…``)."""
     try:
         import ray
         from ray.cluster_utils import Cluster
@@ -53,15 +55,25 @@ def ray_cluster() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed; CI installs it (the test extra)")
         pytest.skip("Ray is not installed (pip install 'etl-staging[ray]')")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        client_port = probe.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False, "ray_client_server_port": client_port})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        yield cluster.address
+        yield cluster.address, f"ray://127.0.0.1:{client_port}"
     finally:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_head: tuple[str, str]) -> str:
+    """The module's cluster, joined by its address (as ``ETL_RAY_ADDRESS=HOST:PORT`` would)."""
+    return ray_head[0]
 
 
 @pytest.fixture(scope="module")
@@ -240,9 +252,11 @@ def test_without_ray_the_ray_engine_says_how_to_install_it(small_export: Path, t
     assert not list((tmp_path / "mids").glob("*/" + MANIFEST))  # nothing looks like a run
 
 
-def test_cli_stage_with_engine_ray(ray_cluster: str, small_export: Path, tmp_path: Path) -> None:
+def test_cli_stage_with_engine_ray_through_ray_client(ray_head: tuple[str, str], small_export: Path,
+                                                     tmp_path: Path) -> None:
+    # ray://HOST:PORT: Ray Client, how a driver outside the cluster joins it.
     result = CliRunner().invoke(main, ["--staging-dir", str(tmp_path), "stage", "mids",
-                                       str(small_export), "--engine", "ray", "--ray-address", ray_cluster])
+                                       str(small_export), "--engine", "ray", "--ray-address", ray_head[1]])
     assert result.exit_code == 0, result.output
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert (run_dir / MANIFEST).is_file()

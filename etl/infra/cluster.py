@@ -59,10 +59,12 @@ def ray_session(settings: Settings) -> Iterator[ModuleType]:
             cpus = settings.threads or os.cpu_count() or 1
             log.info("starting a local Ray for this run (%d CPUs)", cpus)
             ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
-    except ConnectionError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc}",
-                          hint="check ETL_RAY_ADDRESS / --ray-address (ray://HEAD:10001), or leave "
-                               "it unset to start a local Ray") from exc
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        # ValueError: an address Ray cannot use, or ray:// without Ray Client installed.
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot use the Ray cluster at {address or 'a local Ray'}: {first}",
+                          hint=f"check ETL_RAY_ADDRESS / --ray-address (ray://HEAD:10001 needs "
+                               f"{INSTALL_HINT}), or leave it unset to start a local Ray") from exc
     try:
         yield ray
     finally:
