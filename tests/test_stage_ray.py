@@ -315,3 +315,17 @@ def test_a_worker_that_dies_on_every_retry_is_a_transient_error(
               settings=Settings(staging_dir=staging, engine="ray", threads=2, ray_address=ray_cluster))
     assert caught.value.transient and "stage again" in (caught.value.hint or "")
     assert not [p for p in (staging / "licenses").iterdir() if p.name != ".lock"]  # no run, no temporary
+
+
+def test_bench_stages_on_ray_with_one_and_two_workers_beside_local(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    sample = require_shared(SHARED / "mids")
+    result = CliRunner().invoke(main, ["bench", "--template", str(sample), "--copies", "1", "--no-load",
+                                       "--engine", "ray", "--json", "--work-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (res,) = json.loads(result.stdout)
+    engines = res["stage_engines"]
+    assert [(p["engine"], p.get("workers")) for p in engines] == [("local", None), ("ray", 1), ("ray", 2)]
+    assert len({p["rows"] for p in engines}) == 1  # the same rows on every engine
+    assert all(p["seconds"] > 0 and p["run"] == engines[0]["run"] for p in engines)
+    assert all(p["ray_start_seconds"] > 0 and p["cold_seconds"] > 0 for p in engines[1:])
