@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -45,9 +44,9 @@ from tests.conftest import SHARED, require_shared
 
 
 @pytest.fixture(scope="module")
-def ray_head() -> Iterator[tuple[str, str]]:
-    """A real two-node Ray cluster for this module's tests, shut down after them: its address, and
-    its Ray Client address (``ray://…``)."""
+def ray_cluster() -> Iterator[str]:
+    """A real two-node Ray cluster for this module's tests (its address, as ``ETL_RAY_ADDRESS``
+    would give it), shut down after them."""
     try:
         import ray
         from ray.cluster_utils import Cluster
@@ -55,25 +54,15 @@ def ray_head() -> Iterator[tuple[str, str]]:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed; CI installs it (the test extra)")
         pytest.skip("Ray is not installed (pip install 'etl-staging[ray]')")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        client_port = probe.getsockname()[1]
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "ray_client_server_port": client_port})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        yield cluster.address, f"ray://127.0.0.1:{client_port}"
+        yield cluster.address
     finally:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(ray_head: tuple[str, str]) -> str:
-    """The module's cluster, joined by its address (as ``ETL_RAY_ADDRESS=HOST:PORT`` would)."""
-    return ray_head[0]
 
 
 @pytest.fixture(scope="module")
@@ -252,11 +241,9 @@ def test_without_ray_the_ray_engine_says_how_to_install_it(small_export: Path, t
     assert not list((tmp_path / "mids").glob("*/" + MANIFEST))  # nothing looks like a run
 
 
-def test_cli_stage_with_engine_ray_through_ray_client(ray_head: tuple[str, str], small_export: Path,
-                                                     tmp_path: Path) -> None:
-    # ray://HOST:PORT: Ray Client, how a driver outside the cluster joins it.
+def test_cli_stage_with_engine_ray(ray_cluster: str, small_export: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--staging-dir", str(tmp_path), "stage", "mids",
-                                       str(small_export), "--engine", "ray", "--ray-address", ray_head[1]])
+                                       str(small_export), "--engine", "ray", "--ray-address", ray_cluster])
     assert result.exit_code == 0, result.output
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert (run_dir / MANIFEST).is_file()
@@ -329,3 +316,15 @@ def test_bench_stages_on_ray_with_one_and_two_workers_beside_local(tmp_path: Pat
     assert len({p["rows"] for p in engines}) == 1  # the same rows on every engine
     assert all(p["seconds"] > 0 and p["run"] == engines[0]["run"] for p in engines)
     assert all(p["ray_start_seconds"] > 0 and p["cold_seconds"] > 0 for p in engines[1:])
+
+
+def test_without_an_address_the_run_starts_a_ray_of_its_own(ray_cluster: str, small_export: Path,
+                                                             tmp_path: Path) -> None:
+    # A Ray already runs on this machine (the module's cluster): a run given no address must not
+    # join it (ray.init() alone would), but start its own for the run and stop it after.
+    import ray
+
+    run = stage(get_dataset("mids"), [small_export],
+                settings=Settings(staging_dir=tmp_path, engine="ray", threads=1)).run
+    assert (run.manifest["ray"]["nodes"], run.manifest["ray"]["cpus"]) == (1, 1)
+    assert not ray.is_initialized()

@@ -42,7 +42,7 @@ elif phase.startswith("stage-ray:"):
     from etl.stage import stage
     workers = int(phase.split(":")[1])
     t = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter() - t
     settings = Settings(staging_dir=staging, engine="ray", threads=workers)
     # Twice: the first stage also starts the worker processes (and their imports); the second

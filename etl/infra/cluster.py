@@ -58,7 +58,9 @@ def ray_session(settings: Settings) -> Iterator[ModuleType]:
         else:
             cpus = settings.threads or os.cpu_count() or 1
             log.info("starting a local Ray for this run (%d CPUs)", cpus)
-            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
+            # "local": a new Ray of our own, never one that happens to run on this machine
+            # (ray.init() with no address joins any it finds).
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         # ValueError: an address Ray cannot use, or ray:// without Ray Client installed.
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
