@@ -26,6 +26,8 @@ ENV = {
     "memory_limit": ("ETL_MEMORY_LIMIT",),
     "chunk_rows": ("ETL_CHUNK_ROWS",),
     "threads": ("ETL_THREADS",),
+    "engine": ("ETL_ENGINE",),
+    "ray_address": ("ETL_RAY_ADDRESS",),
 }
 #: The folder of real sample exports (``mids``, ``mids_full``, ``aodb``, ``licenses``) that
 #: generators, benches and tests read when no --template is given. Never assumed: no command
@@ -37,6 +39,10 @@ RULES_ENV = "ETL_RULES"
 #: What a rule override may set a rule to: ``off`` skips the rule altogether.
 RuleSeverity = Literal["error", "warning", "off"]
 RULE_SEVERITIES: tuple[str, ...] = get_args(RuleSeverity)
+
+#: Where the stage's work runs: in this process (threads), or as tasks on a Ray cluster.
+Engine = Literal["local", "ray"]
+ENGINES: tuple[str, ...] = get_args(Engine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,11 @@ class Settings:
     threads: int = 0
     #: Rule severity overrides, in precedence order (a later one for the same rule wins).
     rules: tuple[RuleOverride, ...] = ()
+    #: Where staging runs: ``local`` (threads in this process) or ``ray`` (tasks on a Ray cluster).
+    engine: Engine = "local"
+    #: The Ray cluster to join (``ray://host:10001``, ``auto``, ``host:port``); none: a local
+    #: Ray is started for the run (``threads`` CPUs, or one per core) and shut down after.
+    ray_address: str | None = None
 
     def with_overrides(self, **flags: Any) -> Settings:
         """Apply flags that were given (``None`` means not given)."""
@@ -137,6 +148,8 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
                 out[key] = Path(value)
             elif kind == "int":
                 out[key] = int(value)
+            elif key == "engine":
+                out[key] = _engine(value)
             else:
                 out[key] = str(value)
         except (TypeError, ValueError) as exc:
@@ -156,6 +169,13 @@ def shared_data(*names: str) -> Path | None:
         if (Path(root) / name).exists():
             return Path(root) / name
     return None
+
+
+def _engine(value: object) -> Engine:
+    engine = str(value).strip().lower()
+    if engine not in ENGINES:
+        raise ConfigError(f"engine {value!r} is not known", hint=f"use one of: {', '.join(ENGINES)}")
+    return engine  # type: ignore[return-value]
 
 
 def find_pyproject(start: Path | None = None) -> Path | None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from etl.config import SHARED_DATA_ENV, shared_data
+from etl.config import SHARED_DATA_ENV, Engine, shared_data
 from etl.dataset import BenchSpec, Dataset, Generated
 from etl.datasets import get_dataset
 from etl.errors import ConfigError
@@ -35,6 +35,24 @@ if phase == "stage":
     from etl.stage import stage
     r = stage(get_dataset(dataset), [arg], settings=settings, force=True)
     out = {"run": str(r.run.path), **r.phase.to_dict()}
+elif phase.startswith("stage-ray:"):
+    # The stage on a local Ray of N worker CPUs, started first (and timed apart): the stage then
+    # runs on it as on a cluster that was already up.
+    import ray
+    from etl.stage import stage
+    workers = int(phase.split(":")[1])
+    t = time.perf_counter()
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    started = time.perf_counter() - t
+    settings = Settings(staging_dir=staging, engine="ray", threads=workers)
+    # Twice: the first stage also starts the worker processes (and their imports); the second
+    # is what a cluster that has run a stage before gives.
+    cold = stage(get_dataset(dataset), [arg], settings=settings, force=True)
+    r = stage(get_dataset(dataset), [arg], settings=settings, force=True)
+    ray.shutdown()
+    out = {"run": str(r.run.path), **r.phase.to_dict(), "name": f"stage (ray, {workers} worker"
+           + ("s" if workers > 1 else "") + ")", "workers": workers, "ray_start_seconds": started,
+           "cold_seconds": cold.phase.seconds}
 elif phase in ("load", "load-unsafe", "merge"):
     from etl.load import load
     mode = {"load-unsafe": "unsafe-fast", "merge": "merge"}.get(phase, "full")
@@ -208,6 +226,7 @@ def bench(
     database_url: str | None = None,
     load: bool = True,
     max_reject_ratio: float = 0.0,
+    engine: Engine = "local",
 ) -> list[dict[str, Any]]:
     """``etl bench``: what to measure, decided from the dataset's :class:`BenchSpec`, then
     :func:`run_bench`. Given ``copies``, or given no ``sizes`` when the dataset makes copies and
@@ -227,7 +246,7 @@ def bench(
         sizes, plan = list(sizes or spec.sizes), []
     return run_bench(sizes, copies=plan, template=real, work_dir=work_dir, log=log,
                      database_url=database_url, load=load, dataset=dataset,
-                     max_reject_ratio=max_reject_ratio)
+                     max_reject_ratio=max_reject_ratio, engine=engine)
 
 
 def run_bench(
@@ -242,6 +261,8 @@ def run_bench(
     dataset: str,
     copies: list[int] | None = None,
     max_reject_ratio: float = 0.0,
+    engine: Engine = "local",
+    ray_workers: tuple[int, ...] = (1, 2),
 ) -> list[dict[str, Any]]:
     """Prepare an export per size (kept between runs), then time each phase in its own process:
     stage, validate, transform and (with ``load``) the load through indexes, the materialized
@@ -253,8 +274,14 @@ def run_bench(
     :attr:`BenchSpec.unit` (made by :attr:`BenchSpec.export`, from ``template`` where the dataset
     amplifies a real sample). With :attr:`BenchSpec.reimport`, the load is a first import and a
     merge of the same export again. ``max_reject_ratio`` is passed to
-    validate, so a run whose validation rejects rows can still be measured through the load."""
+    validate, so a run whose validation rejects rows can still be measured through the load.
+    ``engine="ray"`` also stages each export on a local Ray of each of ``ray_workers`` worker
+    CPUs (results' ``stage_engines``, beside the local stage; the other phases stay local)."""
     ds = get_dataset(dataset)
+    if engine == "ray":
+        from etl.infra.cluster import import_ray
+
+        import_ray()  # says how to install it, before anything is measured
     spec = _spec(ds)
     if copies and (spec.copies is None or template is None):
         raise ConfigError(f"--copies makes renamed copies of a real {dataset} export and needs one"
@@ -290,6 +317,13 @@ def run_bench(
         # process, not part of the pipeline's total.
         inferred = _run_phase("init", str(export), staging, dataset=dataset)
         staged = _run_phase("stage", str(export), staging, dataset=dataset)
+        engines = [{**staged, "engine": "local"}]
+        if engine == "ray":
+            # The same run staged again on Ray (same run id, same rows): what follows reads it.
+            for workers in ray_workers:
+                log(f"staging on a local Ray of {workers} worker CPU(s) …")
+                engines.append({**_run_phase(f"stage-ray:{workers}", str(export), staging,
+                                             dataset=dataset), "engine": "ray"})
         checked = _run_phase("validate", staged["run"], staging, dataset=dataset,
                              max_reject_ratio=max_reject_ratio)
         if checked["status"] != "passed":
@@ -331,6 +365,7 @@ def run_bench(
             "entries": info["entries"], "files": info["files"], "bytes": info["bytes"],
             "copies": info.get("copies"), "source": str(export),
             "phases": phases,
+            "stage_engines": engines,
             "init": inferred,
             "spec_run": {"phases": spec_phases, "total_seconds": sum(p["seconds"] for p in spec_phases),
                          "max_peak_rss": max(p["peak_rss"] for p in spec_phases)},

@@ -72,10 +72,13 @@ def bench_options(fn: F) -> F:
 @click.option("--database-url", help="Where to load (default: the embedded server).")
 @click.option("--no-load", is_flag=True, help="Measure stage, validate and transform only.")
 @json_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="ray: also stage each export on a local Ray of 1 and of 2 worker CPUs, beside "
+                   "the local engine (the other phases stay local).")
 @handle_errors
 def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], template: Path | None,
               work_dir: Path, max_reject_ratio: float, database_url: str | None, no_load: bool,
-              as_json: bool) -> None:
+              as_json: bool, engine: str) -> None:
     """Measure the whole pipeline on the real export, renamed copies of it, or generated exports.
 
     Each phase runs in its own process, as `etl stage/validate/transform/load` would, and
@@ -90,12 +93,13 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
       etl bench --copies 1 --copies 5 --work-dir /tmp/bench --database-url postgresql://postgres@127.0.0.1/bench
       etl bench --entries 360000 --template ../shared/data/mids
       etl bench --dataset aodb --entries 170000
+      etl bench --copies 1 --no-load --engine ray
     """
     from etl.bench import bench
 
     results = bench(dataset, copies=list(copies), sizes=list(entries), template=template, work_dir=work_dir,
                     log=lambda msg: err.print(msg), database_url=database_url, load=not no_load,
-                    max_reject_ratio=max_reject_ratio)
+                    max_reject_ratio=max_reject_ratio, engine=engine)  # type: ignore[arg-type]
     if as_json:
         echo_json(results)
         return
@@ -105,6 +109,15 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
                            f"{_benches()[res['dataset']].unit[1]}, {res['files']:,} files, "
                            f"{res['bytes'] / 1e6:,.0f} MB"
                            + (f" (real export x{res['copies']})" if res.get("copies") else ""))
+        if len(res["stage_engines"]) > 1:
+            print_phases([Phase(p["name"] if p["engine"] == "ray" else "stage (local)", p["seconds"],
+                                p["rows"], p["peak_rss"]) for p in res["stage_engines"]],
+                         title="stage by engine (driver's peak RSS)")
+            err.print("Ray, on a local Ray that has staged once (its workers started); starting Ray and "
+                      "the first stage: " + ", ".join(
+                          f"{p['workers']} worker(s) {p['ray_start_seconds']:.2f} s "
+                          f"+ {p['cold_seconds']:.2f} s"
+                          for p in res["stage_engines"] if p["engine"] == "ray"))
         if res["load_parts"]:
             print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"])
                           for p in res["load_parts"]], title="load, step by step")

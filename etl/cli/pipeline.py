@@ -69,6 +69,11 @@ def do_stage(ctx: click.Context, dataset: str, sources: tuple[str, ...], *, forc
     if not as_json:
         print_duplicate_keys(result.run.manifest)
         print_drift(result.run.manifest)
+    on_ray = result.phase.extra.get("ray")
+    if on_ray and not result.skipped:
+        err.print(f"staged on Ray: {on_ray['nodes']} node(s), {on_ray['cpus']} CPUs; {on_ray['groups']} "
+                  f"group tasks {on_ray['group_seconds']:.2f} s, {on_ray['chunks']} chunk tasks "
+                  f"{on_ray['chunk_seconds']:.2f} s")
     if result.skipped:
         err.print(f"[yellow]already staged[/] (same content, dataset version "
                   f"{result.run.manifest['dataset_version']}): {escape(str(result.run.path))} "
@@ -98,6 +103,7 @@ def stage_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], **opts
       etl stage mids ../shared/data/mids
       etl stage mids 'exports/**/*.json' --memory-limit 512MB --chunk-rows 50000
       etl stage datasets/powers.toml ../shared/data/mids_full
+      etl stage mids ../shared/data/mids_full --engine ray --ray-address ray://head:10001
     """
     run, phase, skipped = do_stage(ctx, dataset, sources, **opts)
     if opts.get("as_json"):
@@ -289,6 +295,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
       etl run mids ../shared/data/mids
       etl run mids ./export --database-url postgresql://me@db:5432/games --json
       etl run mids ./export --rule powersets.full_name.unique=warning
+      etl run mids ../shared/data/mids_full --engine ray
       etl init powers ../shared/data/mids_full && etl run powers
       etl run specs/items.toml ./items-2026-11.json --mode merge
     """
@@ -296,7 +303,7 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
 
     settings = ctx_settings(ctx, database_url=database_url, memory_limit=opts.get("memory_limit"),
                          chunk_rows=opts.get("chunk_rows"), threads=opts.get("threads"),
-                         rules=rules)
+                         engine=opts.get("engine"), ray_address=opts.get("ray_address"), rules=rules)
     mode = resolve_mode(unsafe_fast, yes, load_mode)
     with validation_shown(as_json=as_json), progress_bar() as progress:
         ds = resolve(dataset, datasets_dir=settings.datasets_dir)

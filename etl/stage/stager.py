@@ -609,6 +609,8 @@ def stage(
             phase.rows = sum(e["rows"] for e in manifest["levels"].values())
             phase.seconds = time.perf_counter() - started
             phase.peak_rss = peak_rss_bytes()
+            if "ray" in manifest:
+                phase.extra["ray"] = manifest["ray"]
             manifest["phases"]["stage"] = phase.to_dict()
             write_manifest(tmp, manifest)
             replace_dir(tmp, final)
@@ -767,42 +769,35 @@ def _stage_into(
     memory = _memory_bytes(settings.memory_limit)
     batch_bytes = max(1 << 20, memory // 24)
     threads = settings.threads or os.cpu_count() or 1
-    workers = max(1, threads)
-    reader = duckdb.connect(config={
-        "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
-        "threads": 1,
-        "preserve_insertion_order": True,
-        "temp_directory": str(tmp / ".duckdb_tmp_reader"),
-    })
-    worker_memory = f"{max(64 << 20, (memory * 3 // 4) // workers) >> 20}MB"
     levels = dataset.levels
-    writers = {
-        name: ChunkWriter(tmp / "raw" / name, tmp, chunk_rows=settings.chunk_rows,
-                          schema=level_schema(lvl, levels).to_arrow())
-        for name, lvl in levels.items()
-    }
-    total = sum(j[3] for j in jobs)
-    done = [0]
-    inspected: list[InputFile] = []
-    quarantined: list[dict[str, Any]] = []
-    duplicated: dict[str, Any] = {"records": 0, "examples": []}
-    try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
-            for src in dataset.sources:
-                src_jobs = [j for j in jobs if j[2] == src.name]
-                if not src_jobs:
-                    continue
-                batches = _source_batches(
-                    reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
-                    max_record_bytes=max_record_bytes, inspected=inspected,
-                    quarantine=quarantined if src.on_bad_file == "quarantine" else None)
-                _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
-                              extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
-                              worker_memory=worker_memory, progress=progress, done_bytes=done,
-                              total_bytes=total, files=inspected,
-                              duplicated=duplicated)
-    finally:
-        reader.close()
+
+    def writer(name: str) -> ChunkWriter:
+        return ChunkWriter(tmp / "raw" / name, tmp, chunk_rows=settings.chunk_rows,
+                           schema=level_schema(levels[name], levels).to_arrow())
+
+    writers: dict[str, ChunkWriter]
+    if settings.engine == "ray":
+        from etl.stage.on_ray import stage_on_ray
+
+        inspected, quarantined, ray_chunks, on_ray, duplicated = stage_on_ray(
+            dataset, jobs, tmp, settings=settings, max_record_bytes=max_record_bytes,
+            batch_bytes=batch_bytes, memory=memory, progress=progress)
+        # The levels side-file hooks fill get no rows from the sources: they are written here.
+        side_levels = {side.level for side in dataset.side_files}
+        mixed = sorted(name for name in side_levels if ray_chunks[name])
+        if mixed:
+            raise ConfigError(f"level {mixed[0]} of {dataset.name} gets rows from both its sources and a "
+                              "side-file hook, which the ray engine does not stage",
+                              dataset=dataset.name, hint="stage this dataset with --engine local")
+        writers = {name: writer(name) if name in side_levels
+                   else _Closed(ray_chunks[name])  # type: ignore[misc]
+                   for name in levels}
+    else:
+        on_ray = None
+        writers = {name: writer(name) for name in levels}
+        inspected, quarantined, duplicated = _stage_local(
+            dataset, jobs, tmp, writers, plans=plans, threads=threads, batch_bytes=batch_bytes,
+            memory=memory, max_record_bytes=max_record_bytes, progress=progress)
     for leftover in tmp.glob(".duckdb_tmp*"):
         shutil.rmtree(leftover, ignore_errors=True)
     side_entries = _stage_side_files(dataset, tmp, writers, roots=roots or {}, settings=settings,
@@ -829,10 +824,59 @@ def _stage_into(
         "toolkit_version": __version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {"chunk_rows": settings.chunk_rows, "memory_limit": settings.memory_limit,
-                     "max_record_bytes": max_record_bytes},
+                     "max_record_bytes": max_record_bytes, "engine": settings.engine},
         "sources": [f.to_dict() for f in sorted(inspected, key=lambda f: (f.source, f.relpath))],
         "levels": level_entries,
         "quarantined": sorted(quarantined, key=lambda q: (q["source"], q["relpath"])),
         "duplicate_keys": duplicated,
         "phases": {},
+        **({"ray": on_ray} if on_ray is not None else {}),
     }
+
+
+def _stage_local(
+    dataset: Dataset,
+    jobs: Sequence[tuple[Path, str, str, int]],
+    tmp: Path,
+    writers: dict[str, ChunkWriter],
+    *,
+    plans: Mapping[str, SourcePlan],
+    threads: int,
+    batch_bytes: int,
+    memory: int,
+    max_record_bytes: int,
+    progress: Progress | None,
+) -> tuple[list[InputFile], list[dict[str, Any]], dict[str, Any]]:
+    """The local engine: each source's batches unpacked on ``threads`` threads, written by
+    ``writers`` in order. Returns the files read, the files quarantined and the records that
+    held a key twice (``duplicate_keys``)."""
+    workers = max(1, threads)
+    reader = duckdb.connect(config={
+        "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
+        "threads": 1,
+        "preserve_insertion_order": True,
+        "temp_directory": str(tmp / ".duckdb_tmp_reader"),
+    })
+    worker_memory = f"{max(64 << 20, (memory * 3 // 4) // workers) >> 20}MB"
+    total = sum(j[3] for j in jobs)
+    done = [0]
+    inspected: list[InputFile] = []
+    quarantined: list[dict[str, Any]] = []
+    duplicated: dict[str, Any] = {"records": 0, "examples": []}
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
+            for src in dataset.sources:
+                src_jobs = [j for j in jobs if j[2] == src.name]
+                if not src_jobs:
+                    continue
+                batches = _source_batches(
+                    reader, src_jobs, scan_pool, batch_bytes=batch_bytes,
+                    max_record_bytes=max_record_bytes, inspected=inspected,
+                    quarantine=quarantined if src.on_bad_file == "quarantine" else None)
+                _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
+                              extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
+                              worker_memory=worker_memory, progress=progress, done_bytes=done,
+                              total_bytes=total, files=inspected, duplicated=duplicated)
+    finally:
+        reader.close()
+    return inspected, quarantined, duplicated

@@ -1,0 +1,357 @@
+"""The stage on a Ray cluster (``engine = "ray"``): the same rows in the same chunks as the local
+engine, with the reading, parsing and writing done by tasks.
+
+Two rounds of tasks, both writing under the run's temporary folder in the staging root (which
+every node must see at the same path):
+
+1. **Groups.** Each source's files are cut, in order, into groups of about ``group_bytes``. A
+   task reads its group exactly as the local engine reads a source (hashing and checking each
+   file, one-object files whole, the rest through DuckDB's streaming reader), unpacks the
+   levels, and writes them as Arrow IPC pieces under ``.pieces/g<group>/``. It returns what it
+   read (the files, with their hashes; the quarantined ones) and its pieces' row counts.
+2. **Chunks.** The driver then knows every level's rows in the local engine's order (a source's
+   one-object files read whole first, then large one-object files, then streamed files; each in
+   file order) and cuts it into chunks of ``chunk_rows`` rows; a task writes each chunk file
+   (``raw/<level>/part-NNNNN.parquet``, as named locally) and returns its manifest entry.
+
+The driver merges the manifest as the local engine does, so the run id, every chunk's rows and
+the tables' checksums are the local engine's. A task whose worker process dies is run again by
+Ray (``max_retries``): a group task starts by clearing its own folder, a chunk task writes to a
+temporary name and renames, so a retry leaves nothing doubled; the pieces are removed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from etl.config import Settings
+from etl.dataset import Dataset
+from etl.errors import EtlError, TransientError
+from etl.infra.cluster import ray_session
+from etl.run import PARQUET_COMPRESSION, level_schema, sha256_file
+from etl.stage.dupkeys import EXAMPLES as DUP_EXAMPLES
+from etl.stage.dupkeys import last_wins
+from etl.stage.extra import ExtraPlan
+from etl.stage.inputs import InputFile
+from etl.stage.sql import source_plan
+
+log = logging.getLogger(__name__)
+
+#: The pieces group tasks write, inside the run's temporary folder; removed once chunks are written.
+PIECES = ".pieces"
+#: How often Ray runs a task again whose worker process died (not for errors the task raised).
+MAX_RETRIES = 3
+#: ``ETL_FAULT_RAY_KILL=<point>:<marker file>`` (tests): the first task to reach ``<point>``
+#: (``group``: a group task after writing its first batch; ``chunk``: a chunk task halfway
+#: through its chunk) creates the marker and kills its own worker process, once per marker file;
+#: ``driver`` kills the driver when the first group is done. ``<point>:always`` kills every time.
+FAULT_ENV = "ETL_FAULT_RAY_KILL"
+
+Job = tuple[Path, str, str, int]
+Progress = Callable[[str, int, int], None]
+
+#: Where a batch's rows go in a source's order: files read whole in the first pass, one-object
+#: files too large for it, then streamed files (arrays, NDJSON, gzip): as the local engine reads.
+_KEPT, _WHOLE, _STREAMED = 0, 1, 2
+
+
+@dataclass(slots=True)
+class _Group:
+    """What one group task read and wrote."""
+
+    source: str
+    group: int
+    nbytes: int
+    inspected: list[InputFile] = field(default_factory=list)
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+    #: (part, level) → (piece file, rows), pieces with rows only.
+    pieces: dict[tuple[int, str], tuple[str, int]] = field(default_factory=dict)
+    #: (file, record) of each record that held a key twice (rewritten: the last value wins).
+    dups: list[tuple[str, int]] = field(default_factory=list)
+
+
+def stage_on_ray(
+    dataset: Dataset,
+    jobs: Sequence[Job],
+    tmp: Path,
+    *,
+    settings: Settings,
+    max_record_bytes: int,
+    batch_bytes: int,
+    memory: int,
+    progress: Progress | None,
+) -> tuple[list[InputFile], list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, Any],
+           dict[str, Any]]:
+    """Stage ``jobs`` into ``tmp`` on Ray: (inspected files, quarantined files, chunks per level,
+    the figures of the run on Ray: cluster, tasks, seconds per round, the records that held a
+    key twice as the manifest's ``duplicate_keys``)."""
+    tmp = tmp.resolve()
+    fault = os.environ.get(FAULT_ENV) or None
+    joining = time.perf_counter()
+    with ray_session(settings) as ray:
+        joined = time.perf_counter()
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        # Each group task has the memory limit to itself, shared as a local stage of one worker
+        # shares it (a quarter for the reader); Ray places the tasks by it (its `memory` resource).
+        options = {"reader_memory": f"{max(96 << 20, memory // 4) >> 20}MB",
+                   "worker_memory": f"{max(64 << 20, memory * 3 // 4) >> 20}MB",
+                   "batch_bytes": batch_bytes, "max_record_bytes": max_record_bytes}
+        group_task = ray.remote(_stage_group).options(max_retries=MAX_RETRIES, num_cpus=1, memory=memory)
+        chunk_task = ray.remote(_write_chunk).options(max_retries=MAX_RETRIES, num_cpus=1)
+        dataset_ref = ray.put(dataset)
+        total = sum(j[3] for j in jobs)
+        pending = []
+        group_no = 0
+        for src in dataset.sources:
+            src_jobs = [(p.resolve(), rel, s, size) for p, rel, s, size in jobs if s == src.name]
+            for group in _groups(src_jobs, _group_bytes(src_jobs, batch_bytes, cpus)):
+                pending.append(group_task.remote(dataset_ref, src.name, group, str(tmp), group_no,
+                                                 options, fault))
+                group_no += 1
+        log.info("staging %d files in %d groups on Ray (%d CPUs)", len(jobs), group_no, cpus)
+        started = time.perf_counter()
+        done_bytes = 0
+        groups: list[_Group] = []
+        for result in _gather(ray, pending):
+            _fault(fault, "driver")
+            groups.append(result)
+            done_bytes += result.nbytes
+            if progress:
+                progress("stage", done_bytes, total)
+        groups.sort(key=lambda g: g.group)
+        originals = {p.resolve(): p for p, *_ in jobs}
+        inspected = [replace(f, path=originals.get(f.path, f.path)) for g in groups for f in g.inspected]
+        quarantined = [{**q, "path": str(originals.get(Path(q["path"]), q["path"]))}
+                       for g in groups for q in g.quarantined]
+        read = time.perf_counter()
+        plans = _chunk_plans(dataset, groups, settings.chunk_rows)
+        schemas = {name: level_schema(lvl, dataset.levels).to_arrow() for name, lvl in dataset.levels.items()}
+        chunk_refs = {level: [chunk_task.remote(str(tmp), level, k, slices, settings.chunk_rows,
+                                                schemas[level], fault)
+                              for k, slices in enumerate(chunks)]
+                      for level, chunks in plans.items()}
+        flat = [ref for refs in chunk_refs.values() for ref in refs]
+        written = dict(zip(flat, _gather(ray, flat, ordered=True), strict=True))
+        figures = {"nodes": nodes, "cpus": cpus, "join_seconds": round(joined - joining, 3),
+                   "groups": group_no, "group_seconds": round(read - started, 3),
+                   "chunks": len(flat), "chunk_seconds": round(time.perf_counter() - read, 3)}
+        log.info("on Ray (%d nodes, %d CPUs): %d group tasks %.2fs, %d chunk tasks %.2fs", nodes, cpus,
+                 group_no, figures["group_seconds"], len(flat), figures["chunk_seconds"])
+    shutil.rmtree(tmp / PIECES, ignore_errors=True)
+    chunks = {level: [written[ref] for ref in chunk_refs.get(level, [])] for level in dataset.levels}
+    dups = [(g.source, f, r) for g in groups for f, r in g.dups]
+    duplicated = {"records": len(dups), "examples": [{"source": src, "file": f, "record": r}
+                                                     for src, f, r in dups[:DUP_EXAMPLES]]}
+    return inspected, quarantined, chunks, figures, duplicated
+
+
+def _group_bytes(jobs: Sequence[Job], batch_bytes: int, cpus: int) -> int:
+    """Groups of at least a batch, and enough of them to keep every CPU busy (about four each)."""
+    total = sum(j[3] for j in jobs)
+    return max(batch_bytes, -(-total // (4 * cpus)))
+
+
+def _groups(jobs: Sequence[Job], group_bytes: int) -> list[list[Job]]:
+    """``jobs`` cut in order into groups of about ``group_bytes`` (a file is never split)."""
+    out: list[list[Job]] = []
+    current: list[Job] = []
+    size = 0
+    for job in jobs:
+        current.append(job)
+        size += job[3]
+        if size >= group_bytes:
+            out.append(current)
+            current, size = [], 0
+    if current:
+        out.append(current)
+    return out
+
+
+def _gather(ray: Any, refs: list[Any], *, ordered: bool = False) -> list[Any]:
+    """The tasks' results (as they finish, or in order); a task's own error is raised as itself,
+    the other tasks cancelled."""
+    from ray.exceptions import RayError, RayTaskError
+
+    out: list[Any] = []
+    left = list(refs)
+    try:
+        if ordered:
+            return list(ray.get(refs))
+        while left:
+            ready, left = ray.wait(left, num_returns=1)
+            out.append(ray.get(ready[0]))
+        return out
+    except RayError as exc:
+        for ref in refs:
+            ray.cancel(ref, force=True)
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, RayTaskError) and isinstance(cause, EtlError):
+            raise cause from None
+        if isinstance(exc, RayTaskError):
+            raise
+        # The cluster's failure, not the input's: a worker that died on every retry, a node lost.
+        raise TransientError(f"a Ray task failed {MAX_RETRIES + 1} times: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                             hint="check the Ray workers' memory and logs (ray status; "
+                                  "/tmp/ray/session_latest/logs), then stage again") from exc
+
+
+def _chunk_plans(dataset: Dataset, groups: Sequence[_Group],
+                 chunk_rows: int) -> dict[str, list[list[tuple[str, int, int]]]]:
+    """Per level, its chunks as (piece, first row, rows) slices: the level's rows in the local
+    engine's order (source by source; within one, by part, then group), ``chunk_rows`` a chunk."""
+    chunk_rows = max(1, chunk_rows)
+    plans: dict[str, list[list[tuple[str, int, int]]]] = {}
+    for level in dataset.levels:
+        pieces = sorted(((dataset.sources.index(next(s for s in dataset.sources if s.name == g.source)),
+                          part, g.group, path, rows)
+                         for g in groups for (part, name), (path, rows) in g.pieces.items()
+                         if name == level), key=lambda p: p[:3])
+        chunks: list[list[tuple[str, int, int]]] = []
+        current: list[tuple[str, int, int]] = []
+        room = chunk_rows
+        for *_, path, rows in pieces:
+            start = 0
+            while start < rows:
+                take = min(room, rows - start)
+                current.append((path, start, take))
+                start += take
+                room -= take
+                if room == 0:
+                    chunks.append(current)
+                    current, room = [], chunk_rows
+        if current:
+            chunks.append(current)
+        if chunks:
+            plans[level] = chunks
+    return plans
+
+
+def _fault(fault: str | None, point: str) -> None:
+    """Kill this worker process once at ``point`` when ``ETL_FAULT_RAY_KILL`` asks (tests)."""
+    if not fault or not fault.startswith(point + ":"):
+        return
+    marker = fault.split(":", 1)[1]
+    if marker == "always":
+        log.warning("fault injection: killing Ray worker %d at %s (always)", os.getpid(), point)
+        os._exit(137)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    log.warning("fault injection: killing Ray worker %d at %s", os.getpid(), point)
+    os._exit(137)
+
+
+# ------------------------------------------------------------------------------ the tasks
+
+
+def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: str, group: int,
+                 options: Mapping[str, Any], fault: str | None) -> _Group:
+    """A Ray task: read one group of a source's files and write its levels as pieces."""
+    from etl.stage.stager import _LevelWorker, _source_batches
+
+    tmp = Path(tmp_text)
+    src = next(s for s in dataset.sources if s.name == source_name)
+    out = tmp / PIECES / f"g{group:05d}"
+    shutil.rmtree(out, ignore_errors=True)  # what an attempt killed before this one left
+    # Never the run's folder itself: a task outliving a killed driver must not bring back the
+    # temporary folder the next stage removed (it fails here instead).
+    (tmp / PIECES).mkdir(exist_ok=True)
+    out.mkdir()
+    result = _Group(source_name, group, sum(j[3] for j in jobs))
+    schemas = {lvl.name: level_schema(lvl, dataset.levels).to_arrow() for lvl in src.levels}
+    writers: dict[tuple[int, str], pa.RecordBatchFileWriter] = {}
+    rows: dict[tuple[int, str], int] = {}
+    batch_bytes = int(options["batch_bytes"])
+    max_record_bytes = int(options["max_record_bytes"])
+    keep = min(batch_bytes, max_record_bytes)
+    reader = duckdb.connect(config={
+        "memory_limit": options["reader_memory"], "threads": 1, "preserve_insertion_order": True,
+        "temp_directory": str(tmp / f".duckdb_tmp_g{group}_reader")})
+    worker = _LevelWorker(src, source_plan(src.levels),
+                          ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
+                          memory=options["worker_memory"], temp=tmp / f".duckdb_tmp_g{group}",
+                          files=result.inspected)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="etl-scan") as scan_pool:
+            batches = _source_batches(
+                reader, jobs, scan_pool, batch_bytes=batch_bytes, max_record_bytes=max_record_bytes,
+                inspected=result.inspected,
+                quarantine=result.quarantined if src.on_bad_file == "quarantine" else None)
+            shapes: dict[str, InputFile] = {}
+            for n, (records, _) in enumerate(batches):
+                shapes.update((f.relpath, f) for f in result.inspected)
+                part = _part(shapes[records.column("_file")[0].as_py()], keep) if records.num_rows else 0
+                records, dups = last_wins(records)  # a key held twice: the last value, as locally
+                result.dups += dups
+                for name, table in worker.run(records).items():
+                    if not table.num_rows:
+                        continue
+                    key = (part, name)
+                    if key not in writers:
+                        path = out / f"{part}-{name}.arrow"
+                        writers[key] = pa.ipc.new_file(str(path), schemas[name])
+                        result.pieces[key] = (str(path), 0)
+                        rows[key] = 0
+                    if table.schema != schemas[name]:
+                        table = table.cast(schemas[name])
+                    writers[key].write_table(table)
+                    rows[key] += table.num_rows
+                if n == 0:
+                    _fault(fault, "group")
+    finally:
+        for w in writers.values():
+            w.close()
+        worker.close()
+        reader.close()
+        for leftover in tmp.glob(f".duckdb_tmp_g{group}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+    result.pieces = {key: (path, rows[key]) for key, (path, _) in result.pieces.items()}
+    return result
+
+
+def _part(info: InputFile, keep: int) -> int:
+    """Which pass of the local engine reads ``info`` (see :func:`etl.stage.stager._source_batches`)."""
+    if info.shape != "object":
+        return _STREAMED
+    return _KEPT if info.size <= keep else _WHOLE
+
+
+def _write_chunk(tmp_text: str, level: str, index: int, slices: list[tuple[str, int, int]],
+                 chunk_rows: int, schema: pa.Schema, fault: str | None) -> dict[str, Any]:
+    """A Ray task: write one chunk of a level from its slices of pieces; its manifest entry."""
+    tmp = Path(tmp_text)
+    folder = tmp / "raw" / level
+    (tmp / "raw").mkdir(exist_ok=True)  # not the run's folder (see _stage_group)
+    folder.mkdir(exist_ok=True)
+    final = folder / f"part-{index:05d}.parquet"
+    partial = folder / f".part-{index:05d}.parquet.tmp"
+    rows = 0
+    with pq.ParquetWriter(partial, schema, compression=PARQUET_COMPRESSION,
+                          write_statistics=True) as writer:
+        for n, (piece, start, length) in enumerate(slices):
+            with pa.memory_map(piece) as source:
+                table = pa.ipc.open_file(source).read_all().slice(start, length)
+                writer.write_table(table, row_group_size=chunk_rows)
+            rows += length
+            if n == len(slices) // 2:
+                _fault(fault, "chunk")
+    os.replace(partial, final)
+    return {"path": final.relative_to(tmp).as_posix(), "rows": rows,
+            "bytes": final.stat().st_size, "sha256": sha256_file(final)}
