@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -33,7 +34,7 @@ from etl.datasets.aodb.gen import generate_aodb
 from etl.datasets.licenses.gen import generate_licenses
 from etl.datasets.mids.gen import generate_mids
 from etl.errors import ConfigError, InputError, TransientError
-from etl.run import MANIFEST, Run, open_run
+from etl.run import MANIFEST, STAGING_LOCK, Run, open_run
 from etl.spec import infer
 from etl.spec.dataset import to_dataset
 from etl.stage import stage
@@ -134,6 +135,26 @@ def test_ray_stage_is_the_local_run_on_a_generated_export(ray_cluster: str, smal
     assert _table_checksums(on_ray) == _table_checksums(local)
 
 
+def test_duplicated_keys_on_ray_keep_their_last_value_as_locally(ray_cluster: str, small_export: Path,
+                                                                 tmp_path: Path) -> None:
+    """A record holding a key twice: the last value wins on Ray as on the local engine (DuckDB
+    alone keeps the first), and both count it in the manifest's duplicate_keys."""
+    export = tmp_path / "export"
+    shutil.copytree(small_export, export)
+    victim = next(p for p in sorted(export.rglob("*.json")) if '"DisplayName":' in p.read_text())
+    text = victim.read_text()
+    victim.write_text(text.replace('"DisplayName":', '"DisplayName": "first of two", "DisplayName":', 1))
+    local, on_ray = _stage_both(export, tmp_path, ray_cluster)
+    assert local.manifest["duplicate_keys"]["records"] == 1
+    assert on_ray.manifest["duplicate_keys"] == local.manifest["duplicate_keys"]
+    _assert_same_run(local, on_ray)
+    texts = [v for entry in on_ray.manifest["levels"].values() for c in entry["chunks"]
+             for col in pl.read_parquet(on_ray.path / c["path"]).select(pl.col(pl.String)).iter_columns()
+             for v in col.drop_nulls().to_list()]
+    assert not [v for v in texts if "first of two" in v]
+    assert len(texts) > 1000
+
+
 def test_ray_stage_is_the_local_run_on_the_real_full_export(ray_cluster: str, tmp_path: Path) -> None:
     source = require_shared(SHARED / "mids_full")
     local, on_ray = _stage_both(source, tmp_path, ray_cluster, chunk_rows=20_000)
@@ -194,7 +215,7 @@ def test_a_broken_file_stops_the_ray_stage_naming_it(ray_cluster: str, small_exp
                                                               ray_address=ray_cluster))
     assert Path(caught.value.file or "").resolve() == broken.resolve()
     assert "UTF-8" in caught.value.message
-    assert not [p for p in (staging / "mids").iterdir() if p.name != ".lock"]  # no run, no temporary
+    assert not [p for p in (staging / "mids").iterdir() if p.name != STAGING_LOCK]  # no run, no temporary
 
 
 @pytest.mark.parametrize("point", ["group", "chunk"])
@@ -301,7 +322,7 @@ def test_a_worker_that_dies_on_every_retry_is_a_transient_error(
         stage(get_dataset("licenses"), [export],
               settings=Settings(staging_dir=staging, engine="ray", threads=2, ray_address=ray_cluster))
     assert caught.value.transient and "stage again" in (caught.value.hint or "")
-    assert not [p for p in (staging / "licenses").iterdir() if p.name != ".lock"]  # no run, no temporary
+    assert not [p for p in (staging / "licenses").iterdir() if p.name != STAGING_LOCK]  # no run, no temporary
 
 
 def test_bench_stages_on_ray_with_one_and_two_workers_beside_local(tmp_path: Path) -> None:
