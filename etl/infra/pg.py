@@ -129,7 +129,10 @@ def advisory_lock(conn: psycopg.Connection[Any], name: str, *, what: str) -> Ite
         holder = conn.execute(
             "SELECT a.pid, a.application_name, a.backend_start FROM pg_locks l "
             "JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' "
-            "AND l.objid = %s::bigint & x'ffffffff'::bigint AND l.granted LIMIT 1", (key,)).fetchone()
+            "AND l.objid = %s::bigint & x'ffffffff'::bigint AND l.granted "
+            # Advisory locks are per database; pg_locks shows the whole server's.
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "LIMIT 1", (key,)).fetchone()
         who = f" (server pid {holder[0]}, {holder[1] or 'etl'}, since {holder[2]:%H:%M:%S})" if holder else ""
         raise LockBusy(f"another {what} holds the lock{who}",
                        hint="wait for it to finish (see `etl runs`), then run this again")

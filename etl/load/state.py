@@ -193,7 +193,8 @@ class Load:
                 ended = admin.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' "
                     "AND mode = 'ShareLock' AND classid = %s AND objid = %s AND objsubid = 1 "
-                    "AND pid <> pg_backend_pid()",
+                    "AND pid <> pg_backend_pid() "  # advisory locks are per database:
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
                     ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)).fetchall()
             log.info("stopped %d worker(s) and %d server session(s) of the load of %s",
                      len(workers), len(ended), self.live)
