@@ -255,6 +255,21 @@ class _LevelWorker:
         self.con.close()
 
     def run(self, records: pa.Table) -> dict[str, pa.Table]:
+        """The levels of a batch of records. A batch DuckDB cannot fit in its memory limit is
+        unpacked in halves (the limit holds; only a single record too large for it is an error):
+        how much a batch takes depends on its records' shapes, not only on its bytes."""
+        try:
+            return self._run(records)
+        except duckdb.OutOfMemoryException as exc:
+            if records.num_rows < 2:
+                raise self._explain(exc, records) from exc
+            half = records.num_rows // 2
+            log.debug("a batch of %d records exceeds DuckDB's memory limit; unpacking it in halves",
+                      records.num_rows)
+            parts = [self.run(records.slice(0, half)), self.run(records.slice(half))]
+            return {name: pa.concat_tables([p[name] for p in parts]) for name in parts[0]}
+
+    def _run(self, records: pa.Table) -> dict[str, pa.Table]:
         con = self.con
         try:
             con.register("_records", _small_chunks(records))
@@ -267,6 +282,8 @@ class _LevelWorker:
                                for lvl in self.source.levels}
             tables = {name: rel.to_arrow_table() for name, rel in self.levels.items()}
             return attach(tables, records, self.extra_plan)
+        except duckdb.OutOfMemoryException:
+            raise  # run() unpacks the batch in halves
         except duckdb.Error as exc:
             raise self._explain(exc, records) from exc
         finally:
