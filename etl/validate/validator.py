@@ -259,10 +259,13 @@ def validate(
             rows = df.height
             total_rows += rows
             error_flags = [f"__fail{j}" for j, r in enumerate(level_rules) if r.severity == "error"]
+            # Counts and the few example rows only: filtering a wide level by a rule most rows
+            # break (an inferred warning) copied nearly all of it, once per rule.
             for j, res in enumerate(level_resolved):
-                failing = df.filter(pl.col(f"__fail{j}"))
-                rules_out.append(res.to_dict(failing.height, [
-                    _example(r, res.rule) for r in failing.head(EXAMPLES).to_dicts()]))
+                flag = df.get_column(f"__fail{j}")
+                first = flag.arg_true().head(EXAMPLES)
+                rules_out.append(res.to_dict(int(flag.sum()), [
+                    _example(r, res.rule) for r in df[first].to_dicts()]))
             rules_out += [r.to_dict(None, []) for r in resolved if r.off and r.rule.level == level]
             any_error = pl.any_horizontal([pl.col(f) for f in error_flags]) if error_flags else pl.lit(False)
             rejected = df.filter(any_error)
@@ -283,11 +286,16 @@ def validate(
                 "rejected": rejected.height,
                 "ratio": (rejected.height / rows) if rows else 0.0,
             }
-            for col in needed_keys.get(level, ()):
-                accepted = df.filter(~any_error)
+            needed = needed_keys.get(level, set())
+            keep = ~df.select(any_error.alias("e")).to_series() if needed else pl.Series([], dtype=pl.Boolean)
+            for col in needed:
+                # The key column alone, then filtered: never a copy of the whole level.
                 accepted_keys[(level, col)] = (
-                    accepted.select(_lineage_key(pl.col("_path"))).to_series() if col == LINEAGE_KEY
-                    else accepted.get_column(col).drop_nulls())
+                    df.select(_lineage_key(pl.col("_path"))).to_series().filter(keep)
+                    if col == LINEAGE_KEY else df.get_column(col).filter(keep).drop_nulls())
+            # Dropped before the next level is read: a wide level's rows (326k effects of 121
+            # columns in an inferred spec) stayed held while its children were checked.
+            del df, rejected
             if progress:
                 progress("validate", i + 1, len(order))
         failed_levels = [name for name, v in levels_out.items() if v["ratio"] > max_reject_ratio]
