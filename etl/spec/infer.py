@@ -71,6 +71,9 @@ NDJSON_BATCH = 2000
 #: One-object files are profiled this many records (or files of this many bytes) at a time.
 OBJECT_BATCH = 256
 OBJECT_BATCH_BYTES = 16 << 20
+#: A top-level array file larger than this is read an element at a time (DuckDB's streaming
+#: reader, as staging reads it), never parsed whole: a 533 MB array held 4.1 GB as Python objects.
+STREAM_ARRAY_BYTES = 16 << 20
 
 _INT64 = (-(2**63), 2**63 - 1)
 _SCALAR_TYPE = {bool: "boolean", int: "bigint", float: "double precision", str: "text"}
@@ -419,6 +422,43 @@ def _profile_ndjson(prof: _Profiler, groups: _Groups, path: Path, rel: str, dept
         prof.level_batch(src.root, batch, None)
 
 
+def _opens_array(path: Path) -> bool:
+    """Whether the file's first character (after white space and a byte-order mark) is ``[``."""
+    with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as fh:
+        head = fh.read(4096)
+    return head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"["
+
+
+def _array_batches(path: Path) -> Iterator[list[Any]]:
+    """The elements of a top-level JSON array, parsed a batch at a time."""
+    import duckdb
+
+    con = duckdb.connect(config={"memory_limit": "256MB", "threads": 1})
+    try:
+        # The object size limit staging reads arrays with (DuckDB's buffer is twice it).
+        reader = con.sql("SELECT json FROM read_json_objects(?, format = 'array', "
+                         "maximum_object_size = 4194304)", params=[str(path)]).to_arrow_reader(NDJSON_BATCH)
+        for batch in reader:
+            yield [parse_record(text) for text in batch.column(0).to_pylist()]
+    except (duckdb.Error, OSError) as exc:  # (the Arrow reader raises DuckDB's as OSError)
+        text = str(exc).splitlines()[0]
+        at = re.search(r"at byte (\d+)", text)
+        raise _BadJson(int(at.group(1)) if at else 0, text) from exc
+    finally:
+        con.close()
+
+
+def _profile_array(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int) -> None:
+    batches = _array_batches(path)
+    first = next(batches, [])
+    keys = set(chain.from_iterable(d for d in first if isinstance(d, dict)))
+    src = _group(groups, "array", depth, keys)
+    src.files.append(rel)
+    for batch in chain([first], batches):
+        src.records += len(batch)
+        prof.level_batch(src.root, batch, None)
+
+
 class _BadJson(Exception):
     def __init__(self, offset: int, message: str) -> None:
         super().__init__(message)
@@ -462,6 +502,9 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
                 raise _BadJson(0, EMPTY_FILE)
             if is_line_delimited(path.name):
                 _profile_ndjson(prof, groups, path, rel, depth)
+                continue
+            if path.stat().st_size > STREAM_ARRAY_BYTES and _opens_array(path):
+                _profile_array(prof, groups, path, rel, depth)
                 continue
             try:
                 doc = _parse(path)
