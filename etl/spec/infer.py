@@ -410,12 +410,18 @@ def _first_line_is_a_value(path: Path) -> bool:
 
 
 def _profile_ndjson(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int) -> None:
-    batches = _ndjson(path)
+    _profile_batches(prof, groups, "ndjson", _ndjson(path), rel, depth)
+
+
+def _profile_batches(prof: _Profiler, groups: _Groups, kind: str, batches: Iterator[list[Any]],
+                     rel: str, depth: int) -> None:
+    """A file read a batch of records at a time (NDJSON lines, a large array's elements): its
+    source found by the keys of the first batch, then every batch profiled."""
     first = next(batches, [])
-    if not first:  # staging refuses it too: said here, before a run finds it
+    if not first and kind == "ndjson":  # staging refuses it too: said here, before a run finds it
         raise _BadJson(0, EMPTY_FILE)
     keys = set(chain.from_iterable(d for d in first if isinstance(d, dict)))
-    src = _group(groups, "ndjson", depth, keys)
+    src = _group(groups, kind, depth, keys)
     src.files.append(rel)
     for batch in chain([first], batches):
         src.records += len(batch)
@@ -446,17 +452,6 @@ def _array_batches(path: Path) -> Iterator[list[Any]]:
         raise _BadJson(int(at.group(1)) if at else 0, text) from exc
     finally:
         con.close()
-
-
-def _profile_array(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int) -> None:
-    batches = _array_batches(path)
-    first = next(batches, [])
-    keys = set(chain.from_iterable(d for d in first if isinstance(d, dict)))
-    src = _group(groups, "array", depth, keys)
-    src.files.append(rel)
-    for batch in chain([first], batches):
-        src.records += len(batch)
-        prof.level_batch(src.root, batch, None)
 
 
 class _BadJson(Exception):
@@ -504,7 +499,7 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
                 _profile_ndjson(prof, groups, path, rel, depth)
                 continue
             if path.stat().st_size > STREAM_ARRAY_BYTES and _opens_array(path):
-                _profile_array(prof, groups, path, rel, depth)
+                _profile_batches(prof, groups, "array", _array_batches(path), rel, depth)
                 continue
             try:
                 doc = _parse(path)
