@@ -309,3 +309,28 @@ def test_a_lone_surrogate_is_refused_at_staging_naming_the_file(tmp_path: Path) 
     assert "lone UTF-16 surrogate" in err.value.message and "\\ud800" in err.value.message
     assert err.value.offset == path.read_bytes().index(b"\\ud800")
     assert err.value.record == 0
+
+
+def test_extra_is_screened_natively_and_only_true_refusals_reject(tmp_path: Path, pg_url: str) -> None:
+    """`<level>.extra.storable` flags suspects with a native test (long texts, "e12345", NaN
+    tokens, \\u0000) and parses only those again: a suspect that jsonb takes is loaded, a NaN
+    token in an untyped key is rejected, and the load accepts everything validate accepted."""
+    export = tmp_path / "export"
+    generate_mids(export, powersets=2, seed=9)
+    files = sorted((export / "db").rglob("*.json"),
+                   key=lambda p: -len(orjson.loads(p.read_bytes())["Powers"]))  # the most powers first
+    ps = orjson.loads(files[0].read_bytes())
+    ps["Powers"][0]["LongNote"] = "x" * 40_000                    # suspect by length: valid
+    ps["Powers"][1]["VersionNote"] = "build e123456, see inf"    # suspect by its text: valid
+    ps["Powers"][2]["Odd"] = Raw("NaN")                          # jsonb refuses NaN
+    files[0].write_text(dumps(ps))
+    run = _pipeline(export, tmp_path / "staging", pg_url)
+    assert_accepted_loaded_rejected_kept(run, MIDS, pg_url)
+    rejects = run.rejects("powers")
+    assert rejects is not None
+    rejected = rejects.collect()
+    assert rejected.height == 1 and "powers.extra.storable" in rejected.row(0, named=True)["_rules"]
+    with psycopg.connect(pg_url) as conn:
+        kept = conn.execute("SELECT count(*) FROM mids.powers WHERE extra::jsonb ? 'LongNote' "
+                            "OR extra::jsonb ? 'VersionNote'").fetchone()
+    assert kept == (2,)
