@@ -312,16 +312,17 @@ def test_a_lone_surrogate_is_refused_at_staging_naming_the_file(tmp_path: Path) 
 
 
 def test_extra_is_screened_natively_and_only_true_refusals_reject(tmp_path: Path, pg_url: str) -> None:
-    """`<level>.extra.storable` flags suspects with a native test (long texts, "e12345", NaN
-    tokens, \\u0000) and parses only those again: a suspect that jsonb takes is loaded, a NaN
-    token in an untyped key is rejected, and the load accepts everything validate accepted."""
+    """`<level>.extra.storable` flags suspects with a native test (NaN and Infinity look-alikes;
+    for jsonb also long texts, big exponents, \\u0000) and parses only those again: a suspect the
+    column takes is loaded, a NaN token in an untyped key is rejected, and the load accepts
+    everything validate accepted."""
     export = tmp_path / "export"
     generate_mids(export, powersets=2, seed=9)
     files = sorted((export / "db").rglob("*.json"),
                    key=lambda p: -len(orjson.loads(p.read_bytes())["Powers"]))  # the most powers first
     ps = orjson.loads(files[0].read_bytes())
     ps["Powers"][0]["LongNote"] = "x" * 40_000                    # suspect by length: valid
-    ps["Powers"][1]["VersionNote"] = "build e123456, see inf"    # suspect by its text: valid
+    ps["Powers"][1]["VersionNote"] = "ratio: infinite,nan-free"  # looks like NaN/Infinity: valid
     ps["Powers"][2]["Odd"] = Raw("NaN")                          # jsonb refuses NaN
     files[0].write_text(dumps(ps))
     run = _pipeline(export, tmp_path / "staging", pg_url)
