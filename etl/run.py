@@ -133,6 +133,12 @@ def _dtype_from_text(text: str) -> pl.DataType:
     return series.dtype
 
 
+#: How a table's ``checksum`` treats its jsonb columns: their text in the form PostgreSQL prints
+#: (:mod:`etl.jsonb`), which the transform writes, so the staged chunks and the rows read back
+#: from the database hash alike as they are. A manifest without it (an older transform) has
+#: checksums of the comparable form (:func:`comparable_json`).
+CHECKSUM_FORM = "pg-jsonb"
+
 #: Values a jsonb column's comparable type is inferred from, and rows decoded at a time.
 JSON_SAMPLE = 50_000
 #: Rows per piece a jsonb column is decoded in for checksums. Decoding takes many times the
@@ -218,17 +224,33 @@ def frames_checksum(frames: Iterable[pl.DataFrame]) -> str:
     rows in any order and any split give the same value; the row count is appended. The hash is
     Polars' and may change between Polars versions: compare checksums made by one version.
     """
-    total = 0
-    rows = 0
+    summed = Checksum()
     for df in frames:
+        summed.add(df)
+    return summed.value
+
+
+class Checksum:
+    """:func:`frames_checksum` a piece at a time (e.g. of pieces as they are written)."""
+
+    __slots__ = ("rows", "total")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.rows = 0
+
+    def add(self, df: pl.DataFrame) -> None:
         if df.height == 0:
-            continue
+            return
         hashed = df.select(pl.struct(pl.all()).hash(seed=0).alias("h"))
-        total = (total + int(hashed.get_column("h").sum() or 0)) & 0xFFFF_FFFF_FFFF_FFFF
-        rows += df.height
-    if rows == 0:
-        return hashlib.sha256(b"").hexdigest()[:16]
-    return f"{total:016x}-{rows}"
+        self.total = (self.total + int(hashed.get_column("h").sum() or 0)) & 0xFFFF_FFFF_FFFF_FFFF
+        self.rows += df.height
+
+    @property
+    def value(self) -> str:
+        if self.rows == 0:
+            return hashlib.sha256(b"").hexdigest()[:16]
+        return f"{self.total:016x}-{self.rows}"
 
 
 def check_run_files(run_dir: Path, manifest: Mapping[str, Any]) -> int:
@@ -418,8 +440,12 @@ def locks_staging(folder_of: Callable[..., Path]) -> Callable[[F], F]:
 
 
 def run_folder(run: Run, *_: Any, **__: Any) -> Path:
-    """The dataset staging folder a run sits in."""
-    return run.path.parent
+    """The folder a stage of ``run`` locks: the dataset staging folder the run sits in (marked
+    by the stage that made it), or, for a run moved elsewhere (``/tmp/myrun``), the run's own
+    folder: its lock file marks the folder it is in as no input, and a parent like ``/tmp``
+    must not become one."""
+    parent = run.path.parent
+    return parent if (parent / STAGING_LOCK).exists() else run.path
 
 
 def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> None:

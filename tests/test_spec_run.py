@@ -238,3 +238,28 @@ def test_a_staging_folder_inside_the_export_is_never_input(tmp_path: Path) -> No
     # A spec inferred again from the folder does not see the staged runs either.
     again = _invoke(["init", "things2", str(export), "--json"], env)
     assert sum(s["files"] for s in again["sources"]) == 6
+
+
+def test_a_run_moved_out_of_its_staging_folder_does_not_mark_its_new_parent(tmp_path: Path) -> None:
+    """A run directory copied elsewhere (``/tmp/myrun``) and validated or transformed there locks
+    itself, not the folder it now sits in: a lock file there would make every export under that
+    folder (all of /tmp) invisible as input."""
+    import shutil
+
+    export = _write(tmp_path / "export", _v1())
+    env = {"ETL_STAGING_DIR": str(tmp_path / "staging"), "ETL_DATASETS_DIR": str(tmp_path / "specs")}
+    _invoke(["init", "things", str(export), "--json"], env)
+    staged = CliRunner().invoke(main, ["stage", str(tmp_path / "specs" / "things.toml"), str(export)],
+                                env=env)
+    assert staged.exit_code == 0, staged.output
+    moved = tmp_path / "elsewhere" / "myrun"
+    shutil.copytree(Path(staged.stdout.strip().splitlines()[-1]), moved)
+    for command in (["validate", str(moved)], ["transform", str(moved)]):
+        result = CliRunner().invoke(main, command, env=env)
+        assert result.exit_code == 0, result.output
+    assert not (tmp_path / "elsewhere" / ".etl-staging.lock").exists()
+    # an export beside the moved run is still input
+    _write(tmp_path / "elsewhere" / "export2", _v1())
+    again = CliRunner().invoke(main, ["stage", str(tmp_path / "specs" / "things.toml"),
+                                      str(tmp_path / "elsewhere" / "export2")], env=env)
+    assert again.exit_code == 0, again.output
