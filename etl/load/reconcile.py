@@ -205,18 +205,29 @@ SAMPLE_MAX_FILE = 64 << 20
 
 
 def sample_files(run: Run, sample: float | None) -> list[dict[str, Any]]:
-    """The source files a reconciliation reads: all (``sample`` None or >= 1), or a fraction
-    chosen by content hash (the same files every time), plus every file of a small source."""
+    """The source files a reconciliation reads: all (``sample`` None or >= 1), or of each
+    source a run of adjacent files (in path order) that is ``sample`` of them, starting at its
+    file of the lowest content hash (the same files every time), plus every file of a small
+    source. Adjacent files, because their rows sit together in the tables (sorted by keys that
+    follow the files' names, as the mids export's do): the sample then reads a few of each
+    table's row groups instead of every one (1 in 32 files scattered by hash touched all)."""
     sources = [s for s in run.manifest.get("sources", []) if "relpath" in s and "sha256" in s]
     if sample is None or sample >= 1:
         return sources
-    per_source: dict[str, int] = defaultdict(int)
+    per_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for src in sources:
-        per_source[src["source"]] += 1
-    limit = int(sample * (1 << 32))
+        per_source[src["source"]].append(src)
+    picked: set[str] = set()
+    for files in per_source.values():
+        if len(files) <= SMALL_SOURCE:
+            picked.update(f["relpath"] for f in files)
+            continue
+        files = sorted(files, key=lambda f: f["relpath"])
+        first = min(range(len(files)), key=lambda i: (files[i]["sha256"], files[i]["relpath"]))
+        take = max(1, round(len(files) * max(sample, 0.0)))
+        picked.update(files[(first + i) % len(files)]["relpath"] for i in range(take))
     return [src for src in sources
-            if (per_source[src["source"]] <= SMALL_SOURCE or int(src["sha256"][:8], 16) < limit)
-            and int(src.get("size") or 0) <= SAMPLE_MAX_FILE]
+            if src["relpath"] in picked and int(src.get("size") or 0) <= SAMPLE_MAX_FILE]
 
 
 def sampled_out(run: Run, sample: float | None) -> list[str]:
@@ -364,14 +375,15 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
             if not keep.any():
                 continue
             # A row group at a time (the wide extra texts of a whole chunk at once, copied by
-            # each step, were the peak), with the lineage rows beside it.
+            # each step, were the peak), with the lineage rows beside it; a row group none of
+            # whose rows is wanted is not even read.
             start = 0
-            for batch in pq.ParquetFile(run.path / chunk["path"]).iter_batches(
-                    batch_size=16_384, columns=own):
-                n = batch.num_rows
+            parquet = pq.ParquetFile(run.path / chunk["path"])
+            for group in range(parquet.metadata.num_row_groups):
+                n = parquet.metadata.row_group(group).num_rows
                 mask = keep.slice(start, n)
                 if mask.any():
-                    rows = pl.from_arrow(batch)
+                    rows = pl.from_arrow(parquet.read_row_group(group, columns=own))
                     assert isinstance(rows, pl.DataFrame)
                     yield rows.hstack(lineage.slice(start, n)).filter(mask)
                 start += n
