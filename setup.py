@@ -1,4 +1,4 @@
-"""Build the one C extension (etl.stage._extra, etl/stage/_extra.c) and put the repository's top-level
+"""Build the C extensions (etl.stage._extra, etl/stage/_extra.c; etl._jsonb, etl/_jsonb.c) and put the repository's top-level
 ``sql/`` and ``migrations/`` into the wheel as package data (``etl/_shipped/``, found by
 etl/shipped.py); the rest is in pyproject.toml."""
 
@@ -26,4 +26,6 @@ class BuildWithShipped(build_py):
 
 setup(cmdclass={"build_py": BuildWithShipped},
       ext_modules=[Extension("etl.stage._extra", ["etl/stage/_extra.c"], optional=True,
+                             extra_compile_args=["-O2"]),
+                   Extension("etl._jsonb", ["etl/_jsonb.c"], optional=True,
                              extra_compile_args=["-O2"])])

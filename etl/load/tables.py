@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -15,19 +15,29 @@ import pyarrow.parquet as pq
 
 from etl.dataset import Table
 from etl.errors import RunStateError
+from etl.jsonb import pg_texts
 from etl.load._utils import json_columns
 from etl.run import JSON_PIECE_ROWS, Run, comparable_json
+
+#: How :func:`frames` gives jsonb columns.
+JsonbForm = Literal["as-is", "pg", "meaning"]
 
 #: Rows per Arrow batch read from a Parquet chunk.
 _BATCH_ROWS = 65_536
 
 
 def frames(batches: Iterable[pa.RecordBatch], table: Table,
-           json_dtypes: Mapping[str, str] | None = None) -> Iterator[pl.DataFrame]:
+           json_dtypes: Mapping[str, str] | None = None, *, jsonb: JsonbForm = "as-is"
+           ) -> Iterator[pl.DataFrame]:
     """Arrow batches (staged or read back) as frames of the table's columns (any other column,
     such as the lineage ``_file``, ``_record``, ``_path``, left out), typed like the table,
-    jsonb columns in comparable form (see :func:`etl.run.comparable_json`), json columns as
-    their text: what checksums are computed over."""
+    json columns as their text: what checksums are computed over.
+
+    ``jsonb``: how jsonb columns are given. ``"as-is"``: their text (read back from the
+    database, or staged by a transform that wrote them as PostgreSQL prints them, see
+    :data:`etl.run.CHECKSUM_FORM`); ``"pg"``: rewritten into PostgreSQL's form first (staged by
+    an older transform); ``"meaning"``: decoded into ``json_dtypes``, so values compare by
+    meaning whatever their text (see :func:`etl.run.comparable_json`)."""
     schema = dict(table.polars_schema)
     names = list(schema)
     json_cols = json_columns(table)
@@ -41,8 +51,11 @@ def frames(batches: Iterable[pa.RecordBatch], table: Table,
         df = pl.from_arrow(batch)
         assert isinstance(df, pl.DataFrame)
         df = df.cast(schema)  # type: ignore[arg-type]
-        if not json_cols:
+        if not json_cols or jsonb == "as-is":
             yield df
+            continue
+        if jsonb == "pg":
+            yield df.with_columns(pg_texts(df.get_column(c)) for c in json_cols)
             continue
         for start in range(0, df.height, JSON_PIECE_ROWS):  # decoded jsonb is many times its text
             yield comparable_json(df.slice(start, JSON_PIECE_ROWS), json_cols, json_dtypes or {})

@@ -16,9 +16,10 @@ from etl.dataset import Dataset, Table
 from etl.infra import pg
 from etl.infra.pg import quote_ident
 from etl.load import forked
+from etl.load._utils import json_columns
 from etl.load.errors import VerificationFailed
-from etl.load.tables import frames, table_reader
-from etl.run import Run, frames_checksum
+from etl.load.tables import JsonbForm, frames, table_reader
+from etl.run import CHECKSUM_FORM, Run, frames_checksum
 
 if TYPE_CHECKING:
     from etl.load.state import Load
@@ -47,7 +48,7 @@ def verify(load: Load, conn: Any) -> dict[str, Any]:
         want = _staged_checksum(load, name)
         if rows != want_rows:
             problems.append(f"{name}: {rows:,} rows in the database, {want_rows:,} staged")
-        elif checksum != want:
+        elif checksum != want and not _same_by_meaning(load, name):
             problems.append(f"{name}: content checksum {checksum} differs from the staged {want}")
     if problems:
         raise VerificationFailed(
@@ -60,15 +61,17 @@ def verify(load: Load, conn: Any) -> dict[str, Any]:
     return out
 
 
-def verify_table(load: Load, name: str) -> tuple[int, str]:
-    """Table ``name`` of the build schema read back (in this thread's worker): rows, checksum."""
+def verify_table(load: Load, name: str, jsonb: JsonbForm = "as-is") -> tuple[int, str]:
+    """Table ``name`` of the build schema read back (in this thread's worker): rows, checksum
+    (jsonb columns hashed as PostgreSQL prints them, or by meaning: see :func:`frames`)."""
     table = load.tables[name]
     cols = ", ".join(quote_ident(c.name) for c in table.columns)
 
     def attempt() -> tuple[int, str]:
         batches = load.stream_in_worker(
             _read_back, f"SELECT {cols} FROM {quote_ident(load.build)}.{quote_ident(name)}")
-        checksum = frames_checksum(frames(batches, table, load.entries[name].get("json_dtypes")))
+        checksum = frames_checksum(frames(batches, table, load.entries[name].get("json_dtypes"),
+                                          jsonb=jsonb))
         rows = int(checksum.rsplit("-", 1)[1]) if "-" in checksum else 0
         return rows, checksum
 
@@ -94,15 +97,31 @@ def _query_batches(conn: Any, query: str) -> Iterator[pa.RecordBatch]:
     cur.close()
 
 
-def _staged_checksum(load: Load, name: str) -> str:
+def _staged_checksum(load: Load, name: str, jsonb: JsonbForm | None = None) -> str:
     """The staged table's checksum, recomputed when it was made by another Polars version
-    (the row hash is Polars' own and may change between versions)."""
+    (the row hash is Polars' own and may change between versions) or an older transform (whose
+    jsonb texts are not in PostgreSQL's form), or when ``jsonb`` asks for another form."""
     entry = load.entries[name]
     tag = load.tag_of(name)
-    if entry.get("checksum_polars") == pl.__version__ and tag is None:
+    written: JsonbForm = "as-is" if entry.get("checksum_form") == CHECKSUM_FORM else "pg"
+    if (jsonb is None and written == "as-is" and entry.get("checksum_polars") == pl.__version__
+            and tag is None):
         return str(entry["checksum"])
     reader, _ = table_reader(load.run, load.tables[name], entry, tag=tag)
-    return frames_checksum(frames(reader, load.tables[name], entry.get("json_dtypes")))
+    return frames_checksum(frames(reader, load.tables[name], entry.get("json_dtypes"),
+                                  jsonb=jsonb or written))
+
+
+def _same_by_meaning(load: Load, name: str) -> bool:
+    """Whether table ``name``'s jsonb values, read back and staged, are the same values when
+    their texts are not (a value PostgreSQL prints in a form :mod:`etl.jsonb` did not foresee):
+    both sides decoded and compared by meaning, slower. False for a table without jsonb."""
+    if not json_columns(load.tables[name]):
+        return False
+    log.warning("table %s: the jsonb texts read back differ from the staged ones; comparing "
+                "the values by meaning", name)
+    _, read = verify_table(load, name, jsonb="meaning")
+    return read == _staged_checksum(load, name, jsonb="meaning")
 
 
 def _reconcile(load: Load) -> dict[str, Any]:
@@ -154,9 +173,10 @@ class _ReadBack:
 
 
 def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None,
-                    run: Run | None = None) -> dict[str, str]:
-    """Content checksums of the dataset's tables as they are in the database (jsonb columns
-    compared in the types recorded by ``run``'s transform, when given)."""
+                    run: Run | None = None, by_meaning: bool = False) -> dict[str, str]:
+    """Content checksums of the dataset's tables as they are in the database: what a run's
+    manifest records for the tables it loaded. ``by_meaning``: jsonb columns decoded into the
+    types ``run``'s transform recorded (see :func:`etl.load.tables.frames`)."""
     entries = (run.manifest.get("tables") or {}) if run is not None else {}
     names: Sequence[Table] = dataset.tables
     out = {}
@@ -167,8 +187,9 @@ def table_checksums(url: str, dataset: Dataset, *, schema: str | None = None,
             cols = ", ".join(quote_ident(c.name) for c in table.columns)
             batches = worker.stream(
                 "rows", f"SELECT {cols} FROM {quote_ident(schema or dataset.name)}.{quote_ident(table.name)}")
-            out[table.name] = frames_checksum(frames(batches, table,
-                                                     entries.get(table.name, {}).get("json_dtypes")))
+            out[table.name] = frames_checksum(frames(
+                batches, table, entries.get(table.name, {}).get("json_dtypes"),
+                jsonb="meaning" if by_meaning else "as-is"))
     finally:
         worker.close()
     return out

@@ -24,14 +24,15 @@ import polars as pl
 
 from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Dataset, Table
 from etl.errors import RunStateError
+from etl.jsonb import pg_texts
 from etl.metrics import Phase, timed
 from etl.run import (
-    JSON_PIECE_ROWS,
+    CHECKSUM_FORM,
     JSON_SAMPLE,
     TABLE_COMPRESSION,
+    Checksum,
     ChunkWriter,
     Run,
-    comparable_json,
     frames_checksum,
     json_dtypes,
     locks_staging,
@@ -234,13 +235,22 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -
             # To Arrow a chunk at a time; a table whose extra texts are fetched, a smaller piece
             # at a time (each piece a row group), so only that many texts are in memory.
             step = EXTRA_PIECE_ROWS if fetcher is not None else chunk_rows
+            json_cols = _json_columns(table)
+            target = table.polars_schema
+            summed = Checksum()
             for start in range(0, df.height, step):
                 piece = _rows(df, order, start, step)
                 if fetcher is not None:
                     patches = piece.get_column(PATCH) if PATCH in hidden else None
                     piece = piece.with_columns(fetcher.chunk(start // step, piece.height, patches))
                 piece = piece.select([*table.polars_schema, *lineage])
-                writer.write(piece.drop(lineage).to_arrow(compat_level=_ARROW_LEVEL))
+                if json_cols:  # in the form PostgreSQL prints: checksums compare as plain text
+                    piece = piece.with_columns(pg_texts(piece.get_column(c)) for c in json_cols)
+                written = piece.drop(lineage)
+                # hashed as it goes out (typed like the table, as the chunks read back)
+                summed.add(written if written.schema == target else written.cast(target))
+                writer.write(written.to_arrow(compat_level=_ARROW_LEVEL))
+                del written
                 if lineage_writer is not None:
                     lineage_writer.write(piece.select(lineage).to_arrow(compat_level=_ARROW_LEVEL))
                 del piece
@@ -250,15 +260,11 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -
             lineage_chunks = lineage_writer.close() if lineage_writer is not None else []
             rows[table.name] = df.height
             del df, order
-            # jsonb columns are checksummed by meaning (PostgreSQL reorders and reformats them).
-            json_cols = _json_columns(table)
+            # jsonb columns were written as PostgreSQL prints them, so the checksum hashed their
+            # text as it is, and so does the load's read-back. The types their values decode
+            # into are recorded for the comparison by meaning a mismatch falls back to.
             dtypes = _written_json_dtypes(tmp / table.name, table, json_cols)
-            # The checksum reads the chunks back a slice at a time once the table is dropped, so
-            # its work (decoding jsonb, hashing) does not add to the table's memory.
-            checksum = frames_checksum(
-                comparable_json(part, json_cols, dtypes)
-                for part in _read_chunks(tmp / table.name, table,
-                                         JSON_PIECE_ROWS if json_cols else chunk_rows))
+            checksum = summed.value
             for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
                 c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
             entries[table.name] = {
@@ -270,6 +276,7 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -
                 "checksum": checksum,
                 "json_dtypes": dtypes,
                 "checksum_polars": pl.__version__,
+                "checksum_form": CHECKSUM_FORM,
                 "chunks": chunks,
             }
             if progress:
