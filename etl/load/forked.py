@@ -122,8 +122,8 @@ class Worker:
             self.conn.send((op, args))
             while True:
                 kind, value = self.conn.recv()
-                if kind == "batch":
-                    with pa.ipc.open_stream(value) as reader:
+                if kind == "batch":  # its IPC bytes follow, sent raw (no pickling copies)
+                    with pa.ipc.open_stream(pa.py_buffer(self.conn.recv_bytes())) as reader:
                         for batch in reader:
                             yield kind, batch
                 elif kind == "error":
@@ -254,7 +254,8 @@ def _serve(conn: Connection, target: Any, setup: Callable[[Any, Callable[[str, A
                         sink = pa.BufferOutputStream()
                         with pa.ipc.new_stream(sink, batch.schema) as writer:
                             writer.write_batch(batch)
-                        conn.send(("batch", sink.getvalue()))
+                        conn.send(("batch", None))
+                        conn.send_bytes(sink.getvalue())
                     result = None
                 conn.send(("result", (result, _peak_rss())))
             except BaseException as exc:
