@@ -136,11 +136,12 @@ def _dtype_from_text(text: str) -> pl.DataType:
     return series.dtype
 
 
-#: How a table's ``checksum`` treats its jsonb columns: their text in the form PostgreSQL prints
+#: How a table's ``checksum`` is made (rows hashed by :meth:`polars.DataFrame.hash_rows`) and
+#: treats its jsonb columns: their text in the form PostgreSQL prints
 #: (:mod:`etl.jsonb`), which the transform writes, so the staged chunks and the rows read back
 #: from the database hash alike as they are. A manifest without it (an older transform) has
 #: checksums of the comparable form (:func:`comparable_json`).
-CHECKSUM_FORM = "pg-jsonb"
+CHECKSUM_FORM = "pg-jsonb-rows"
 
 #: Values a jsonb column's comparable type is inferred from, and rows decoded at a time.
 JSON_SAMPLE = 50_000
@@ -245,8 +246,9 @@ class Checksum:
     def add(self, df: pl.DataFrame) -> None:
         if df.height == 0:
             return
-        hashed = df.select(pl.struct(pl.all()).hash(seed=0).alias("h"))
-        self.total = (self.total + int(hashed.get_column("h").sum() or 0)) & 0xFFFF_FFFF_FFFF_FFFF
+        # Polars' row hash (columns hashed and combined; twice as fast as hashing a struct of
+        # them, which encodes every row first)
+        self.total = (self.total + int(df.hash_rows(seed=0).sum() or 0)) & 0xFFFF_FFFF_FFFF_FFFF
         self.rows += df.height
 
     @property

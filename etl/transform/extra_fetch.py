@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
@@ -73,22 +72,26 @@ class ExtraFetcher:
                         places = place_of[start:start + batch.num_rows]
                         start += batch.num_rows
                         # an empty object is what a row gets by default: only others travel
-                        column = batch.column(0).cast(pa.large_string())
-                        empty = pc.equal(column, "{}").fill_null(False).to_numpy(zero_copy_only=False)
+                        # as Polars strings (the staged chunks hold string views: no copy)
+                        column = pl.Series(batch.column(0))
+                        empty = (column == "{}").fill_null(False).to_numpy()
                         keep = (places >= 0) & ~empty
                         if not keep.any():
                             continue
                         idx = np.nonzero(keep)[0]
-                        texts = column.take(pa.array(idx))
                         where = places[idx]
                         bucket = where // chunk_rows
-                        for b in np.unique(bucket).tolist():
-                            sel = np.nonzero(bucket == b)[0]
+                        first, last = int(bucket.min()), int(bucket.max())
+                        # Rows come nearly in key order: mostly one bucket, taken in one go.
+                        for b in ([first] if first == last else np.unique(bucket).tolist()):
+                            sel = idx if first == last else idx[bucket == b]
                             w = writers.get(b)
                             if w is None:
                                 w = writers[b] = ipc.new_file(self._path(b), _SCHEMA)
+                            # the one copy of the texts: gathered, as Arrow large strings
+                            texts = column.gather(sel).to_arrow(compat_level=pl.CompatLevel.oldest())
                             w.write_batch(pa.record_batch(
-                                [pa.array(where[sel]), texts.take(pa.array(sel))], schema=_SCHEMA))
+                                [pa.array(places[sel]), texts], schema=_SCHEMA))
                             self.filled[b] += len(sel)
         finally:
             for w in writers.values():
@@ -119,7 +122,7 @@ class ExtraFetcher:
             del table
             path.unlink()
         taken = texts.take(pa.array(slot, mask=slot < 0)).fill_null("{}")
-        out = pl.Series("extra", taken.cast(pa.large_string()))
+        out = pl.Series("extra", taken)
         if patches is not None and patches.null_count() < patches.len():
             rows = np.nonzero(patches.is_not_null().to_numpy())[0]
             merged = [_merge(out[i], patches[i]) for i in rows.tolist()]
