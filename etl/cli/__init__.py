@@ -9,6 +9,7 @@ JSON summary) goes to stdout.
 
 from __future__ import annotations
 
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,10 @@ def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
     ctx.ensure_object(dict)
     ctx.obj["settings"] = load_settings(staging_dir=staging_dir)
     prefer_jemalloc()
+    # The modules loaded so far live as long as the process: out of the cyclic collector's sight,
+    # and it runs less often (its full passes over them were 2-3% of a stage's CPU).
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def _register() -> None:
