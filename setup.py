@@ -26,6 +26,6 @@ class BuildWithShipped(build_py):
 
 setup(cmdclass={"build_py": BuildWithShipped},
       ext_modules=[Extension("etl.stage._extra", ["etl/stage/_extra.c"], optional=True,
-                             extra_compile_args=["-O2"]),
+                             depends=["etl/_jsonesc.h"], extra_compile_args=["-O2"]),
                    Extension("etl._jsonb", ["etl/_jsonb.c"], optional=True,
-                             extra_compile_args=["-O2"])])
+                             depends=["etl/_jsonesc.h"], extra_compile_args=["-O2"])])

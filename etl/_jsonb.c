@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "_jsonesc.h"
+
 typedef struct { char *b; Py_ssize_t len, cap; } buf;
 
 static int reserve(buf *B, Py_ssize_t more) {
@@ -57,21 +59,6 @@ static const char *ws(const char *p, const char *end) {
     return p;
 }
 
-static int hex4(const char *p, const char *end, unsigned *out) {
-    if (end - p < 4) return 0;
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char ch = p[i];
-        v <<= 4;
-        if (ch >= '0' && ch <= '9') v |= (unsigned)(ch - '0');
-        else if (ch >= 'a' && ch <= 'f') v |= (unsigned)(ch - 'a' + 10);
-        else if (ch >= 'A' && ch <= 'F') v |= (unsigned)(ch - 'A' + 10);
-        else return 0;
-    }
-    *out = v;
-    return 1;
-}
-
 /* The string starting at p (its opening quote): its bytes, escapes decoded, appended to D;
  * returns the position after its closing quote, or NULL (*err set). */
 static const char *string_bytes(const char *p, const char *end, buf *D, int *err) {
@@ -89,16 +76,9 @@ static const char *string_bytes(const char *p, const char *end, buf *D, int *err
         char e = p[1];
         p += 2;
         unsigned cp;
-        switch (e) {
-        case '"': cp = '"'; break;
-        case '\\': cp = '\\'; break;
-        case '/': cp = '/'; break;
-        case 'b': cp = '\b'; break;
-        case 'f': cp = '\f'; break;
-        case 'n': cp = '\n'; break;
-        case 'r': cp = '\r'; break;
-        case 't': cp = '\t'; break;
-        case 'u': {
+        int simple = escaped_char(e);
+        if (simple >= 0) cp = (unsigned)simple;
+        else if (e == 'u') {
             if (!hex4(p, end, &cp)) { *err = BAD; return NULL; }
             p += 4;
             if (cp >= 0xD800 && cp < 0xDC00) {
@@ -110,20 +90,9 @@ static const char *string_bytes(const char *p, const char *end, buf *D, int *err
                 } else { *err = BAD; return NULL; }   /* jsonb refuses a lone surrogate */
             } else if (cp >= 0xDC00 && cp < 0xE000) { *err = BAD; return NULL; }
             if (cp == 0) { *err = BAD; return NULL; }  /* and \u0000 */
-            break;
-        }
-        default: *err = BAD; return NULL;
-        }
-        char u[4]; int n = 0;
-        if (cp < 0x80) u[n++] = (char)cp;
-        else if (cp < 0x800) { u[n++] = (char)(0xC0 | (cp >> 6)); u[n++] = (char)(0x80 | (cp & 0x3F)); }
-        else if (cp < 0x10000) {
-            u[n++] = (char)(0xE0 | (cp >> 12)); u[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            u[n++] = (char)(0x80 | (cp & 0x3F));
-        } else {
-            u[n++] = (char)(0xF0 | (cp >> 18)); u[n++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-            u[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[n++] = (char)(0x80 | (cp & 0x3F));
-        }
+        } else { *err = BAD; return NULL; }
+        char u[4];
+        int n = utf8_put(cp, u);
         if (putn(D, u, n)) { *err = NOMEM; return NULL; }
     }
 }

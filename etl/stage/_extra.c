@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../_jsonesc.h"
+
 enum { T_TEXT = 1, T_INT32, T_INT64, T_DOUBLE, T_BOOL, T_JSON, T_ARRAY };
 
 typedef struct { const char *s; Py_ssize_t n; } span;
@@ -179,21 +181,6 @@ static int exact(const typed_key *k, const char *p, const char *q) {
     return scalar_exact(k->type, p, q);
 }
 
-static int hex4(const char *p, const char *end, unsigned *out) {
-    if (end - p < 4) return 0;
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char ch = p[i];
-        v <<= 4;
-        if (ch >= '0' && ch <= '9') v |= (unsigned)(ch - '0');
-        else if (ch >= 'a' && ch <= 'f') v |= (unsigned)(ch - 'a' + 10);
-        else if (ch >= 'A' && ch <= 'F') v |= (unsigned)(ch - 'A' + 10);
-        else return 0;
-    }
-    *out = v;
-    return 1;
-}
-
 /* The UTF-8 bytes of the JSON string text ks..ke (between its quotes, escapes decoded) written to
  * ``out`` (room for ``cap`` bytes); their number, or -1 when they do not fit or an escape is
  * broken. A lone surrogate is written as its 3-byte form (what a key compare needs: it can only
@@ -210,16 +197,9 @@ static Py_ssize_t unescape(const char *ks, const char *ke, char *out, Py_ssize_t
         if (ke - ks < 2) return -1;
         char e = ks[1];
         ks += 2;
-        switch (e) {
-        case '"': cp = '"'; break;
-        case '\\': cp = '\\'; break;
-        case '/': cp = '/'; break;
-        case 'b': cp = '\b'; break;
-        case 'f': cp = '\f'; break;
-        case 'n': cp = '\n'; break;
-        case 'r': cp = '\r'; break;
-        case 't': cp = '\t'; break;
-        case 'u': {
+        int simple = escaped_char(e);
+        if (simple >= 0) cp = (unsigned)simple;
+        else if (e == 'u') {
             if (!hex4(ks, ke, &cp)) return -1;
             ks += 4;
             unsigned lo;
@@ -228,20 +208,9 @@ static Py_ssize_t unescape(const char *ks, const char *ke, char *out, Py_ssize_t
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 ks += 6;
             }
-            break;
-        }
-        default: return -1;
-        }
+        } else return -1;
         if (n + 4 > cap) return -1;
-        if (cp < 0x80) out[n++] = (char)cp;
-        else if (cp < 0x800) { out[n++] = (char)(0xC0 | (cp >> 6)); out[n++] = (char)(0x80 | (cp & 0x3F)); }
-        else if (cp < 0x10000) {
-            out[n++] = (char)(0xE0 | (cp >> 12)); out[n++] = (char)(0x80 | ((cp >> 6) & 0x3F));
-            out[n++] = (char)(0x80 | (cp & 0x3F));
-        } else {
-            out[n++] = (char)(0xF0 | (cp >> 18)); out[n++] = (char)(0x80 | ((cp >> 12) & 0x3F));
-            out[n++] = (char)(0x80 | ((cp >> 6) & 0x3F)); out[n++] = (char)(0x80 | (cp & 0x3F));
-        }
+        n += utf8_put(cp, out + n);
     }
     return n;
 }
