@@ -36,6 +36,7 @@ from etl.errors import ConfigError
 from etl.infra import ledger, pg
 from etl.infra.errors import NoDatabase
 from etl.run import MANIFEST, open_run, staging_lock
+from etl.staging_fs import RemotePath, StagePath
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def _needed(database_url: str) -> dict[tuple[str, str], str]:
 
 
 def prune(
-    staging_dir: Path,
+    staging_dir: StagePath,
     *,
     database_url: str | None,
     keep: int = DEFAULT_KEEP,
@@ -127,6 +128,9 @@ def prune(
     """
     if keep < 0:
         raise ConfigError(f"--keep {keep} is negative", hint="keep 0 or more runs per dataset")
+    if isinstance(staging_dir, RemotePath):
+        raise ConfigError(f"etl prune works on a local staging root, not {staging_dir}",
+                          hint="remove old runs with the storage's own tools (each run is one folder)")
     if database_url is None and not force:
         raise NoDatabase("no database: pruning asks the run ledger which runs are live, in use or "
                          "resumable", hint="pass --database-url or set ETL_DATABASE_URL, run `etl db "

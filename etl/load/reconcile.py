@@ -38,6 +38,7 @@ from etl.dataset import ELEMENT, EXTRA, Dataset, Level, Table, field_column, typ
 from etl.errors import RunStateError
 from etl.jsontext import dump_json, get_path, parse_record
 from etl.run import Run
+from etl.staging_fs import parquet_source
 
 log = logging.getLogger(__name__)
 
@@ -359,14 +360,14 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
         lineage_cols = set(entry.get("lineage", {}))
         own = [c for c in own if c not in lineage_cols]
         for chunk, line in zip(entry["chunks"], entry.get("lineage_chunks", []), strict=True):
-            lineage = pl.read_parquet(run.path / line["path"])
+            lineage = pl.read_parquet(parquet_source(run.path / line["path"]))
             keep = lineage.get_column("_file").is_in(wanted.implode())
             if not keep.any():
                 continue
             # A row group at a time (the wide extra texts of a whole chunk at once, copied by
             # each step, were the peak), with the lineage rows beside it.
             start = 0
-            for batch in pq.ParquetFile(run.path / chunk["path"]).iter_batches(
+            for batch in pq.ParquetFile(parquet_source(run.path / chunk["path"])).iter_batches(
                     batch_size=16_384, columns=own):
                 n = batch.num_rows
                 mask = keep.slice(start, n)

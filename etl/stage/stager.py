@@ -68,6 +68,7 @@ from etl.stage.inputs import (
     resolve_inputs,
 )
 from etl.stage.sql import SourcePlan, source_plan, sql_str
+from etl.staging_fs import RemotePath, StagePath, scratch
 from etl.version import __version__
 
 log = logging.getLogger(__name__)
@@ -521,8 +522,8 @@ def _stage_source(
 
 
 def _previous_run(
-    dataset: Dataset, root: Path, jobs: Sequence[tuple[Path, str, str, int]], threads: int,
-) -> Path | None:
+    dataset: Dataset, root: StagePath, jobs: Sequence[tuple[Path, str, str, int]], threads: int,
+) -> StagePath | None:
     """A run already staged from exactly this content, found cheaply.
 
     Only when an earlier run lists the same files with the same sizes are the files hashed
@@ -532,7 +533,8 @@ def _previous_run(
         # the run by its id (and copies nothing twice into the store).
         return None
     wanted = sorted((src, rel, size) for _, rel, src, size in jobs)
-    for run_dir in sorted(root.iterdir()):
+    children: list[StagePath] = list(root.iterdir())
+    for run_dir in sorted(children, key=lambda p: p.name):
         manifest = run_dir / MANIFEST
         if run_dir.name.startswith(".") or not manifest.is_file():
             continue
@@ -553,7 +555,7 @@ def _previous_run(
     return None
 
 
-@locks_staging(lambda dataset, sources, *, settings, **_: Path(settings.staging_dir) / dataset.name)
+@locks_staging(lambda dataset, sources, *, settings, **_: settings.staging_root / dataset.name)
 def stage(
     dataset: Dataset,
     sources: Sequence[str | Path],
@@ -584,7 +586,7 @@ def stage(
                     hint="point at the export's root folder")
         threads = settings.threads or os.cpu_count() or 1
         jobs = [(p, rel, s, os.stat(p).st_size) for s, lst in assigned.items() for p, rel in lst]
-        root = Path(settings.staging_dir) / dataset.name
+        root = settings.staging_root / dataset.name
         previous = None if force else _previous_run(dataset, root, jobs, threads)
         if previous is not None:
             log.info("run %s already staged at %s; skipping (use force to redo)", previous.name, previous)
@@ -594,50 +596,71 @@ def stage(
             return StageResult(run, True, phase, _staged_with(dataset, run))
 
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            manifest = _stage_into(dataset, jobs, tmp, settings=settings,
-                                   max_record_bytes=max_record_bytes, progress=progress,
-                                   roots=_roots(sources, found))
-            _check_strict(manifest, strict)
-            if dataset.spec_text is not None:
-                evolved = _drift(dataset, tmp, manifest, settings)
-                if evolved is not None:
-                    # Stage again with the evolved spec: the new keys get columns of their own.
-                    found_drift = manifest["drift"]
-                    dataset = evolved
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    tmp.mkdir(parents=True)
-                    manifest = _stage_into(dataset, jobs, tmp, settings=settings,
-                                           max_record_bytes=max_record_bytes, progress=progress,
-                                           roots=_roots(sources, found))
-                    manifest["drift"] = found_drift
-                _keep_spec(dataset, tmp, manifest)
-            final = root / manifest["run_id"]
-            if (final / MANIFEST).is_file() and not force:
-                # Same content under other names or places than any earlier run listed.
-                shutil.rmtree(tmp, ignore_errors=True)
-                log.info("run %s already staged at %s; skipping", final.name, final)
-                run = open_run(final)
-                phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
-                return StageResult(run, True, phase, dataset)
-            phase.rows = sum(e["rows"] for e in manifest["levels"].values())
-            phase.seconds = time.perf_counter() - started
-            phase.peak_rss = peak_rss_bytes()
-            if "ray" in manifest:
-                phase.extra["ray"] = manifest["ray"]
-            manifest["phases"]["stage"] = phase.to_dict()
-            write_manifest(tmp, manifest)
-            replace_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # On a remote root the run is written in a local folder first and uploaded (DuckDB and
+        # the Parquet writers write local files), its manifest last: see etl.staging_fs.
+        with scratch(root, prefix=".stage.tmp-") as here:
+            final, dataset, skipped = _stage_in(dataset, sources, found, jobs, here, root,
+                                                settings=settings,
+                                                force=force, max_record_bytes=max_record_bytes,
+                                                progress=progress, strict=strict, phase=phase,
+                                                started=started)
+        if skipped is not None:
+            return skipped
     log.info("staged %d rows from %d files into %s in %.2fs",
              phase.rows, len(jobs), final, phase.seconds)
     run = open_run(final)
     return StageResult(run, False, phase, dataset)
+
+
+def _stage_in(dataset: Dataset, sources: Sequence[str | Path], found: Sequence[tuple[Path, str]],
+              jobs: Sequence[tuple[Path, str, str, int]], here: Path, root: StagePath, *,
+              settings: Settings, force: bool, max_record_bytes: int, progress: Progress | None,
+              strict: bool, phase: Phase, started: float,
+              ) -> tuple[StagePath, Dataset, StageResult | None]:
+    """Stage into a temporary folder under ``here`` (``root`` itself when it is local) and move
+    it into place as ``root/<run id>``: the run's folder, the dataset it was staged with, and the
+    result when the same content was found staged already."""
+    tmp = here / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        manifest = _stage_into(dataset, jobs, tmp, settings=settings,
+                               max_record_bytes=max_record_bytes, progress=progress,
+                               roots=_roots(sources, found))
+        _check_strict(manifest, strict)
+        if dataset.spec_text is not None:
+            evolved = _drift(dataset, tmp, manifest, settings)
+            if evolved is not None:
+                # Stage again with the evolved spec: the new keys get columns of their own.
+                found_drift = manifest["drift"]
+                dataset = evolved
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                manifest = _stage_into(dataset, jobs, tmp, settings=settings,
+                                       max_record_bytes=max_record_bytes, progress=progress,
+                                       roots=_roots(sources, found))
+                manifest["drift"] = found_drift
+            _keep_spec(dataset, tmp, manifest)
+        final = root / manifest["run_id"]
+        if (final / MANIFEST).is_file() and not force:
+            # Same content under other names or places than any earlier run listed.
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("run %s already staged at %s; skipping", final.name, final)
+            run = open_run(final)
+            phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
+            return final, dataset, StageResult(run, True, phase, dataset)
+        phase.rows = sum(e["rows"] for e in manifest["levels"].values())
+        phase.seconds = time.perf_counter() - started
+        phase.peak_rss = peak_rss_bytes()
+        if "ray" in manifest:
+            phase.extra["ray"] = manifest["ray"]
+        manifest["phases"]["stage"] = phase.to_dict()
+        write_manifest(tmp, manifest)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, dataset, None
 
 
 def _staged_with(dataset: Dataset, run: Run) -> Dataset:
@@ -646,9 +669,13 @@ def _staged_with(dataset: Dataset, run: Run) -> Dataset:
     kept = run.path / RUN_SPEC
     if dataset.spec_text is None or not kept.is_file() or run.manifest["dataset_version"] == dataset.version:
         return dataset
-    from etl.spec.dataset import read_dataset
+    from etl.spec.dataset import read_dataset, to_dataset
+    from etl.spec.model import Spec
 
-    return read_dataset(kept, home=dataset.sql_dir.parent.parent if dataset.sql_dir else None)
+    home = dataset.sql_dir.parent.parent if dataset.sql_dir else None
+    if isinstance(kept, RemotePath):
+        return to_dataset(Spec.from_toml(kept.read_text()), root=home, file=dataset.spec_file)
+    return read_dataset(kept, home=home)
 
 
 def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Settings) -> Dataset | None:
@@ -736,7 +763,11 @@ def _stage_side_files(dataset: Dataset, tmp: Path, writers: dict[str, ChunkWrite
     rows; return (level, file, sha256) entries for the run id."""
     entries: list[tuple[str, str, str]] = []
     levels = dataset.levels
-    store_base = Path(settings.staging_dir)
+    store_base = settings.staging_root
+    if isinstance(store_base, RemotePath):
+        raise ConfigError(f"dataset {dataset.name} copies side files (screenshots) into the staging "
+                          f"root's _store, which must be a local folder, not {store_base}",
+                          dataset=dataset.name, hint="stage this dataset into a local or file:// root")
     for side in dataset.side_files:
         chunks = writers[side.beside].close()
         files = [str(tmp / c["path"]) for c in chunks]
