@@ -1,0 +1,152 @@
+"""The staging root as a path or a URI (:mod:`etl.staging_fs`), on the real PostgreSQL.
+
+A ``file://`` root is the local code path and gives the run a plain path gives. ``mock://`` is
+pyarrow's own in-memory filesystem (opened once per root in a process): nothing of a run staged
+there is on local disk, and a :class:`~etl.staging_fs.RemotePath` has no ``__fspath__``, so any
+code that still went through pathlib, ``open()`` or DuckDB's file readers would fail here.
+The Ray engine on a shared root is tested in tests/test_stage_ray.py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import pytest
+
+from etl import Settings, get_dataset, latest_run, open_run
+from etl.config import load_settings
+from etl.datasets import dataset_of
+from etl.errors import RunStateError
+from etl.load import live_tables, load, table_checksums
+from etl.run import MANIFEST, Run
+from etl.stage import stage
+from etl.staging_fs import RemotePath, as_uri, resolve
+from etl.transform import transform
+from etl.validate import require_passed, validate
+
+MIDS = get_dataset("mids")
+
+
+def _through_the_load(root: str | Path, sample: Path, url: str) -> tuple[Run, dict[str, Any]]:
+    """Stage, validate, transform and load ``sample`` with ``root`` as the staging root: the
+    transformed run, and what the database holds after the load (rows and checksums)."""
+    staged = stage(MIDS, [sample], settings=Settings(staging_dir=root, threads=2))
+    require_passed(validate(staged.run, dataset_of(staged.run)))
+    run = transform(staged.run, dataset_of(staged.run)).run
+    load(run, dataset_of(run), database_url=url, force=True)
+    return run, {"rows": live_tables(url, MIDS), "checksums": table_checksums(url, MIDS)}
+
+
+def _fingerprint(run: Run) -> dict[str, Any]:
+    """What must not depend on where the run is staged: its id, every chunk (path, rows,
+    sha256) of every level and table, and the tables' rows and checksums."""
+    m = run.manifest
+    return {
+        "run_id": m["run_id"],
+        "sources": m["sources"],
+        "levels": {n: [(c["path"], c["rows"], c["sha256"]) for c in e["chunks"]]
+                   for n, e in m["levels"].items()},
+        "tables": {n: (e["rows"], e["checksum"], [(c["path"], c["rows"], c["sha256"]) for c in e["chunks"]])
+                   for n, e in m["tables"].items()},
+    }
+
+
+def _mock_root() -> str:
+    """A fresh in-memory filesystem root (each ``mock://`` root is a filesystem of its own)."""
+    return f"mock:///staging-{uuid.uuid4().hex[:8]}"
+
+
+def test_a_file_uri_root_and_a_plain_path_give_the_same_run_through_the_load(
+        pg_url: str, mids_sample: Path, tmp_path: Path) -> None:
+    plain, plain_db = _through_the_load(tmp_path / "plain", mids_sample, pg_url)
+    uri = (tmp_path / "uri").as_uri()
+    assert uri.startswith("file:///")
+    by_uri, uri_db = _through_the_load(uri, mids_sample, pg_url)
+    # file:// is the local filesystem: the run is a plain local folder, read the local way.
+    assert by_uri.path == tmp_path / "uri" / "mids" / plain.id
+    assert (by_uri.path / MANIFEST).is_file()
+    assert _fingerprint(by_uri) == _fingerprint(plain)
+    assert uri_db == plain_db
+    assert uri_db["checksums"] == {n: e["checksum"] for n, e in plain.manifest["tables"].items()}
+    assert latest_run("mids", uri).path == by_uri.path
+
+
+def test_a_remote_root_runs_every_stage_through_its_filesystem(
+        pg_url: str, mids_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative path slipping through would land here
+    plain, plain_db = _through_the_load(tmp_path / "plain", mids_sample, pg_url)
+    root = _mock_root()
+    remote, remote_db = _through_the_load(root, mids_sample, pg_url)
+    assert isinstance(remote.path, RemotePath)
+    assert str(remote.path) == f"{root}/mids/{plain.id}"
+    assert _fingerprint(remote) == _fingerprint(plain)
+    assert remote_db == plain_db  # loaded from chunks read through the filesystem
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+    # What the run's readers give, through the filesystem too.
+    again = open_run(str(remote.path))
+    assert again.manifest == remote.manifest
+    assert latest_run("mids", root).id == plain.id
+    assert again.report() == plain.report() | {"phase": again.report()["phase"]}  # type: ignore[operator]
+    powers = again.table("powers").collect()
+    assert powers.height == plain.manifest["tables"]["powers"]["rows"]
+    assert powers.equals(plain.table("powers").collect())
+    assert again.duckdb().execute("SELECT count(*) FROM powers").fetchone()[0] == powers.height
+    # Staging the same export again finds the run on the remote root and stages nothing.
+    assert stage(MIDS, [mids_sample], settings=Settings(staging_dir=root)).skipped
+
+
+def test_a_run_uploaded_in_part_is_no_run_and_the_next_stage_completes_it(
+        mids_sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _mock_root()
+    real_copy = pafs.copy_files
+    copied = []
+
+    def fail_midway(*args: Any, **kwargs: Any) -> None:
+        if len(copied) == 5:
+            raise OSError("connection reset (test)")
+        copied.append(args[1])
+        real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(pafs, "copy_files", fail_midway)
+    with pytest.raises(OSError, match="connection reset"):
+        stage(MIDS, [mids_sample], settings=Settings(staging_dir=root))
+    assert len(copied) == 5 and not any(p.endswith(MANIFEST) for p in copied)
+    half = resolve(root) / "mids"
+    [folder] = [p for p in half.iterdir() if not p.name.startswith(".")]
+    assert (folder / "raw").is_dir() and not (folder / MANIFEST).exists()
+    # Without its manifest the folder is no run: not opened, not the latest, not "staged before".
+    with pytest.raises(RunStateError, match="not a complete staged run"):
+        open_run(folder)
+    with pytest.raises(RunStateError, match="no staged run"):
+        latest_run("mids", root)
+    monkeypatch.setattr(pafs, "copy_files", real_copy)
+    again = stage(MIDS, [mids_sample], settings=Settings(staging_dir=root))
+    assert not again.skipped and again.run.path == folder
+    assert {c["path"] for e in again.run.manifest["levels"].values() for c in e["chunks"]} == {
+        p.relative_to(folder).as_posix() for p in _files(folder / "raw")}
+
+
+def _files(folder: RemotePath) -> list[RemotePath]:
+    out: list[RemotePath] = []
+    for p in folder.iterdir():
+        out += _files(p) if p.is_dir() else [p]
+    return out
+
+
+def test_a_staging_root_is_a_path_or_a_uri_kept_as_given(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve("staging") == Path("staging")
+    assert resolve((tmp_path / "x").as_uri()) == tmp_path / "x"
+    assert as_uri(tmp_path / "x") == (tmp_path / "x").as_uri()
+    # A URI is kept as text (Path() would fold "s3://b" into "s3:/b"), from a flag or the environment.
+    assert load_settings(start=tmp_path, staging_dir="s3://bucket/staging").staging_dir == "s3://bucket/staging"
+    monkeypatch.setenv("ETL_STAGING_DIR", "gs://bucket/runs")
+    assert load_settings(start=tmp_path).staging_dir == "gs://bucket/runs"
+    remote = resolve(_mock_root())
+    assert isinstance(remote, RemotePath)
+    assert resolve(str(remote / "mids" / "run")) == remote / "mids" / "run"
+    with pytest.raises(TypeError), open(remote / "manifest.json"):  # type: ignore[call-overload]
+        pass  # no __fspath__: a remote path is never taken for a local file
