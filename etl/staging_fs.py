@@ -49,9 +49,9 @@ from etl.errors import ConfigError
 log = logging.getLogger(__name__)
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-#: Roots resolved so far: their URI (without a trailing slash) → (filesystem, base path). A URI
-#: under one of them reuses its filesystem (opened once per process, credentials read once).
-_ROOTS: dict[str, tuple[pafs.FileSystem, str]] = {}
+#: Roots resolved so far: (their URI without query or trailing slash, the query) → (filesystem,
+#: base path). A URI under one of them reuses its filesystem (opened once per process).
+_ROOTS: dict[tuple[str, str], tuple[pafs.FileSystem, str]] = {}
 _ROOTS_LOCK = threading.Lock()
 
 
@@ -63,40 +63,44 @@ def is_uri(text: str | Path) -> bool:
 class RemotePath:
     """A path on a non-local pyarrow filesystem, with the pathlib methods the stages use.
 
-    ``str()`` gives its URI, which :func:`resolve` turns back into the same path (a Ray task
-    receives that text)."""
+    ``str()`` gives its URI (with the root URI's query, such as ``?endpoint_override=...``),
+    which :func:`resolve` turns back into the same path (a Ray task receives that text)."""
 
-    __slots__ = ("fs", "path", "root_path", "root_uri")
+    __slots__ = ("fs", "path", "query", "root_path", "root_uri")
 
-    def __init__(self, fs: pafs.FileSystem, path: str, *, root_path: str, root_uri: str) -> None:
+    def __init__(self, fs: pafs.FileSystem, path: str, *, root_path: str, root_uri: str,
+                 query: str = "") -> None:
         self.fs = fs
         self.path = path.rstrip("/") or path
         self.root_path = root_path
         self.root_uri = root_uri
+        self.query = query
 
     # -- naming -----------------------------------------------------------------------------
 
     def _with_path(self, path: str) -> RemotePath:
-        return RemotePath(self.fs, path, root_path=self.root_path, root_uri=self.root_uri)
+        return RemotePath(self.fs, path, root_path=self.root_path, root_uri=self.root_uri,
+                          query=self.query)
 
     def __truediv__(self, other: str | PurePosixPath) -> RemotePath:
         rel = str(other).strip("/")
         return self._with_path(f"{self.path}/{rel}" if rel else self.path)
 
     def __str__(self) -> str:
+        query = f"?{self.query}" if self.query else ""
         rel = self.path[len(self.root_path):].lstrip("/") if self.path.startswith(self.root_path) else None
         if rel is None:
-            return f"{self.root_uri.split('://', 1)[0]}://{self.path}"
-        return f"{self.root_uri}/{rel}" if rel else self.root_uri
+            return f"{self.root_uri.split('://', 1)[0]}://{self.path}{query}"
+        return (f"{self.root_uri}/{rel}" if rel else self.root_uri) + query
 
     def __repr__(self) -> str:
         return f"RemotePath({str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, RemotePath) and other.path == self.path and other.root_uri == self.root_uri
+        return isinstance(other, RemotePath) and str(other) == str(self)
 
     def __hash__(self) -> int:
-        return hash((self.root_uri, self.path))
+        return hash(str(self))
 
     def __lt__(self, other: RemotePath) -> bool:
         return self.path < other.path
@@ -227,12 +231,14 @@ def resolve(location: str | Path | RemotePath) -> StagePath:
     text = str(location)
     if not is_uri(text):
         return Path(text)
-    text = text.rstrip("/") if not text.endswith(":///") else text
+    bare, _, query = text.partition("?")
+    bare = bare.rstrip("/") if not bare.endswith(":///") else bare
     with _ROOTS_LOCK:
-        for uri, (fs, base) in _ROOTS.items():
-            if text == uri or text.startswith(uri + "/"):
-                rel = text[len(uri):].strip("/")
-                return RemotePath(fs, f"{base}/{rel}" if rel else base, root_path=base, root_uri=uri)
+        for (uri, q), (fs, base) in _ROOTS.items():
+            if q == query and (bare == uri or bare.startswith(uri + "/")):
+                rel = bare[len(uri):].strip("/")
+                return RemotePath(fs, f"{base}/{rel}" if rel else base, root_path=base, root_uri=uri,
+                                  query=query)
         try:
             fs, base = pafs.FileSystem.from_uri(text)
         except (ValueError, OSError, pa.ArrowException) as exc:
@@ -242,9 +248,9 @@ def resolve(location: str | Path | RemotePath) -> StagePath:
         if isinstance(fs, pafs.LocalFileSystem):
             return Path(base)
         base = base.rstrip("/")
-        _ROOTS[text] = (fs, base)
-        log.debug("staging location %s is %s on %s", text, base, fs.type_name)
-        return RemotePath(fs, base, root_path=base, root_uri=text)
+        _ROOTS[(bare, query)] = (fs, base)
+        log.debug("staging location %s is %s on %s", bare, base, fs.type_name)
+        return RemotePath(fs, base, root_path=base, root_uri=bare, query=query)
 
 
 def as_uri(path: StagePath) -> str:
@@ -348,3 +354,10 @@ def work_dir(place: StagePath, name: str) -> Path:
         return place / name
     key = hashlib.sha256(str(place).encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "etl-scratch" / key / name
+
+
+def download(src: RemotePath, dst: Path) -> None:
+    """Copy the remote file ``src`` to the local path ``dst`` (its folder made)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    pafs.copy_files(src.path, str(dst), source_filesystem=src.fs,
+                    destination_filesystem=pafs.LocalFileSystem())

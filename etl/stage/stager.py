@@ -68,7 +68,7 @@ from etl.stage.inputs import (
     resolve_inputs,
 )
 from etl.stage.sql import SourcePlan, source_plan, sql_str
-from etl.staging_fs import RemotePath, StagePath, scratch
+from etl.staging_fs import RemotePath, StagePath, download, remove_tree, scratch, upload_tree
 from etl.version import __version__
 
 log = logging.getLogger(__name__)
@@ -623,19 +623,26 @@ def _stage_in(dataset: Dataset, sources: Sequence[str | Path], found: Sequence[t
     tmp = here / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    # Ray tasks on other nodes cannot write in this machine's folder: on a remote root they
+    # write in a temporary folder there, which becomes the run (the local files added to it).
+    shared = root / tmp.name if isinstance(root, RemotePath) and settings.engine == "ray" else None
+    if shared is not None:
+        shared.mkdir(parents=True, exist_ok=True)
     try:
         manifest = _stage_into(dataset, jobs, tmp, settings=settings,
                                max_record_bytes=max_record_bytes, progress=progress,
-                               roots=_roots(sources, found))
+                               roots=_roots(sources, found), shared=shared)
         _check_strict(manifest, strict)
         if dataset.spec_text is not None:
-            evolved = _drift(dataset, tmp, manifest, settings)
+            evolved = _drift(dataset, tmp, manifest, settings, shared=shared)
             if evolved is not None:
                 # Stage again with the evolved spec: the new keys get columns of their own.
                 found_drift = manifest["drift"]
                 dataset = evolved
                 shutil.rmtree(tmp, ignore_errors=True)
                 tmp.mkdir(parents=True)
+                if shared is not None:
+                    remove_tree(shared)
                 manifest = _stage_into(dataset, jobs, tmp, settings=settings,
                                        max_record_bytes=max_record_bytes, progress=progress,
                                        roots=_roots(sources, found))
@@ -655,10 +662,17 @@ def _stage_in(dataset: Dataset, sources: Sequence[str | Path], found: Sequence[t
         if "ray" in manifest:
             phase.extra["ray"] = manifest["ray"]
         manifest["phases"]["stage"] = phase.to_dict()
-        write_manifest(tmp, manifest)
-        replace_dir(tmp, final)
+        if shared is not None:
+            upload_tree(tmp, shared)  # side levels' chunks; then the manifest, last of all
+            write_manifest(shared, manifest)
+            replace_dir(shared, final)
+        else:
+            write_manifest(tmp, manifest)
+            replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if shared is not None:
+            remove_tree(shared)
         raise
     return final, dataset, None
 
@@ -678,10 +692,26 @@ def _staged_with(dataset: Dataset, run: Run) -> Dataset:
     return read_dataset(kept, home=home)
 
 
-def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Settings) -> Dataset | None:
+def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Settings, *,
+           shared: StagePath | None = None) -> Dataset | None:
     """Check a spec dataset's staged levels for keys and types its spec does not declare, and apply
     each source's policy: ``keep`` (recorded in the manifest's ``drift``, values kept in ``extra``),
-    ``freeze`` (:class:`DriftError`), ``evolve`` (the evolved dataset is returned: stage again)."""
+    ``freeze`` (:class:`DriftError`), ``evolve`` (the evolved dataset is returned: stage again).
+    ``shared``: the remote folder Ray tasks wrote the chunks in (they are copied here to be read)."""
+    if isinstance(shared, RemotePath):
+        local = tmp.parent / f"{tmp.name}.drift"
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            for entry in manifest["levels"].values():
+                for c in entry["chunks"]:
+                    if not (tmp / c["path"]).is_file():  # side levels' chunks are local already
+                        download(shared / c["path"], local / c["path"])
+                    else:
+                        (local / c["path"]).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(tmp / c["path"], local / c["path"])
+            return _drift(dataset, local, manifest, settings)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
     from etl.spec.dataset import to_dataset
     from etl.spec.drift import detect, evolve
     from etl.spec.model import Spec
@@ -806,6 +836,7 @@ def _stage_into(
     max_record_bytes: int,
     progress: Progress | None,
     roots: Mapping[str, Path] | None = None,
+    shared: StagePath | None = None,
 ) -> dict[str, Any]:
     # The memory limit is shared out: a quarter for the reader of streamed files (one thread,
     # so file and record order hold), the rest split between the workers that unpack levels.
@@ -829,7 +860,7 @@ def _stage_into(
 
         inspected, quarantined, ray_chunks, on_ray, duplicated = stage_on_ray(
             dataset, jobs, tmp, settings=settings, max_record_bytes=max_record_bytes,
-            batch_bytes=batch_bytes, memory=memory, progress=progress)
+            batch_bytes=batch_bytes, memory=memory, progress=progress, shared=shared)
         # The levels side-file hooks fill get no rows from the sources: they are written here.
         side_levels = {side.level for side in dataset.side_files}
         mixed = sorted(name for name in side_levels if ray_chunks[name])
