@@ -155,7 +155,7 @@ def _report(run: Run, loaded: LoadResult | None, settings: Settings) -> StagePat
 
 
 def rebuild(
-    run_dir: Path,
+    run_dir: str | StagePath,
     dataset: Dataset | None = None,
     *,
     settings: Settings,
