@@ -21,6 +21,7 @@ from etl.config import load_settings
 from etl.datasets import dataset_of
 from etl.errors import RunStateError
 from etl.load import live_tables, load, table_checksums
+from etl.report import write_report
 from etl.run import MANIFEST, Run
 from etl.stage import stage
 from etl.staging_fs import RemotePath, as_uri, resolve
@@ -94,6 +95,8 @@ def test_a_remote_root_runs_every_stage_through_its_filesystem(
     assert powers.height == plain.manifest["tables"]["powers"]["rows"]
     assert powers.equals(plain.table("powers").collect())
     assert again.duckdb().execute("SELECT count(*) FROM powers").fetchone()[0] == powers.height
+    page = write_report(again)  # profiled through the filesystem, written there as one object
+    assert page == again.path / "report.html" and page.is_file()
     # Staging the same export again finds the run on the remote root and stages nothing.
     assert stage(MIDS, [mids_sample], settings=Settings(staging_dir=root)).skipped
 
@@ -150,3 +153,24 @@ def test_a_staging_root_is_a_path_or_a_uri_kept_as_given(tmp_path: Path,
     assert resolve(str(remote / "mids" / "run")) == remote / "mids" / "run"
     with pytest.raises(TypeError), open(remote / "manifest.json"):  # type: ignore[call-overload]
         pass  # no __fspath__: a remote path is never taken for a local file
+
+
+def test_the_cli_stages_validates_transforms_and_loads_a_run_given_by_its_uri(
+        pg_url: str, mids_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from etl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    root = _mock_root()
+    env = {"ETL_STAGING_DIR": root, "ETL_DATABASE_URL": pg_url, "ETL_REDIS_URL": ""}
+    staged = CliRunner().invoke(main, ["stage", "mids", str(mids_sample)], env=env)
+    assert staged.exit_code == 0, staged.output
+    uri = staged.output.strip().splitlines()[-1]  # the last line: the run, as a URI
+    assert uri.startswith(f"{root}/mids/mids-")
+    for command in (["validate", uri], ["transform", uri], ["load", uri, "--yes"]):
+        res = CliRunner().invoke(main, [*command, "--json"], env=env)
+        assert res.exit_code == 0, (command, res.output)
+    run = open_run(uri)
+    assert live_tables(pg_url, MIDS) == {n: e["rows"] for n, e in run.manifest["tables"].items()}
+    assert list(tmp_path.iterdir()) == []

@@ -174,6 +174,7 @@ def profile_files(con: Any, files: Sequence[StagePath], schema: Mapping[str, str
     if remote:  # a remote staging root: DuckDB reads a pyarrow dataset on its filesystem
         import pyarrow.dataset as pads
 
+        con = con.cursor()  # a connection of its own: the last profile's results stay unread
         con.register("_profiled", pads.dataset([f.path for f in remote], filesystem=remote[0].fs,
                                                format="parquet"))
         source = "_profiled"
