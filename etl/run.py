@@ -663,10 +663,44 @@ def _scan(root: StagePath, chunks: list[dict[str, Any]], schema: pl.Schema) -> p
 
 
 def _scan_remote(files: list[RemotePath], schema: pl.Schema | None) -> pl.LazyFrame:
-    """Parquet files on a remote filesystem, read through a pyarrow dataset on it (in order)."""
-    dataset = pads.dataset([f.path for f in files], filesystem=files[0].fs, format="parquet")
-    lf = pl.scan_pyarrow_dataset(dataset)
-    return lf if schema is None else lf.select(list(schema)).cast(schema)
+    """Parquet files on a remote filesystem as a LazyFrame that reads them through it, in order,
+    a record batch at a time (memory bounded as ``scan_parquet``'s is, which reads local files
+    only; a pyarrow dataset scan would be collected whole). Projections, filters and row limits
+    Polars pushes down are applied here, as an IO source must."""
+    from polars.io.plugins import register_io_source  # marked unstable by Polars; tested here
+
+    if schema is None:
+        with files[0].open_input() as fh:
+            empty = pl.from_arrow(pq.read_schema(fh).empty_table())
+        assert isinstance(empty, pl.DataFrame)
+        schema = empty.schema
+    known = schema
+
+    def batches(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+                batch_size: int | None) -> Iterator[pl.DataFrame]:
+        columns = list(with_columns) if with_columns is not None else list(known)
+        needed = columns + [c for c in (predicate.meta.root_names() if predicate is not None else [])
+                            if c not in columns]
+        left = n_rows
+        for file in files:
+            with file.open_input() as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size or 65_536,
+                                                             columns=needed):
+                    df = pl.from_arrow(batch)
+                    assert isinstance(df, pl.DataFrame)
+                    df = df.cast({c: known[c] for c in needed})
+                    if predicate is not None:
+                        df = df.filter(predicate)
+                    df = df.select(columns)
+                    if left is not None:
+                        df = df.head(left)
+                        left -= df.height
+                    yield df
+                    if left == 0:
+                        return
+
+    return register_io_source(batches, schema=schema, explain_name="staged chunks",
+                              explain_detail=f"{len(files)} file(s) under {files[0].parent}")
 
 
 def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,

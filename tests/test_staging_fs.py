@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow.fs as pafs
 import pytest
 
@@ -34,7 +35,8 @@ MIDS = get_dataset("mids")
 def _through_the_load(root: str | Path, sample: Path, url: str) -> tuple[Run, dict[str, Any]]:
     """Stage, validate, transform and load ``sample`` with ``root`` as the staging root: the
     transformed run, and what the database holds after the load (rows and checksums)."""
-    staged = stage(MIDS, [sample], settings=Settings(staging_dir=root, threads=2))
+    # Small chunks: a level or table of several chunks, read back in order.
+    staged = stage(MIDS, [sample], settings=Settings(staging_dir=root, threads=2, chunk_rows=1000))
     require_passed(validate(staged.run, dataset_of(staged.run)))
     run = transform(staged.run, dataset_of(staged.run)).run
     load(run, dataset_of(run), database_url=url, force=True)
@@ -95,6 +97,15 @@ def test_a_remote_root_runs_every_stage_through_its_filesystem(
     assert powers.height == plain.manifest["tables"]["powers"]["rows"]
     assert powers.equals(plain.table("powers").collect())
     assert again.duckdb().execute("SELECT count(*) FROM powers").fetchone()[0] == powers.height
+    # Chunks are read through the filesystem a batch at a time, with the projection, filter and
+    # row limit Polars pushes down applied by the reader, in the chunks' order.
+    assert len(again.manifest["levels"]["power_effects"]["chunks"]) > 2
+    for query in (lambda lf: lf.select("_file", "_path", "_record"),
+                  lambda lf: lf.filter(pl.col("_record") % 3 == 1).select("_path").head(2500),
+                  lambda lf: lf.with_row_index("i").filter(pl.col("i") >= 2100).head(5),
+                  lambda lf: lf.select(pl.len())):
+        assert query(again.raw("power_effects")).collect().equals(
+            query(plain.raw("power_effects")).collect())
     page = write_report(again)  # profiled through the filesystem, written there as one object
     assert page == again.path / "report.html" and page.is_file()
     # Staging the same export again finds the run on the remote root and stages nothing.
