@@ -185,3 +185,16 @@ def test_the_cli_stages_validates_transforms_and_loads_a_run_given_by_its_uri(
     run = open_run(uri)
     assert live_tables(pg_url, MIDS) == {n: e["rows"] for n, e in run.manifest["tables"].items()}
     assert list(tmp_path.iterdir()) == []
+
+
+def test_health_checks_a_remote_root_and_prune_says_it_works_on_local_ones() -> None:
+    from etl.errors import ConfigError
+    from etl.ops import _staging_check
+    from etl.prune import prune
+
+    root = resolve(_mock_root())
+    check = _staging_check(root)
+    assert check["status"] == "ok" and str(root) in check["detail"]
+    assert [p.name for p in root.iterdir()] == []  # the probe is removed
+    with pytest.raises(ConfigError, match="local staging root"):
+        prune(root, database_url=None, force=True)
