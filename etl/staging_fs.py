@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import logging
+import os
 import posixpath
 import re
 import shutil
@@ -294,21 +295,21 @@ def remove_tree(path: StagePath) -> None:
 
 
 def upload_tree(src: Path, dst: RemotePath, *, last: str | None = None) -> None:
-    """Copy the local folder ``src`` to ``dst`` file by file; the file named ``last`` (directly
-    under ``src``: the manifest) is written after all others."""
+    """Copy the local folder ``src`` to ``dst`` (pyarrow's threaded copy); the file named
+    ``last`` directly under ``src`` (the manifest) after all others, under a temporary name
+    moved into place."""
     dst.mkdir(parents=True, exist_ok=True)
-    held = None
-    for file in sorted(p for p in src.rglob("*") if p.is_file()):
-        rel = file.relative_to(src).as_posix()
-        if last is not None and rel == last:
-            held = file
-            continue
-        target = dst / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        pafs.copy_files(str(file), target.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=dst.fs)
+    held = src / last if last is not None and (src / last).is_file() else None
+    aside = src.parent / f".{src.name}.{last}.held"
     if held is not None:
-        (dst / last).write_bytes(held.read_bytes())  # type: ignore[operator]
+        held.replace(aside)  # out of the folder while the rest is copied
+    pafs.copy_files(str(src), dst.path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=dst.fs, use_threads=True)
+    if held is not None:
+        tmp = dst / f".{last}.{os.getpid()}.tmp"
+        tmp.write_bytes(aside.read_bytes())
+        dst.fs.move(tmp.path, (dst / last).path)  # type: ignore[operator]
+        aside.replace(held)
 
 
 def move_tree(src: RemotePath, dst: RemotePath, *, last: str | None = None) -> None:

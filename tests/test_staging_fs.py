@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pyarrow.fs as pafs
 import pytest
 
 from etl import Settings, get_dataset, latest_run, open_run
@@ -115,19 +114,16 @@ def test_a_remote_root_runs_every_stage_through_its_filesystem(
 def test_a_run_uploaded_in_part_is_no_run_and_the_next_stage_completes_it(
         mids_sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _mock_root()
-    real_copy = pafs.copy_files
-    copied = []
+    real_write = RemotePath.write_bytes
 
-    def fail_midway(*args: Any, **kwargs: Any) -> None:
-        if len(copied) == 5:
+    def lost_at_the_manifest(self: RemotePath, data: bytes) -> int:
+        if MANIFEST in self.name:  # every other file is up: the connection drops now
             raise OSError("connection reset (test)")
-        copied.append(args[1])
-        real_copy(*args, **kwargs)
+        return real_write(self, data)
 
-    monkeypatch.setattr(pafs, "copy_files", fail_midway)
+    monkeypatch.setattr(RemotePath, "write_bytes", lost_at_the_manifest)
     with pytest.raises(OSError, match="connection reset"):
         stage(MIDS, [mids_sample], settings=Settings(staging_dir=root))
-    assert len(copied) == 5 and not any(p.endswith(MANIFEST) for p in copied)
     half = resolve(root) / "mids"
     [folder] = [p for p in half.iterdir() if not p.name.startswith(".")]
     assert (folder / "raw").is_dir() and not (folder / MANIFEST).exists()
@@ -136,11 +132,12 @@ def test_a_run_uploaded_in_part_is_no_run_and_the_next_stage_completes_it(
         open_run(folder)
     with pytest.raises(RunStateError, match="no staged run"):
         latest_run("mids", root)
-    monkeypatch.setattr(pafs, "copy_files", real_copy)
+    monkeypatch.setattr(RemotePath, "write_bytes", real_write)
     again = stage(MIDS, [mids_sample], settings=Settings(staging_dir=root))
     assert not again.skipped and again.run.path == folder
     assert {c["path"] for e in again.run.manifest["levels"].values() for c in e["chunks"]} == {
         p.relative_to(folder).as_posix() for p in _files(folder / "raw")}
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
 
 
 def _files(folder: RemotePath) -> list[RemotePath]:
