@@ -422,3 +422,28 @@ def test_ray_stage_into_an_object_store_root_is_the_local_run(
     assert [p.name for p in root.iterdir()] == [local.id]
     assert sorted(p.name for p in on_ray.path.iterdir()) == sorted(p.name for p in local.path.iterdir())
     assert _table_checksums(on_ray) == _table_checksums(local)
+
+
+def test_ray_stage_into_an_object_store_evolves_a_drifting_spec_as_locally(
+        ray_cluster: str, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Drift is looked for in chunks the tasks wrote to S3; "evolve" stages again there.
+    from etl.spec.model import Spec
+    from tests.test_spec_run import _v1, _v2, _write
+
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, os.environ.get(k) or v)
+    spec = Spec.from_toml(infer("things", [_write(tmp_path / "v1", _v1())]).to_toml()
+                          .replace('drift = "keep"', 'drift = "evolve"'))
+    ds = to_dataset(spec)
+    v2 = _write(tmp_path / "v2", _v2())
+    local = stage(ds, [v2], settings=Settings(staging_dir=tmp_path / "local", threads=2))
+    on_ray = stage(ds, [v2], settings=Settings(staging_dir=s3_root.replace("/runs?", "/evolve?"),
+                                               engine="ray", threads=2, ray_address=ray_cluster))
+    assert {d["policy"] for d in on_ray.run.manifest["drift"]} == {"evolve"}
+    assert on_ray.run.manifest["drift"] == local.run.manifest["drift"]
+    assert on_ray.run.id == local.run.id and on_ray.run.manifest["spec"] == local.run.manifest["spec"]
+    assert on_ray.dataset is not None and on_ray.dataset.version == local.run.manifest["dataset_version"]
+    for name, entry in local.run.manifest["levels"].items():
+        assert [(c["path"], c["rows"]) for c in on_ray.run.manifest["levels"][name]["chunks"]] == \
+            [(c["path"], c["rows"]) for c in entry["chunks"]], name
+    assert [p.name for p in on_ray.run.path.parent.iterdir()] == [local.run.id]

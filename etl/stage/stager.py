@@ -643,9 +643,10 @@ def _stage_in(dataset: Dataset, sources: Sequence[str | Path], found: Sequence[t
                 tmp.mkdir(parents=True)
                 if shared is not None:
                     remove_tree(shared)
+                    shared.mkdir(parents=True, exist_ok=True)
                 manifest = _stage_into(dataset, jobs, tmp, settings=settings,
                                        max_record_bytes=max_record_bytes, progress=progress,
-                                       roots=_roots(sources, found))
+                                       roots=_roots(sources, found), shared=shared)
                 manifest["drift"] = found_drift
             _keep_spec(dataset, tmp, manifest)
         final = root / manifest["run_id"]
