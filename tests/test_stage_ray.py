@@ -351,18 +351,6 @@ def test_bench_stages_on_ray_with_one_and_two_workers_beside_local(tmp_path: Pat
     assert all(p["ray_start_seconds"] > 0 and p["cold_seconds"] > 0 for p in engines[1:])
 
 
-def test_without_an_address_the_run_starts_a_ray_of_its_own(ray_cluster: str, small_export: Path,
-                                                             tmp_path: Path) -> None:
-    # A Ray already runs on this machine (the module's cluster): a run given no address must not
-    # join it (ray.init() alone would), but start its own for the run and stop it after.
-    import ray
-
-    run = stage(get_dataset("mids"), [small_export],
-                settings=Settings(staging_dir=tmp_path, engine="ray", threads=1)).run
-    assert (run.manifest["ray"]["nodes"], run.manifest["ray"]["cpus"]) == (1, 1)
-    assert not ray.is_initialized()
-
-
 # ------------------------------------------------------------------------------ a shared staging root
 
 
@@ -447,3 +435,17 @@ def test_ray_stage_into_an_object_store_evolves_a_drifting_spec_as_locally(
         assert [(c["path"], c["rows"]) for c in on_ray.run.manifest["levels"][name]["chunks"]] == \
             [(c["path"], c["rows"]) for c in entry["chunks"]], name
     assert [p.name for p in on_ray.run.path.parent.iterdir()] == [local.run.id]
+
+
+# Last of the module: it starts and stops a Ray of its own in this process, after which joining
+# the module's cluster again can fail (OwnerDiedError on the first tasks).
+def test_without_an_address_the_run_starts_a_ray_of_its_own(ray_cluster: str, small_export: Path,
+                                                             tmp_path: Path) -> None:
+    # A Ray already runs on this machine (the module's cluster): a run given no address must not
+    # join it (ray.init() alone would), but start its own for the run and stop it after.
+    import ray
+
+    run = stage(get_dataset("mids"), [small_export],
+                settings=Settings(staging_dir=tmp_path, engine="ray", threads=1)).run
+    assert (run.manifest["ray"]["nodes"], run.manifest["ray"]["cpus"]) == (1, 1)
+    assert not ray.is_initialized()

@@ -373,11 +373,12 @@ def _write_chunk(tmp_text: str, level: str, index: int, slices: list[tuple[str, 
             rows += length
             if n == len(slices) // 2:
                 _fault(fault, "chunk")
-    if isinstance(partial, RemotePath) and isinstance(final, RemotePath):
-        partial.fs.move(partial.path, final.path)
-        rel = str(final.relative_to(tmp)) if isinstance(tmp, RemotePath) else final.name
+    if isinstance(tmp, RemotePath):  # a rename where the filesystem has one, else copy and delete
+        assert isinstance(partial, RemotePath) and isinstance(final, RemotePath)
+        tmp.fs.move(partial.path, final.path)
+        rel = final.relative_to(tmp).as_posix()
     else:
-        assert isinstance(partial, Path) and isinstance(final, Path) and isinstance(tmp, Path)
+        assert isinstance(partial, Path) and isinstance(final, Path)
         os.replace(partial, final)
         rel = final.relative_to(tmp).as_posix()
     return {"path": rel, "rows": rows,
