@@ -184,8 +184,8 @@ def test_the_cli_stages_validates_transforms_and_loads_a_run_given_by_its_uri(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_health_checks_a_remote_root_and_prune_says_it_works_on_local_ones() -> None:
-    from etl.errors import ConfigError
+def test_health_checks_a_remote_root_and_prune_removes_its_old_runs(tmp_path: Path) -> None:
+    from etl.datasets.mids.gen import generate_mids
     from etl.ops import _staging_check
     from etl.prune import prune
 
@@ -193,5 +193,13 @@ def test_health_checks_a_remote_root_and_prune_says_it_works_on_local_ones() -> 
     check = _staging_check(root)
     assert check["status"] == "ok" and str(root) in check["detail"]
     assert [p.name for p in root.iterdir()] == []  # the probe is removed
-    with pytest.raises(ConfigError, match="local staging root"):
-        prune(root, database_url=None, force=True)
+    runs = []
+    for seed in (1, 2):
+        export = generate_mids(tmp_path / f"export{seed}", powersets=6, seed=seed).root
+        runs.append(stage(MIDS, [export], settings=Settings(staging_dir=str(root))).run)
+    older, newer = runs
+    report = prune(root, database_url=None, keep=1, force=True)
+    assert {(r["run_id"], r["action"]) for r in report["runs"]} == {(older.id, "delete"), (newer.id, "keep")}
+    assert report["freed_bytes"] > 0
+    assert [p.name for p in (root / "mids").iterdir()] == [newer.id]
+    assert latest_run("mids", root).id == newer.id
