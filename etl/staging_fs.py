@@ -362,3 +362,24 @@ def download(src: RemotePath, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     pafs.copy_files(src.path, str(dst), source_filesystem=src.fs,
                     destination_filesystem=pafs.LocalFileSystem())
+
+
+def replace_file(src: StagePath, dst: StagePath) -> None:
+    """Move the file ``src`` to ``dst`` on one filesystem, replacing it: ``os.replace`` locally,
+    the filesystem's move elsewhere (a rename where it has one, a copy and delete on object
+    stores, where the object appears whole either way)."""
+    if isinstance(src, RemotePath) and isinstance(dst, RemotePath):
+        src.fs.move(src.path, dst.path)
+        return
+    if isinstance(src, RemotePath) or isinstance(dst, RemotePath):
+        raise ValueError(f"cannot move {src} to {dst}: not on one filesystem")
+    os.replace(src, dst)
+
+
+def relative(path: StagePath, base: StagePath) -> str:
+    """``path`` under ``base`` as a relative POSIX path (both on one filesystem)."""
+    if isinstance(path, RemotePath) and isinstance(base, RemotePath):
+        return path.relative_to(base).as_posix()
+    if isinstance(path, RemotePath) or isinstance(base, RemotePath):
+        raise ValueError(f"{path} is not under {base}: not on one filesystem")
+    return path.relative_to(base).as_posix()

@@ -147,6 +147,28 @@ def _files(folder: RemotePath) -> list[RemotePath]:
     return out
 
 
+def test_side_files_are_stored_on_a_remote_root_as_on_a_local_one(tmp_path: Path) -> None:
+    # The licenses screenshots are copied into the staging root's content-addressed _store.
+    from etl.datasets.licenses.gen import generate_licenses
+
+    export = tmp_path / "export"
+    generate_licenses(export, results=12)
+    licenses = get_dataset("licenses")
+    runs = []
+    for root in (tmp_path / "local", _mock_root()):
+        staged = stage(licenses, [export], settings=Settings(staging_dir=root)).run
+        require_passed(validate(staged, dataset_of(staged)))
+        runs.append(transform(staged, dataset_of(staged)).run)
+    local, remote = runs
+    assert isinstance(remote.path, RemotePath)
+    assert _fingerprint(remote) == _fingerprint(local)
+    stored = sorted(remote.table("images").collect().get_column("path").to_list())
+    assert stored and stored == sorted(local.table("images").collect().get_column("path").to_list())
+    base = remote.path.parent.parent
+    for rel in stored:
+        assert (base / rel).read_bytes() == (tmp_path / "local" / rel).read_bytes()
+
+
 def test_a_staging_root_is_a_path_or_a_uri_kept_as_given(tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve("staging") == Path("staging")

@@ -795,10 +795,6 @@ def _stage_side_files(dataset: Dataset, tmp: Path, writers: dict[str, ChunkWrite
     entries: list[tuple[str, str, str]] = []
     levels = dataset.levels
     store_base = settings.staging_root
-    if isinstance(store_base, RemotePath):
-        raise ConfigError(f"dataset {dataset.name} copies side files (screenshots) into the staging "
-                          f"root's _store, which must be a local folder, not {store_base}",
-                          dataset=dataset.name, hint="stage this dataset into a local or file:// root")
     for side in dataset.side_files:
         chunks = writers[side.beside].close()
         files = [str(tmp / c["path"]) for c in chunks]
