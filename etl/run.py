@@ -54,7 +54,16 @@ from etl.dataset import (
 )
 from etl.errors import RunStateError
 from etl.jsontext import STAGING_MARK, add_keys
-from etl.staging_fs import RemotePath, StagePath, move_tree, remove_tree, resolve, sha256, upload_tree
+from etl.staging_fs import (
+    RemotePath,
+    StagePath,
+    drop_local,
+    move_tree,
+    remove_tree,
+    resolve,
+    sha256,
+    upload_tree,
+)
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -312,7 +321,7 @@ def replace_dir(tmp: StagePath, final: StagePath) -> None:
             move_tree(tmp, final, last=MANIFEST)
         else:
             upload_tree(tmp, final, last=MANIFEST)
-            shutil.rmtree(tmp, ignore_errors=True)
+            drop_local(tmp)
         return
     assert not isinstance(tmp, RemotePath), "a remote folder is not moved to a local one"
     trash = None

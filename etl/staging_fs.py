@@ -27,6 +27,7 @@ What holds on a remote root (object stores do not rename atomically):
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import logging
@@ -54,6 +55,8 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: base path). A URI under one of them reuses its filesystem (opened once per process).
 _ROOTS: dict[tuple[str, str], tuple[pafs.FileSystem, str]] = {}
 _ROOTS_LOCK = threading.Lock()
+#: The folder under the system's temporary folder that :func:`work_dir` works in.
+SCRATCH = "etl-scratch"
 
 
 def is_uri(text: str | Path) -> bool:
@@ -354,7 +357,16 @@ def work_dir(place: StagePath, name: str) -> Path:
     if not isinstance(place, RemotePath):
         return place / name
     key = hashlib.sha256(str(place).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "etl-scratch" / key / name
+    return Path(tempfile.gettempdir()) / SCRATCH / key / name
+
+
+def drop_local(folder: Path) -> None:
+    """Remove a local folder a phase wrote in, and the :func:`work_dir` folder holding it when
+    that is empty now."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if folder.parent.parent.name == SCRATCH:
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()
 
 
 def download(src: RemotePath, dst: Path) -> None:

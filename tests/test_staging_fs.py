@@ -198,7 +198,8 @@ def test_the_cli_stages_validates_transforms_and_loads_a_run_given_by_its_uri(
     assert staged.exit_code == 0, staged.output
     uri = staged.output.strip().splitlines()[-1]  # the last line: the run, as a URI
     assert uri.startswith(f"{root}/mids/mids-")
-    for command in (["validate", uri], ["transform", uri], ["load", uri, "--yes"]):
+    for command in (["validate", uri], ["transform", uri], ["load", uri, "--yes"], ["reconcile", uri],
+                    ["rebuild", uri], ["report", uri]):
         res = CliRunner().invoke(main, [*command, "--json"], env=env)
         assert res.exit_code == 0, (command, res.output)
     run = open_run(uri)
