@@ -41,7 +41,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -214,10 +214,6 @@ class RemotePath:
 
 #: A staging location: a local path, or a path on another pyarrow filesystem.
 StagePath: TypeAlias = Path | RemotePath
-
-
-def is_remote(path: StagePath | str) -> TypeGuard[RemotePath]:
-    return isinstance(path, RemotePath)
 
 
 def resolve(location: str | Path | RemotePath) -> StagePath:
