@@ -1,6 +1,6 @@
-"""Build the C extensions (etl.stage._extra, etl/stage/_extra.c; etl._jsonb, etl/_jsonb.c) and put the repository's top-level
-``sql/`` and ``migrations/`` into the wheel as package data (``etl/_shipped/``, found by
-etl/shipped.py); the rest is in pyproject.toml."""
+"""Build the C extensions (etl.stage._extra from etl/stage/_extra.c, etl._jsonb from etl/_jsonb.c)
+and put the repository's top-level ``sql/`` and ``migrations/`` into the wheel as package data
+(``etl/_shipped/``, found by etl/shipped.py); the rest is in pyproject.toml."""
 
 import shutil
 from pathlib import Path

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from etl.errors import ConfigError
+from etl.staging_fs import StagePath, is_uri, resolve
 
 #: Environment variables read for each setting, first match wins.
 ENV = {
@@ -104,7 +105,9 @@ def _pyproject_rules(table: object, pyproject: Path) -> tuple[RuleOverride, ...]
 class Settings:
     """Everything the stages need to know about their environment."""
 
-    staging_dir: Path = Path("staging")
+    #: The staging root: a path, or a URI pyarrow opens (``file://``, ``s3://``, ``gs://``,
+    #: ``hdfs://``; see :mod:`etl.staging_fs`), kept as the text given.
+    staging_dir: Path | str = Path("staging")
     #: Where ``etl init`` writes dataset specs (``NAME.toml``).
     datasets_dir: Path = Path("datasets")
     database_url: str | None = None
@@ -122,6 +125,11 @@ class Settings:
     #: The Ray cluster to join (``ray://host:10001``, ``auto``, ``host:port``); none: a local
     #: Ray is started for the run (``threads`` CPUs, or one per core) and shut down after.
     ray_address: str | None = None
+
+    @property
+    def staging_root(self) -> StagePath:
+        """The staging root resolved: a :class:`~pathlib.Path`, or a remote path for a URI."""
+        return resolve(self.staging_dir)
 
     def with_overrides(self, **flags: Any) -> Settings:
         """Apply flags that were given (``None`` means not given)."""
@@ -144,7 +152,9 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"unknown setting {key!r}", hint=f"known settings: {', '.join(types)}")
         kind = str(types[key])
         try:
-            if "Path" in kind:
+            if key == "staging_dir" and is_uri(str(value)):
+                out[key] = str(value)  # a URI: Path() would fold its "//"
+            elif "Path" in kind:
                 out[key] = Path(value)
             elif kind == "int":
                 out[key] = int(value)
@@ -200,7 +210,7 @@ def load_settings(*, start: Path | None = None, **flags: Any) -> Settings:
             raise ConfigError(f"cannot parse {pyproject}: {exc}", file=pyproject) from exc
         merged.update({k.replace("-", "_"): v for k, v in table.items()})
         for key in ("staging_dir", "datasets_dir"):
-            if key in merged and not Path(merged[key]).is_absolute():
+            if key in merged and not is_uri(str(merged[key])) and not Path(merged[key]).is_absolute():
                 merged[key] = pyproject.parent / merged[key]
         if "rules" in merged:
             rules += _pyproject_rules(merged.pop("rules"), pyproject)

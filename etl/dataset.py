@@ -20,9 +20,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from etl.staging_fs import StagePath
 
 #: Staged field types, in DuckDB's spelling (they become the Parquet column types).
 FieldType = Literal[
@@ -174,10 +177,11 @@ class SideInput:
     #: Input root of each staged file, by its relative path (``_file``): files beside it must
     #: resolve under this root, or they are refused unread.
     roots: Mapping[str, Path]
-    #: Folder for copies of side files (``<staging_dir>/<dataset>/_store``), shared by runs.
-    store: Path
+    #: Folder for copies of side files (``<staging_dir>/<dataset>/_store``), shared by runs: a
+    #: local path, or a :class:`~etl.staging_fs.RemotePath` when the staging root is a URI.
+    store: StagePath
     #: What stored paths are written relative to (the staging directory).
-    store_base: Path
+    store_base: StagePath
     threads: int
 
 

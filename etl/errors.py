@@ -47,7 +47,7 @@ class EtlError(Exception):
         *,
         dataset: str | None = None,
         run: str | None = None,
-        file: str | Path | None = None,
+        file: str | Path | object | None = None,  # a path or anything naming one (a URI)
         record: int | None = None,
         offset: int | None = None,
         hint: str | None = None,

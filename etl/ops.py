@@ -6,10 +6,10 @@ Each function returns plain data (dicts and lists) for the CLI to show or a moni
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
@@ -18,6 +18,7 @@ from etl.datasets import available
 from etl.errors import EtlError, mask_secrets
 from etl.infra import ledger, pg
 from etl.infra.pg import quote_ident
+from etl.staging_fs import RemotePath, StagePath
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def _check(name: str, status: Status, detail: str, *, required: bool = True, **d
     return {"name": name, "status": status, "required": required, "detail": detail, **data}
 
 
-def health(database_url: str, *, redis_url: str | None, staging_dir: Path) -> dict[str, Any]:
+def health(database_url: str, *, redis_url: str | None, staging_dir: StagePath) -> dict[str, Any]:
     """Check each part: the database (reachable, version), the migrations (at head), Redis
     (optional), the staging directory (writable, free space) and each dataset's last load.
 
@@ -96,7 +97,17 @@ def _redis_check(redis_url: str | None) -> dict[str, Any]:
         client.close()
 
 
-def _staging_check(staging_dir: Path) -> dict[str, Any]:
+def _staging_check(staging_dir: StagePath) -> dict[str, Any]:
+    if isinstance(staging_dir, RemotePath):
+        probe = staging_dir / f".health-{os.getpid()}"
+        try:
+            staging_dir.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"ok")
+            probe.unlink(missing_ok=True)
+        except OSError as exc:
+            return _check("staging", "fail", f"{staging_dir} is not writable: {exc}",
+                          hint="check the filesystem's credentials (its usual environment variables)")
+        return _check("staging", "ok", f"{staging_dir} writable", path=str(staging_dir))
     folder = staging_dir.resolve()
     try:
         folder.mkdir(parents=True, exist_ok=True)

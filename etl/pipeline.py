@@ -14,6 +14,7 @@ from etl.load import LoadResult, Mode, check_database, load
 from etl.metrics import Phase, timed
 from etl.run import Run, check_run_files, open_run
 from etl.stage import stage
+from etl.staging_fs import StagePath
 from etl.transform import transform
 from etl.validate import require_passed, validate
 from etl.validate.errors import ValidationFailed
@@ -30,7 +31,7 @@ class PipelineResult:
     phases: list[Phase]
     load: LoadResult | None = field(default=None)
     #: The run's report page (``etl run`` writes it; see :mod:`etl.report`).
-    report_html: Path | None = field(default=None)
+    report_html: StagePath | None = field(default=None)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -137,7 +138,7 @@ def run_all(
                           loaded, report_html=_report(first.run, loaded, settings))
 
 
-def _report(run: Run, loaded: LoadResult | None, settings: Settings) -> Path | None:
+def _report(run: Run, loaded: LoadResult | None, settings: Settings) -> StagePath | None:
     """The run's report page with the figures of the load just made (if any); None (and a
     warning) if it cannot be written: it must not hide how the run ended, and `etl report RUN`
     can write it later."""
@@ -154,7 +155,7 @@ def _report(run: Run, loaded: LoadResult | None, settings: Settings) -> Path | N
 
 
 def rebuild(
-    run_dir: Path,
+    run_dir: str | StagePath,
     dataset: Dataset | None = None,
     *,
     settings: Settings,

@@ -16,7 +16,8 @@ whatever their age, the runs the run ledger says are needed:
 read, so pruning needs ``force``. A run is removed by renaming it to a ``.stage.tmp-*`` folder
 first (holding the dataset's staging lock, so no stage, validation or transform writes there
 meanwhile), then deleting that: a prune killed midway leaves no half run behind, and the next
-stage of the dataset removes the leftover.
+stage of the dataset removes the leftover. On a remote staging root (a URI: no rename of a folder
+there) a run's manifest is deleted first, so what a killed prune leaves is no run, then the rest.
 
 >>> report = prune(Path("staging"), database_url="postgresql://me@db/games", keep=2,
 ...                dry_run=True)   # doctest: +SKIP
@@ -29,13 +30,15 @@ import logging
 import os
 import shutil
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
 
 from etl.errors import ConfigError
 from etl.infra import ledger, pg
 from etl.infra.errors import NoDatabase
 from etl.run import MANIFEST, open_run, staging_lock
+from etl.staging_fs import RemotePath, StagePath, remove_tree, resolve
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,11 @@ DEFAULT_KEEP = 3
 RESUMABLE = ("interrupted", "abandoned")
 
 
-def dir_bytes(path: Path) -> int:
+def dir_bytes(path: StagePath) -> int:
     """The bytes of the files under ``path`` (links not followed)."""
+    if isinstance(path, RemotePath):
+        infos = path.fs.get_file_info(pafs.FileSelector(path.path, recursive=True, allow_not_found=True))
+        return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
     total = 0
     for folder, _, files in os.walk(path):
         for name in files:
@@ -57,13 +63,15 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
-def _staged_runs(staging_dir: Path, dataset: str | None) -> dict[str, list[dict[str, Any]]]:
+def _staged_runs(staging_dir: StagePath, dataset: str | None) -> dict[str, list[dict[str, Any]]]:
     """Each dataset's complete run directories, newest first (by the manifest's ``created_at``,
     then its modification time)."""
     out: dict[str, list[dict[str, Any]]] = {}
     if not staging_dir.is_dir():
         return out
-    folders = [staging_dir / dataset] if dataset else sorted(p for p in staging_dir.iterdir() if p.is_dir())
+    children: list[StagePath] = list(staging_dir.iterdir()) if not dataset else []
+    folders = [staging_dir / dataset] if dataset else sorted((p for p in children if p.is_dir()),
+                                                             key=lambda p: p.name)
     for folder in folders:
         if not folder.is_dir() or folder.name.startswith((".", "_")):
             continue
@@ -105,7 +113,7 @@ def _needed(database_url: str) -> dict[tuple[str, str], str]:
 
 
 def prune(
-    staging_dir: Path,
+    staging_dir: StagePath,
     *,
     database_url: str | None,
     keep: int = DEFAULT_KEEP,
@@ -138,7 +146,7 @@ def prune(
     for name, runs in _staged_runs(staging_dir, dataset).items():
         for rank, r in enumerate(runs):
             del r["_order"]
-            r["bytes"] = dir_bytes(Path(r["path"]))
+            r["bytes"] = dir_bytes(resolve(r["path"]))
             why = needed.get((name, r["run_id"]))
             if rank < keep:
                 r["action"], r["reason"] = "keep", f"among the {keep} newest"
@@ -151,14 +159,20 @@ def prune(
         if doomed and not dry_run:
             with staging_lock(staging_dir / name):
                 for r in doomed:
-                    _remove(Path(r["path"]))
+                    _remove(resolve(r["path"]))
     report["freed_bytes"] = sum(r["bytes"] for r in report["runs"] if r["action"] == "delete")
     report["kept_bytes"] = sum(r["bytes"] for r in report["runs"] if r["action"] == "keep")
     return report
 
 
-def _remove(path: Path) -> None:
-    """Rename the run away (atomic: it is a run or gone), then delete it."""
+def _remove(path: StagePath) -> None:
+    """Rename the run away (atomic: it is a run or gone), then delete it; on a remote root,
+    delete its manifest (it is no run from then on), then the rest."""
+    if isinstance(path, RemotePath):
+        (path / MANIFEST).unlink(missing_ok=True)
+        remove_tree(path)
+        log.info("pruned %s", path)
+        return
     if not path.exists():
         return
     doomed = path.with_name(f".stage.tmp-prune-{path.name}")

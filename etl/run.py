@@ -10,7 +10,9 @@
         tables/<table>/part-NNNNN.parquet   etl transform
 
 Every phase writes into a temporary sibling and renames it into place, then rewrites the
-manifest atomically, so a killed process never leaves a run that looks complete.
+manifest atomically, so a killed process never leaves a run that looks complete. The staging
+root may be on another filesystem (a URI: :mod:`etl.staging_fs`); there a phase writes into a
+local temporary folder and uploads it, the manifest last.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +37,7 @@ from typing import Any, TypeVar
 import orjson
 import polars as pl
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from etl.dataset import (
@@ -50,6 +54,16 @@ from etl.dataset import (
 )
 from etl.errors import RunStateError
 from etl.jsontext import STAGING_MARK, add_keys
+from etl.staging_fs import (
+    RemotePath,
+    StagePath,
+    drop_local,
+    move_tree,
+    remove_tree,
+    resolve,
+    sha256,
+    upload_tree,
+)
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -258,7 +272,7 @@ class Checksum:
         return f"{self.total:016x}-{self.rows}"
 
 
-def check_run_files(run_dir: Path, manifest: Mapping[str, Any]) -> int:
+def check_run_files(run_dir: StagePath, manifest: Mapping[str, Any]) -> int:
     """Check every chunk the manifest lists (raw levels and tables) against its sha256.
 
     Returns how many files were checked; raises :class:`RunStateError` naming the first file
@@ -292,22 +306,27 @@ def check_run_files(run_dir: Path, manifest: Mapping[str, Any]) -> int:
     return checked
 
 
-def sha256_file(path: Path, *, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256_file(path: StagePath, *, block: int = 1 << 20) -> str:
+    return sha256(path, block=block)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
+def _json_bytes(data: Any) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
+                        | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY, default=str)
+
+
+def write_json_atomic(path: StagePath, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (on a remote filesystem: a
+    temporary object moved into place; an object store's PUT is all-or-nothing either way)."""
+    if isinstance(path, RemotePath):
+        tmp_path = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp_path.write_bytes(_json_bytes(data))
+        path.fs.move(tmp_path.path, path.path)
+        return
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE
-                                 | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY,
-                                 default=str))
+            f.write(_json_bytes(data))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -316,8 +335,22 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move ``tmp`` to ``final``, replacing what was there (old copy removed after the swap)."""
+def replace_dir(tmp: StagePath, final: StagePath) -> None:
+    """Move ``tmp`` to ``final``, replacing what was there (old copy removed after the swap).
+
+    On a remote ``final`` (no atomic rename of a folder there): the old folder's manifest goes
+    first (it stops looking complete), then the rest of it; the new files are uploaded (``tmp``
+    local) or moved (``tmp`` remote), a manifest among them last."""
+    if isinstance(final, RemotePath):
+        (final / MANIFEST).unlink(missing_ok=True)
+        remove_tree(final)
+        if isinstance(tmp, RemotePath):
+            move_tree(tmp, final, last=MANIFEST)
+        else:
+            upload_tree(tmp, final, last=MANIFEST)
+            drop_local(tmp)
+        return
+    assert not isinstance(tmp, RemotePath), "a remote folder is not moved to a local one"
     trash = None
     if final.exists():
         trash = final.with_name(f".{final.name}.old-{os.getpid()}")
@@ -410,12 +443,23 @@ class Manifest(dict[str, Any]):
 STAGING_LOCK = STAGING_MARK
 
 
+_REMOTE_LOCKS: dict[str, threading.Lock] = {}
+
+
 @contextmanager
-def staging_lock(folder: Path) -> Iterator[None]:
+def staging_lock(folder: StagePath) -> Iterator[None]:
     """Hold the dataset staging folder ``folder`` alone: a stage, validation or transform of one
     process at a time writes into it (two runs sharing the folder raced: a run replaced while
     another validated it lost its rejects). A second process waits. Holding the lock, nothing
-    else is staging here, so the temporary folders of stages killed earlier are removed."""
+    else is staging here, so the temporary folders of stages killed earlier are removed.
+
+    On a remote root (no ``flock`` there) the lock holds within this process only, and no
+    leftovers are removed (another machine may be writing them)."""
+    if isinstance(folder, RemotePath):
+        folder.mkdir(parents=True, exist_ok=True)
+        with _REMOTE_LOCKS.setdefault(str(folder), threading.Lock()):
+            yield
+        return
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / STAGING_LOCK, "a+") as fh:
         try:
@@ -432,7 +476,7 @@ def staging_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def locks_staging(folder_of: Callable[..., Path]) -> Callable[[F], F]:
+def locks_staging(folder_of: Callable[..., StagePath]) -> Callable[[F], F]:
     """Decorate a stage function to run under :func:`staging_lock` of the folder ``folder_of``
     gives for its arguments."""
     def wrap(fn: F) -> F:
@@ -444,16 +488,18 @@ def locks_staging(folder_of: Callable[..., Path]) -> Callable[[F], F]:
     return wrap
 
 
-def run_folder(run: Run, *_: Any, **__: Any) -> Path:
+def run_folder(run: Run, *_: Any, **__: Any) -> StagePath:
     """The folder a stage of ``run`` locks: the dataset staging folder the run sits in (marked
-    by the stage that made it), or, for a run moved elsewhere (``/tmp/myrun``), the run's own
-    folder: its lock file marks the folder it is in as no input, and a parent like ``/tmp``
-    must not become one."""
+    by the stage that made it, or any folder of a remote root, where no lock file is written),
+    or, for a run moved elsewhere (``/tmp/myrun``), the run's own folder: its lock file marks
+    the folder it is in as no input, and a parent like ``/tmp`` must not become one."""
     parent = run.path.parent
-    return parent if (parent / STAGING_LOCK).exists() else run.path
+    if isinstance(parent, RemotePath) or (parent / STAGING_LOCK).exists():
+        return parent
+    return run.path
 
 
-def write_manifest(run_dir: Path, manifest: Mapping[str, Any]) -> None:
+def write_manifest(run_dir: StagePath, manifest: Mapping[str, Any]) -> None:
     """The one writer of ``manifest.json``: atomically (temporary file, fsync, rename), so a
     reader sees the old manifest or the new one, never a part."""
     write_json_atomic(run_dir / MANIFEST, dict(manifest))
@@ -467,7 +513,8 @@ class Run:
     current state on disk (:meth:`current`) and ends with :meth:`advance`, which writes what it
     adds and returns the new snapshot."""
 
-    path: Path
+    #: The run's folder: a local path, or a :class:`~etl.staging_fs.RemotePath`.
+    path: StagePath
     manifest: Manifest
 
     def __repr__(self) -> str:
@@ -531,7 +578,9 @@ class Run:
 
     def rejects(self, level: str) -> pl.LazyFrame | None:
         path = self.path / "rejects" / f"{level}.parquet"
-        return pl.scan_parquet(path) if path.exists() else None
+        if not path.exists():
+            return None
+        return _scan_remote([path], None) if isinstance(path, RemotePath) else pl.scan_parquet(path)
 
     def accepted(self, level: str, dataset: Dataset, *,
                  narrow: bool = False) -> pl.LazyFrame:
@@ -593,6 +642,8 @@ class Run:
         import duckdb
 
         con = duckdb.connect()
+        if isinstance(self.path, RemotePath):
+            return self._duckdb_remote(con)
         for level, entry in self.manifest["levels"].items():
             files = [str(self.path / c["path"]) for c in entry["chunks"]]
             if files:
@@ -605,7 +656,22 @@ class Run:
                 con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({files!r})')
         return con
 
-    def chunk_files(self) -> Iterator[tuple[Path, dict[str, Any]]]:
+    def _duckdb_remote(self, con: Any) -> Any:
+        """:meth:`duckdb` for a run on a remote filesystem: the views read pyarrow datasets."""
+        assert isinstance(self.path, RemotePath)
+        fs = self.path.fs
+        views = [(f"raw_{level}", [self.path / c["path"] for c in entry["chunks"]])
+                 for level, entry in self.manifest["levels"].items()]
+        views += [(f"rejects_{p.stem}", [p]) for p in sorted((self.path / "rejects").glob("*.parquet"))]
+        views += [(name, [self.path / c["path"] for c in entry["chunks"]])
+                  for name, entry in self.manifest.get("tables", {}).items()]
+        for name, files in views:
+            if files:
+                con.register(name, pads.dataset([p.path for p in files if isinstance(p, RemotePath)],
+                                                filesystem=fs, format="parquet"))
+        return con
+
+    def chunk_files(self) -> Iterator[tuple[StagePath, dict[str, Any]]]:
         """Every Parquet chunk the manifest lists, with its entry (path, rows, sha256)."""
         for entry in self.manifest["levels"].values():
             for c in entry["chunks"]:
@@ -630,11 +696,53 @@ def schema_to_json(schema: pl.Schema) -> dict[str, str]:
     return {name: str(dtype) for name, dtype in schema.items()}
 
 
-def _scan(root: Path, chunks: list[dict[str, Any]], schema: pl.Schema) -> pl.LazyFrame:
-    files = [str(root / c["path"]) for c in chunks]
-    if not files:
+def _scan(root: StagePath, chunks: list[dict[str, Any]], schema: pl.Schema) -> pl.LazyFrame:
+    if not chunks:
         return pl.LazyFrame(schema=schema)
-    return pl.scan_parquet(files, schema=schema)
+    if isinstance(root, RemotePath):
+        return _scan_remote([root / c["path"] for c in chunks], schema)
+    return pl.scan_parquet([str(root / c["path"]) for c in chunks], schema=schema)
+
+
+def _scan_remote(files: list[RemotePath], schema: pl.Schema | None) -> pl.LazyFrame:
+    """Parquet files on a remote filesystem as a LazyFrame that reads them through it, in order,
+    a record batch at a time (memory bounded as ``scan_parquet``'s is, which reads local files
+    only; a pyarrow dataset scan would be collected whole). Projections, filters and row limits
+    Polars pushes down are applied here, as an IO source must."""
+    from polars.io.plugins import register_io_source  # marked unstable by Polars; tested here
+
+    if schema is None:
+        with files[0].open_input() as fh:
+            empty = pl.from_arrow(pq.read_schema(fh).empty_table())
+        assert isinstance(empty, pl.DataFrame)
+        schema = empty.schema
+    known = schema
+
+    def batches(with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None,
+                batch_size: int | None) -> Iterator[pl.DataFrame]:
+        columns = list(with_columns) if with_columns is not None else list(known)
+        needed = columns + [c for c in (predicate.meta.root_names() if predicate is not None else [])
+                            if c not in columns]
+        left = n_rows
+        for file in files:
+            with file.open_input() as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=batch_size or 65_536,
+                                                             columns=needed):
+                    df = pl.from_arrow(batch)
+                    assert isinstance(df, pl.DataFrame)
+                    df = df.cast({c: known[c] for c in needed})
+                    if predicate is not None:
+                        df = df.filter(predicate)
+                    df = df.select(columns)
+                    if left is not None:
+                        df = df.head(left)
+                        left -= df.height
+                    yield df
+                    if left == 0:
+                        return
+
+    return register_io_source(batches, schema=schema, explain_name="staged chunks",
+                              explain_detail=f"{len(files)} file(s) under {files[0].parent}")
 
 
 def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
@@ -701,13 +809,15 @@ def _restore_originals(rows: pl.Series, keys: list[str], *, patch_only: bool = F
     return extra.scatter(idx, pl.Series(new, dtype=pl.String()))
 
 
-def open_run(path: str | Path) -> Run:
+def open_run(path: str | StagePath) -> Run:
     """Open a staged run directory (``staging/<dataset>/<run>``) for reading.
 
     >>> run = open_run("staging/mids/mids-1a2b3c4d5e6f")   # doctest: +SKIP
     >>> run.raw("powers").select("full_name", "level").collect()   # doctest: +SKIP
+
+    ``path`` may be a URI (``s3://bucket/staging/mids/mids-1a2b3c4d5e6f``): see :mod:`etl.staging_fs`.
     """
-    root = Path(path)
+    root = resolve(path)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
         raise RunStateError(
@@ -724,14 +834,15 @@ def open_run(path: str | Path) -> Run:
     return Run(root, Manifest(manifest))
 
 
-def latest_run(dataset: str, staging_dir: str | Path = "staging") -> Run:
+def latest_run(dataset: str, staging_dir: str | StagePath = "staging") -> Run:
     """The run of ``dataset`` staged last under ``staging_dir`` (a notebook's way to the run an
     ``etl run`` just made): :class:`RunStateError` naming the folder when there is none.
 
     >>> run = latest_run("mids")   # doctest: +SKIP
     """
-    folder = Path(staging_dir) / dataset
-    runs = [p for p in folder.glob(f"{dataset}-*") if (p / MANIFEST).is_file()] if folder.is_dir() else []
+    folder = resolve(staging_dir) / dataset
+    runs: list[StagePath] = [p for p in folder.glob(f"{dataset}-*")
+                             if (p / MANIFEST).is_file()] if folder.is_dir() else []
     if not runs:
         raise RunStateError(f"no staged run of {dataset} under {folder}", file=folder,
                             hint=f"stage one with `etl run {dataset} SOURCE...` (or pass staging_dir)")

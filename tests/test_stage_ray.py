@@ -43,6 +43,10 @@ from etl.transform import transform
 from etl.validate import require_passed, validate
 from tests.conftest import SHARED, require_shared
 
+#: Credentials for the moto S3 server of :func:`s3_root` (pyarrow's S3 reads them from here).
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
@@ -55,6 +59,11 @@ def ray_cluster() -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("Ray is not installed; CI installs it (the test extra)")
         pytest.skip("Ray is not installed (pip install 'etl-staging[ray]')")
+    # The S3 test's fake credentials (its moto server takes any), in the environment before the
+    # nodes start, so their workers have them as a real cluster's would.
+    before = {k: os.environ.get(k) for k in S3_ENV}
+    for k, v in S3_ENV.items():
+        os.environ.setdefault(k, v)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)
@@ -64,6 +73,9 @@ def ray_cluster() -> Iterator[str]:
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+        for k, old in before.items():
+            if old is None:
+                os.environ.pop(k, None)
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +351,94 @@ def test_bench_stages_on_ray_with_one_and_two_workers_beside_local(tmp_path: Pat
     assert all(p["ray_start_seconds"] > 0 and p["cold_seconds"] > 0 for p in engines[1:])
 
 
+# ------------------------------------------------------------------------------ a shared staging root
+
+
+def test_ray_stage_into_a_file_uri_root_both_nodes_see_is_the_local_run(
+        ray_cluster: str, small_export: Path, tmp_path: Path) -> None:
+    # Both nodes see tmp_path (one machine): the root is given as a URI, as a cluster's shared
+    # mount would be, and the tasks open it from the URI they are given.
+    local = stage(get_dataset("mids"), [small_export], settings=Settings(
+        staging_dir=tmp_path / "local", engine="local", threads=2, chunk_rows=700)).run
+    uri = (tmp_path / "shared").as_uri()
+    on_ray = stage(get_dataset("mids"), [small_export], settings=Settings(
+        staging_dir=uri, engine="ray", threads=2, ray_address=ray_cluster, chunk_rows=700)).run
+    assert on_ray.path == tmp_path / "shared" / "mids" / local.id
+    _assert_same_run(local, on_ray)
+    assert [p.name for p in (tmp_path / "shared" / "mids").iterdir() if p.name.startswith(".stage")] == []
+    assert _table_checksums(on_ray) == _table_checksums(local)
+
+
+@pytest.fixture(scope="module")
+def s3_root() -> Iterator[str]:
+    """An S3 bucket served by moto's S3 server on localhost, as the staging root's URI (the
+    endpoint in its query, as pyarrow's S3 filesystem reads it; the credentials in the
+    environment, :data:`S3_ENV`)."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("moto is not installed; CI installs it (the test extra)")
+        pytest.skip("moto is not installed (pip install 'moto[server]')")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield (f"s3://etl-staging/runs?endpoint_override=http://{host}:{port}&scheme=http"
+               "&region=us-east-1&allow_bucket_creation=true")
+    finally:
+        server.stop()
+
+
+def test_ray_stage_into_an_object_store_root_is_the_local_run(
+        ray_cluster: str, s3_root: str, small_export: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in S3_ENV.items():  # the driver's own S3 client (the module's cluster has them)
+        monkeypatch.setenv(k, os.environ.get(k) or v)
+    from etl.staging_fs import RemotePath
+
+    local = stage(get_dataset("mids"), [small_export], settings=Settings(
+        staging_dir=tmp_path / "local", engine="local", threads=2, chunk_rows=700)).run
+    on_ray = stage(get_dataset("mids"), [small_export], settings=Settings(
+        staging_dir=s3_root, engine="ray", threads=2, ray_address=ray_cluster, chunk_rows=700)).run
+    assert isinstance(on_ray.path, RemotePath) and str(on_ray.path).startswith("s3://etl-staging/runs/mids/")
+    assert on_ray.id == local.id
+    for name, entry in local.manifest["levels"].items():
+        assert on_ray.manifest["levels"][name]["chunks"] == entry["chunks"], name
+    # Written by the tasks through S3, moved into place, the manifest last; nothing else left.
+    root = on_ray.path.parent
+    assert [p.name for p in root.iterdir()] == [local.id]
+    assert sorted(p.name for p in on_ray.path.iterdir()) == sorted(p.name for p in local.path.iterdir())
+    assert _table_checksums(on_ray) == _table_checksums(local)
+
+
+def test_ray_stage_into_an_object_store_evolves_a_drifting_spec_as_locally(
+        ray_cluster: str, s3_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Drift is looked for in chunks the tasks wrote to S3; "evolve" stages again there.
+    from etl.spec.model import Spec
+    from tests.test_spec_run import _v1, _v2, _write
+
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, os.environ.get(k) or v)
+    spec = Spec.from_toml(infer("things", [_write(tmp_path / "v1", _v1())]).to_toml()
+                          .replace('drift = "keep"', 'drift = "evolve"'))
+    ds = to_dataset(spec)
+    v2 = _write(tmp_path / "v2", _v2())
+    local = stage(ds, [v2], settings=Settings(staging_dir=tmp_path / "local", threads=2))
+    on_ray = stage(ds, [v2], settings=Settings(staging_dir=s3_root.replace("/runs?", "/evolve?"),
+                                               engine="ray", threads=2, ray_address=ray_cluster))
+    assert {d["policy"] for d in on_ray.run.manifest["drift"]} == {"evolve"}
+    assert on_ray.run.manifest["drift"] == local.run.manifest["drift"]
+    assert on_ray.run.id == local.run.id and on_ray.run.manifest["spec"] == local.run.manifest["spec"]
+    assert on_ray.dataset is not None and on_ray.dataset.version == local.run.manifest["dataset_version"]
+    for name, entry in local.run.manifest["levels"].items():
+        assert [(c["path"], c["rows"]) for c in on_ray.run.manifest["levels"][name]["chunks"]] == \
+            [(c["path"], c["rows"]) for c in entry["chunks"]], name
+    assert [p.name for p in on_ray.run.path.parent.iterdir()] == [local.run.id]
+
+
+# Last of the module: it starts and stops a Ray of its own in this process, after which joining
+# the module's cluster again can fail (OwnerDiedError on the first tasks).
 def test_without_an_address_the_run_starts_a_ray_of_its_own(ray_cluster: str, small_export: Path,
                                                              tmp_path: Path) -> None:
     # A Ray already runs on this machine (the module's cluster): a run given no address must not

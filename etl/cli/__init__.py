@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-from pathlib import Path
 from typing import Any
 
 import click
@@ -50,11 +49,12 @@ class EtlGroup(click.Group):
 
 @click.group(cls=EtlGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="etl")
-@click.option("--staging-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where runs are staged (env ETL_STAGING_DIR; default ./staging).")
+@click.option("--staging-dir", type=str, metavar="PATH|URI",
+              help="Where runs are staged: a folder, or a URI pyarrow opens (file://, s3://, gs://, "
+                   "hdfs://) (env ETL_STAGING_DIR; default ./staging).")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 @click.pass_context
-def main(ctx: click.Context, staging_dir: Path | None, verbose: int) -> None:
+def main(ctx: click.Context, staging_dir: str | None, verbose: int) -> None:
     """Stage JSON exports as Parquet, validate and transform them, load them into PostgreSQL.
 
     \b

@@ -164,7 +164,7 @@ def health_cmd(ctx: click.Context, database_url: str | None, redis_url: str | No
                                                            "required": True, "detail": exc.message,
                                                            "hint": exc.hint}]}
     else:
-        report = health(url, redis_url=resolve_redis_url(ctx, redis_url), staging_dir=settings.staging_dir)
+        report = health(url, redis_url=resolve_redis_url(ctx, redis_url), staging_dir=settings.staging_root)
     if as_json:
         failing = [c for c in report["checks"] if c["status"] == "fail" and c["required"]]
         echo_json(report if report["ok"] else {"error": failed(
@@ -265,7 +265,7 @@ def runs_prune_cmd(ctx: click.Context, keep: int, dataset: str | None, dry_run: 
             exc.hint = f"{exc.hint}; or give --force to prune by age alone" if exc.hint else None
             raise
         url = None
-    report = prune(settings.staging_dir, database_url=url, keep=keep, dataset=dataset or (
+    report = prune(settings.staging_root, database_url=url, keep=keep, dataset=dataset or (
         ctx.parent.params.get("dataset") if ctx.parent else None), force=force, dry_run=dry_run)
     if as_json:
         echo_json(report)

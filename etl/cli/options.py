@@ -11,6 +11,7 @@ from rich.markup import escape
 from etl.cli.render import F, err
 from etl.config import Settings
 from etl.run import MANIFEST
+from etl.staging_fs import is_uri, resolve
 
 json_option = click.option(
     "--json", "as_json", is_flag=True,
@@ -24,7 +25,25 @@ def ctx_settings(ctx: click.Context, **flags: Any) -> Settings:
 
 
 def looks_like_run(path: str) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    return (resolve(path) / MANIFEST).is_file()
+
+
+class RunDir(click.ParamType):
+    """A staged run: a folder (a :class:`~pathlib.Path`, which must exist when ``exists``), or a
+    URI under a staging root on another filesystem (``s3://...``; kept as text for ``open_run``)."""
+
+    name = "run"
+
+    def __init__(self, *, exists: bool = True) -> None:
+        self.exists = exists
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
+        if isinstance(value, str) and is_uri(value):
+            return value
+        path = Path(value)
+        if self.exists and not path.is_dir():
+            self.fail(f"Directory {str(value)!r} does not exist.", param, ctx)
+        return path
 
 
 STAGE_OPTIONS = [

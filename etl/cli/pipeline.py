@@ -12,6 +12,7 @@ from rich.table import Table
 
 from etl.cli.failures import failed
 from etl.cli.options import (
+    RunDir,
     ctx_settings,
     json_option,
     load_options,
@@ -189,11 +190,11 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
 
 
 @click.command("transform")
-@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("run_dir", type=RunDir(exists=False))
 @json_option
 @click.pass_context
 @handle_errors
-def transform_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
+def transform_cmd(ctx: click.Context, run_dir: Path | str, as_json: bool) -> None:
     """Build the target tables of a validated run as Parquet under RUN_DIR/tables/.
 
     \b
@@ -220,12 +221,12 @@ def transform_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
 
 
 @click.command("load")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dir", type=RunDir())
 @load_options
 @click.option("--force", is_flag=True, help="Load again even if this run is already loaded.")
 @click.pass_context
 @handle_errors
-def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe_fast: bool, yes: bool,
+def load_cmd(ctx: click.Context, run_dir: Path | str, database_url: str | None, unsafe_fast: bool, yes: bool,
              as_json: bool, force: bool, load_mode: str, tag: str | None,
              delete_missing: bool, warm: int) -> None:
     """Load a transformed run into PostgreSQL: a new schema, COPY, keys, indexes, views, checks,
@@ -320,12 +321,12 @@ def run_cmd(ctx: click.Context, dataset: str, sources: tuple[str, ...], max_reje
 
 
 @click.command("rebuild")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dir", type=RunDir())
 @click.option("--database-url", help="PostgreSQL URL (default: as for `etl load`).")
 @json_option
 @click.pass_context
 @handle_errors
-def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_json: bool) -> None:
+def rebuild_cmd(ctx: click.Context, run_dir: Path | str, database_url: str | None, as_json: bool) -> None:
     """Rebuild the dataset in the database from a staged run directory alone.
 
     Every chunk file is first checked against the sha256 in the manifest; a changed or missing
@@ -352,14 +353,14 @@ def rebuild_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, as_
 
 
 @click.command("reconcile")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dir", type=RunDir())
 @click.option("--database-url", help="Rebuild from the rows this database holds (the dataset's "
               "live schema, matched to the staged lineage by primary key) instead of the staged "
               "tables.")
 @click.option("--schema", help="With --database-url: the schema to read (default: the live one).")
 @json_option
 @handle_errors
-def reconcile_cmd(run_dir: Path, database_url: str | None, schema: str | None, as_json: bool) -> None:
+def reconcile_cmd(run_dir: Path | str, database_url: str | None, schema: str | None, as_json: bool) -> None:
     """Rebuild every source record from the rows it became and compare it with the export.
 
     Each record of a level with a home table is its row's typed columns plus its `extra` JSON

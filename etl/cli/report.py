@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from etl.cli.options import ctx_settings, json_option
+from etl.cli.options import RunDir, ctx_settings, json_option
 from etl.cli.render import echo_json, err, handle_errors
 from etl.run import open_run
 
@@ -25,7 +25,7 @@ def ledger_url(ctx: click.Context, flag: str | None) -> str | None:
 
 
 @click.command("report")
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dir", type=RunDir())
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the page here (default: RUN_DIR/report.html).")
 @click.option("--database-url", help="Read the run's latest load from this database's run ledger (env "
@@ -34,7 +34,7 @@ def ledger_url(ctx: click.Context, flag: str | None) -> str | None:
 @json_option
 @click.pass_context
 @handle_errors
-def report_cmd(ctx: click.Context, run_dir: Path, out: Path | None, database_url: str | None,
+def report_cmd(ctx: click.Context, run_dir: Path | str, out: Path | None, database_url: str | None,
                as_json: bool) -> None:
     """Write a staged run's report: one HTML page that needs no network to be read.
 

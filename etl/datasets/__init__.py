@@ -18,6 +18,7 @@ from typing import Any
 from etl.dataset import Dataset, Generated
 from etl.errors import ConfigError
 from etl.run import RUN_SPEC, Run
+from etl.staging_fs import RemotePath
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,14 @@ def dataset_of(run: Run) -> Dataset:
     if kept.is_file():
         original = (run.manifest.get("spec") or {}).get("file")
         home = Path(original).parent if original and Path(original).parent.is_dir() else None
-        ds = read_dataset(kept, home=home)
+        if isinstance(kept, RemotePath):
+            from etl.spec.dataset import to_dataset
+            from etl.spec.model import Spec
+
+            ds = to_dataset(Spec.from_toml(kept.read_text()), root=home,
+                            file=Path(original) if original else None)
+        else:
+            ds = read_dataset(kept, home=home)
     else:
         ds = get_dataset(run.dataset_name)
     run.check_dataset(ds)

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from etl.errors import EtlError
 from etl.run import Run
+from etl.staging_fs import RemotePath, StagePath, parquet_source
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +137,9 @@ def _locate(chunks: Sequence[Mapping[str, Any]], row: int) -> tuple[str, int] | 
     return None
 
 
-def _failing_row(file: Path, row: int, columns: Sequence[str]) -> dict[str, pa.Scalar]:
+def _failing_row(file: StagePath, row: int, columns: Sequence[str]) -> dict[str, pa.Scalar]:
     """Row ``row`` of a Parquet chunk, the given columns it has, read one row group only."""
-    pf = pq.ParquetFile(file)
+    pf = pq.ParquetFile(parquet_source(file))
     have = [c for c in columns if c in pf.schema_arrow.names]
     first = 0
     for i in range(pf.metadata.num_row_groups):
@@ -164,13 +165,13 @@ def copy_error(exc: BaseException, run: Run, name: str, entry: Mapping[str, Any]
     """
     diag = _diagnostics(exc)
     chunks = entry.get("chunks", [])
-    chunk: Path | None = run.path / chunks[0]["path"] if chunks else None
+    chunk: StagePath | None = run.path / chunks[0]["path"] if chunks else None
     row: int | None = None
     column = diag.get("column")
     columns: list[str] = []
     try:
         if chunk is not None:
-            columns = list(pq.ParquetFile(chunk).schema_arrow.names)
+            columns = list(pq.ParquetFile(parquet_source(chunk)).schema_arrow.names)
     except Exception:  # best effort: the error itself matters more
         log.debug("cannot read the chunk's schema", exc_info=True)
     line, said = _copy_position(diag.get("context", ""), columns)
@@ -192,7 +193,7 @@ def copy_error(exc: BaseException, run: Run, name: str, entry: Mapping[str, Any]
         v = values.get(col)
         return v.as_py() if v is not None and v.is_valid else None
 
-    file: str | Path | None = chunk
+    file: str | Path | None = chunk if not isinstance(chunk, RemotePath) else str(chunk)
     record: int | None = row
     at = ""
     if lineage("_file") is not None:

@@ -38,6 +38,7 @@ from etl.dataset import ELEMENT, EXTRA, Dataset, Level, Table, field_column, typ
 from etl.errors import RunStateError
 from etl.jsontext import dump_json, get_path, parse_record
 from etl.run import Run
+from etl.staging_fs import parquet_source
 
 log = logging.getLogger(__name__)
 
@@ -370,7 +371,7 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
         lineage_cols = set(entry.get("lineage", {}))
         own = [c for c in own if c not in lineage_cols]
         for chunk, line in zip(entry["chunks"], entry.get("lineage_chunks", []), strict=True):
-            lineage = pl.read_parquet(run.path / line["path"])
+            lineage = pl.read_parquet(parquet_source(run.path / line["path"]))
             keep = lineage.get_column("_file").is_in(wanted.implode())
             if not keep.any():
                 continue
@@ -378,7 +379,7 @@ def reconcile(run: Run, dataset: Dataset, *, sample: float | None = None,
             # each step, were the peak), with the lineage rows beside it; a row group none of
             # whose rows is wanted is not even read.
             start = 0
-            parquet = pq.ParquetFile(run.path / chunk["path"])
+            parquet = pq.ParquetFile(parquet_source(run.path / chunk["path"]))
             for group in range(parquet.metadata.num_row_groups):
                 n = parquet.metadata.row_group(group).num_rows
                 mask = keep.slice(start, n)

@@ -18,6 +18,7 @@ from etl.errors import RunStateError
 from etl.jsonb import pg_texts
 from etl.load._utils import json_columns
 from etl.run import JSON_PIECE_ROWS, Run, comparable_json
+from etl.staging_fs import parquet_source
 
 #: How :func:`frames` gives jsonb columns.
 JsonbForm = Literal["as-is", "pg", "meaning"]
@@ -80,7 +81,7 @@ def table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: boo
     schema = schema if schema is not None else table.polars_schema.to_arrow()
     paths = [run.path / c["path"] for c in entry.get("chunks", [])]
     for path in paths:  # a chunk without a column would otherwise fail mid-COPY, obscurely
-        missing = [n for n in schema.names if n not in pq.read_schema(path).names]
+        missing = [n for n in schema.names if n not in pq.read_schema(parquet_source(path)).names]
         if missing:
             raise RunStateError(f"table {table.name}'s chunk has no column(s) {missing}",
                                 dataset=run.dataset_name, run=run.id, file=path,
@@ -105,7 +106,7 @@ def table_reader(run: Run, table: Table, entry: dict[str, Any], *, for_copy: boo
 
     def batches() -> Iterator[pa.RecordBatch]:
         for path in paths:
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH_ROWS,
+            for batch in pq.ParquetFile(parquet_source(path)).iter_batches(batch_size=_BATCH_ROWS,
                                                            columns=schema.names):
                 batch = batch if batch.schema == schema else batch.cast(schema)
                 if tag is not None:

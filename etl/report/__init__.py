@@ -28,6 +28,7 @@ from etl.errors import EtlError, mask_secrets
 from etl.report.html import render_html
 from etl.report.profile import profile_all
 from etl.run import Run
+from etl.staging_fs import RemotePath, StagePath
 from etl.version import __version__
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ __all__ = ["REPORT_HTML", "build_report", "load_figures", "render_html", "write_
 
 def write_report(run: Run, *, out: str | Path | None = None, load: Mapping[str, Any] | None = None,
                  database_url: str | None = None, memory_limit: str = "256MB",
-                 threads: int | None = None) -> Path:
+                 threads: int | None = None) -> StagePath:
     """Write the run's report page to ``out`` (default: ``report.html`` in the run directory)
     through a temporary file and a rename; returns its path.
 
@@ -51,6 +52,10 @@ def write_report(run: Run, *, out: str | Path | None = None, load: Mapping[str, 
     data = build_report(run, load=load, database_url=database_url, memory_limit=memory_limit,
                         threads=threads)
     page = render_html(data)
+    if isinstance(target, RemotePath):  # one object, written whole
+        target.write_bytes(page.encode("utf-8", "replace"))
+        log.info("report of %s written to %s", run.id, target)
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:

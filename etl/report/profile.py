@@ -17,8 +17,9 @@ import logging
 import math
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
+
+from etl.staging_fs import RemotePath, StagePath
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +157,12 @@ def _shown(value: Any) -> str:
     return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "…"
 
 
-def _sql_list(paths: Sequence[Path]) -> str:
+def _sql_list(paths: Sequence[StagePath]) -> str:
     """A DuckDB list literal of file names (quotes doubled: any path is text, never SQL)."""
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def profile_files(con: Any, files: Sequence[Path], schema: Mapping[str, str]) -> dict[str, Any]:
+def profile_files(con: Any, files: Sequence[StagePath], schema: Mapping[str, str]) -> dict[str, Any]:
     """Profile the Parquet ``files`` of one table or level, whose columns and Polars dtypes are
     ``schema``: ``{"rows": N, "columns": [{name, dtype, kind, null_share, distinct, min, max,
     histogram: {of, bars}}]}`` (lineage columns left out)."""
@@ -169,7 +170,16 @@ def profile_files(con: Any, files: Sequence[Path], schema: Mapping[str, str]) ->
     if not files:
         return {"rows": 0, "columns": [_column(name, dtype, kind, 0, {}, None)
                                        for name, dtype, kind in columns]}
-    source = f"read_parquet({_sql_list(files)})"
+    remote = [f for f in files if isinstance(f, RemotePath)]
+    if remote:  # a remote staging root: DuckDB reads a pyarrow dataset on its filesystem
+        import pyarrow.dataset as pads
+
+        con = con.cursor()  # a connection of its own: the last profile's results stay unread
+        con.register("_profiled", pads.dataset([f.path for f in remote], filesystem=remote[0].fs,
+                                               format="parquet"))
+        source = "_profiled"
+    else:
+        source = f"read_parquet({_sql_list(files)})"
     exprs = ["count(*) AS n"]
     for n, (name, _, kind) in enumerate(columns):
         exprs += _stats_exprs(n, name, kind)
@@ -215,7 +225,7 @@ def _column(name: str, dtype: str, kind: Kind, rows: int, stats: Mapping[str, An
     }
 
 
-def profile_all(targets: Iterable[tuple[str, Sequence[Path], Mapping[str, str]]], *,
+def profile_all(targets: Iterable[tuple[str, Sequence[StagePath], Mapping[str, str]]], *,
                 memory_limit: str = "256MB", threads: int | None = None) -> dict[str, Any]:
     """Profile each ``(name, files, schema)`` with one DuckDB connection limited to
     ``memory_limit`` (spilling to a temporary folder beyond it)."""

@@ -1,8 +1,10 @@
 """The stage on a Ray cluster (``engine = "ray"``): the same rows in the same chunks as the local
 engine, with the reading, parsing and writing done by tasks.
 
-Two rounds of tasks, both writing under the run's temporary folder in the staging root (which
-every node must see at the same path):
+Two rounds of tasks, both writing under the run's temporary folder in the staging root, which
+every node must see: a folder at the same path on each, or a URI (``file://`` of a shared mount,
+``s3://``...; :mod:`etl.staging_fs`). The tasks are given the folder as a URI and open it
+themselves, through pyarrow's filesystem when it is not local:
 
 1. **Groups.** Each source's files are cut, in order, into groups of about ``group_bytes``. A
    task reads its group exactly as the local engine reads a source (hashing and checking each
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,6 +49,7 @@ from etl.stage.dupkeys import last_wins
 from etl.stage.extra import ExtraPlan
 from etl.stage.inputs import InputFile
 from etl.stage.sql import source_plan
+from etl.staging_fs import RemotePath, StagePath, as_uri, remove_tree, resolve
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +96,15 @@ def stage_on_ray(
     batch_bytes: int,
     memory: int,
     progress: Progress | None,
+    shared: StagePath | None = None,
 ) -> tuple[list[InputFile], list[dict[str, Any]], dict[str, list[dict[str, Any]]], dict[str, Any],
            dict[str, Any]]:
     """Stage ``jobs`` into ``tmp`` on Ray: (inspected files, quarantined files, chunks per level,
     the figures of the run on Ray: cluster, tasks, seconds per round, the records that held a
-    key twice as the manifest's ``duplicate_keys``)."""
-    tmp = tmp.resolve()
+    key twice as the manifest's ``duplicate_keys``). ``shared``: the folder the tasks write in
+    when it is not ``tmp`` (a remote staging root's; the chunks are left there)."""
+    work: StagePath = shared if shared is not None else tmp.resolve()
+    work_uri = as_uri(work)
     fault = os.environ.get(FAULT_ENV) or None
     joining = time.perf_counter()
     with ray_session(settings) as ray:
@@ -118,7 +125,7 @@ def stage_on_ray(
         for src in dataset.sources:
             src_jobs = [(p.resolve(), rel, s, size) for p, rel, s, size in jobs if s == src.name]
             for group in _groups(src_jobs, _group_bytes(src_jobs, batch_bytes, cpus)):
-                pending.append(group_task.remote(dataset_ref, src.name, group, str(tmp), group_no,
+                pending.append(group_task.remote(dataset_ref, src.name, group, work_uri, group_no,
                                                  options, fault))
                 group_no += 1
         log.info("staging %d files in %d groups on Ray (%d CPUs)", len(jobs), group_no, cpus)
@@ -139,7 +146,7 @@ def stage_on_ray(
         read = time.perf_counter()
         plans = _chunk_plans(dataset, groups, settings.chunk_rows)
         schemas = {name: level_schema(lvl, dataset.levels).to_arrow() for name, lvl in dataset.levels.items()}
-        chunk_refs = {level: [chunk_task.remote(str(tmp), level, k, slices, settings.chunk_rows,
+        chunk_refs = {level: [chunk_task.remote(work_uri, level, k, slices, settings.chunk_rows,
                                                 schemas[level], fault)
                               for k, slices in enumerate(chunks)]
                       for level, chunks in plans.items()}
@@ -150,7 +157,7 @@ def stage_on_ray(
                    "chunks": len(flat), "chunk_seconds": round(time.perf_counter() - read, 3)}
         log.info("on Ray (%d nodes, %d CPUs): %d group tasks %.2fs, %d chunk tasks %.2fs", nodes, cpus,
                  group_no, figures["group_seconds"], len(flat), figures["chunk_seconds"])
-    shutil.rmtree(tmp / PIECES, ignore_errors=True)
+    remove_tree(work / PIECES)
     chunks = {level: [written[ref] for ref in chunk_refs.get(level, [])] for level in dataset.levels}
     dups = [(g.source, f, r) for g in groups for f, r in g.dups]
     duplicated = {"records": len(dups), "examples": [{"source": src, "file": f, "record": r}
@@ -266,10 +273,12 @@ def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: 
     """A Ray task: read one group of a source's files and write its levels as pieces."""
     from etl.stage.stager import _LevelWorker, _source_batches
 
-    tmp = Path(tmp_text)
+    tmp = resolve(tmp_text)
+    # DuckDB spills to a local folder: the run's own when it is local, else a temporary one.
+    spill = tmp if isinstance(tmp, Path) else Path(tempfile.mkdtemp(prefix="etl-ray-"))
     src = next(s for s in dataset.sources if s.name == source_name)
     out = tmp / PIECES / f"g{group:05d}"
-    shutil.rmtree(out, ignore_errors=True)  # what an attempt killed before this one left
+    remove_tree(out)  # what an attempt killed before this one left
     # Never the run's folder itself: a task outliving a killed driver must not bring back the
     # temporary folder the next stage removed (it fails here instead).
     (tmp / PIECES).mkdir(exist_ok=True)
@@ -277,16 +286,17 @@ def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: 
     result = _Group(source_name, group, sum(j[3] for j in jobs))
     schemas = {lvl.name: level_schema(lvl, dataset.levels).to_arrow() for lvl in src.levels}
     writers: dict[tuple[int, str], pa.RecordBatchFileWriter] = {}
+    sinks: list[Any] = []  # the remote pieces' output streams, closed after their writers
     rows: dict[tuple[int, str], int] = {}
     batch_bytes = int(options["batch_bytes"])
     max_record_bytes = int(options["max_record_bytes"])
     keep = min(batch_bytes, max_record_bytes)
     reader = duckdb.connect(config={
         "memory_limit": options["reader_memory"], "threads": 1, "preserve_insertion_order": True,
-        "temp_directory": str(tmp / f".duckdb_tmp_g{group}_reader")})
+        "temp_directory": str(spill / f".duckdb_tmp_g{group}_reader")})
     worker = _LevelWorker(src, source_plan(src.levels),
                           ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
-                          memory=options["worker_memory"], temp=tmp / f".duckdb_tmp_g{group}",
+                          memory=options["worker_memory"], temp=spill / f".duckdb_tmp_g{group}",
                           files=result.inspected)
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="etl-scan") as scan_pool:
@@ -306,7 +316,10 @@ def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: 
                     key = (part, name)
                     if key not in writers:
                         path = out / f"{part}-{name}.arrow"
-                        writers[key] = pa.ipc.new_file(str(path), schemas[name])
+                        sink = path.open_output() if isinstance(path, RemotePath) else str(path)
+                        writers[key] = pa.ipc.new_file(sink, schemas[name])
+                        if not isinstance(sink, str):
+                            sinks.append(sink)
                         result.pieces[key] = (str(path), 0)
                         rows[key] = 0
                     if table.schema != schemas[name]:
@@ -318,10 +331,15 @@ def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: 
     finally:
         for w in writers.values():
             w.close()
+        for sink in sinks:
+            sink.close()
         worker.close()
         reader.close()
-        for leftover in tmp.glob(f".duckdb_tmp_g{group}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+        if spill is tmp:
+            for leftover in spill.glob(f".duckdb_tmp_g{group}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            shutil.rmtree(spill, ignore_errors=True)
     result.pieces = {key: (path, rows[key]) for key, (path, _) in result.pieces.items()}
     return result
 
@@ -336,22 +354,32 @@ def _part(info: InputFile, keep: int) -> int:
 def _write_chunk(tmp_text: str, level: str, index: int, slices: list[tuple[str, int, int]],
                  chunk_rows: int, schema: pa.Schema, fault: str | None) -> dict[str, Any]:
     """A Ray task: write one chunk of a level from its slices of pieces; its manifest entry."""
-    tmp = Path(tmp_text)
+    tmp = resolve(tmp_text)
     folder = tmp / "raw" / level
     (tmp / "raw").mkdir(exist_ok=True)  # not the run's folder (see _stage_group)
     folder.mkdir(exist_ok=True)
     final = folder / f"part-{index:05d}.parquet"
     partial = folder / f".part-{index:05d}.parquet.tmp"
     rows = 0
-    with pq.ParquetWriter(partial, schema, compression=PARQUET_COMPRESSION,
-                          write_statistics=True) as writer:
+    with pq.ParquetWriter(partial.path if isinstance(partial, RemotePath) else partial, schema,
+                          filesystem=partial.fs if isinstance(partial, RemotePath) else None,
+                          compression=PARQUET_COMPRESSION, write_statistics=True) as writer:
         for n, (piece, start, length) in enumerate(slices):
-            with pa.memory_map(piece) as source:
+            place = resolve(piece)
+            opened = place.open_input() if isinstance(place, RemotePath) else pa.memory_map(str(place))
+            with opened as source:
                 table = pa.ipc.open_file(source).read_all().slice(start, length)
                 writer.write_table(table, row_group_size=chunk_rows)
             rows += length
             if n == len(slices) // 2:
                 _fault(fault, "chunk")
-    os.replace(partial, final)
-    return {"path": final.relative_to(tmp).as_posix(), "rows": rows,
+    if isinstance(tmp, RemotePath):  # a rename where the filesystem has one, else copy and delete
+        assert isinstance(partial, RemotePath) and isinstance(final, RemotePath)
+        tmp.fs.move(partial.path, final.path)
+        rel = final.relative_to(tmp).as_posix()
+    else:
+        assert isinstance(partial, Path) and isinstance(final, Path)
+        os.replace(partial, final)
+        rel = final.relative_to(tmp).as_posix()
+    return {"path": rel, "rows": rows,
             "bytes": final.stat().st_size, "sha256": sha256_file(final)}

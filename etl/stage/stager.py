@@ -68,6 +68,7 @@ from etl.stage.inputs import (
     resolve_inputs,
 )
 from etl.stage.sql import SourcePlan, source_plan, sql_str
+from etl.staging_fs import RemotePath, StagePath, download, remove_tree, scratch, upload_tree
 from etl.version import __version__
 
 log = logging.getLogger(__name__)
@@ -521,8 +522,8 @@ def _stage_source(
 
 
 def _previous_run(
-    dataset: Dataset, root: Path, jobs: Sequence[tuple[Path, str, str, int]], threads: int,
-) -> Path | None:
+    dataset: Dataset, root: StagePath, jobs: Sequence[tuple[Path, str, str, int]], threads: int,
+) -> StagePath | None:
     """A run already staged from exactly this content, found cheaply.
 
     Only when an earlier run lists the same files with the same sizes are the files hashed
@@ -532,7 +533,8 @@ def _previous_run(
         # the run by its id (and copies nothing twice into the store).
         return None
     wanted = sorted((src, rel, size) for _, rel, src, size in jobs)
-    for run_dir in sorted(root.iterdir()):
+    children: list[StagePath] = list(root.iterdir())
+    for run_dir in sorted(children, key=lambda p: p.name):
         manifest = run_dir / MANIFEST
         if run_dir.name.startswith(".") or not manifest.is_file():
             continue
@@ -553,7 +555,7 @@ def _previous_run(
     return None
 
 
-@locks_staging(lambda dataset, sources, *, settings, **_: Path(settings.staging_dir) / dataset.name)
+@locks_staging(lambda dataset, sources, *, settings, **_: settings.staging_root / dataset.name)
 def stage(
     dataset: Dataset,
     sources: Sequence[str | Path],
@@ -584,7 +586,7 @@ def stage(
                     hint="point at the export's root folder")
         threads = settings.threads or os.cpu_count() or 1
         jobs = [(p, rel, s, os.stat(p).st_size) for s, lst in assigned.items() for p, rel in lst]
-        root = Path(settings.staging_dir) / dataset.name
+        root = settings.staging_root / dataset.name
         previous = None if force else _previous_run(dataset, root, jobs, threads)
         if previous is not None:
             log.info("run %s already staged at %s; skipping (use force to redo)", previous.name, previous)
@@ -594,50 +596,86 @@ def stage(
             return StageResult(run, True, phase, _staged_with(dataset, run))
 
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            manifest = _stage_into(dataset, jobs, tmp, settings=settings,
-                                   max_record_bytes=max_record_bytes, progress=progress,
-                                   roots=_roots(sources, found))
-            _check_strict(manifest, strict)
-            if dataset.spec_text is not None:
-                evolved = _drift(dataset, tmp, manifest, settings)
-                if evolved is not None:
-                    # Stage again with the evolved spec: the new keys get columns of their own.
-                    found_drift = manifest["drift"]
-                    dataset = evolved
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    tmp.mkdir(parents=True)
-                    manifest = _stage_into(dataset, jobs, tmp, settings=settings,
-                                           max_record_bytes=max_record_bytes, progress=progress,
-                                           roots=_roots(sources, found))
-                    manifest["drift"] = found_drift
-                _keep_spec(dataset, tmp, manifest)
-            final = root / manifest["run_id"]
-            if (final / MANIFEST).is_file() and not force:
-                # Same content under other names or places than any earlier run listed.
-                shutil.rmtree(tmp, ignore_errors=True)
-                log.info("run %s already staged at %s; skipping", final.name, final)
-                run = open_run(final)
-                phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
-                return StageResult(run, True, phase, dataset)
-            phase.rows = sum(e["rows"] for e in manifest["levels"].values())
-            phase.seconds = time.perf_counter() - started
-            phase.peak_rss = peak_rss_bytes()
-            if "ray" in manifest:
-                phase.extra["ray"] = manifest["ray"]
-            manifest["phases"]["stage"] = phase.to_dict()
-            write_manifest(tmp, manifest)
-            replace_dir(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # On a remote root the run is written in a local folder first and uploaded (DuckDB and
+        # the Parquet writers write local files), its manifest last: see etl.staging_fs.
+        with scratch(root, prefix=".stage.tmp-") as here:
+            final, dataset, skipped = _stage_in(dataset, sources, found, jobs, here, root,
+                                                settings=settings,
+                                                force=force, max_record_bytes=max_record_bytes,
+                                                progress=progress, strict=strict, phase=phase,
+                                                started=started)
+        if skipped is not None:
+            return skipped
     log.info("staged %d rows from %d files into %s in %.2fs",
              phase.rows, len(jobs), final, phase.seconds)
     run = open_run(final)
     return StageResult(run, False, phase, dataset)
+
+
+def _stage_in(dataset: Dataset, sources: Sequence[str | Path], found: Sequence[tuple[Path, str]],
+              jobs: Sequence[tuple[Path, str, str, int]], here: Path, root: StagePath, *,
+              settings: Settings, force: bool, max_record_bytes: int, progress: Progress | None,
+              strict: bool, phase: Phase, started: float,
+              ) -> tuple[StagePath, Dataset, StageResult | None]:
+    """Stage into a temporary folder under ``here`` (``root`` itself when it is local) and move
+    it into place as ``root/<run id>``: the run's folder, the dataset it was staged with, and the
+    result when the same content was found staged already."""
+    tmp = here / f".stage.tmp-{os.getpid()}-{threading.get_ident()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    # Ray tasks on other nodes cannot write in this machine's folder: on a remote root they
+    # write in a temporary folder there, which becomes the run (the local files added to it).
+    shared = root / tmp.name if isinstance(root, RemotePath) and settings.engine == "ray" else None
+    if shared is not None:
+        shared.mkdir(parents=True, exist_ok=True)
+    try:
+        manifest = _stage_into(dataset, jobs, tmp, settings=settings,
+                               max_record_bytes=max_record_bytes, progress=progress,
+                               roots=_roots(sources, found), shared=shared)
+        _check_strict(manifest, strict)
+        if dataset.spec_text is not None:
+            evolved = _drift(dataset, tmp, manifest, settings, shared=shared)
+            if evolved is not None:
+                # Stage again with the evolved spec: the new keys get columns of their own.
+                found_drift = manifest["drift"]
+                dataset = evolved
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+                if shared is not None:
+                    remove_tree(shared)
+                    shared.mkdir(parents=True, exist_ok=True)
+                manifest = _stage_into(dataset, jobs, tmp, settings=settings,
+                                       max_record_bytes=max_record_bytes, progress=progress,
+                                       roots=_roots(sources, found), shared=shared)
+                manifest["drift"] = found_drift
+            _keep_spec(dataset, tmp, manifest)
+        final = root / manifest["run_id"]
+        if (final / MANIFEST).is_file() and not force:
+            # Same content under other names or places than any earlier run listed.
+            shutil.rmtree(tmp, ignore_errors=True)
+            log.info("run %s already staged at %s; skipping", final.name, final)
+            run = open_run(final)
+            phase.rows = sum(e["rows"] for e in run.manifest["levels"].values())
+            return final, dataset, StageResult(run, True, phase, dataset)
+        phase.rows = sum(e["rows"] for e in manifest["levels"].values())
+        phase.seconds = time.perf_counter() - started
+        phase.peak_rss = peak_rss_bytes()
+        if "ray" in manifest:
+            phase.extra["ray"] = manifest["ray"]
+        manifest["phases"]["stage"] = phase.to_dict()
+        if shared is not None:
+            upload_tree(tmp, shared)  # side levels' chunks; then the manifest, last of all
+            write_manifest(shared, manifest)
+            replace_dir(shared, final)
+        else:
+            write_manifest(tmp, manifest)
+            replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if shared is not None:
+            remove_tree(shared)
+        raise
+    return final, dataset, None
 
 
 def _staged_with(dataset: Dataset, run: Run) -> Dataset:
@@ -646,15 +684,35 @@ def _staged_with(dataset: Dataset, run: Run) -> Dataset:
     kept = run.path / RUN_SPEC
     if dataset.spec_text is None or not kept.is_file() or run.manifest["dataset_version"] == dataset.version:
         return dataset
-    from etl.spec.dataset import read_dataset
+    from etl.spec.dataset import read_dataset, to_dataset
+    from etl.spec.model import Spec
 
-    return read_dataset(kept, home=dataset.sql_dir.parent.parent if dataset.sql_dir else None)
+    home = dataset.sql_dir.parent.parent if dataset.sql_dir else None
+    if isinstance(kept, RemotePath):
+        return to_dataset(Spec.from_toml(kept.read_text()), root=home, file=dataset.spec_file)
+    return read_dataset(kept, home=home)
 
 
-def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Settings) -> Dataset | None:
+def _drift(dataset: Dataset, tmp: Path, manifest: dict[str, Any], settings: Settings, *,
+           shared: StagePath | None = None) -> Dataset | None:
     """Check a spec dataset's staged levels for keys and types its spec does not declare, and apply
     each source's policy: ``keep`` (recorded in the manifest's ``drift``, values kept in ``extra``),
-    ``freeze`` (:class:`DriftError`), ``evolve`` (the evolved dataset is returned: stage again)."""
+    ``freeze`` (:class:`DriftError`), ``evolve`` (the evolved dataset is returned: stage again).
+    ``shared``: the remote folder Ray tasks wrote the chunks in (they are copied here to be read)."""
+    if isinstance(shared, RemotePath):
+        local = tmp.parent / f"{tmp.name}.drift"
+        shutil.rmtree(local, ignore_errors=True)
+        try:
+            for entry in manifest["levels"].values():
+                for c in entry["chunks"]:
+                    if not (tmp / c["path"]).is_file():  # side levels' chunks are local already
+                        download(shared / c["path"], local / c["path"])
+                    else:
+                        (local / c["path"]).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(tmp / c["path"], local / c["path"])
+            return _drift(dataset, local, manifest, settings)
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
     from etl.spec.dataset import to_dataset
     from etl.spec.drift import detect, evolve
     from etl.spec.model import Spec
@@ -736,7 +794,7 @@ def _stage_side_files(dataset: Dataset, tmp: Path, writers: dict[str, ChunkWrite
     rows; return (level, file, sha256) entries for the run id."""
     entries: list[tuple[str, str, str]] = []
     levels = dataset.levels
-    store_base = Path(settings.staging_dir)
+    store_base = settings.staging_root
     for side in dataset.side_files:
         chunks = writers[side.beside].close()
         files = [str(tmp / c["path"]) for c in chunks]
@@ -775,6 +833,7 @@ def _stage_into(
     max_record_bytes: int,
     progress: Progress | None,
     roots: Mapping[str, Path] | None = None,
+    shared: StagePath | None = None,
 ) -> dict[str, Any]:
     # The memory limit is shared out: a quarter for the reader of streamed files (one thread,
     # so file and record order hold), the rest split between the workers that unpack levels.
@@ -798,7 +857,7 @@ def _stage_into(
 
         inspected, quarantined, ray_chunks, on_ray, duplicated = stage_on_ray(
             dataset, jobs, tmp, settings=settings, max_record_bytes=max_record_bytes,
-            batch_bytes=batch_bytes, memory=memory, progress=progress)
+            batch_bytes=batch_bytes, memory=memory, progress=progress, shared=shared)
         # The levels side-file hooks fill get no rows from the sources: they are written here.
         side_levels = {side.level for side in dataset.side_files}
         mixed = sorted(name for name in side_levels if ray_chunks[name])

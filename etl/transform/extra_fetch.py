@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from etl.dataset import STAGED_EXTRA, XREF_SHIFT
 from etl.errors import RunStateError
 from etl.jsontext import add_keys, parse_record
+from etl.staging_fs import StagePath, parquet_source
 
 _ROW_MASK = (1 << XREF_SHIFT) - 1
 _BATCH = 16_384
@@ -44,7 +45,7 @@ class ExtraFetcher:
     its ``extra`` is ``{}``). ``levels``: the dataset's level names in order (the number in
     ``xref``); ``level_chunks``: per level, its staged chunks (paths under ``root``, rows)."""
 
-    def __init__(self, xref: pl.Series, *, chunk_rows: int, root: Path, tmp: Path,
+    def __init__(self, xref: pl.Series, *, chunk_rows: int, root: StagePath, tmp: Path,
                  levels: Sequence[str], level_chunks: Mapping[str, list[dict[str, Any]]]) -> None:
         self.n = xref.len()
         self.chunk_rows = chunk_rows
@@ -67,7 +68,7 @@ class ExtraFetcher:
                 place_of[refs[mine] & _ROW_MASK] = mine
                 start = 0
                 for chunk in level_chunks[name]:
-                    pf = pq.ParquetFile(root / chunk["path"])
+                    pf = pq.ParquetFile(parquet_source(root / chunk["path"]))
                     for batch in pf.iter_batches(batch_size=_BATCH, columns=[STAGED_EXTRA]):
                         places = place_of[start:start + batch.num_rows]
                         start += batch.num_rows

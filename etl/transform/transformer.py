@@ -40,6 +40,7 @@ from etl.run import (
     run_folder,
     schema_to_json,
 )
+from etl.staging_fs import work_dir
 from etl.transform.errors import KeyViolation
 from etl.transform.extra_fetch import ExtraFetcher
 
@@ -202,7 +203,7 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -
             raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
         tables = list(dataset.tables)
         shaped = [_shape(t, frames[t.name]) for t in tables]
-        tmp = run.path / ".tables.tmp"
+        tmp = work_dir(run.path, ".tables.tmp")  # local; moved (uploaded) into place below
         shutil.rmtree(tmp, ignore_errors=True)
         entries: dict[str, Any] = {}
         rows: dict[str, int] = {}
@@ -212,7 +213,7 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -
             df = plan.collect(engine="streaming")  # in the plan's order; sorted chunk by chunk
             order = _key_order(df, list(table.primary_key))
             _check_keys(table, df, order)
-            writer = ChunkWriter(tmp / table.name, run.path, chunk_rows=chunk_rows,
+            writer = ChunkWriter(tmp / table.name, tmp.parent, chunk_rows=chunk_rows,
                                  schema=table.polars_schema.to_arrow(),
                                  compression=TABLE_COMPRESSION)
             # Lineage goes to files of its own beside the chunks (same rows, same order), so a
@@ -228,7 +229,7 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -
                     levels=list(dataset.levels),
                     level_chunks={n: e["chunks"] for n, e in run.manifest["levels"].items()})
                 del xref
-            lineage_writer = ChunkWriter(tmp / table.name / "lineage", run.path,
+            lineage_writer = ChunkWriter(tmp / table.name / "lineage", tmp.parent,
                                          chunk_rows=chunk_rows, schema=pl.Schema(
                                              {c: chunk_schema[c] for c in lineage}).to_arrow(),
                                          compression=TABLE_COMPRESSION) if lineage else None

@@ -40,6 +40,7 @@ from etl.dataset import (
 )
 from etl.metrics import Phase, timed
 from etl.run import Run, apply_cleaning, locks_staging, replace_dir, run_folder, write_json_atomic
+from etl.staging_fs import work_dir
 from etl.validate.errors import ValidationFailed
 from etl.validate.rules import resolve_rules
 
@@ -227,9 +228,9 @@ def validate(
         rules_out: list[dict[str, Any]] = []
         cleaning_out: list[dict[str, Any]] = []
         levels_out: dict[str, dict[str, Any]] = {}
-        tmp = run.path / ".rejects.tmp"
+        tmp = work_dir(run.path, ".rejects.tmp")  # local; moved (uploaded) into place below
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp.mkdir(parents=True)
         total_rows = 0
         for i, level in enumerate(order):
             raw = run.raw(level)

@@ -64,6 +64,7 @@ from etl.dataset import (
 )
 from etl.datasets.licenses.gen import BENCH, GENERATOR
 from etl.spec.dataset import read_dataset
+from etl.staging_fs import relative, replace_file
 from etl.storable import TIMESTAMP_MIN_US
 
 log = logging.getLogger(__name__)
@@ -160,11 +161,11 @@ def stage_images(inp: SideInput) -> pl.DataFrame:
             dest.parent.mkdir(parents=True, exist_ok=True)
             tmp = dest.with_name(f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp")
             tmp.write_bytes(data)
-            os.replace(tmp, dest)
+            replace_file(tmp, dest)
             with lock:
                 copied[0] += 1
         return {"sha256": sha, "size": len(data), "width": width, "height": height,
-                "stored_path": dest.relative_to(inp.store_base).as_posix()}
+                "stored_path": relative(dest, inp.store_base)}
 
     with ThreadPoolExecutor(max_workers=max(1, inp.threads), thread_name_prefix="etl-img") as pool:
         infos = list(pool.map(digest, [path for _, path, _, _ in found]))
