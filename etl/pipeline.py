@@ -132,7 +132,8 @@ def run_all(
 
         dataset = dataset_of(first.run)
     loaded = load(first.run, dataset, database_url=url, mode=mode, force=force,
-                  progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
+                  progress=progress, tag=tag, delete_missing=delete_missing, warm=warm,
+                  settings=settings)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
                           loaded, report_html=_report(first.run, loaded, settings))
 
@@ -185,7 +186,7 @@ def rebuild(
         report = checked.report
         run = built.run
     loaded = load(run, dataset, database_url=url, mode="rebuild", force=True,
-                  progress=progress)
+                  progress=progress, settings=settings)
     tables = {n: int(e["rows"]) for n, e in run.manifest["tables"].items()}
     return PipelineResult(run, report, tables, [*phases, *loaded.phases], loaded)
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from etl.cli.failures import failed
 from etl.cli.options import (
     ctx_settings,
+    engine_options,
     json_option,
     load_options,
     looks_like_run,
@@ -223,11 +224,12 @@ def transform_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @load_options
 @click.option("--force", is_flag=True, help="Load again even if this run is already loaded.")
+@engine_options
 @click.pass_context
 @handle_errors
 def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe_fast: bool, yes: bool,
              as_json: bool, force: bool, load_mode: str, tag: str | None,
-             delete_missing: bool, warm: int) -> None:
+             delete_missing: bool, warm: int, engine: str | None, ray_address: str | None) -> None:
     """Load a transformed run into PostgreSQL: a new schema, COPY, keys, indexes, views, checks,
     then one swap.
 
@@ -241,15 +243,17 @@ def load_cmd(ctx: click.Context, run_dir: Path, database_url: str | None, unsafe
       etl load staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db:5432/games
       etl load staging/licenses/licenses-1a2b3c4d5e6f --mode merge --tag baseline
       ETL_REDIS_URL=redis://localhost:6379/0 etl load staging/mids/mids-1a2b3c4d5e6f --warm 200
+      etl load staging/mids/mids-1a2b3c4d5e6f --engine ray --ray-address ray://head:10001
     """
     from etl.load import load
 
-    settings = ctx_settings(ctx, database_url=database_url)
+    settings = ctx_settings(ctx, database_url=database_url, engine=engine, ray_address=ray_address)
     mode = resolve_mode(unsafe_fast, yes, load_mode)
     run = open_run(run_dir)
     with progress_bar() as progress:
         result = load(run, dataset_of(run), database_url=settings.database_url, mode=mode,
-                      force=force, progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
+                      force=force, progress=progress, tag=tag, delete_missing=delete_missing, warm=warm,
+                      settings=settings)
     if as_json:
         echo_json({
             "run": str(run.path), "run_id": run.id, "schema": result.schema,
