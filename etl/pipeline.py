@@ -97,7 +97,7 @@ def run_pipeline(
         if page is not None:
             exc.hint = f"{exc.hint}; the run's report: {page}" if exc.hint else f"the run's report: {page}"
         raise
-    built = transform(checked.run, dataset, progress=progress)
+    built = transform(checked.run, dataset, progress=progress, settings=settings)
     return PipelineResult(built.run, checked.report, built.rows,
                           [staged.phase, checked.phase, built.phase])
 
@@ -181,7 +181,7 @@ def rebuild(
     if "tables" not in run.manifest:
         checked = validate(run, dataset, rules=settings.rules, progress=progress)
         require_passed(checked)
-        built = transform(checked.run, dataset, progress=progress)
+        built = transform(checked.run, dataset, progress=progress, settings=settings)
         phases += [checked.phase, built.phase]
         report = checked.report
         run = built.run

@@ -192,20 +192,27 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
 @click.command("transform")
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @json_option
+@engine_options
 @click.pass_context
 @handle_errors
-def transform_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
+def transform_cmd(ctx: click.Context, run_dir: Path, as_json: bool, engine: str | None,
+                  ray_address: str | None) -> None:
     """Build the target tables of a validated run as Parquet under RUN_DIR/tables/.
 
+    With --engine ray each table is built by a task on the Ray cluster (the same files and
+    checksums as locally; the run must sit in a staging root every node sees).
+
     \b
-    Example:
+    Examples:
       etl transform staging/mids/mids-1a2b3c4d5e6f
+      etl transform staging/mids/mids-1a2b3c4d5e6f --engine ray --ray-address ray://head:10001
     """
     from etl.transform import transform
 
+    settings = ctx_settings(ctx, engine=engine, ray_address=ray_address)
     run = open_run(run_dir)
     with progress_bar() as progress:
-        result = transform(run, dataset_of(run), progress=progress)
+        result = transform(run, dataset_of(run), progress=progress, settings=settings)
     if as_json:
         echo_json({"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name,
                    "tables": result.rows, "phases": [result.phase]})
@@ -216,6 +223,10 @@ def transform_cmd(ctx: click.Context, run_dir: Path, as_json: bool) -> None:
     for name, rows in result.rows.items():
         table.add_row(name, f"{rows:,}")
     err.print(table)
+    on_ray = result.phase.extra.get("ray")
+    if on_ray:
+        err.print(f"transformed on Ray: {on_ray['nodes']} node(s), {on_ray['cpus']} CPUs; {on_ray['tasks']} "
+                  f"table tasks {on_ray['task_seconds']:.2f} s")
     print_phases([result.phase])
     click.echo(run.path)
 
