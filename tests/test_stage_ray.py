@@ -274,7 +274,8 @@ def test_cli_stage_with_engine_ray(ray_cluster: str, small_export: Path, tmp_pat
 
 def test_cli_run_with_engine_ray_loads_the_local_runs_tables(ray_cluster: str, small_export: Path,
                                                              tmp_path: Path, pg_url: str) -> None:
-    # Staged on Ray; validated, transformed and loaded in this process, from the shared folder.
+    # Staged, transformed (a table a task) and COPYed (a chunk a task) on Ray; validated, keyed,
+    # verified and swapped in this process, from the shared folder.
     local = stage(get_dataset("mids"), [small_export],
                   settings=Settings(staging_dir=tmp_path / "local", threads=2)).run
     expected = _table_checksums(local)
@@ -286,6 +287,9 @@ def test_cli_run_with_engine_ray_loads_the_local_runs_tables(ray_cluster: str, s
     assert summary["run_id"] == local.id
     assert summary["tables"] == {name: rows for name, (rows, _) in expected.items()}
     assert summary["load"]["checksums"] == {name: checksum for name, (_, checksum) in expected.items()}
+    on_ray = {p["name"]: p["extra"]["ray"] for p in summary["phases"] if "ray" in p.get("extra", {})}
+    assert set(on_ray) == {"stage", "transform", "load"}
+    assert all(figures["nodes"] == 2 for figures in on_ray.values())
 
 
 def test_a_driver_killed_mid_stage_leaves_no_run_and_the_rerun_stages_it(
