@@ -27,6 +27,7 @@ from etl.run import Run
 from etl.stage import stage
 from etl.transform import transform
 from etl.validate import require_passed, validate
+from tests.conftest import SHARED, require_shared
 from tests.test_stage_ray import ray_cluster, small_export
 
 __all__ = ["ray_cluster", "small_export"]  # the module's fixtures, shared with the stage's tests
@@ -134,3 +135,20 @@ def test_cli_load_with_engine_ray(ray_cluster: str, chunked_run: Run, pg_url: st
     copy = next(p for p in doc["phases"] if p["name"] == "load")
     assert copy["extra"]["ray"]["nodes"] == 2
     _assert_loaded_exactly(pg_url, chunked_run, doc["checksums"], doc["ledger_id"])
+
+
+def test_bench_runs_each_phase_on_ray_with_one_and_two_workers_beside_local(tmp_path: Path,
+                                                                             pg_url: str) -> None:
+    pytest.importorskip("ray")
+    sample = require_shared(SHARED / "mids")
+    result = CliRunner().invoke(main, ["bench", "--template", str(sample), "--copies", "1", "--engine", "ray",
+                                       "--database-url", pg_url, "--json", "--work-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (res,) = json.loads(result.stdout)
+    engines = res["engines"]
+    assert [(e["engine"], e["workers"]) for e in engines] == [("local", None), ("ray", 1), ("ray", 2)]
+    for e in engines:  # every phase measured on every engine, the COPY a part of the load
+        assert all(e[k] > 0 for k in ("stage", "transform", "load", "copy", "copy_statements")), e
+        assert e["copy"] < e["load"]
+    assert res["copy_ceiling"]["seconds"] > 0
+    assert live_tables(pg_url, get_dataset("mids")) == res["tables"]

@@ -341,6 +341,9 @@ def test_bench_stages_on_ray_with_one_and_two_workers_beside_local(tmp_path: Pat
     assert len({p["rows"] for p in engines}) == 1  # the same rows on every engine
     assert all(p["seconds"] > 0 and p["run"] == engines[0]["run"] for p in engines)
     assert all(p["ray_start_seconds"] > 0 and p["cold_seconds"] > 0 for p in engines[1:])
+    # The transform ran on each Ray too; nothing was loaded.
+    assert [(e["engine"], e["workers"]) for e in res["engines"]] == [("local", None), ("ray", 1), ("ray", 2)]
+    assert all(e["transform"] > 0 and "load" not in e for e in res["engines"])
 
 
 def test_without_an_address_the_run_starts_a_ray_of_its_own(ray_cluster: str, small_export: Path,
