@@ -13,6 +13,9 @@ chunk's ledger step ``copy:<table>#<chunk>`` (:func:`etl.load.copy.chunk_step`):
   (a killed worker's transaction is rolled back when the server finds its client gone), then
   sees whether it committed. So a chunk's rows are in the build table exactly once, whatever
   Ray retries and whenever a worker dies.
+* A table of one chunk is truncated first in the same transaction, as the local engine does
+  (with ``wal_level=minimal`` its rows then skip the WAL); chunks of a larger table are
+  appended, each in its own transaction (the build tables are created by then, in ``create``).
 * The rows go through the local engine's own COPY (:func:`etl.load.copy.send_rows`: the same
   stream from the Parquet chunk, the same jsonb wire form, the same error naming the source
   record for a refused row).
@@ -42,6 +45,7 @@ from etl.dataset import Table
 from etl.errors import EtlError
 from etl.infra import pg
 from etl.infra.cluster import MAX_RETRIES, cluster_figures, fault_point, gather, kill_once, ray_session
+from etl.infra.pg import quote_ident
 from etl.load import plan
 from etl.load.copy import chunk_step, forget_chunk_steps_sql, send_rows, step_sql
 from etl.run import Run
@@ -73,6 +77,8 @@ class CopyJob:
     retries: int
     retry_delay: float
     next_step: str
+    #: The table's chunks: a table of one chunk is truncated in its COPY's transaction.
+    chunks: int
 
 
 def copy_on_ray(load: Load, order: list[str]) -> None:
@@ -95,7 +101,8 @@ def copy_on_ray(load: Load, order: list[str]) -> None:
                           load.ledger_id, load.tables[name], load.arrow_schemas[name], load.tag_of(name),
                           load.retries, load.retry_delay,
                           f"check the database, then run `etl load {load.run.path}` again: finished "
-                          "steps are kept and the load resumes")
+                          "steps are kept and the load resumes",
+                          len(load.entries[name].get("chunks", [])))
             job_ref = ray.put(job)
             for k in chunks:
                 refs[task.remote(job_ref, run_ref, k, fault)] = (name, k)
@@ -199,6 +206,10 @@ def _copy_chunk(conn: Any, job: CopyJob, run: Run, entry: dict[str, Any], index:
             conn.rollback()
             log.info("chunk %d of %s is already copied", index, job.table.name)
             return rows, False
+        if job.chunks == 1:
+            # The table's only writer (its step holds the lock): TRUNCATE in the COPY's transaction,
+            # as the local engine does, so that with wal_level=minimal the rows skip the WAL.
+            cur.execute(f"TRUNCATE {quote_ident(job.build)}.{quote_ident(job.table.name)}")
         sent = send_rows(cur, run, job.table, entry, build=job.build, tag=job.tag, schema=job.schema,
                          through=lambda reader: _fault_after_rows(reader, fault))
         conn.commit()
