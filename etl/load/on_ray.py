@@ -113,8 +113,12 @@ def copy_on_ray(load: Load, order: list[str]) -> None:
             _table_done(load, name)
         started = time.perf_counter()
         copied = skipped = 0
-        for name, k, rows, did in gather(ray, list(refs), again=f"run `etl load {load.run.path}` again"):
+        spent = {"connect": 0.0, "copy": 0.0}
+        for name, k, rows, did, seconds in gather(ray, list(refs),
+                                                  again=f"run `etl load {load.run.path}` again"):
             kill_once(fault, "copy-driver")
+            for part, value in seconds.items():
+                spent[part] += value
             load.steps[chunk_step(name, k)] = {"rows": rows}
             copied += did
             skipped += not did
@@ -127,7 +131,10 @@ def copy_on_ray(load: Load, order: list[str]) -> None:
         load.phase_extra["copy_seconds"] = round(time.perf_counter() - started, 4)
         load.phase_extra["ray"] = {"nodes": nodes, "cpus": cpus, "join_seconds": round(joined - joining, 3),
                                    "tasks": len(refs), "chunks_copied": copied,
-                                   "chunks_found_done": skipped}
+                                   "chunks_found_done": skipped,
+                                   # Summed over the tasks: opening their connections, their COPYs.
+                                   "task_connect_seconds": round(spent["connect"], 3),
+                                   "task_copy_seconds": round(spent["copy"], 3)}
         log.info("on Ray (%d nodes, %d CPUs): %d COPY tasks %.2fs", nodes, cpus, len(refs),
                  load.phase_extra["copy_seconds"])
 
@@ -158,22 +165,28 @@ def _table_done(load: Load, name: str) -> None:
 # ------------------------------------------------------------------------------ the task
 
 
-def _copy_chunk_task(job: CopyJob, run: Run, index: int, fault: str | None) -> tuple[str, int, int, bool]:
+def _copy_chunk_task(job: CopyJob, run: Run, index: int, fault: str | None
+                     ) -> tuple[str, int, int, bool, dict[str, float]]:
     """A Ray task: chunk ``index`` of ``job.table`` copied into the build schema, with its ledger
-    step, in one transaction; (table, chunk, rows, whether this attempt copied it)."""
+    step, in one transaction; (table, chunk, rows, whether this attempt copied it, the seconds
+    it spent opening its connection and copying)."""
     name = job.table.name
     entry = _chunk_entry(run.manifest["tables"][name], index)
     conn: Any = None
+    seconds = {"connect": 0.0, "copy": 0.0}
 
     def attempt() -> tuple[int, bool]:
         nonlocal conn
         if conn is None:
+            start = time.perf_counter()
             conn = pg.connect_adbc(job.url)
             cur = conn.cursor()
             for stmt in job.session:
                 cur.execute(stmt)
             cur.close()
             conn.commit()
+            seconds["connect"] += time.perf_counter() - start
+        start = time.perf_counter()
         try:
             return _copy_chunk(conn, job, run, entry, index, fault)
         except BaseException:
@@ -183,6 +196,8 @@ def _copy_chunk_task(job: CopyJob, run: Run, index: int, fault: str | None) -> t
                 log.debug("closing a broken connection failed", exc_info=True)
             conn = None
             raise
+        finally:
+            seconds["copy"] += time.perf_counter() - start
 
     try:
         rows, did = pg.retry(attempt, what=f"copy of {name} chunk {index}", attempts=job.retries,
@@ -191,7 +206,7 @@ def _copy_chunk_task(job: CopyJob, run: Run, index: int, fault: str | None) -> t
         if conn is not None:
             conn.close()
     kill_once(fault, "copied")
-    return name, index, rows, did
+    return name, index, rows, did, seconds
 
 
 def _copy_chunk(conn: Any, job: CopyJob, run: Run, entry: dict[str, Any], index: int,
