@@ -48,7 +48,7 @@ from etl.infra.cluster import MAX_RETRIES, cluster_figures, fault_point, gather,
 from etl.infra.pg import quote_ident
 from etl.load import plan
 from etl.load.copy import chunk_step, forget_chunk_steps_sql, send_rows, step_sql
-from etl.run import Run
+from etl.run import Manifest, Run
 
 if TYPE_CHECKING:
     from etl.load.state import Load
@@ -67,6 +67,9 @@ class CopyJob:
     """What a COPY task needs (picklable: a :class:`~etl.load.state.Load` owns threads,
     processes and connections, so it stays on the driver)."""
 
+    #: The run, its manifest cut to what a COPY reads (its id, dataset, this table's entry): the
+    #: whole manifest lists every source file, and each task would unpickle it.
+    run: Run
     url: str
     session: tuple[str, ...]
     build: str
@@ -94,18 +97,17 @@ def copy_on_ray(load: Load, order: list[str]) -> None:
         nodes, cpus = cluster_figures(ray)
         load.check_lock()
         task = ray.remote(_copy_chunk_task).options(max_retries=MAX_RETRIES, num_cpus=1)
-        run_ref = ray.put(load.run)
         refs: dict[Any, tuple[str, int]] = {}
         for name, chunks in todo.items():
-            job = CopyJob(load.url, (*load.session_sql(), load.working_sql()), load.build,
-                          load.ledger_id, load.tables[name], load.arrow_schemas[name], load.tag_of(name),
-                          load.retries, load.retry_delay,
+            job = CopyJob(_slim_run(load.run, name), load.url, (*load.session_sql(), load.working_sql()),
+                          load.build, load.ledger_id, load.tables[name], load.arrow_schemas[name],
+                          load.tag_of(name), load.retries, load.retry_delay,
                           f"check the database, then run `etl load {load.run.path}` again: finished "
                           "steps are kept and the load resumes",
                           len(load.entries[name].get("chunks", [])))
             job_ref = ray.put(job)
             for k in chunks:
-                refs[task.remote(job_ref, run_ref, k, fault)] = (name, k)
+                refs[task.remote(job_ref, k, fault)] = (name, k)
         log.info("copying %d chunk(s) of %d table(s) on Ray (%d nodes, %d CPUs)", len(refs), len(todo),
                  nodes, cpus)
         left = {name: len(chunks) for name, chunks in todo.items()}
@@ -165,12 +167,18 @@ def _table_done(load: Load, name: str) -> None:
 # ------------------------------------------------------------------------------ the task
 
 
-def _copy_chunk_task(job: CopyJob, run: Run, index: int, fault: str | None
+def _slim_run(run: Run, name: str) -> Run:
+    """``run`` with only what a COPY of table ``name`` reads in its manifest."""
+    keep = {k: run.manifest[k] for k in ("run_id", "dataset", "dataset_version") if k in run.manifest}
+    return Run(run.path, Manifest({**keep, "tables": {name: run.manifest["tables"][name]}}))
+
+
+def _copy_chunk_task(job: CopyJob, index: int, fault: str | None
                      ) -> tuple[str, int, int, bool, dict[str, float]]:
     """A Ray task: chunk ``index`` of ``job.table`` copied into the build schema, with its ledger
     step, in one transaction; (table, chunk, rows, whether this attempt copied it, the seconds
     it spent opening its connection and copying)."""
-    name = job.table.name
+    name, run = job.table.name, job.run
     entry = _chunk_entry(run.manifest["tables"][name], index)
     conn: Any = None
     seconds = {"connect": 0.0, "copy": 0.0}
