@@ -6,7 +6,8 @@ A full load never touches the live schema (named after the dataset) until the ve
 2. ``copy:<table>``: each table streamed from its Parquet chunks through ADBC's binary COPY
    (``adbc_ingest``), tables concurrently, each in one transaction with its ledger step. Every
    ADBC call runs in a forked worker process (:mod:`etl.load.forked`), one per thread: a driver
-   crash there is retried like a lost connection. (:mod:`.copy`)
+   crash there is retried like a lost connection. (:mod:`.copy`) With the ray engine, a Ray
+   task per staged chunk instead, each chunk with a ledger step of its own. (:mod:`.on_ray`)
 3. ``keys:<table>``, ``fkeys``, ``validate:<fk>``: primary and unique keys, ANALYZE and each
    table read back for its checksum (tables concurrently), then foreign keys added NOT VALID
    and validated (tables concurrently). (:mod:`.keys`)
