@@ -21,6 +21,8 @@ from click.testing import CliRunner
 
 from etl import Settings, get_dataset
 from etl.cli import main
+from etl.datasets import dataset_of
+from etl.errors import EtlError
 from etl.infra.cluster import FAULT_ENV
 from etl.load import live_tables, load
 from etl.run import Run
@@ -28,6 +30,7 @@ from etl.stage import stage
 from etl.transform import transform
 from etl.validate import require_passed, validate
 from tests.conftest import SHARED, require_shared
+from tests.test_load import MIDS, SOURCE, crafted_rows, crafted_run, latest_load, lineage, query
 from tests.test_stage_ray import ray_cluster, small_export
 
 __all__ = ["ray_cluster", "small_export"]  # the module's fixtures, shared with the stage's tests
@@ -123,6 +126,31 @@ def test_a_driver_killed_mid_copy_resumes_on_rerun(ray_cluster: str, chunked_run
     assert result.ledger_id == left[0][0]
     assert set(done) <= set(result.resumed_from)
     _assert_loaded_exactly(pg_url, chunked_run, result.checksums, result.ledger_id)
+
+
+@pytest.mark.parametrize("beside", [False, True], ids=["lineage-in-chunk", "lineage-beside"])
+def test_a_row_refused_on_ray_names_its_source_record(
+        ray_cluster: str, pg_url: str, tmp_path: Path, beside: bool) -> None:
+    """The COPY task of the chunk holding a NUL raises the local engine's error (source file,
+    record and JSON path from the row's lineage, in its chunk or in the lineage chunk beside
+    it); the load fails, nothing swapped in."""
+    powers = MIDS.table("powers")
+    text = "Sets the target ablaze for 10 seconds.\x00 Damage: Fire."
+    first = crafted_rows(powers, 2) | lineage(2, record=0, paths=["Powers[0]", "Powers[1]"])
+    second = crafted_rows(powers, 3, power_id=[3, 4, 5], desc_long=["fine", text, "also fine"]) | \
+        lineage(3, record=0, paths=["Powers[2]", "Powers[3]", "Powers[4]"])
+    run = crafted_run(tmp_path / "run", {"powers": [first, second]}, lineage_beside=beside)
+    with pytest.raises(EtlError) as raised:
+        load(run, dataset_of(run), database_url=pg_url, retry_delay=0.01, settings=_on_ray(ray_cluster))
+    err = raised.value
+    message = str(err)
+    assert (err.file, err.record) == (SOURCE["path"], 0)
+    assert "refused the row of Powers[3]" in message
+    assert f"staged as: {run.path / 'tables' / 'powers' / 'part-00001.parquet'}, row 1" in message
+    assert "NUL" in (err.hint or "")
+    failed = latest_load(pg_url, run)
+    assert failed["status"] == "failed" and "desc_long" in failed["error"]
+    assert query(pg_url, "SELECT count(*) FROM mids.powers") == [(0,)]  # nothing swapped in
 
 
 def test_cli_load_with_engine_ray(ray_cluster: str, chunked_run: Run, pg_url: str) -> None:

@@ -48,7 +48,8 @@ from etl.infra.cluster import MAX_RETRIES, cluster_figures, fault_point, gather,
 from etl.infra.pg import quote_ident
 from etl.load import plan
 from etl.load.copy import chunk_step, forget_chunk_steps_sql, send_rows, step_sql
-from etl.run import Manifest, Run
+from etl.load.diagnostics import copy_error
+from etl.run import Manifest, Run, open_run
 
 if TYPE_CHECKING:
     from etl.load.state import Load
@@ -233,8 +234,15 @@ def _copy_chunk(conn: Any, job: CopyJob, run: Run, entry: dict[str, Any], index:
             # The table's only writer (its step holds the lock): TRUNCATE in the COPY's transaction,
             # as the local engine does, so that with wal_level=minimal the rows skip the WAL.
             cur.execute(f"TRUNCATE {quote_ident(job.build)}.{quote_ident(job.table.name)}")
-        sent = send_rows(cur, run, job.table, entry, build=job.build, tag=job.tag, schema=job.schema,
-                         through=lambda reader: _fault_after_rows(reader, fault))
+        try:
+            sent = send_rows(cur, run, job.table, entry, build=job.build, tag=job.tag, schema=job.schema,
+                             through=lambda reader: _fault_after_rows(reader, fault))
+        except EtlError as exc:
+            if exc.__cause__ is None or "sources" in run.manifest:
+                raise
+            # A refused row: its error names the source file by the path the run's manifest
+            # lists, which the task's cut manifest leaves out; read the whole one, this once.
+            raise copy_error(exc.__cause__, open_run(run.path), job.table.name, entry) from exc.__cause__
         conn.commit()
     finally:
         cur.close()
