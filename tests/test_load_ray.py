@@ -89,12 +89,14 @@ def test_a_load_on_ray_is_the_local_load(ray_cluster: str, chunked_run: Run, pg_
     assert [p.name for p in on_ray.phases] == [p.name for p in local.phases]
 
 
-@pytest.mark.parametrize("point", ["copy", "copied"])
+@pytest.mark.parametrize("point", ["copy", "copy/power_effects", "copied"])
 def test_a_worker_killed_mid_copy_is_retried_without_doubled_rows(
         ray_cluster: str, chunked_run: Run, pg_url: str, tmp_path: Path, point: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # copy: the worker dies once every row of its chunk has gone out, before the COPY ends (the
-    # server rolls it back); copied: just after its commit (the retry must find the chunk done).
+    # server rolls it back); copy/power_effects: the same in a chunk of a table of several
+    # chunks (appended, not truncated); copied: just after its commit (the retry must find the
+    # chunk done).
     marker = tmp_path / "killed"
     monkeypatch.setenv(FAULT_ENV, f"{point}:{marker}")
     result = load(chunked_run, get_dataset("mids"), database_url=pg_url, settings=_on_ray(ray_cluster))

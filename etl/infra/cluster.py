@@ -37,7 +37,7 @@ MAX_RETRIES = 3
 #: ``<point>:always`` kills every time. The driver reads it and passes it to its tasks (a Ray
 #: worker does not inherit the driver's environment). Points: see :func:`kill_once`'s callers
 #: (``group``, ``chunk``, ``driver`` in the stage; ``table``, ``transform-driver`` in the
-#: transform; ``copy``, ``copied``, ``copy-driver`` in the load).
+#: transform; ``copy``, ``copy/<table>``, ``copied``, ``copy-driver`` in the load).
 FAULT_ENV = "ETL_FAULT_RAY_KILL"
 
 

@@ -58,9 +58,10 @@ log = logging.getLogger(__name__)
 
 #: Fault points (``ETL_FAULT_RAY_KILL``, see :data:`etl.infra.cluster.FAULT_ENV`): ``copy``, a
 #: COPY task once every row of its chunk has gone out, before the COPY ends (mid-COPY: the
-#: server rolls it back); ``copied``, a COPY task just after its commit (the retry must find the
-#: chunk done); ``copy-driver``, the driver when the first COPY task has finished.
-POINTS = ("copy", "copied", "copy-driver")
+#: server rolls it back), ``copy/<table>`` the same in a chunk of that table; ``copied``, a
+#: COPY task just after its commit (the retry must find the chunk done); ``copy-driver``, the
+#: driver when the first COPY task has finished.
+POINTS = ("copy", "copy/<table>", "copied", "copy-driver")
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +237,7 @@ def _copy_chunk(conn: Any, job: CopyJob, run: Run, entry: dict[str, Any], index:
             cur.execute(f"TRUNCATE {quote_ident(job.build)}.{quote_ident(job.table.name)}")
         try:
             sent = send_rows(cur, run, job.table, entry, build=job.build, tag=job.tag, schema=job.schema,
-                             through=lambda reader: _fault_after_rows(reader, fault))
+                             through=lambda reader: _fault_after_rows(reader, fault, job.table.name))
         except EtlError as exc:
             if exc.__cause__ is None or "sources" in run.manifest:
                 raise
@@ -258,13 +259,15 @@ def _chunk_entry(entry: dict[str, Any], index: int) -> dict[str, Any]:
             "lineage_chunks": [lineage[index]] if len(lineage) == len(entry["chunks"]) else []}
 
 
-def _fault_after_rows(reader: pa.RecordBatchReader, fault: str | None) -> pa.RecordBatchReader:
-    """``reader``, with the ``copy`` fault point once its last batch has gone out."""
+def _fault_after_rows(reader: pa.RecordBatchReader, fault: str | None, name: str) -> pa.RecordBatchReader:
+    """``reader``, with the ``copy`` and ``copy/<table>`` fault points once its last batch has
+    gone out."""
     if not fault:
         return reader
 
     def batches() -> Iterator[pa.RecordBatch]:
         yield from reader
         kill_once(fault, "copy")  # every row sent; the COPY has not ended
+        kill_once(fault, f"copy/{name}")
 
     return pa.RecordBatchReader.from_batches(reader.schema, batches())
