@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,20 @@ def _masked(url: str) -> str:
     return mask_secrets(url)
 
 
+@contextmanager
+def one_ray(settings: Settings) -> Iterator[None]:
+    """With the ray engine, one Ray session for a whole run: its stage, transform and COPY
+    tasks run on it (each would otherwise join the cluster, or start a local Ray, of its own:
+    seconds each). Does nothing for the local engine."""
+    if settings.engine != "ray":
+        yield
+        return
+    from etl.infra.cluster import ray_session
+
+    with ray_session(settings):
+        yield
+
+
 def run_pipeline(
     dataset: Dataset,
     sources: Sequence[str | Path],
@@ -86,19 +101,21 @@ def run_pipeline(
 ) -> PipelineResult:
     """Stage, validate and transform ``sources``; stop with :class:`ValidationFailed` on errors
     (``strict``: also on a file a quarantining source would leave out)."""
-    staged = stage(dataset, sources, settings=settings, force=force, progress=progress,
-                   strict=strict, max_record_bytes=max_record_bytes)
-    dataset = staged.dataset or dataset  # a spec evolved by drift
-    checked = validate(staged.run, dataset, max_reject_ratio=max_reject_ratio, rules=settings.rules,
-                       progress=progress)
-    try:
-        require_passed(checked)
-    except ValidationFailed as exc:  # the page shows the failing rules and their rows: say where
-        page = _report(checked.run, None, settings)
-        if page is not None:
-            exc.hint = f"{exc.hint}; the run's report: {page}" if exc.hint else f"the run's report: {page}"
-        raise
-    built = transform(checked.run, dataset, progress=progress)
+    with one_ray(settings):
+        staged = stage(dataset, sources, settings=settings, force=force, progress=progress,
+                       strict=strict, max_record_bytes=max_record_bytes)
+        dataset = staged.dataset or dataset  # a spec evolved by drift
+        checked = validate(staged.run, dataset, max_reject_ratio=max_reject_ratio, rules=settings.rules,
+                           progress=progress)
+        try:
+            require_passed(checked)
+        except ValidationFailed as exc:  # the page shows the failing rules and their rows: say where
+            page = _report(checked.run, None, settings)
+            if page is not None:
+                exc.hint = (f"{exc.hint}; the run's report: {page}" if exc.hint
+                            else f"the run's report: {page}")
+            raise
+        built = transform(checked.run, dataset, progress=progress, settings=settings)
     return PipelineResult(built.run, checked.report, built.rows,
                           [staged.phase, checked.phase, built.phase])
 
@@ -125,15 +142,17 @@ def run_all(
     checked first (reachable, a ledger revision this toolkit knows:
     :func:`~etl.load.check_database`), before any staging."""
     url = check_database(settings.database_url)
-    first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
-                         force=force, progress=progress, strict=strict,
-                         max_record_bytes=max_record_bytes)
-    if first.run.manifest["dataset_version"] != dataset.version:  # a spec evolved by drift
-        from etl.datasets import dataset_of
+    with one_ray(settings):
+        first = run_pipeline(dataset, sources, settings=settings, max_reject_ratio=max_reject_ratio,
+                             force=force, progress=progress, strict=strict,
+                             max_record_bytes=max_record_bytes)
+        if first.run.manifest["dataset_version"] != dataset.version:  # a spec evolved by drift
+            from etl.datasets import dataset_of
 
-        dataset = dataset_of(first.run)
-    loaded = load(first.run, dataset, database_url=url, mode=mode, force=force,
-                  progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
+            dataset = dataset_of(first.run)
+        loaded = load(first.run, dataset, database_url=url, mode=mode, force=force,
+                      progress=progress, tag=tag, delete_missing=delete_missing, warm=warm,
+                      settings=settings)
     return PipelineResult(first.run, first.report, first.tables, [*first.phases, *loaded.phases],
                           loaded, report_html=_report(first.run, loaded, settings))
 
@@ -178,15 +197,16 @@ def rebuild(
         phase.rows = check_run_files(run.path, run.manifest)
     phases = [phase]
     report = run.report() or {"status": run.manifest.get("validation", {}).get("status", "unknown")}
-    if "tables" not in run.manifest:
-        checked = validate(run, dataset, rules=settings.rules, progress=progress)
-        require_passed(checked)
-        built = transform(checked.run, dataset, progress=progress)
-        phases += [checked.phase, built.phase]
-        report = checked.report
-        run = built.run
-    loaded = load(run, dataset, database_url=url, mode="rebuild", force=True,
-                  progress=progress)
+    with one_ray(settings):
+        if "tables" not in run.manifest:
+            checked = validate(run, dataset, rules=settings.rules, progress=progress)
+            require_passed(checked)
+            built = transform(checked.run, dataset, progress=progress, settings=settings)
+            phases += [checked.phase, built.phase]
+            report = checked.report
+            run = built.run
+        loaded = load(run, dataset, database_url=url, mode="rebuild", force=True,
+                      progress=progress, settings=settings)
     tables = {n: int(e["rows"]) for n, e in run.manifest["tables"].items()}
     return PipelineResult(run, report, tables, [*phases, *loaded.phases], loaded)
 

@@ -437,6 +437,10 @@ class Manifest(dict[str, Any]):
 
     __setitem__ = __delitem__ = clear = update = pop = popitem = setdefault = _read_only  # type: ignore[assignment]
 
+    def __reduce__(self) -> tuple[type[Manifest], tuple[dict[str, Any]]]:
+        # Pickled whole (a Run sent to a Ray task), not item by item through __setitem__.
+        return Manifest, (dict(self),)
+
 
 #: The lock file of a dataset's staging folder (``<staging_dir>/<dataset>/.etl-staging.lock``),
 #: which also marks it as no input (:data:`etl.jsontext.STAGING_MARK`).

@@ -286,7 +286,8 @@ def test_cli_stage_with_engine_ray(ray_cluster: str, small_export: Path, tmp_pat
 
 def test_cli_run_with_engine_ray_loads_the_local_runs_tables(ray_cluster: str, small_export: Path,
                                                              tmp_path: Path, pg_url: str) -> None:
-    # Staged on Ray; validated, transformed and loaded in this process, from the shared folder.
+    # Staged, transformed (a table a task) and COPYed (a chunk a task) on Ray; validated, keyed,
+    # verified and swapped in this process, from the shared folder.
     local = stage(get_dataset("mids"), [small_export],
                   settings=Settings(staging_dir=tmp_path / "local", threads=2)).run
     expected = _table_checksums(local)
@@ -298,6 +299,9 @@ def test_cli_run_with_engine_ray_loads_the_local_runs_tables(ray_cluster: str, s
     assert summary["run_id"] == local.id
     assert summary["tables"] == {name: rows for name, (rows, _) in expected.items()}
     assert summary["load"]["checksums"] == {name: checksum for name, (_, checksum) in expected.items()}
+    on_ray = {p["name"]: p["extra"]["ray"] for p in summary["phases"] if "ray" in p.get("extra", {})}
+    assert set(on_ray) == {"stage", "transform", "load"}
+    assert all(figures["nodes"] == 2 for figures in on_ray.values())
 
 
 def test_a_driver_killed_mid_stage_leaves_no_run_and_the_rerun_stages_it(
@@ -349,6 +353,9 @@ def test_bench_stages_on_ray_with_one_and_two_workers_beside_local(tmp_path: Pat
     assert len({p["rows"] for p in engines}) == 1  # the same rows on every engine
     assert all(p["seconds"] > 0 and p["run"] == engines[0]["run"] for p in engines)
     assert all(p["ray_start_seconds"] > 0 and p["cold_seconds"] > 0 for p in engines[1:])
+    # The transform ran on each Ray too; nothing was loaded.
+    assert [(e["engine"], e["workers"]) for e in res["engines"]] == [("local", None), ("ray", 1), ("ray", 2)]
+    assert all(e["transform"] > 0 and "load" not in e for e in res["engines"])
 
 
 # ------------------------------------------------------------------------------ a shared staging root

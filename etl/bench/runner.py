@@ -36,23 +36,36 @@ if phase == "stage":
     r = stage(get_dataset(dataset), [arg], settings=settings, force=True)
     out = {"run": str(r.run.path), **r.phase.to_dict()}
 elif phase.startswith("stage-ray:"):
-    # The stage on a local Ray of N worker CPUs, started first (and timed apart): the stage then
-    # runs on it as on a cluster that was already up.
+    # The run on a local Ray of N worker CPUs, started first (and timed apart): the stage, the
+    # transform and the load's COPY then run on it as on a cluster that was already up.
     import ray
     from etl.stage import stage
+    from etl.transform import transform
+    from etl.validate import validate
     workers = int(phase.split(":")[1])
     t = time.perf_counter()
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     started = time.perf_counter() - t
     settings = Settings(staging_dir=staging, engine="ray", threads=workers)
+    ds = get_dataset(dataset)
     # Twice: the first stage also starts the worker processes (and their imports); the second
     # is what a cluster that has run a stage before gives.
-    cold = stage(get_dataset(dataset), [arg], settings=settings, force=True)
-    r = stage(get_dataset(dataset), [arg], settings=settings, force=True)
-    ray.shutdown()
+    cold = stage(ds, [arg], settings=settings, force=True)
+    r = stage(ds, [arg], settings=settings, force=True)
     out = {"run": str(r.run.path), **r.phase.to_dict(), "name": f"stage (ray, {workers} worker"
            + ("s" if workers > 1 else "") + ")", "workers": workers, "ray_start_seconds": started,
            "cold_seconds": cold.phase.seconds}
+    checked = validate(r.run, ds, max_reject_ratio=max_reject_ratio)  # in this process, untimed
+    if checked.passed:
+        built = transform(checked.run, ds, settings=settings)
+        out["transform"] = built.phase.to_dict()
+        if sys.argv[4]:
+            from etl.load import load
+            loaded = load(built.run, ds, database_url=sys.argv[4], force=True, settings=settings)
+            parts = [p.to_dict() for p in loaded.phases]
+            out["load"] = {"seconds": sum(p["seconds"] for p in parts), "parts": parts,
+                           "rows": sum(loaded.rows.values())}
+    ray.shutdown()
 elif phase in ("load", "load-unsafe", "merge"):
     from etl.load import load
     mode = {"load-unsafe": "unsafe-fast", "merge": "merge"}.get(phase, "full")
@@ -275,8 +288,11 @@ def run_bench(
     amplifies a real sample). With :attr:`BenchSpec.reimport`, the load is a first import and a
     merge of the same export again. ``max_reject_ratio`` is passed to
     validate, so a run whose validation rejects rows can still be measured through the load.
-    ``engine="ray"`` also stages each export on a local Ray of each of ``ray_workers`` worker
-    CPUs (results' ``stage_engines``, beside the local stage; the other phases stay local)."""
+    ``engine="ray"`` also runs each export on a local Ray of each of ``ray_workers`` worker
+    CPUs: the stage (results' ``stage_engines``, beside the local stage), then the transform
+    and (with ``load``, a full load) the load with its COPY as Ray tasks; ``engines`` gives the
+    seconds of stage, transform, load and COPY per engine. Validate, and the local phases the
+    rest of the results report, run locally as before."""
     ds = get_dataset(dataset)
     if engine == "ray":
         from etl.infra.cluster import import_ray
@@ -319,11 +335,14 @@ def run_bench(
         staged = _run_phase("stage", str(export), staging, dataset=dataset)
         engines = [{**staged, "engine": "local"}]
         if engine == "ray":
-            # The same run staged again on Ray (same run id, same rows): what follows reads it.
+            # The same run staged again on Ray (same run id, same rows), transformed and (a full
+            # load) loaded on it; what follows reads the run and loads it again.
             for workers in ray_workers:
-                log(f"staging on a local Ray of {workers} worker CPU(s) …")
+                log(f"staging, transforming{' and loading' if load and not spec.reimport else ''} on a "
+                    f"local Ray of {workers} worker CPU(s) …")
                 engines.append({**_run_phase(f"stage-ray:{workers}", str(export), staging,
-                                             dataset=dataset), "engine": "ray"})
+                                             url if load and not spec.reimport else "", dataset=dataset,
+                                             max_reject_ratio=max_reject_ratio), "engine": "ray"})
         checked = _run_phase("validate", staged["run"], staging, dataset=dataset,
                              max_reject_ratio=max_reject_ratio)
         if checked["status"] != "passed":
@@ -360,7 +379,9 @@ def run_bench(
         # were not built in): stage, validate, transform and a full load, each in its own process.
         spec_phases = _spec_run(inferred["spec"], str(export), staging, url if load else "",
                                 max_reject_ratio)
+        local_load = phases[3] if load and not spec.reimport else None
         results.append({
+            "engines": _by_engine(engines, built, local_load),
             "dataset": dataset,
             "entries": info["entries"], "files": info["files"], "bytes": info["bytes"],
             "copies": info.get("copies"), "source": str(export),
@@ -386,3 +407,22 @@ def run_bench(
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         })
     return results
+
+
+def _by_engine(engines: list[dict[str, Any]], built: dict[str, Any],
+               loaded: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per engine (local; Ray with each number of workers): the seconds of its stage, transform
+    and load (all of it, and its COPY phase and COPY statements), in-process."""
+    def load_figures(load: dict[str, Any] | None) -> dict[str, Any]:
+        if load is None:
+            return {}
+        copy: dict[str, Any] = next((p for p in load["parts"] if p["name"] == "load"), {})
+        return {"load": load["seconds"], "copy": copy.get("seconds"),
+                "copy_statements": (copy.get("extra") or {}).get("copy_seconds")}
+
+    out = [{"engine": "local", "workers": None, "stage": engines[0]["seconds"], "transform": built["seconds"],
+            **load_figures(loaded)}]
+    for p in engines[1:]:
+        out.append({"engine": "ray", "workers": p["workers"], "stage": p["seconds"],
+                    "transform": (p.get("transform") or {}).get("seconds"), **load_figures(p.get("load"))})
+    return out

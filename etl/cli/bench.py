@@ -73,8 +73,9 @@ def bench_options(fn: F) -> F:
 @click.option("--no-load", is_flag=True, help="Measure stage, validate and transform only.")
 @json_option
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="ray: also stage each export on a local Ray of 1 and of 2 worker CPUs, beside "
-                   "the local engine (the other phases stay local).")
+              help="ray: also run each export on a local Ray of 1 and of 2 worker CPUs, beside "
+                   "the local engine: stage, transform and the load's COPY as Ray tasks (validate, "
+                   "keys, verify and swap stay local); per-phase seconds by engine.")
 @handle_errors
 def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], template: Path | None,
               work_dir: Path, max_reject_ratio: float, database_url: str | None, no_load: bool,
@@ -94,6 +95,7 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
       etl bench --entries 360000 --template ../shared/data/mids
       etl bench --dataset aodb --entries 170000
       etl bench --copies 1 --no-load --engine ray
+      etl bench --copies 1 --engine ray
     """
     from etl.bench import bench
 
@@ -118,6 +120,20 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
                           f"{p['workers']} worker(s) {p['ray_start_seconds']:.2f} s "
                           f"+ {p['cold_seconds']:.2f} s"
                           for p in res["stage_engines"] if p["engine"] == "ray"))
+            by_engine = Table(title="per phase by engine (in-process seconds; Ray: on a local Ray that "
+                                    "has staged once)", title_justify="left")
+            for col in ("engine", "stage", "transform", "load", "of which COPY", "COPY statements"):
+                by_engine.add_column(col, justify="left" if col == "engine" else "right")
+
+            def secs(value: float | None) -> str:
+                return f"{value:.2f} s" if value is not None else "-"
+
+            for e in res["engines"]:
+                by_engine.add_row("local" if e["engine"] == "local" else
+                                  f"ray, {e['workers']} worker{'s' if e['workers'] > 1 else ''}",
+                                  *(secs(e.get(k)) for k in ("stage", "transform", "load", "copy",
+                                                             "copy_statements")))
+            err.print(by_engine)
         if res["load_parts"]:
             print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"])
                           for p in res["load_parts"]], title="load, step by step")

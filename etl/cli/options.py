@@ -46,17 +46,30 @@ class RunDir(click.ParamType):
         return path
 
 
+ENGINE_OPTIONS = [
+    click.option("--engine", type=click.Choice(["local", "ray"]),
+                 help="Where the work runs: local threads and processes, or tasks on a Ray cluster "
+                      "(the stage, the transform a table a task, the load's COPY a chunk a task; env "
+                      "ETL_ENGINE, [tool.etl] engine; default local). Ray: pip install 'etl-staging[ray]'."),
+    click.option("--ray-address", metavar="ADDRESS",
+                 help="The Ray cluster for --engine ray, e.g. ray://head:10001 (env ETL_RAY_ADDRESS); "
+                      "none: a local Ray is started for the run and stopped after."),
+]
+
+
+def engine_options(fn: F) -> F:
+    """``--engine`` and ``--ray-address`` (commands that are not stage options' users)."""
+    for opt in reversed(ENGINE_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
 STAGE_OPTIONS = [
     click.option("--memory-limit",
                  help="DuckDB memory limit while staging, e.g. 256MB (env ETL_MEMORY_LIMIT)."),
     click.option("--chunk-rows", type=int, help="At most this many rows per Parquet chunk."),
     click.option("--threads", type=int, help="Worker threads (default: one per core)."),
-    click.option("--engine", type=click.Choice(["local", "ray"]),
-                 help="Where staging runs: local threads, or tasks on a Ray cluster (env ETL_ENGINE, "
-                      "[tool.etl] engine; default local). Ray: pip install 'etl-staging[ray]'."),
-    click.option("--ray-address", metavar="ADDRESS",
-                 help="The Ray cluster for --engine ray, e.g. ray://head:10001 (env ETL_RAY_ADDRESS); "
-                      "none: a local Ray is started for the run and stopped after."),
+    *ENGINE_OPTIONS,
     click.option("--max-record-bytes", type=int, default=64 << 20, show_default=True,
                  help="Refuse a single JSON record larger than this."),
     click.option("--force", is_flag=True, help="Stage again even if this content was staged before."),

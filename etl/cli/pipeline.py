@@ -14,6 +14,7 @@ from etl.cli.failures import failed
 from etl.cli.options import (
     RunDir,
     ctx_settings,
+    engine_options,
     json_option,
     load_options,
     looks_like_run,
@@ -192,20 +193,27 @@ def validate_cmd(ctx: click.Context, target: str, sources: tuple[str, ...], max_
 @click.command("transform")
 @click.argument("run_dir", type=RunDir(exists=False))
 @json_option
+@engine_options
 @click.pass_context
 @handle_errors
-def transform_cmd(ctx: click.Context, run_dir: Path | str, as_json: bool) -> None:
+def transform_cmd(ctx: click.Context, run_dir: Path | str, as_json: bool, engine: str | None,
+                  ray_address: str | None) -> None:
     """Build the target tables of a validated run as Parquet under RUN_DIR/tables/.
 
+    With --engine ray each table is built by a task on the Ray cluster (the same files and
+    checksums as locally; the run must sit in a staging root every node sees).
+
     \b
-    Example:
+    Examples:
       etl transform staging/mids/mids-1a2b3c4d5e6f
+      etl transform staging/mids/mids-1a2b3c4d5e6f --engine ray --ray-address ray://head:10001
     """
     from etl.transform import transform
 
+    settings = ctx_settings(ctx, engine=engine, ray_address=ray_address)
     run = open_run(run_dir)
     with progress_bar() as progress:
-        result = transform(run, dataset_of(run), progress=progress)
+        result = transform(run, dataset_of(run), progress=progress, settings=settings)
     if as_json:
         echo_json({"run": str(run.path), "run_id": run.id, "dataset": run.dataset_name,
                    "tables": result.rows, "phases": [result.phase]})
@@ -216,6 +224,10 @@ def transform_cmd(ctx: click.Context, run_dir: Path | str, as_json: bool) -> Non
     for name, rows in result.rows.items():
         table.add_row(name, f"{rows:,}")
     err.print(table)
+    on_ray = result.phase.extra.get("ray")
+    if on_ray:
+        err.print(f"transformed on Ray: {on_ray['nodes']} node(s), {on_ray['cpus']} CPUs; {on_ray['tasks']} "
+                  f"table tasks {on_ray['task_seconds']:.2f} s")
     print_phases([result.phase])
     click.echo(run.path)
 
@@ -224,11 +236,12 @@ def transform_cmd(ctx: click.Context, run_dir: Path | str, as_json: bool) -> Non
 @click.argument("run_dir", type=RunDir())
 @load_options
 @click.option("--force", is_flag=True, help="Load again even if this run is already loaded.")
+@engine_options
 @click.pass_context
 @handle_errors
 def load_cmd(ctx: click.Context, run_dir: Path | str, database_url: str | None, unsafe_fast: bool, yes: bool,
              as_json: bool, force: bool, load_mode: str, tag: str | None,
-             delete_missing: bool, warm: int) -> None:
+             delete_missing: bool, warm: int, engine: str | None, ray_address: str | None) -> None:
     """Load a transformed run into PostgreSQL: a new schema, COPY, keys, indexes, views, checks,
     then one swap.
 
@@ -242,15 +255,17 @@ def load_cmd(ctx: click.Context, run_dir: Path | str, database_url: str | None, 
       etl load staging/mids/mids-1a2b3c4d5e6f --database-url postgresql://me@db:5432/games
       etl load staging/licenses/licenses-1a2b3c4d5e6f --mode merge --tag baseline
       ETL_REDIS_URL=redis://localhost:6379/0 etl load staging/mids/mids-1a2b3c4d5e6f --warm 200
+      etl load staging/mids/mids-1a2b3c4d5e6f --engine ray --ray-address ray://head:10001
     """
     from etl.load import load
 
-    settings = ctx_settings(ctx, database_url=database_url)
+    settings = ctx_settings(ctx, database_url=database_url, engine=engine, ray_address=ray_address)
     mode = resolve_mode(unsafe_fast, yes, load_mode)
     run = open_run(run_dir)
     with progress_bar() as progress:
         result = load(run, dataset_of(run), database_url=settings.database_url, mode=mode,
-                      force=force, progress=progress, tag=tag, delete_missing=delete_missing, warm=warm)
+                      force=force, progress=progress, tag=tag, delete_missing=delete_missing, warm=warm,
+                      settings=settings)
     if as_json:
         echo_json({
             "run": str(run.path), "run_id": run.id, "schema": result.schema,

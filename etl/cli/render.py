@@ -360,6 +360,10 @@ def print_load(result: Any) -> None:
     for name, rows in result.rows.items():
         table.add_row(name, f"{rows:,}", result.checksums.get(name, ""))
     err.print(table)
+    on_ray = next((p.extra["ray"] for p in result.phases if p.name == "load" and "ray" in p.extra), None)
+    if on_ray:
+        err.print(f"copied on Ray: {on_ray['nodes']} node(s), {on_ray['cpus']} CPUs; {on_ray['tasks']} "
+                  f"COPY tasks ({on_ray['chunks_found_done']} found done by a retry)")
 
 
 def print_pipeline(result: Any, settings: Settings, *, as_json: bool) -> None:

@@ -22,13 +22,23 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import Any
 
 from etl.config import Settings
-from etl.errors import ConfigError
+from etl.errors import ConfigError, EtlError, TransientError
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'etl-staging[ray]'"
+#: How often Ray runs a task again whose worker process died (not for errors the task raised).
+MAX_RETRIES = 3
+#: ``ETL_FAULT_RAY_KILL=<point>:<marker file>`` (tests): the first task (or driver) to reach
+#: ``<point>`` creates the marker and kills its own process, once per marker file;
+#: ``<point>:always`` kills every time. The driver reads it and passes it to its tasks (a Ray
+#: worker does not inherit the driver's environment). Points: see :func:`kill_once`'s callers
+#: (``group``, ``chunk``, ``driver`` in the stage; ``table``, ``transform-driver`` in the
+#: transform; ``copy``, ``copy/<table>``, ``copied``, ``copy-driver`` in the load).
+FAULT_ENV = "ETL_FAULT_RAY_KILL"
 
 
 def import_ray() -> ModuleType:
@@ -71,3 +81,70 @@ def ray_session(settings: Settings) -> Iterator[ModuleType]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def cluster_figures(ray: ModuleType) -> tuple[int, int]:
+    """(alive nodes, CPUs) of the cluster ``ray`` is connected to."""
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    return nodes, cpus
+
+
+def fault_point() -> str | None:
+    """``ETL_FAULT_RAY_KILL`` as the driver has it (passed on to the tasks), or None."""
+    return os.environ.get(FAULT_ENV) or None
+
+
+def kill_once(fault: str | None, point: str) -> None:
+    """Kill this process at ``point`` when ``fault`` (``ETL_FAULT_RAY_KILL``) asks (tests)."""
+    if not fault or not fault.startswith(point + ":"):
+        return
+    marker = fault.split(":", 1)[1]
+    if marker == "always":
+        log.warning("fault injection: killing process %d at %s (always)", os.getpid(), point)
+        os._exit(137)
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    log.warning("fault injection: killing process %d at %s", os.getpid(), point)
+    os._exit(137)
+
+
+def gather(ray: ModuleType, refs: list[Any], *, again: str, ordered: bool = False) -> Iterator[Any]:
+    """The tasks' results, as they finish (or in order); a task's own error is raised as itself,
+    the other tasks cancelled (also when the caller stops: an interrupt, an error of its own).
+    A task whose worker died on every retry is a :class:`TransientError` whose hint ends with
+    ``again`` (what to run again)."""
+    from ray.exceptions import RayError, RayTaskError
+
+    left = list(refs)
+    finished = False
+    try:
+        if ordered:
+            yield from ray.get(refs)
+        else:
+            while left:
+                ready, left = ray.wait(left, num_returns=1)
+                yield ray.get(ready[0])
+        finished = True
+    except RayError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, RayTaskError) and isinstance(cause, EtlError):
+            raise cause from None
+        if isinstance(exc, RayTaskError):
+            raise
+        # The cluster's failure, not the input's: a worker that died on every retry, a node lost.
+        raise TransientError(f"a Ray task failed {MAX_RETRIES + 1} times: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                             hint="check the Ray workers' memory and logs (ray status; "
+                                  f"/tmp/ray/session_latest/logs), then {again}") from exc
+    finally:
+        if not finished:
+            for ref in refs:
+                try:
+                    ray.cancel(ref, force=True)
+                except Exception:  # already finished or gone: nothing to stop
+                    log.debug("cancelling a Ray task failed", exc_info=True)

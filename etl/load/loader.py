@@ -6,7 +6,8 @@ A full load never touches the live schema (named after the dataset) until the ve
 2. ``copy:<table>``: each table streamed from its Parquet chunks through ADBC's binary COPY
    (``adbc_ingest``), tables concurrently, each in one transaction with its ledger step. Every
    ADBC call runs in a forked worker process (:mod:`etl.load.forked`), one per thread: a driver
-   crash there is retried like a lost connection. (:mod:`.copy`)
+   crash there is retried like a lost connection. (:mod:`.copy`) With the ray engine, a Ray
+   task per staged chunk instead, each chunk with a ledger step of its own. (:mod:`.on_ray`)
 3. ``keys:<table>``, ``fkeys``, ``validate:<fk>``: primary and unique keys, ANALYZE and each
    table read back for its checksum (tables concurrently), then foreign keys added NOT VALID
    and validated (tables concurrently). (:mod:`.keys`)
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import logging
 
-from etl.config import load_settings
+from etl.config import Settings, load_settings
 from etl.dataset import Dataset
 from etl.errors import ConfigError, RunStateError
 from etl.infra import cache, pg
@@ -65,6 +66,7 @@ def load(
     delete_missing: bool = False,
     warm: int = 0,
     reconcile_sample: float = RECONCILE_SAMPLE,
+    settings: Settings | None = None,
 ) -> LoadResult:
     """Load a transformed run into PostgreSQL (see the module docstring for the steps).
 
@@ -87,6 +89,11 @@ def load(
     ``reconcile_sample``: the share of source files whose records the verify step rebuilds from
     the staged rows and compares with the export (chosen by content hash; small sources whole;
     0 turns it off, 1 reads every file). See :mod:`etl.load.reconcile`.
+
+    ``settings``: where the COPY runs, ``settings.engine``: ``"local"`` (forked worker processes,
+    ``workers`` tables at a time) or ``"ray"`` (a COPY task per staged chunk on the Ray cluster
+    ``settings.ray_address`` names, or a local Ray; see :mod:`etl.load.on_ray`). Keys, indexes,
+    verification and the swap run in this process either way; a merge always runs here.
     """
     run = run.current()
     run.check_dataset(dataset)
@@ -106,7 +113,8 @@ def load(
                           hint="a full load replaces every row anyway")
     redis_url = redis_url or load_settings().redis_url
     state = Load(run, dataset, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
-                 progress=progress, tag=tag, reconcile_sample=reconcile_sample, redis_url=redis_url)
+                 progress=progress, tag=tag, reconcile_sample=reconcile_sample, redis_url=redis_url,
+                 settings=settings)
     if mode == "merge":
         result = merge(state, delete_missing=delete_missing)
         log.info("merged %s into %s: %s", run.id, result.schema, ", ".join(

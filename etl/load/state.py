@@ -21,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import pyarrow as pa
 
 from etl import interrupt
+from etl.config import Settings
 from etl.dataset import Dataset
 from etl.infra import pg
 from etl.infra.errors import LockLost
@@ -76,8 +77,13 @@ class Load:
 
     def __init__(self, run: Run, dataset: Dataset, url: str, *, mode: Mode, workers: int, retries: int,
                  retry_delay: float, progress: Progress | None, tag: str | None = None,
-                 reconcile_sample: float = 0.0, redis_url: str | None = None) -> None:
+                 reconcile_sample: float = 0.0, redis_url: str | None = None,
+                 settings: Settings | None = None) -> None:
         self.run = run
+        #: Where the COPY runs (``settings.engine``): this process's forked workers, or tasks
+        #: on the Ray cluster ``settings.ray_address`` names (see :mod:`etl.load.on_ray`).
+        self.settings = settings or Settings()
+        self.engine = self.settings.engine
         self.reconcile_sample = reconcile_sample
         self.dataset = dataset
         self.url = url

@@ -41,8 +41,15 @@ import pyarrow.parquet as pq
 
 from etl.config import Settings
 from etl.dataset import Dataset
-from etl.errors import EtlError, TransientError
-from etl.infra.cluster import ray_session
+from etl.infra.cluster import (
+    FAULT_ENV,
+    MAX_RETRIES,
+    cluster_figures,
+    fault_point,
+    gather,
+    kill_once,
+    ray_session,
+)
 from etl.run import PARQUET_COMPRESSION, level_schema, sha256_file
 from etl.stage.dupkeys import EXAMPLES as DUP_EXAMPLES
 from etl.stage.dupkeys import last_wins
@@ -53,15 +60,13 @@ from etl.staging_fs import RemotePath, StagePath, as_uri, remove_tree, resolve
 
 log = logging.getLogger(__name__)
 
+__all__ = ["FAULT_ENV", "PIECES", "stage_on_ray"]
+
 #: The pieces group tasks write, inside the run's temporary folder; removed once chunks are written.
 PIECES = ".pieces"
-#: How often Ray runs a task again whose worker process died (not for errors the task raised).
-MAX_RETRIES = 3
-#: ``ETL_FAULT_RAY_KILL=<point>:<marker file>`` (tests): the first task to reach ``<point>``
-#: (``group``: a group task after writing its first batch; ``chunk``: a chunk task halfway
-#: through its chunk) creates the marker and kills its own worker process, once per marker file;
-#: ``driver`` kills the driver when the first group is done. ``<point>:always`` kills every time.
-FAULT_ENV = "ETL_FAULT_RAY_KILL"
+#: Fault points (``ETL_FAULT_RAY_KILL``, see :data:`etl.infra.cluster.FAULT_ENV`): ``group``, a
+#: group task after writing its first batch; ``chunk``, a chunk task halfway through its chunk;
+#: ``driver``, the driver when the first group is done.
 
 Job = tuple[Path, str, str, int]
 Progress = Callable[[str, int, int], None]
@@ -105,12 +110,11 @@ def stage_on_ray(
     when it is not ``tmp`` (a remote staging root's; the chunks are left there)."""
     work: StagePath = shared if shared is not None else tmp.resolve()
     work_uri = as_uri(work)
-    fault = os.environ.get(FAULT_ENV) or None
+    fault = fault_point()
     joining = time.perf_counter()
     with ray_session(settings) as ray:
         joined = time.perf_counter()
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        nodes, cpus = cluster_figures(ray)
         # Each group task has the memory limit to itself, shared as a local stage of one worker
         # shares it (a quarter for the reader); Ray places the tasks by it (its `memory` resource).
         options = {"reader_memory": f"{max(96 << 20, memory // 4) >> 20}MB",
@@ -132,8 +136,8 @@ def stage_on_ray(
         started = time.perf_counter()
         done_bytes = 0
         groups: list[_Group] = []
-        for result in _gather(ray, pending):
-            _fault(fault, "driver")
+        for result in gather(ray, pending, again="stage again"):
+            kill_once(fault, "driver")
             groups.append(result)
             done_bytes += result.nbytes
             if progress:
@@ -151,7 +155,7 @@ def stage_on_ray(
                               for k, slices in enumerate(chunks)]
                       for level, chunks in plans.items()}
         flat = [ref for refs in chunk_refs.values() for ref in refs]
-        written = dict(zip(flat, _gather(ray, flat, ordered=True), strict=True))
+        written = dict(zip(flat, gather(ray, flat, again="stage again", ordered=True), strict=True))
         figures = {"nodes": nodes, "cpus": cpus, "join_seconds": round(joined - joining, 3),
                    "groups": group_no, "group_seconds": round(read - started, 3),
                    "chunks": len(flat), "chunk_seconds": round(time.perf_counter() - read, 3)}
@@ -187,35 +191,6 @@ def _groups(jobs: Sequence[Job], group_bytes: int) -> list[list[Job]]:
     return out
 
 
-def _gather(ray: Any, refs: list[Any], *, ordered: bool = False) -> list[Any]:
-    """The tasks' results (as they finish, or in order); a task's own error is raised as itself,
-    the other tasks cancelled."""
-    from ray.exceptions import RayError, RayTaskError
-
-    out: list[Any] = []
-    left = list(refs)
-    try:
-        if ordered:
-            return list(ray.get(refs))
-        while left:
-            ready, left = ray.wait(left, num_returns=1)
-            out.append(ray.get(ready[0]))
-        return out
-    except RayError as exc:
-        for ref in refs:
-            ray.cancel(ref, force=True)
-        cause = getattr(exc, "cause", None)
-        if isinstance(exc, RayTaskError) and isinstance(cause, EtlError):
-            raise cause from None
-        if isinstance(exc, RayTaskError):
-            raise
-        # The cluster's failure, not the input's: a worker that died on every retry, a node lost.
-        raise TransientError(f"a Ray task failed {MAX_RETRIES + 1} times: {type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''}",
-                             hint="check the Ray workers' memory and logs (ray status; "
-                                  "/tmp/ray/session_latest/logs), then stage again") from exc
-
-
 def _chunk_plans(dataset: Dataset, groups: Sequence[_Group],
                  chunk_rows: int) -> dict[str, list[list[tuple[str, int, int]]]]:
     """Per level, its chunks as (piece, first row, rows) slices: the level's rows in the local
@@ -245,24 +220,6 @@ def _chunk_plans(dataset: Dataset, groups: Sequence[_Group],
         if chunks:
             plans[level] = chunks
     return plans
-
-
-def _fault(fault: str | None, point: str) -> None:
-    """Kill this worker process once at ``point`` when ``ETL_FAULT_RAY_KILL`` asks (tests)."""
-    if not fault or not fault.startswith(point + ":"):
-        return
-    marker = fault.split(":", 1)[1]
-    if marker == "always":
-        log.warning("fault injection: killing Ray worker %d at %s (always)", os.getpid(), point)
-        os._exit(137)
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    log.warning("fault injection: killing Ray worker %d at %s", os.getpid(), point)
-    os._exit(137)
 
 
 # ------------------------------------------------------------------------------ the tasks
@@ -327,7 +284,7 @@ def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: 
                     writers[key].write_table(table)
                     rows[key] += table.num_rows
                 if n == 0:
-                    _fault(fault, "group")
+                    kill_once(fault, "group")
     finally:
         for w in writers.values():
             w.close()
@@ -372,7 +329,7 @@ def _write_chunk(tmp_text: str, level: str, index: int, slices: list[tuple[str, 
                 writer.write_table(table, row_group_size=chunk_rows)
             rows += length
             if n == len(slices) // 2:
-                _fault(fault, "chunk")
+                kill_once(fault, "chunk")
     if isinstance(tmp, RemotePath):  # a rename where the filesystem has one, else copy and delete
         assert isinstance(partial, RemotePath) and isinstance(final, RemotePath)
         tmp.fs.move(partial.path, final.path)

@@ -14,7 +14,7 @@ column (a wide text column such as a jsonb ``params`` doubles) while the first i
 from __future__ import annotations
 
 import logging
-import shutil
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +22,9 @@ from typing import Any
 
 import polars as pl
 
+from etl.config import Settings
 from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Dataset, Table
-from etl.errors import RunStateError
+from etl.errors import ConfigError, RunStateError
 from etl.jsonb import pg_texts
 from etl.metrics import Phase, timed
 from etl.run import (
@@ -40,7 +41,7 @@ from etl.run import (
     run_folder,
     schema_to_json,
 )
-from etl.staging_fs import work_dir
+from etl.staging_fs import RemotePath, remove_tree, work_dir
 from etl.transform.errors import KeyViolation
 from etl.transform.extra_fetch import ExtraFetcher
 
@@ -181,11 +182,99 @@ def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) 
                                     hint="add a required rule for it to the dataset's rules")
 
 
-@locks_staging(run_folder)
-def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -> TransformResult:
-    """Build the dataset's target tables from the accepted rows of a validated run."""
-    run = run.current()
-    run.check_dataset(dataset)
+def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, chunk_schema: pl.Schema,
+                 tmp: Path, chunk_rows: int, *, written: Callable[[], None] | None = None
+                 ) -> dict[str, Any]:
+    """Table ``table`` built from its ``plan`` and written in chunks under ``tmp/<table>/``
+    (lineage beside them), checked and checksummed; its manifest entry (chunk paths as they will
+    be once ``tmp`` is renamed to ``tables``). ``written`` is called after each piece is written
+    (the ray engine's fault point). A table a task: see :mod:`etl.transform.on_ray`."""
+    df = plan.collect(engine="streaming")  # in the plan's order; sorted chunk by chunk
+    order = _key_order(df, list(table.primary_key))
+    _check_keys(table, df, order)
+    writer = ChunkWriter(tmp / table.name, tmp.parent, chunk_rows=chunk_rows,
+                         schema=table.polars_schema.to_arrow(),
+                         compression=TABLE_COMPRESSION)
+    # Lineage goes to files of its own beside the chunks (same rows, same order), so a
+    # table's chunks hold exactly what is loaded and do not depend on file names.
+    lineage = [c for c in chunk_schema if c in TABLE_LINEAGE and c not in table.polars_schema]
+    hidden = [c for c in chunk_schema if c in (XREF, PATCH)]
+    fetcher = None
+    if XREF in hidden:
+        xref = df.get_column(XREF) if order is None else df.get_column(XREF).gather(order)
+        fetcher = ExtraFetcher(
+            xref, chunk_rows=EXTRA_PIECE_ROWS, root=run.path,
+            tmp=tmp / f".extra-{table.name}",
+            levels=list(dataset.levels),
+            level_chunks={n: e["chunks"] for n, e in run.manifest["levels"].items()})
+        del xref
+    lineage_writer = ChunkWriter(tmp / table.name / "lineage", tmp.parent,
+                                 chunk_rows=chunk_rows, schema=pl.Schema(
+                                     {c: chunk_schema[c] for c in lineage}).to_arrow(),
+                                 compression=TABLE_COMPRESSION) if lineage else None
+    # To Arrow a chunk at a time; a table whose extra texts are fetched, a smaller piece
+    # at a time (each piece a row group), so only that many texts are in memory.
+    step = EXTRA_PIECE_ROWS if fetcher is not None else chunk_rows
+    json_cols = _json_columns(table)
+    target = table.polars_schema
+    summed = Checksum()
+    for start in range(0, df.height, step):
+        piece = _rows(df, order, start, step)
+        if fetcher is not None:
+            patches = piece.get_column(PATCH) if PATCH in hidden else None
+            piece = piece.with_columns(fetcher.chunk(start // step, piece.height, patches))
+        piece = piece.select([*table.polars_schema, *lineage])
+        if json_cols:  # in the form PostgreSQL prints: checksums compare as plain text
+            piece = piece.with_columns(pg_texts(piece.get_column(c)) for c in json_cols)
+        out = piece.drop(lineage)
+        # hashed as it goes out (typed like the table, as the chunks read back)
+        summed.add(out if out.schema == target else out.cast(target))
+        writer.write(out.to_arrow(compat_level=_ARROW_LEVEL))
+        del out
+        if lineage_writer is not None:
+            lineage_writer.write(piece.select(lineage).to_arrow(compat_level=_ARROW_LEVEL))
+        del piece
+        if written is not None:
+            written()
+    chunks = writer.close()
+    if fetcher is not None:
+        fetcher.close()
+    lineage_chunks = lineage_writer.close() if lineage_writer is not None else []
+    rows = df.height
+    del df, order
+    # jsonb columns were written as PostgreSQL prints them, so the checksum hashed their text
+    # as it is, and so does the load's read-back. The types their values decode into are
+    # recorded for the comparison by meaning a mismatch falls back to.
+    dtypes = _written_json_dtypes(tmp / table.name, table, json_cols)
+    checksum = summed.value
+    for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
+        c["path"] = c["path"].replace(f"{tmp.name}/", "tables/", 1)
+    return {
+        "rows": rows,
+        "schema": schema_to_json(table.polars_schema),
+        "lineage": schema_to_json(pl.Schema({c: chunk_schema[c] for c in lineage})),
+        "lineage_chunks": lineage_chunks,
+        "primary_key": list(table.primary_key),
+        "checksum": checksum,
+        "json_dtypes": dtypes,
+        "checksum_polars": pl.__version__,
+        "checksum_form": CHECKSUM_FORM,
+        "chunks": chunks,
+    }
+
+
+def plans(run: Run, dataset: Dataset) -> dict[str, tuple[pl.LazyFrame, pl.Schema]]:
+    """Each target table's plan (LazyFrames over the run's accepted rows; nothing read yet) and
+    the schema of its chunks, by table name."""
+    levels = {name: run.accepted(name, dataset, narrow=True) for name in dataset.levels}
+    frames = dataset.transform(levels)
+    unknown = set(frames) - {t.name for t in dataset.tables}
+    if unknown:
+        raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
+    return {t.name: _shape(t, frames[t.name]) for t in dataset.tables}
+
+
+def _check_validated(run: Run) -> None:
     validation = run.manifest.get("validation")
     if validation is None:
         raise RunStateError(f"run {run.id} has not been validated", run=run.id,
@@ -194,94 +283,49 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None) -
         raise RunStateError(f"run {run.id} failed validation; nothing is transformed", run=run.id,
                             hint=f"see {run.path / 'report.json'}; fix the input or validate again "
                                  "with --max-reject-ratio")
+
+
+#: The folder a transform writes its tables into, renamed to ``tables`` at the end.
+TABLES_TMP = ".tables.tmp"
+
+
+@locks_staging(run_folder)
+def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None,
+              settings: Settings | None = None) -> TransformResult:
+    """Build the dataset's target tables from the accepted rows of a validated run.
+
+    ``settings.engine == "ray"``: the tables are built as tasks on a Ray cluster, a table a task
+    (:mod:`etl.transform.on_ray`), with the same files and checksums as here."""
+    run = run.current()
+    run.check_dataset(dataset)
+    _check_validated(run)
     chunk_rows = int(run.manifest.get("settings", {}).get("chunk_rows", 100_000))
+    for leftover in run.path.glob(f"{TABLES_TMP}*"):  # a killed transform's, on either engine
+        remove_tree(leftover)
     with timed("transform") as phase:
-        levels = {name: run.accepted(name, dataset, narrow=True) for name in dataset.levels}
-        frames = dataset.transform(levels)
-        unknown = set(frames) - {t.name for t in dataset.tables}
-        if unknown:
-            raise RunStateError(f"transform gives tables the dataset does not declare: {unknown}")
-        tables = list(dataset.tables)
-        shaped = [_shape(t, frames[t.name]) for t in tables]
-        tmp = work_dir(run.path, ".tables.tmp")  # local; moved (uploaded) into place below
-        shutil.rmtree(tmp, ignore_errors=True)
-        entries: dict[str, Any] = {}
-        rows: dict[str, int] = {}
-        # One table at a time, written and dropped before the next is built: peak memory is
-        # the largest table, not all of them (collect_all would share work but hold them all).
-        for i, (table, (plan, chunk_schema)) in enumerate(zip(tables, shaped, strict=True)):
-            df = plan.collect(engine="streaming")  # in the plan's order; sorted chunk by chunk
-            order = _key_order(df, list(table.primary_key))
-            _check_keys(table, df, order)
-            writer = ChunkWriter(tmp / table.name, tmp.parent, chunk_rows=chunk_rows,
-                                 schema=table.polars_schema.to_arrow(),
-                                 compression=TABLE_COMPRESSION)
-            # Lineage goes to files of its own beside the chunks (same rows, same order), so a
-            # table's chunks hold exactly what is loaded and do not depend on file names.
-            lineage = [c for c in chunk_schema if c in TABLE_LINEAGE and c not in table.polars_schema]
-            hidden = [c for c in chunk_schema if c in (XREF, PATCH)]
-            fetcher = None
-            if XREF in hidden:
-                xref = df.get_column(XREF) if order is None else df.get_column(XREF).gather(order)
-                fetcher = ExtraFetcher(
-                    xref, chunk_rows=EXTRA_PIECE_ROWS, root=run.path,
-                    tmp=tmp / f".extra-{table.name}",
-                    levels=list(dataset.levels),
-                    level_chunks={n: e["chunks"] for n, e in run.manifest["levels"].items()})
-                del xref
-            lineage_writer = ChunkWriter(tmp / table.name / "lineage", tmp.parent,
-                                         chunk_rows=chunk_rows, schema=pl.Schema(
-                                             {c: chunk_schema[c] for c in lineage}).to_arrow(),
-                                         compression=TABLE_COMPRESSION) if lineage else None
-            # To Arrow a chunk at a time; a table whose extra texts are fetched, a smaller piece
-            # at a time (each piece a row group), so only that many texts are in memory.
-            step = EXTRA_PIECE_ROWS if fetcher is not None else chunk_rows
-            json_cols = _json_columns(table)
-            target = table.polars_schema
-            summed = Checksum()
-            for start in range(0, df.height, step):
-                piece = _rows(df, order, start, step)
-                if fetcher is not None:
-                    patches = piece.get_column(PATCH) if PATCH in hidden else None
-                    piece = piece.with_columns(fetcher.chunk(start // step, piece.height, patches))
-                piece = piece.select([*table.polars_schema, *lineage])
-                if json_cols:  # in the form PostgreSQL prints: checksums compare as plain text
-                    piece = piece.with_columns(pg_texts(piece.get_column(c)) for c in json_cols)
-                written = piece.drop(lineage)
-                # hashed as it goes out (typed like the table, as the chunks read back)
-                summed.add(written if written.schema == target else written.cast(target))
-                writer.write(written.to_arrow(compat_level=_ARROW_LEVEL))
-                del written
-                if lineage_writer is not None:
-                    lineage_writer.write(piece.select(lineage).to_arrow(compat_level=_ARROW_LEVEL))
-                del piece
-            chunks = writer.close()
-            if fetcher is not None:
-                fetcher.close()
-            lineage_chunks = lineage_writer.close() if lineage_writer is not None else []
-            rows[table.name] = df.height
-            del df, order
-            # jsonb columns were written as PostgreSQL prints them, so the checksum hashed their
-            # text as it is, and so does the load's read-back. The types their values decode
-            # into are recorded for the comparison by meaning a mismatch falls back to.
-            dtypes = _written_json_dtypes(tmp / table.name, table, json_cols)
-            checksum = summed.value
-            for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
-                c["path"] = c["path"].replace(".tables.tmp/", "tables/", 1)
-            entries[table.name] = {
-                "rows": rows[table.name],
-                "schema": schema_to_json(table.polars_schema),
-                "lineage": schema_to_json(pl.Schema({c: chunk_schema[c] for c in lineage})),
-                "lineage_chunks": lineage_chunks,
-                "primary_key": list(table.primary_key),
-                "checksum": checksum,
-                "json_dtypes": dtypes,
-                "checksum_polars": pl.__version__,
-                "checksum_form": CHECKSUM_FORM,
-                "chunks": chunks,
-            }
-            if progress:
-                progress("transform", i + 1, len(tables))
+        if settings is not None and settings.engine == "ray":
+            from etl.transform.on_ray import transform_on_ray
+
+            if isinstance(run.path, RemotePath):
+                raise ConfigError(f"--engine ray transforms a run on a path every node sees; "
+                                  f"{run.path} is on an object store",
+                                  hint="transform it with --engine local")
+
+            tmp = run.path / f"{TABLES_TMP}-ray-{secrets.token_hex(4)}"
+            entries, phase.extra["ray"] = transform_on_ray(run, dataset, tmp, chunk_rows=chunk_rows,
+                                                           settings=settings, progress=progress)
+        else:
+            tmp = work_dir(run.path, TABLES_TMP)  # local; moved (uploaded) into place below
+            entries = {}
+            shaped = plans(run, dataset)
+            # One table at a time, written and dropped before the next is built: peak memory is
+            # the largest table, not all of them (collect_all would share work but hold them all).
+            for i, table in enumerate(dataset.tables):
+                plan, chunk_schema = shaped[table.name]
+                entries[table.name] = build_table(run, dataset, table, plan, chunk_schema, tmp, chunk_rows)
+                if progress:
+                    progress("transform", i + 1, len(dataset.tables))
+        rows = {name: int(e["rows"]) for name, e in entries.items()}
         tmp.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, run.path / "tables")
         phase.rows = sum(rows.values())
