@@ -231,3 +231,21 @@ def test_health_checks_a_remote_root_and_prune_removes_its_old_runs(tmp_path: Pa
     assert report["freed_bytes"] > 0
     assert [p.name for p in (root / "mids").iterdir()] == [newer.id]
     assert latest_run("mids", root).id == newer.id
+
+
+def test_ray_transform_and_load_of_an_object_store_run_say_to_run_them_locally(
+        mids_sample: Path, pg_url: str) -> None:
+    """Transform and COPY tasks on Ray need the run on a path every node sees: a run on an
+    object-store root stops with a ConfigError naming --engine local, before any Ray starts."""
+    from etl.errors import ConfigError
+
+    root = _mock_root()
+    ray = Settings(staging_dir=root, engine="ray")
+    run = validate(stage(MIDS, [mids_sample], settings=Settings(staging_dir=root)).run, MIDS).run
+    with pytest.raises(ConfigError, match="--engine local"):
+        transform(run, MIDS, settings=ray)
+    run = transform(run, MIDS).run
+    with pytest.raises(ConfigError, match="--engine local"):
+        load(run, MIDS, database_url=pg_url, settings=ray)
+    assert load(run, MIDS, database_url=pg_url).rows == {
+        n: e["rows"] for n, e in run.manifest["tables"].items()}
