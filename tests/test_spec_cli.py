@@ -63,3 +63,34 @@ def test_init_refuses_a_name_postgresql_would_not_take(tmp_path: Path) -> None:
                                        "--out", str(tmp_path / "a.toml")])
     assert result.exit_code != 0
     assert "lower-case identifier" in result.output
+
+
+def test_init_skips_a_record_over_max_record_bytes_or_stops_with_strict(tmp_path: Path) -> None:
+    """A one-object file, a gzip of one, or an NDJSON line over --max-record-bytes is read whole
+    by neither init nor stage: init lists its file as skipped with the limit and how to raise it
+    (with --strict it stops), and still reads the rest; a higher limit takes it."""
+    import gzip
+
+    export = tmp_path / "export"
+    export.mkdir()
+    for i in range(3):
+        (export / f"rec_{i}.json").write_text(json.dumps({"id": i, "name": f"n{i}"}))
+    big = json.dumps({"id": 9, "name": "x" * 5000})
+    (export / "big.json").write_text(big)
+    (export / "big_gz.json.gz").write_bytes(gzip.compress(big.encode()))
+    (export / "lines.ndjson").write_text(json.dumps({"id": 7, "name": "s"}) + "\n" + big + "\n")
+    env = {"ETL_DATASETS_DIR": str(tmp_path / "specs")}
+
+    def init(*extra: str):
+        return CliRunner().invoke(main, ["init", "things", str(export), "--json", "--force", *extra],
+                                  env=env)
+
+    out = init("--max-record-bytes", "1000")
+    assert out.exit_code == 0, out.output
+    skipped = {s["file"]: s["error"] for s in json.loads(out.stdout)["skipped"]}
+    assert set(skipped) == {"big.json", "big_gz.json.gz", "lines.ndjson"}
+    assert all("over the limit of 1,000 bytes" in e and "--max-record-bytes" in e for e in skipped.values())
+    assert sum(s["files"] for s in json.loads(out.stdout)["sources"]) == 3
+    strict = init("--max-record-bytes", "1000", "--strict")
+    assert strict.exit_code != 0 and "--max-record-bytes" in strict.output
+    assert json.loads(init().stdout)["skipped"] == []  # the default limit (64 MB) takes them all

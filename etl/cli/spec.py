@@ -27,11 +27,14 @@ from etl.spec import init
                    "levels and columns. Without SOURCE, reads the spec's root.")
 @click.option("--strict", is_flag=True,
               help="Stop at a file that is not valid JSON (default: list it as skipped).")
+@click.option("--max-record-bytes", type=int, default=64 << 20, show_default=True,
+              help="Skip (with --strict: stop at) a file holding a record larger than this: a "
+                   "one-object file or an NDJSON line is read whole (as `etl stage` refuses it).")
 @json_option
 @click.pass_context
 @handle_errors
 def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path | None, force: bool,
-             update: bool, strict: bool, as_json: bool) -> None:
+             update: bool, strict: bool, max_record_bytes: int, as_json: bool) -> None:
     """Read every record of a JSON export and write a dataset spec (TOML) to edit and commit.
 
     Files of different shapes become separate sources; nested lists of objects become child
@@ -46,12 +49,13 @@ def init_cmd(ctx: click.Context, name: str, sources: tuple[Path, ...], out: Path
       etl init powers ../shared/data/mids_full
       etl init items export.json --out specs/items.toml
       etl init powers ../exports/2026-12 --update
+      etl init dumps ./dumps --max-record-bytes 268435456
     """
     settings = ctx_settings(ctx)
     if not sources and not update:
         raise click.UsageError("give the export's files or folders: etl init NAME SOURCE...")
     written = init(name, list(sources), out=out, datasets_dir=settings.datasets_dir, force=force,
-                   strict=strict, update=update)
+                   strict=strict, update=update, max_record_bytes=max_record_bytes)
     spec = written.spec
     if as_json:
         echo_json({

@@ -376,16 +376,40 @@ def _is_blank(path: Path) -> bool:
     return not data.strip()
 
 
-def _parse(path: Path) -> Any:
-    data = path.read_bytes()
-    return parse_record(gzip.decompress(data) if path.name.lower().endswith(".gz") else data)
+#: A record larger than this is refused unless the caller raises it (as ``etl stage`` does).
+MAX_RECORD_BYTES = 64 << 20
 
 
-def _ndjson(path: Path) -> Iterator[list[Any]]:
+class _TooLarge(Exception):
+    """A record over the limit: the file is listed as skipped (or stops a strict run)."""
+
+    def __init__(self, offset: int, size: int, limit: int) -> None:
+        super().__init__(f"a record of {size:,} bytes or more, over the limit of {limit:,} bytes "
+                         "(--max-record-bytes; memory grows with it)")
+        self.offset = offset
+
+
+def _parse(path: Path, limit: int = MAX_RECORD_BYTES) -> Any:
+    """A one-object file's record (read whole, so never more than ``limit`` bytes of it)."""
+    if path.name.lower().endswith(".gz"):
+        with gzip.open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    else:
+        if path.stat().st_size > limit:
+            raise _TooLarge(0, path.stat().st_size, limit)
+        data = path.read_bytes()
+    if len(data) > limit:
+        raise _TooLarge(0, len(data), limit)
+    return parse_record(data)
+
+
+def _ndjson(path: Path, limit: int = MAX_RECORD_BYTES) -> Iterator[list[Any]]:
     batch: list[Any] = []
     offset = 0
     with (gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")) as fh:
-        for line in fh:
+        for line in iter(lambda: fh.readline(limit + 2), b""):
+            if len(line.rstrip(b"\r\n")) > limit:
+                raise _TooLarge(offset, len(line), limit)
             if line.strip():
                 try:
                     batch.append(parse_record(line))
@@ -409,8 +433,9 @@ def _first_line_is_a_value(path: Path) -> bool:
         return False
 
 
-def _profile_ndjson(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int) -> None:
-    _profile_batches(prof, groups, "ndjson", _ndjson(path), rel, depth)
+def _profile_ndjson(prof: _Profiler, groups: _Groups, path: Path, rel: str, depth: int,
+                    limit: int = MAX_RECORD_BYTES) -> None:
+    _profile_batches(prof, groups, "ndjson", _ndjson(path, limit), rel, depth)
 
 
 def _profile_batches(prof: _Profiler, groups: _Groups, kind: str, batches: Iterator[list[Any]],
@@ -476,13 +501,16 @@ def _jaccard(a: set[str], b: set[str]) -> float:
 # infer
 
 
-def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
+def infer(name: str, sources: list[Path], *, strict: bool = False,
+          max_record_bytes: int = MAX_RECORD_BYTES) -> Spec:
     """Read every record of the JSON files in ``sources`` (files or folders) and propose a spec.
 
     Files are grouped into sources by shape (top-level object, array of objects or NDJSON; for
     objects the top-level keys, Jaccard >= :data:`SIMILAR` with the source's keys; the same folder
     depth under the root). A file that is not valid JSON is listed in ``Spec.skipped`` with the byte
-    offset of the error and a warning, or raises :class:`SpecError` when ``strict``.
+    offset of the error and a warning, or raises :class:`SpecError` when ``strict``; so is a file
+    holding a record over ``max_record_bytes`` (a one-object file or an NDJSON line: those are read
+    whole; a large array's elements are streamed).
     """
     root, files = _files([Path(s) for s in sources])
     prof = _Profiler()
@@ -496,28 +524,31 @@ def infer(name: str, sources: list[Path], *, strict: bool = False) -> Spec:
             if _is_blank(path):
                 raise _BadJson(0, EMPTY_FILE)
             if is_line_delimited(path.name):
-                _profile_ndjson(prof, groups, path, rel, depth)
+                _profile_ndjson(prof, groups, path, rel, depth, max_record_bytes)
                 continue
             if path.stat().st_size > STREAM_ARRAY_BYTES and _opens_array(path):
                 _profile_batches(prof, groups, "array", _array_batches(path), rel, depth)
                 continue
             try:
-                doc = _parse(path)
+                doc = _parse(path, max_record_bytes)
             except ValueError as first_error:
                 # A .json file may hold a record a line, as the stage reads it too.
                 if not _first_line_is_a_value(path):
                     raise
                 try:
-                    _profile_ndjson(prof, groups, path, rel, depth)
+                    _profile_ndjson(prof, groups, path, rel, depth, max_record_bytes)
                 except _BadJson:
                     raise first_error from None
                 continue
-        except (ValueError, _BadJson) as exc:
-            offset = (exc.offset if isinstance(exc, _BadJson)
+        except (ValueError, _BadJson, _TooLarge) as exc:
+            offset = (exc.offset if isinstance(exc, _BadJson | _TooLarge)
                       else getattr(exc, "pos", getattr(exc, "start", 0)))
-            msg = f"{rel}: not valid JSON at byte {offset}: {exc}"
+            msg = (f"{rel}: {exc} (at byte {offset})" if isinstance(exc, _TooLarge)
+                   else f"{rel}: not valid JSON at byte {offset}: {exc}")
             if strict:
-                raise SpecError(msg, file=path, offset=offset, hint="fix or remove the file") from exc
+                raise SpecError(msg, file=path, offset=offset,
+                                hint="raise --max-record-bytes" if isinstance(exc, _TooLarge)
+                                else "fix or remove the file") from exc
             skipped.append(SkippedFile(rel, int(offset), str(exc)))
             log.warning("skipped %s", msg)
             continue

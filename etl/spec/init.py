@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from etl.errors import ConfigError
-from etl.spec.infer import infer
+from etl.spec.infer import MAX_RECORD_BYTES, infer
 from etl.spec.model import Spec, SpecFormatError, check_dataset_name, fresh_name, widen
 
 log = logging.getLogger(__name__)
@@ -23,12 +23,14 @@ class Written:
 
 
 def init(name: str, sources: list[Path], *, out: Path | None = None, datasets_dir: Path,
-         force: bool = False, strict: bool = False, update: bool = False) -> Written:
+         force: bool = False, strict: bool = False, update: bool = False,
+         max_record_bytes: int = MAX_RECORD_BYTES) -> Written:
     """Infer the spec of the export in ``sources`` (every record is read) and write it as TOML to
     ``out``, by default ``datasets_dir/NAME.toml``. An existing file is kept unless ``force``: a spec
     is meant to be edited, and an edited spec must not be overwritten by accident. ``update``: bring
     the existing spec along instead (:func:`merge`: what it declares is kept as edited, what the
-    export adds is added); with no ``sources``, the export the spec names as its root is read."""
+    export adds is added); with no ``sources``, the export the spec names as its root is read.
+    A file holding a record over ``max_record_bytes`` is skipped with a warning (see :func:`infer`)."""
     try:
         check_dataset_name(name)
     except SpecFormatError as exc:
@@ -43,7 +45,8 @@ def init(name: str, sources: list[Path], *, out: Path | None = None, datasets_di
             existing = Spec.from_toml(target.read_text(encoding="utf-8"))
         except SpecFormatError as exc:
             raise ConfigError(f"spec {target}: {exc}", file=target) from None
-        spec, changes = merge(existing, infer(existing.name, sources or [Path(existing.root)], strict=strict))
+        spec, changes = merge(existing, infer(existing.name, sources or [Path(existing.root)], strict=strict,
+                                              max_record_bytes=max_record_bytes))
     else:
         if target.exists() and not force:
             raise ConfigError(f"{target} exists already", file=target,
@@ -51,7 +54,7 @@ def init(name: str, sources: list[Path], *, out: Path | None = None, datasets_di
                                    "replace it, or --out for another file")
         if not sources:
             raise ConfigError("no SOURCE given", hint=f"etl init {name} EXPORT_DIR")
-        spec = infer(name, sources, strict=strict)
+        spec = infer(name, sources, strict=strict, max_record_bytes=max_record_bytes)
     text = spec.to_toml()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
