@@ -115,7 +115,8 @@ def kill_once(fault: str | None, point: str) -> None:
 
 def gather(ray: ModuleType, refs: list[Any], *, again: str, ordered: bool = False) -> Iterator[Any]:
     """The tasks' results, as they finish (or in order); a task's own error is raised as itself,
-    the other tasks cancelled (also when the caller stops: an interrupt, an error of its own).
+    the unfinished others asked to stop (also when the caller stops: an interrupt, an error of
+    its own).
     A task whose worker died on every retry is a :class:`TransientError` whose hint ends with
     ``again`` (what to run again)."""
     from ray.exceptions import RayError, RayTaskError
@@ -143,8 +144,21 @@ def gather(ray: ModuleType, refs: list[Any], *, again: str, ordered: bool = Fals
                                   f"/tmp/ray/session_latest/logs), then {again}") from exc
     finally:
         if not finished:
-            for ref in refs:
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # already finished or gone: nothing to stop
-                    log.debug("cancelling a Ray task failed", exc_info=True)
+            _cancel_pending(ray, refs)
+
+
+def _cancel_pending(ray: ModuleType, refs: list[Any]) -> None:
+    """Ask the tasks of ``refs`` that have not finished to stop (not forced). Cancelling a task
+    that has finished, or force-killing one whose reply is on its way, can crash the driver's
+    own Ray core worker ("Tried to complete task that was not pending": a whole CI run was lost
+    to it); a task left running ends on its own, its output unused."""
+    try:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+    except Exception:  # the cluster is gone: nothing to stop
+        log.debug("listing the unfinished Ray tasks failed", exc_info=True)
+        return
+    for ref in pending:
+        try:
+            ray.cancel(ref, force=False)
+        except Exception:  # finished meanwhile, or gone: nothing to stop
+            log.debug("cancelling a Ray task failed", exc_info=True)
