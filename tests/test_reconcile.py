@@ -220,3 +220,26 @@ def test_groups_of_files_reconcile_alike_and_leave_no_temporary_files(
     bad = reconcile(run, get_dataset("mids"), database_url=pg_url)
     assert bad.mismatched == 1 and bad.records == whole.records
     assert list(spill_root.iterdir()) == []
+
+
+def test_a_sample_is_a_run_of_adjacent_files_from_the_lowest_hash(sample_run: Run) -> None:
+    """The verify step's sample of a source is that many adjacent files in path order, starting
+    at the file of the lowest content hash (so the same files every time, and their rows
+    together in the key-sorted tables); a small source is taken whole."""
+    import etl.load.reconcile as rc
+
+    sources = sample_run.manifest["sources"]
+    by_source: dict[str, list[dict]] = {}
+    for src in sources:
+        by_source.setdefault(src["source"], []).append(src)
+    big = max(by_source.values(), key=len)
+    assert len(big) > rc.SMALL_SOURCE
+    files = sorted(big, key=lambda f: f["relpath"])
+    picked = [s["relpath"] for s in rc.sample_files(sample_run, 1 / 4)]
+    first = min(range(len(files)), key=lambda i: files[i]["sha256"])
+    want = [files[(first + i) % len(files)]["relpath"] for i in range(round(len(files) / 4))]
+    assert sorted(p for p in picked if p in {f["relpath"] for f in files}) == sorted(want)
+    for group in by_source.values():  # small sources whole
+        if len(group) <= rc.SMALL_SOURCE:
+            assert {g["relpath"] for g in group} <= set(picked) | set(rc.sampled_out(sample_run, 1 / 4))
+    assert rc.sample_files(sample_run, 1 / 4) == rc.sample_files(sample_run, 1 / 4)
