@@ -122,3 +122,17 @@ def mids_runs(sample: Path, root: Path, drop: str) -> MidsRuns:
     next((small / "db").rglob(f"*{drop}")).unlink()
     return MidsRuns(full=transformed_run("mids", [sample], root / "staging"),
                     small=transformed_run("mids", [small], root / "staging"))
+
+
+def run_killed_driver(code: str, point: str, marker: Path) -> None:
+    """Run ``code`` (a Ray driver) in a fresh interpreter with the fault point ``point`` armed
+    (``ETL_FAULT_RAY_KILL``), and check that it was killed there (exit 137, ``marker`` written)."""
+    import subprocess
+    import sys
+
+    from etl.infra.cluster import FAULT_ENV
+
+    driver = subprocess.run([sys.executable, "-c", code], env={**os.environ, FAULT_ENV: f"{point}:{marker}"},
+                            capture_output=True, text=True, timeout=300)
+    assert driver.returncode == 137, driver.stderr[-2000:]
+    assert marker.is_file()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
@@ -29,7 +27,7 @@ from etl.run import Run
 from etl.stage import stage
 from etl.transform import transform
 from etl.validate import require_passed, validate
-from tests.conftest import SHARED, require_shared
+from tests.conftest import SHARED, require_shared, run_killed_driver
 from tests.test_load import MIDS, SOURCE, crafted_rows, crafted_run, latest_load, lineage, query
 from tests.test_stage_ray import ray_cluster, small_export
 
@@ -114,11 +112,7 @@ def test_a_driver_killed_mid_copy_resumes_on_rerun(ray_cluster: str, chunked_run
     script = ("from etl import Settings, get_dataset, open_run\nfrom etl.load import load\n"
               f"load(open_run({str(chunked_run.path)!r}), get_dataset('mids'), database_url={pg_url!r}, "
               f"settings=Settings(engine='ray', ray_address={ray_cluster!r}, threads=2))\n")
-    driver = subprocess.run([sys.executable, "-c", script],
-                            env={**os.environ, FAULT_ENV: f"copy-driver:{marker}"},
-                            capture_output=True, text=True, timeout=300)
-    assert driver.returncode == 137, driver.stderr[-2000:]
-    assert marker.is_file()
+    run_killed_driver(script, "copy-driver", marker)
     with psycopg.connect(pg_url) as conn:
         left = conn.execute("SELECT id, status FROM etl.runs").fetchall()
     assert [status for _, status in left] == ["running"]  # its loader is gone: abandoned

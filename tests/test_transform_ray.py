@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from etl.run import Run
 from etl.stage import stage
 from etl.transform import transform
 from etl.validate import require_passed, validate
+from tests.conftest import run_killed_driver
 from tests.test_stage_ray import ray_cluster, small_export
 
 __all__ = ["ray_cluster", "small_export"]  # the module's fixtures, shared with the stage's tests
@@ -90,11 +89,7 @@ def test_a_driver_killed_mid_transform_transforms_on_rerun(ray_cluster: str, sma
     script = ("from etl import Settings, get_dataset, open_run\nfrom etl.transform import transform\n"
               f"transform(open_run({str(run.path)!r}), get_dataset('mids'), "
               f"settings=Settings(engine='ray', ray_address={ray_cluster!r}, threads=2))\n")
-    driver = subprocess.run([sys.executable, "-c", script],
-                            env={**os.environ, FAULT_ENV: f"transform-driver:{marker}"},
-                            capture_output=True, text=True, timeout=300)
-    assert driver.returncode == 137, driver.stderr[-2000:]
-    assert marker.is_file()
+    run_killed_driver(script, "transform-driver", marker)
     assert "tables" not in run.current().manifest  # nothing looks transformed
     result = transform(run, get_dataset("mids"), settings=_on_ray(ray_cluster))
     _assert_local_tables(result.run, local_tables)
