@@ -112,6 +112,12 @@ def test_bench_copies_cli(mids_sample: Path, tmp_path: Path) -> None:
     assert [p["name"] for p in res["phases"]] == ["stage", "validate", "transform"]
     assert res["tables"]["powersets"] == 2 * len(list((mids_sample / "db").rglob("*.json")))
     assert all(p["peak_mb"] > 0 and p["seconds"] > 0 for p in res["phases"])
+    # The machine's busy CPU over each phase holds at least the phase process's own CPU (the
+    # /proc/stat ticks round to 10 ms each way), and the run's is their sum.
+    for p in res["phases"]:
+        assert p["extra"]["machine_cpu_seconds"] >= p["extra"]["cpu_seconds"] - 0.05, p
+    assert res["machine_cpu_seconds"] == pytest.approx(
+        sum(p["extra"]["machine_cpu_seconds"] for p in res["phases"]))
     # etl init is measured on the same export: every powerset file read, twice over.
     spec = res["init"]
     assert spec["seconds"] > 0 and spec["peak_rss"] > 0

@@ -153,6 +153,12 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
         err.print(f"whole run: {res['total_seconds']:.2f} s in-process "
                   f"({res['total_wall_seconds']:.2f} s with interpreter starts); max peak RSS "
                   f"{mb(res['max_peak_rss'])}")
+        cpu, cores = res.get("machine_cpu_seconds"), res["machine"]["cpus"] or 1
+        if cpu is not None:
+            err.print(f"CPU work: the machine's {cores} cores were busy {cpu:.2f} s over these phases "
+                      f"(the database server's included): no schedule of this work takes under "
+                      f"{cpu / cores:.2f} s here (" + ", ".join(
+                          f"{p['name']} {p['machine_cpu_seconds']:.2f} s" for p in res["phases"]) + ")")
         if res.get("reimport"):
             print_phases([Phase(p["name"], p["seconds"], p["rows"], p["peak_rss"])
                           for p in res["reimport"]], title="re-import (merge, nothing changed)")
