@@ -25,8 +25,8 @@ import json, sys, time
 t0 = time.perf_counter()
 from etl import Settings, open_run
 from etl.datasets import resolve as get_dataset
-from etl.metrics import prefer_jemalloc
-prefer_jemalloc()
+from etl.metrics import bounded_allocators
+bounded_allocators()
 phase, arg, staging = sys.argv[1], sys.argv[2], sys.argv[3]
 dataset = sys.argv[5]
 max_reject_ratio = float(sys.argv[6]) if len(sys.argv) > 6 else 0.0

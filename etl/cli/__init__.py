@@ -20,7 +20,7 @@ from etl import interrupt
 from etl.cli.failures import ARGV, fail
 from etl.cli.render import err, print_phases, print_report
 from etl.config import load_settings
-from etl.metrics import prefer_jemalloc
+from etl.metrics import bounded_allocators
 from etl.version import __version__
 
 
@@ -74,7 +74,7 @@ def main(ctx: click.Context, staging_dir: str | None, verbose: int) -> None:
                         handlers=[RichHandler(console=err, show_path=False)], force=True)
     ctx.ensure_object(dict)
     ctx.obj["settings"] = load_settings(staging_dir=staging_dir)
-    prefer_jemalloc()
+    bounded_allocators()
     # The modules loaded so far live as long as the process: out of the cyclic collector's sight,
     # and it runs less often (its full passes over them were 2-3% of a stage's CPU).
     gc.freeze()
