@@ -263,7 +263,7 @@ def test_a_duplicated_key_in_a_built_in_dataset_keeps_its_last_value(tmp_path: P
 
 
 def test_duplicated_keys_are_found_at_any_depth_and_width() -> None:
-    """The byte scan flags what a full parse finds: wide objects (sorted compare), deep nesting
+    """The byte scan flags what a full parse finds: wide objects (hashed compare), deep nesting
     (no recursion), keys in strings that only look like keys; rewriting keeps number texts."""
     import pyarrow as pa
 
@@ -282,6 +282,14 @@ def test_duplicated_keys_are_found_at_any_depth_and_width() -> None:
     assert got[1] == texts[1] and got[3] == texts[3] and got[5] == texts[5]
     assert got[4] == '{"ka":2}' and got[6] == '{"a":1.10}'
     assert dedupe_text('{"a": 1}') is None
+    # Very wide objects (the set of keys grows past its first size), the duplicate first and
+    # last, and keys that differ only in their last byte or length.
+    huge = [f'"key{i}":{i}' for i in range(1000)]
+    huge_texts = ["{" + ",".join([*huge, '"key0":"last"']) + "}",
+                  "{" + ",".join(['"key999":"first"', *huge]) + "}",
+                  "{" + ",".join([*huge, '"key1000":0', '"key":1', '"ke":2']) + "}"]
+    _, where = last_wins(pa.table({"_file": ["g"] * 3, "_record": [0, 1, 2], "json": huge_texts}))
+    assert where == [("g", 0), ("g", 1)]
     # Written as ASCII: a lone surrogate stays an escape (staging names it), never a character
     # that UTF-8 cannot hold in the rewritten batch.
     assert dedupe_text('{"a": "x", "a": "\\ud800é"}') == '{"a":"\\ud800\\u00e9"}'

@@ -230,6 +230,13 @@ static int key_is(const char *ks, const char *ke, span want) {
     return same;
 }
 
+/* key_is for a key whose text was checked once for escapes (``esc``): a key without one (nearly
+ * every key) is compared by length and bytes only. */
+static inline int key_eq(const char *ks, const char *ke, int esc, span want) {
+    if (!esc) return ke - ks == want.n && memcmp(ks, want.s, (size_t)want.n) == 0;
+    return key_is(ks, ke, want);
+}
+
 #define MAXKIDS 32
 
 /* Copy (with ``L``; NULL: only skip) the value at p, minified; the position after it, or NULL.
@@ -304,11 +311,13 @@ static const char *members(level *levels, level *L, const char *p, const char *e
         c.p++; ws(&c);
         const char *vs = c.p;
         if (vs >= end) return NULL;
+        /* the key is compared with many: whether it holds an escape is found once */
+        const int esc = memchr(ks + 1, '\\', (size_t)(ke - 1 - (ks + 1))) != NULL;
         const kid *list = NULL, *sub[MAXKIDS];
         int nsub = 0;
         for (int i = 0; i < nkids; i++) {
             const kid *k = kids[i];
-            if (k->path.nparts <= at || !key_is(ks + 1, ke - 1, k->path.parts[at])) continue;
+            if (k->path.nparts <= at || !key_eq(ks + 1, ke - 1, esc, k->path.parts[at])) continue;
             if (k->path.nparts == at + 1) { if (*vs == '[' && !list) list = k; }
             else if (*vs == '{' && nsub < MAXKIDS) sub[nsub++] = k;
         }
@@ -347,7 +356,7 @@ static const char *members(level *levels, level *L, const char *p, const char *e
         int drop = 0;
         const char *ve = NULL;
         for (int i = 0; i < ntyped; i++) {
-            if (!key_is(ks + 1, ke - 1, typed[i].key)) continue;
+            if (!key_eq(ks + 1, ke - 1, esc, typed[i].key)) continue;
             ve = skip_value(vs, end);
             if (!ve) return NULL;
             drop = exact(&typed[i], vs, ve);
@@ -537,14 +546,17 @@ static int spans_push(spans *S, const char *s, Py_ssize_t n) {
     return 0;
 }
 
-static int span_cmp(const void *a, const void *b) {
-    const span *x = a, *y = b;
-    if (x->n != y->n) return x->n < y->n ? -1 : 1;
-    return memcmp(x->s, y->s, (size_t)x->n);
+static inline uint64_t span_hash(span k) {
+    uint64_t h = 1469598103934665603ULL;  /* FNV-1a */
+    for (Py_ssize_t i = 0; i < k.n; i++) { h ^= (unsigned char)k.s[i]; h *= 1099511628211ULL; }
+    return h;
 }
 
-/* Whether the keys k[0..n) (texts as written) hold one twice; ``tmp``: room for n spans. */
-static int any_twice(const span *k, Py_ssize_t n, span *tmp) {
+/* Whether the keys k[0..n) (texts as written) hold one twice. Few keys: compared pairwise; more:
+ * through an open-addressing set of their indexes in ``slots`` (room for ``nslots``, a power of
+ * two of at least 2n, -1 when free): one pass, where sorting them cost n log n compares for each
+ * of the export's wide objects. */
+static int any_twice(const span *k, Py_ssize_t n, Py_ssize_t *slots, Py_ssize_t nslots) {
     if (n < 2) return 0;
     if (n <= 16) {
         for (Py_ssize_t i = 1; i < n; i++)
@@ -552,17 +564,25 @@ static int any_twice(const span *k, Py_ssize_t n, span *tmp) {
                 if (k[i].n == k[j].n && memcmp(k[i].s, k[j].s, (size_t)k[i].n) == 0) return 1;
         return 0;
     }
-    memcpy(tmp, k, n * sizeof(span));
-    qsort(tmp, (size_t)n, sizeof(span), span_cmp);
-    for (Py_ssize_t i = 1; i < n; i++) if (span_cmp(&tmp[i - 1], &tmp[i]) == 0) return 1;
+    for (Py_ssize_t i = 0; i < nslots; i++) slots[i] = -1;
+    Py_ssize_t mask = nslots - 1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t at = (Py_ssize_t)(span_hash(k[i]) & (uint64_t)mask);
+        for (;;) {
+            Py_ssize_t j = slots[at];
+            if (j < 0) { slots[at] = i; break; }
+            if (k[j].n == k[i].n && memcmp(k[j].s, k[i].s, (size_t)k[i].n) == 0) return 1;
+            at = (at + 1) & mask;
+        }
+    }
     return 0;
 }
 
 /* 1 when the JSON value at p..end holds an object with a key twice, or a key written with an
  * escape (only a full decode can tell: the caller checks those records itself); 0 when not; -1
  * when out of memory. Iterative: any nesting depth. */
-static int has_dup(const char *p, const char *end, spans *keys, spans *tmp, Py_ssize_t **stack,
-                   Py_ssize_t *stack_cap) {
+static int has_dup(const char *p, const char *end, spans *keys, Py_ssize_t **slots,
+                   Py_ssize_t *slots_cap, Py_ssize_t **stack, Py_ssize_t *stack_cap) {
     Py_ssize_t depth = 0;
     keys->n = 0;
     while (p < end) {
@@ -592,13 +612,14 @@ static int has_dup(const char *p, const char *end, spans *keys, spans *tmp, Py_s
         } else if (depth > 0) {  /* a closing bracket */
             Py_ssize_t base = (*stack)[--depth];
             if (base >= 0) {
-                Py_ssize_t n = keys->n - base;
-                if (n > 16 && tmp->cap < n) {
-                    span *v = PyMem_RawRealloc(tmp->v, n * sizeof(span));
+                Py_ssize_t n = keys->n - base, nslots = 32;
+                while (nslots < 2 * n) nslots *= 2;
+                if (n > 16 && *slots_cap < nslots) {
+                    Py_ssize_t *v = PyMem_RawRealloc(*slots, nslots * sizeof(Py_ssize_t));
                     if (!v) return -1;
-                    tmp->v = v; tmp->cap = n;
+                    *slots = v; *slots_cap = nslots;
                 }
-                if (any_twice(keys->v + base, n, tmp->v)) return 1;
+                if (any_twice(keys->v + base, n, *slots, nslots)) return 1;
                 keys->n = base;
             }
         }
@@ -617,8 +638,8 @@ static PyObject *dup_keys(PyObject *Py_UNUSED(self), PyObject *args) {
     const char *base = data.buf;
     const int64_t *o = offs.buf;
     Py_ssize_t n = offs.len / (Py_ssize_t)sizeof(int64_t) - 1;
-    spans keys = {0}, tmp = {0};
-    Py_ssize_t *stack = NULL, stack_cap = 0;
+    spans keys = {0};
+    Py_ssize_t *stack = NULL, stack_cap = 0, *slots = NULL, slots_cap = 0;
     Py_ssize_t *found = n > 0 ? PyMem_RawMalloc(n * sizeof(Py_ssize_t)) : NULL;
     Py_ssize_t nfound = 0;
     int failed = n > 0 && !found;
@@ -626,7 +647,7 @@ static PyObject *dup_keys(PyObject *Py_UNUSED(self), PyObject *args) {
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t r = 0; r < n; r++) {
             if (o[r] < 0 || o[r + 1] < o[r] || o[r + 1] > data.len) { failed = 2; break; }
-            int d = has_dup(base + o[r], base + o[r + 1], &keys, &tmp, &stack, &stack_cap);
+            int d = has_dup(base + o[r], base + o[r + 1], &keys, &slots, &slots_cap, &stack, &stack_cap);
             if (d < 0) { failed = 1; break; }
             if (d) found[nfound++] = r;
         }
@@ -642,7 +663,7 @@ static PyObject *dup_keys(PyObject *Py_UNUSED(self), PyObject *args) {
             PyList_SET_ITEM(result, i, v);
         }
     }
-    PyMem_RawFree(found); PyMem_RawFree(keys.v); PyMem_RawFree(tmp.v); PyMem_RawFree(stack);
+    PyMem_RawFree(found); PyMem_RawFree(keys.v); PyMem_RawFree(slots); PyMem_RawFree(stack);
     PyBuffer_Release(&data);
     PyBuffer_Release(&offs);
     return result;
