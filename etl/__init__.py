@@ -16,6 +16,10 @@ if "polars" not in _sys.modules:
 # local files read as fast as they are decoded, and the prefetched wide _extra texts were the
 # validate phase's peak (effects x5: 449 -> 382 MB at 2, no slower).
 _os.environ.setdefault("POLARS_ROW_GROUP_PREFETCH_SIZE", "2")
+# NumPy's OpenBLAS starts a thread per core that spins after use; nothing here does linear
+# algebra, and on the 2-core machine those threads took CPU from the stage's workers.
+if "numpy" not in _sys.modules:
+    _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from etl.config import Settings, load_settings
 from etl.dataset import Dataset
