@@ -435,6 +435,42 @@ static void free_levels(level *levels, int n) {
     PyMem_RawFree(levels);
 }
 
+/* A buffer the walker filled, handed to Python as it is (no copy into a bytes object): read-only
+ * through the buffer protocol, freed with the object. */
+typedef struct { PyObject_HEAD char *buf; Py_ssize_t len; } Owned;
+
+static int owned_getbuffer(PyObject *self, Py_buffer *view, int flags) {
+    Owned *o = (Owned *)self;
+    return PyBuffer_FillInfo(view, self, o->buf ? o->buf : "", o->len, 1, flags);
+}
+
+static void owned_dealloc(PyObject *self) {
+    PyMem_RawFree(((Owned *)self)->buf);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyBufferProcs owned_as_buffer = {owned_getbuffer, NULL};
+
+static PyTypeObject OwnedType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "etl.stage._extra.Owned",
+    .tp_basicsize = sizeof(Owned),
+    .tp_dealloc = owned_dealloc,
+    .tp_as_buffer = &owned_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A buffer the walker wrote, owned by this object.",
+};
+
+/* ``*buf`` (``len`` bytes, from PyMem_RawMalloc or NULL) as an Owned object; ``*buf`` is taken
+ * (set to NULL) on success. */
+static PyObject *own(char **buf, Py_ssize_t len) {
+    Owned *o = PyObject_New(Owned, &OwnedType);
+    if (!o) return NULL;
+    o->buf = *buf; o->len = len;
+    *buf = NULL;
+    return (PyObject *)o;
+}
+
 /*
  * extras(data: buffer, offsets: buffer (int64, n+1), plan) -> list per level of
  *   (extra_data: bytes, extra_offsets: bytes (int64), records: bytes (int32), positions: bytes (int32))
@@ -517,12 +553,17 @@ static PyObject *extras(PyObject *Py_UNUSED(self), PyObject *args) {
             PyList_SET_ITEM(result, i, t);
             continue;
         }
-        PyObject *t = Py_BuildValue("(y#y#y#y#)", L->buf ? L->buf : "", L->len, (char *)L->offsets,
-                                    (L->rows + 1) * (Py_ssize_t)sizeof(int64_t), (char *)L->rec,
-                                    L->rows * (Py_ssize_t)sizeof(int32_t), (char *)L->pos,
-                                    L->rows * (Py_ssize_t)sizeof(int32_t));
+        /* the level's buffers change hands: no copy of the texts */
+        PyObject *t = PyTuple_New(4);
         if (!t) { Py_CLEAR(result); goto done; }
         PyList_SET_ITEM(result, i, t);
+        PyObject *parts[4] = {own(&L->buf, L->len), own((char **)&L->offsets, (L->rows + 1) * (Py_ssize_t)sizeof(int64_t)),
+                              own((char **)&L->rec, L->rows * (Py_ssize_t)sizeof(int32_t)),
+                              own((char **)&L->pos, L->rows * (Py_ssize_t)sizeof(int32_t))};
+        for (int k = 0; k < 4; k++) {
+            if (!parts[k]) { for (int m = k + 1; m < 4; m++) Py_XDECREF(parts[m]); Py_CLEAR(result); goto done; }
+            PyTuple_SET_ITEM(t, k, parts[k]);
+        }
     }
 done:
     free_levels(levels, (int)(nlevels > 0 ? nlevels : 0));
@@ -680,5 +721,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_extra", NULL, -1, m
 PyMODINIT_FUNC PyInit__extra(void) {
     special[(unsigned char)'"'] = special[(unsigned char)'{'] = special[(unsigned char)'}'] = 1;
     special[(unsigned char)'['] = special[(unsigned char)']'] = 1;
+    if (PyType_Ready(&OwnedType) < 0) return NULL;
     return PyModule_Create(&module);
 }

@@ -272,7 +272,7 @@ def _native_extras(records: pa.Table, plan: ExtraPlan
     for name, (data, offs, rows, pos) in zip(plan.native_names, found, strict=True):
         if name not in homed:
             continue
-        n = len(rows) // 4
+        n = memoryview(rows).nbytes // 4  # buffers the walker hands over (no copy)
         text = pa.Array.from_buffers(pa.large_string(), n, [None, pa.py_buffer(offs), pa.py_buffer(data)])
         position = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(pos)])  # -1: none
         out[name] = (pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(rows)]), position,
