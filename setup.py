@@ -1,4 +1,5 @@
-"""Build the C extensions (etl.stage._extra from etl/stage/_extra.c, etl._jsonb from etl/_jsonb.c)
+"""Build the C extensions (etl.stage._extra from etl/stage/_extra.c, etl._jsonb from etl/_jsonb.c,
+etl.transform._reorder from etl/transform/_reorder.c)
 and put the repository's top-level ``sql/`` and ``migrations/`` into the wheel as package data
 (``etl/_shipped/``, found by etl/shipped.py); the rest is in pyproject.toml."""
 
@@ -26,6 +27,8 @@ class BuildWithShipped(build_py):
 
 setup(cmdclass={"build_py": BuildWithShipped},
       ext_modules=[Extension("etl.stage._extra", ["etl/stage/_extra.c"], optional=True,
-                             depends=["etl/_jsonesc.h"], extra_compile_args=["-O2"]),
+                             depends=["etl/_jsonesc.h", "etl/_owned.h"], extra_compile_args=["-O2"]),
+                   Extension("etl.transform._reorder", ["etl/transform/_reorder.c"], optional=True,
+                             depends=["etl/_owned.h"], extra_compile_args=["-O2"]),
                    Extension("etl._jsonb", ["etl/_jsonb.c"], optional=True,
                              depends=["etl/_jsonesc.h"], extra_compile_args=["-O2"])])

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "../_jsonesc.h"
+#include "../_owned.h"
 
 enum { T_TEXT = 1, T_INT32, T_INT64, T_DOUBLE, T_BOOL, T_JSON, T_ARRAY };
 
@@ -435,42 +436,6 @@ static void free_levels(level *levels, int n) {
     PyMem_RawFree(levels);
 }
 
-/* A buffer the walker filled, handed to Python as it is (no copy into a bytes object): read-only
- * through the buffer protocol, freed with the object. */
-typedef struct { PyObject_HEAD char *buf; Py_ssize_t len; } Owned;
-
-static int owned_getbuffer(PyObject *self, Py_buffer *view, int flags) {
-    Owned *o = (Owned *)self;
-    return PyBuffer_FillInfo(view, self, o->buf ? o->buf : "", o->len, 1, flags);
-}
-
-static void owned_dealloc(PyObject *self) {
-    PyMem_RawFree(((Owned *)self)->buf);
-    Py_TYPE(self)->tp_free(self);
-}
-
-static PyBufferProcs owned_as_buffer = {owned_getbuffer, NULL};
-
-static PyTypeObject OwnedType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "etl.stage._extra.Owned",
-    .tp_basicsize = sizeof(Owned),
-    .tp_dealloc = owned_dealloc,
-    .tp_as_buffer = &owned_as_buffer,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A buffer the walker wrote, owned by this object.",
-};
-
-/* ``*buf`` (``len`` bytes, from PyMem_RawMalloc or NULL) as an Owned object; ``*buf`` is taken
- * (set to NULL) on success. */
-static PyObject *own(char **buf, Py_ssize_t len) {
-    Owned *o = PyObject_New(Owned, &OwnedType);
-    if (!o) return NULL;
-    o->buf = *buf; o->len = len;
-    *buf = NULL;
-    return (PyObject *)o;
-}
-
 /*
  * extras(data: buffer, offsets: buffer (int64, n+1), plan) -> list per level of
  *   (extra_data: bytes, extra_offsets: bytes (int64), records: bytes (int32), positions: bytes (int32))
@@ -721,6 +686,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_extra", NULL, -1, m
 PyMODINIT_FUNC PyInit__extra(void) {
     special[(unsigned char)'"'] = special[(unsigned char)'{'] = special[(unsigned char)'}'] = 1;
     special[(unsigned char)'['] = special[(unsigned char)']'] = 1;
-    if (PyType_Ready(&OwnedType) < 0) return NULL;
+    if (owned_ready("etl.stage._extra.Owned") < 0) return NULL;
     return PyModule_Create(&module);
 }
