@@ -17,10 +17,14 @@ pytestmark = pytest.mark.skipif(
 
 _PROBE = """
 import ctypes, sys
-if sys.argv[1] == "bounded":
-    from etl.metrics import bounded_allocators
-    bounded_allocators()
 import pyarrow as pa
+inside = "-"
+if sys.argv[1] in ("bounded", "after-load"):
+    from etl.metrics import bounded_allocators, load_allocator
+    bounded_allocators()
+    if sys.argv[1] == "after-load":
+        with load_allocator():  # the load's own settings, put back after it
+            inside = pa.default_memory_pool().backend_name
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -40,23 +44,40 @@ for b in blocks:
 pin = libc.malloc(3 << 20)
 for b in blocks:
     libc.free(b)
-print(pa.default_memory_pool().backend_name, round(rss_mb() - before))
+print(pa.default_memory_pool().backend_name, round(rss_mb() - before), inside)
 """
 
 
-def _probe(mode: str) -> tuple[str, int]:
+def _probe(mode: str) -> tuple[str, int, str]:
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
                          check=True).stdout.split()
-    return out[0], int(out[1])
+    return out[0], int(out[1]), out[2]
 
 
 def test_freed_large_blocks_go_back_to_the_system() -> None:
-    backend, kept = _probe("bounded")
+    backend, kept, _ = _probe("bounded")
     assert backend == "system"
     assert kept < 16, f"{kept} MB of 128 freed 1 MiB blocks still resident"
 
 
 def test_without_it_glibc_keeps_them() -> None:
     # What the choice is for: glibc's default keeps the freed blocks resident in its heap.
-    _, kept = _probe("default")
+    _, kept, _ = _probe("default")
     assert kept > 100
+
+
+def test_the_load_runs_with_its_own_and_puts_them_back() -> None:
+    """The load reuses its read-back batches (jemalloc, a high threshold); after it, the
+    bounded settings hold again."""
+    backend, kept, inside = _probe("after-load")
+    assert inside == "jemalloc"
+    assert backend == "system"
+    assert kept < 16, f"{kept} MB of 128 freed 1 MiB blocks still resident after the load"
+
+
+def test_the_load_allocator_is_a_no_op_without_bounded_allocators() -> None:
+    # (in a process of its own: the CLI tests call bounded_allocators in this one)
+    check = ("import pyarrow as pa; from etl.metrics import load_allocator; "
+             "before = pa.default_memory_pool().backend_name\n"
+             "with load_allocator(): assert pa.default_memory_pool().backend_name == before")
+    subprocess.run([sys.executable, "-c", check], check=True)

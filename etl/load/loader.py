@@ -44,7 +44,7 @@ from etl.load.merge import merge
 from etl.load.plan import LoadResult, check_database, ensure_ledger, manifest_digest
 from etl.load.state import Load, Mode, Progress
 from etl.load.verify import RECONCILE_SAMPLE, RECONCILED, table_checksums, verify
-from etl.metrics import Phase, timed
+from etl.metrics import Phase, load_allocator, timed
 from etl.run import Run
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,17 @@ def load(
         raise ConfigError("--delete-missing applies to --mode merge only",
                           hint="a full load replaces every row anyway")
     redis_url = redis_url or load_settings().redis_url
+    with load_allocator():
+        return _load(run, dataset, url, mode=mode, workers=workers, retries=retries,
+                     retry_delay=retry_delay, progress=progress, tag=tag,
+                     reconcile_sample=reconcile_sample, redis_url=redis_url, settings=settings,
+                     delete_missing=delete_missing, force=force, warm=warm)
+
+
+def _load(run: Run, dataset: Dataset, url: str, *, mode: Mode, workers: int, retries: int,
+          retry_delay: float, progress: Progress | None, tag: str | None, reconcile_sample: float,
+          redis_url: str | None, settings: Settings | None, delete_missing: bool, force: bool,
+          warm: int) -> LoadResult:
     state = Load(run, dataset, url, mode=mode, workers=workers, retries=retries, retry_delay=retry_delay,
                  progress=progress, tag=tag, reconcile_sample=reconcile_sample, redis_url=redis_url,
                  settings=settings)
