@@ -176,3 +176,16 @@ def test_reorder_scatter_and_gather() -> None:
         assert got == [texts[1], "{}", "{}", "{}", "{}", texts[0], "{}", texts[4]]
     with pytest.raises(ValueError, match="outside its chunk"):
         extra_fetch._native.gather([buckets[1]], 0, 4)
+
+
+def test_tables_are_built_largest_first(reversed_run) -> None:
+    """Built while the process holds least: the table of the most staged rows first, tables no
+    level is homed in last; the manifest keeps the dataset's order."""
+    from etl.transform.transformer import _largest_first
+
+    order = [t.name for t in _largest_first(reversed_run, AODB)]
+    rows = {t: sum(int(e["rows"]) for n, e in reversed_run.manifest["levels"].items()
+                   if AODB.levels[n].table == t) for t in order}
+    assert sorted(order) == sorted(t.name for t in AODB.tables)
+    assert [rows[t] for t in order] == sorted(rows.values(), reverse=True)
+    assert list(reversed_run.manifest["tables"]) == [t.name for t in AODB.tables]

@@ -274,6 +274,17 @@ def plans(run: Run, dataset: Dataset) -> dict[str, tuple[pl.LazyFrame, pl.Schema
     return {t.name: _shape(t, frames[t.name]) for t in dataset.tables}
 
 
+def _largest_first(run: Run, dataset: Dataset) -> list[Table]:
+    """The dataset's tables, those whose home levels staged the most rows first (tables no
+    level is homed in, e.g. ones exploded from lists, last; ties in the dataset's order)."""
+    staged: dict[str, int] = {}
+    for name, lvl in dataset.levels.items():
+        if lvl.table is not None:
+            rows = int(run.manifest["levels"].get(name, {}).get("rows") or 0)
+            staged[lvl.table] = staged.get(lvl.table, 0) + rows
+    return sorted(dataset.tables, key=lambda t: -staged.get(t.name, 0))
+
+
 def _check_validated(run: Run) -> None:
     validation = run.manifest.get("validation")
     if validation is None:
@@ -320,11 +331,14 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None,
             shaped = plans(run, dataset)
             # One table at a time, written and dropped before the next is built: peak memory is
             # the largest table, not all of them (collect_all would share work but hold them all).
-            for i, table in enumerate(dataset.tables):
+            # The largest first, while the process holds least (x5 copy: 435 -> 410 MB).
+            built = {}
+            for i, table in enumerate(_largest_first(run, dataset)):
                 plan, chunk_schema = shaped[table.name]
-                entries[table.name] = build_table(run, dataset, table, plan, chunk_schema, tmp, chunk_rows)
+                built[table.name] = build_table(run, dataset, table, plan, chunk_schema, tmp, chunk_rows)
                 if progress:
                     progress("transform", i + 1, len(dataset.tables))
+            entries = {t.name: built[t.name] for t in dataset.tables}
         rows = {name: int(e["rows"]) for name, e in entries.items()}
         tmp.mkdir(parents=True, exist_ok=True)
         replace_dir(tmp, run.path / "tables")
