@@ -123,6 +123,15 @@ def _mallopt(size: int) -> None:
         libc.mallopt(param, size)
 
 
+def after_fork_allocator() -> None:
+    """In a worker process forked by the load: the bounded settings of
+    :func:`bounded_allocators` again (the load's raised threshold is the parent's choice for
+    its read-back; a COPY worker reads and encodes chunks of every size). A no-op unless
+    :func:`bounded_allocators` ran."""
+    if _LOAD_POOL is not None:
+        _mallopt(128 << 10)
+
+
 @contextmanager
 def load_allocator() -> Iterator[None]:
     """For the load, where :func:`bounded_allocators` ran: Arrow's jemalloc pool, and glibc's

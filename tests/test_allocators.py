@@ -19,12 +19,15 @@ _PROBE = """
 import ctypes, sys
 import pyarrow as pa
 inside = "-"
-if sys.argv[1] in ("bounded", "after-load"):
-    from etl.metrics import bounded_allocators, load_allocator
+if sys.argv[1] in ("bounded", "after-load", "load-worker"):
+    from etl.metrics import after_fork_allocator, bounded_allocators, load_allocator
     bounded_allocators()
     if sys.argv[1] == "after-load":
         with load_allocator():  # the load's own settings, put back after it
             inside = pa.default_memory_pool().backend_name
+    if sys.argv[1] == "load-worker":  # a COPY worker forked while the load runs
+        load_allocator().__enter__()
+        after_fork_allocator()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -73,6 +76,11 @@ def test_the_load_runs_with_its_own_and_puts_them_back() -> None:
     assert inside == "jemalloc"
     assert backend == "system"
     assert kept < 16, f"{kept} MB of 128 freed 1 MiB blocks still resident after the load"
+
+
+def test_the_load_s_forked_workers_go_back_to_the_bounded_threshold() -> None:
+    _, kept, _ = _probe("load-worker")
+    assert kept < 16, f"{kept} MB of 128 freed 1 MiB blocks still resident in a COPY worker"
 
 
 def test_the_load_allocator_is_a_no_op_without_bounded_allocators() -> None:

@@ -40,6 +40,7 @@ import pyarrow as pa
 
 from etl.infra.errors import DatabaseUnavailable
 from etl.infra.pg import is_transient
+from etl.metrics import after_fork_allocator
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ def _serve(conn: Connection, target: Any, setup: Callable[[Any, Callable[[str, A
         # glibc's allocator is fork-safe; Arrow's default (mimalloc) may have been mid-call in
         # another of the parent's threads, holding a lock nobody here would release.
         pa.set_memory_pool(pa.system_memory_pool())
+        after_fork_allocator()  # not the loading process's raised threshold (etl.metrics)
 
         def send(kind: str, value: Any) -> None:
             conn.send((kind, value))
