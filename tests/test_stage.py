@@ -363,3 +363,17 @@ def test_a_batch_too_big_for_duckdb_is_unpacked_in_halves(tmp_path: Path,
         assert theirs["rows"] == entry["rows"], name
         for mine, other in zip(entry["chunks"], theirs["chunks"], strict=True):
             assert pq.read_table(split.path / other["path"]).equals(pq.read_table(whole.path / mine["path"]))
+
+
+def test_the_stream_reader_opens_only_when_a_file_needs_it() -> None:
+    """A DuckDB instance is ~25 MB before it reads anything: an export of one-object files
+    (read whole, never streamed) does not open one for the reader."""
+    from etl.stage.stager import LazyReader
+
+    reader = LazyReader({"threads": 1})
+    assert reader.con is None
+    reader.close()  # nothing to close
+    con = reader()
+    assert reader() is con and con.execute("SELECT 41 + 1").fetchone() == (42,)
+    reader.close()
+    assert reader.con is None

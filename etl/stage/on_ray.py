@@ -35,7 +35,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -228,7 +227,7 @@ def _chunk_plans(dataset: Dataset, groups: Sequence[_Group],
 def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: str, group: int,
                  options: Mapping[str, Any], fault: str | None) -> _Group:
     """A Ray task: read one group of a source's files and write its levels as pieces."""
-    from etl.stage.stager import _LevelWorker, _source_batches
+    from etl.stage.stager import LazyReader, _LevelWorker, _source_batches
 
     tmp = resolve(tmp_text)
     # DuckDB spills to a local folder: the run's own when it is local, else a temporary one.
@@ -248,7 +247,7 @@ def _stage_group(dataset: Dataset, source_name: str, jobs: list[Job], tmp_text: 
     batch_bytes = int(options["batch_bytes"])
     max_record_bytes = int(options["max_record_bytes"])
     keep = min(batch_bytes, max_record_bytes)
-    reader = duckdb.connect(config={
+    reader = LazyReader({
         "memory_limit": options["reader_memory"], "threads": 1, "preserve_insertion_order": True,
         "temp_directory": str(spill / f".duckdb_tmp_g{group}_reader")})
     worker = _LevelWorker(src, source_plan(src.levels),

@@ -443,8 +443,28 @@ def _is_utf8(content: bytes) -> bool:
     return True
 
 
+class LazyReader:
+    """The DuckDB connection that streams arrays, NDJSON and large files, opened when the first
+    such file comes (an export of one-object files never needs it: a DuckDB instance is ~25 MB
+    of RSS before it reads anything)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.con: duckdb.DuckDBPyConnection | None = None
+
+    def __call__(self) -> duckdb.DuckDBPyConnection:
+        if self.con is None:
+            self.con = duckdb.connect(config=self.config)
+        return self.con
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+
 def _source_batches(
-    reader: duckdb.DuckDBPyConnection,
+    reader: Callable[[], duckdb.DuckDBPyConnection],
     jobs: Sequence[tuple[Path, str, str, int]],
     scan_pool: ThreadPoolExecutor,
     *,
@@ -480,7 +500,7 @@ def _source_batches(
     abs_of = {f.relpath: str(f.path) for f in later}
     size_of = {f.relpath: f.size for f in later}
     seen: set[str] = set()
-    for records in _read_batches(reader, later, batch_bytes):
+    for records in _read_batches(reader(), later, batch_bytes):
         _check_records(records, max_record_bytes, abs_of)
         new = [n for n in pc.unique(records.column("_file")).to_pylist() if n not in seen]
         seen.update(new)
@@ -962,7 +982,7 @@ def _stage_local(
     ``writers`` in order. Returns the files read, the files quarantined and the records that
     held a key twice (``duplicate_keys``)."""
     workers = max(1, threads)
-    reader = duckdb.connect(config={
+    reader = LazyReader({
         "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
         "threads": 1,
         "preserve_insertion_order": True,
