@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import platform
 import resource
 import sys
 import time
@@ -75,9 +77,7 @@ def bounded_allocators() -> None:
     load's forked COPY workers 435 -> 357 MB. Elsewhere than glibc, Arrow's jemalloc pool is
     used, purging at once. A process-wide choice: called by the CLI and the benchmark, not
     on import."""
-    import contextlib
     import ctypes
-    import platform
 
     import pyarrow as pa
 
@@ -121,6 +121,19 @@ def _mallopt(size: int) -> None:
     libc = ctypes.CDLL(None)
     for param in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD):
         libc.mallopt(param, size)
+
+
+def release_free_memory() -> None:
+    """Give the C library's free heap pages back to the system (glibc's ``malloc_trim``; a no-op
+    elsewhere). Reading Parquet string views builds them in 32 KiB blocks, below any mapping
+    threshold: after a table's 300 MB of staged texts went through, 40-60 MB of freed blocks
+    stayed resident in the heap until the process ended."""
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def after_fork_allocator() -> None:

@@ -89,3 +89,41 @@ def test_the_load_allocator_is_a_no_op_without_bounded_allocators() -> None:
              "before = pa.default_memory_pool().backend_name\n"
              "with load_allocator(): assert pa.default_memory_pool().backend_name == before")
     subprocess.run([sys.executable, "-c", check], check=True)
+
+
+_SMALL_BLOCKS = """
+import ctypes, sys
+from etl.metrics import bounded_allocators, release_free_memory
+bounded_allocators()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+before = rss_mb()
+# 64 MB in 32 KiB blocks (as Parquet string views are built), below any mapping threshold
+blocks = [libc.malloc(32 << 10) for _ in range(2048)]
+for b in blocks:
+    ctypes.memset(b, 1, 32 << 10)
+pin = libc.malloc(64 << 10)  # after them, so the heap's top cannot shrink
+ctypes.memset(pin, 1, 64 << 10)
+for b in blocks:
+    libc.free(b)
+kept = rss_mb() - before
+if sys.argv[1] == "release":
+    release_free_memory()
+print(round(kept), round(rss_mb() - before))
+"""
+
+
+def test_freed_small_blocks_are_given_back_on_request() -> None:
+    """What the transform calls after reading a table's staged texts: freed blocks below the
+    mapping threshold stay resident until the heap is trimmed."""
+    kept, left = (int(x) for x in subprocess.run(
+        [sys.executable, "-c", _SMALL_BLOCKS, "release"], capture_output=True, text=True,
+        check=True).stdout.split())
+    assert kept > 48, "the freed blocks should still be resident before the trim"
+    assert left < 16, f"{left} MB still resident after release_free_memory()"

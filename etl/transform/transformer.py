@@ -26,7 +26,7 @@ from etl.config import Settings
 from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Dataset, Table
 from etl.errors import ConfigError, RunStateError
 from etl.jsonb import pg_texts
-from etl.metrics import Phase, timed
+from etl.metrics import Phase, release_free_memory, timed
 from etl.run import (
     CHECKSUM_FORM,
     JSON_SAMPLE,
@@ -208,6 +208,7 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
             levels=list(dataset.levels),
             level_chunks={n: e["chunks"] for n, e in run.manifest["levels"].items()})
         del xref
+        release_free_memory()  # the staged texts' string-view blocks it read (etl.metrics)
     lineage_writer = ChunkWriter(tmp / table.name / "lineage", tmp.parent,
                                  chunk_rows=chunk_rows, schema=pl.Schema(
                                      {c: chunk_schema[c] for c in lineage}).to_arrow(),
@@ -336,6 +337,7 @@ def transform(run: Run, dataset: Dataset, *, progress: Progress | None = None,
             for i, table in enumerate(_largest_first(run, dataset)):
                 plan, chunk_schema = shaped[table.name]
                 built[table.name] = build_table(run, dataset, table, plan, chunk_schema, tmp, chunk_rows)
+                release_free_memory()
                 if progress:
                     progress("transform", i + 1, len(dataset.tables))
             entries = {t.name: built[t.name] for t in dataset.tables}
