@@ -208,7 +208,6 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
             levels=list(dataset.levels),
             level_chunks={n: e["chunks"] for n, e in run.manifest["levels"].items()})
         del xref
-        release_free_memory()  # the staged texts' string-view blocks it read (etl.metrics)
     lineage_writer = ChunkWriter(tmp / table.name / "lineage", tmp.parent,
                                  chunk_rows=chunk_rows, schema=pl.Schema(
                                      {c: chunk_schema[c] for c in lineage}).to_arrow(),
