@@ -15,6 +15,18 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
     reason="glibc's allocator only (elsewhere Arrow's jemalloc pool is used)")
 
+#: What both probes start with: the C library's malloc and free, and this process's RSS.
+_LIBC = """
+import ctypes
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+"""
+
 _PROBE = """
 import ctypes, sys
 import pyarrow as pa
@@ -28,14 +40,6 @@ if sys.argv[1] in ("bounded", "after-load", "load-worker"):
     if sys.argv[1] == "load-worker":  # a COPY worker forked while the load runs
         load_allocator().__enter__()
         after_fork_allocator()
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
 # One large block freed: glibc's dynamic threshold rises past 1 MiB from here on.
 libc.free(libc.malloc(4 << 20))
 before = rss_mb()
@@ -52,7 +56,7 @@ print(pa.default_memory_pool().backend_name, round(rss_mb() - before), inside)
 
 
 def _probe(mode: str) -> tuple[str, int, str]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _LIBC + _PROBE, mode], capture_output=True, text=True,
                          check=True).stdout.split()
     return out[0], int(out[1]), out[2]
 
@@ -95,14 +99,6 @@ _SMALL_BLOCKS = """
 import ctypes, sys
 from etl.metrics import bounded_allocators, release_free_memory
 bounded_allocators()
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
-
 before = rss_mb()
 # 64 MB in 32 KiB blocks (as Parquet string views are built), below any mapping threshold
 blocks = [libc.malloc(32 << 10) for _ in range(2048)]
@@ -123,7 +119,7 @@ def test_freed_small_blocks_are_given_back_on_request() -> None:
     """What the transform calls after reading a table's staged texts: freed blocks below the
     mapping threshold stay resident until the heap is trimmed."""
     kept, left = (int(x) for x in subprocess.run(
-        [sys.executable, "-c", _SMALL_BLOCKS, "release"], capture_output=True, text=True,
+        [sys.executable, "-c", _LIBC + _SMALL_BLOCKS, "release"], capture_output=True, text=True,
         check=True).stdout.split())
     assert kept > 48, "the freed blocks should still be resident before the trim"
     assert left < 16, f"{left} MB still resident after release_free_memory()"

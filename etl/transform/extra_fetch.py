@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import shutil
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,85 +70,56 @@ class ExtraFetcher:
             xref.fill_null(-1).to_numpy(allow_copy=True)
         refs = np.asarray(refs, dtype=np.int64)
         self.native = _native is not None
+        batches = _staged_texts(refs, root, levels, level_chunks)
         if self.native:
-            self._fill_native(refs, root, levels, level_chunks)
-            return
+            self._fill_native(batches)
+        else:
+            self._fill_python(batches)
+
+    def _fill_python(self, batches: Iterator[tuple[pa.Array, np.ndarray]]) -> None:
+        """The buckets as Arrow IPC files (place, text), through Polars."""
         writers: dict[int, ipc.RecordBatchFileWriter] = {}
         try:
-            have = refs >= 0
-            numbers = np.unique(refs[have] >> XREF_SHIFT) if have.any() else np.array([], np.int64)
-            for number in numbers.tolist():
-                name = levels[number]
-                mine = np.nonzero(have & ((refs >> XREF_SHIFT) == number))[0]
-                total = sum(int(c["rows"]) for c in level_chunks[name])
-                place_of = np.full(total, -1, dtype=np.int64)
-                place_of[refs[mine] & _ROW_MASK] = mine
-                start = 0
-                for chunk in level_chunks[name]:
-                    pf = pq.ParquetFile(parquet_source(root / chunk["path"]))
-                    for batch in pf.iter_batches(batch_size=_BATCH, columns=[STAGED_EXTRA]):
-                        places = place_of[start:start + batch.num_rows]
-                        start += batch.num_rows
-                        # an empty object is what a row gets by default: only others travel
-                        # as Polars strings (the staged chunks hold string views: no copy)
-                        column = pl.Series(batch.column(0))
-                        empty = (column == "{}").fill_null(False).to_numpy()
-                        keep = (places >= 0) & ~empty
-                        if not keep.any():
-                            continue
-                        idx = np.nonzero(keep)[0]
-                        where = places[idx]
-                        bucket = where // chunk_rows
-                        first, last = int(bucket.min()), int(bucket.max())
-                        # Rows come nearly in key order: mostly one bucket, taken in one go.
-                        for b in ([first] if first == last else np.unique(bucket).tolist()):
-                            sel = idx if first == last else idx[bucket == b]
-                            w = writers.get(b)
-                            if w is None:
-                                w = writers[b] = ipc.new_file(self._path(b), _SCHEMA)
-                            # the one copy of the texts: gathered, as Arrow large strings
-                            texts = column.gather(sel).to_arrow(compat_level=pl.CompatLevel.oldest())
-                            w.write_batch(pa.record_batch(
-                                [pa.array(places[sel]), texts], schema=_SCHEMA))
+            for texts_in, places in batches:
+                # an empty object is what a row gets by default: only others travel as Polars
+                # strings (the staged chunks hold string views: no copy)
+                column = pl.Series(texts_in)
+                empty = (column == "{}").fill_null(False).to_numpy()
+                keep = (places >= 0) & ~empty
+                if not keep.any():
+                    continue
+                idx = np.nonzero(keep)[0]
+                bucket = places[idx] // self.chunk_rows
+                first, last = int(bucket.min()), int(bucket.max())
+                # Rows come nearly in key order: mostly one bucket, taken in one go.
+                for b in ([first] if first == last else np.unique(bucket).tolist()):
+                    sel = idx if first == last else idx[bucket == b]
+                    w = writers.get(b)
+                    if w is None:
+                        w = writers[b] = ipc.new_file(self._path(b), _SCHEMA)
+                    # the one copy of the texts: gathered, as Arrow large strings
+                    texts = column.gather(sel).to_arrow(compat_level=pl.CompatLevel.oldest())
+                    w.write_batch(pa.record_batch([pa.array(places[sel]), texts], schema=_SCHEMA))
         finally:
             for w in writers.values():
                 w.close()
 
-    def _fill_native(self, refs: np.ndarray, root: StagePath, levels: Sequence[str],
-                     level_chunks: Mapping[str, list[dict[str, Any]]]) -> None:
+    def _fill_native(self, batches: Iterator[tuple[pa.Array, np.ndarray]]) -> None:
         """The buckets as files of records (see etl/transform/_reorder.c), appended to as each
         staged row group goes by."""
-        have = refs >= 0
-        numbers = np.unique(refs[have] >> XREF_SHIFT) if have.any() else np.array([], np.int64)
         files: dict[int, Any] = {}
         try:
-            for number in numbers.tolist():
-                name = levels[number]
-                mine = np.nonzero(have & ((refs >> XREF_SHIFT) == number))[0]
-                total = sum(int(c["rows"]) for c in level_chunks[name])
-                place_of = np.full(total, -1, dtype=np.int64)
-                place_of[refs[mine] & _ROW_MASK] = mine
-                start = 0
-                for chunk in level_chunks[name]:
-                    pf = pq.ParquetFile(parquet_source(root / chunk["path"]))
-                    for batch in pf.iter_batches(batch_size=_BATCH, columns=[STAGED_EXTRA]):
-                        places = place_of[start:start + batch.num_rows]
-                        start += batch.num_rows
-                        if not (places >= 0).any():
-                            continue
-                        for bucket, records in _scatter(batch.column(0), places, self.chunk_rows):
-                            f = files.get(bucket)
-                            if f is None:
-                                if len(files) >= _OPEN_BUCKETS:  # close the one open longest
-                                    files.pop(next(iter(files))).close()
-                                f = files[bucket] = open(self._path(bucket), "ab")  # noqa: SIM115
-                            raw = pa.py_buffer(records)
-                            packed = pa.compress(raw, codec=_CODEC, asbytes=False)
-                            f.write(_FRAME.pack(raw.size, packed.size))
-                            f.write(packed)
-                    del pf
-                    # the string views' 32 KiB blocks of the chunk just read stay in the heap
-                    release_free_memory()
+            for texts, places in batches:
+                for bucket, records in _scatter(texts, places, self.chunk_rows):
+                    f = files.get(bucket)
+                    if f is None:
+                        if len(files) >= _OPEN_BUCKETS:  # close the one open longest
+                            files.pop(next(iter(files))).close()
+                        f = files[bucket] = open(self._path(bucket), "ab")  # noqa: SIM115
+                    raw = pa.py_buffer(records)
+                    packed = pa.compress(raw, codec=_CODEC, asbytes=False)
+                    f.write(_FRAME.pack(raw.size, packed.size))
+                    f.write(packed)
         finally:
             for f in files.values():
                 f.close()
@@ -203,6 +174,31 @@ class ExtraFetcher:
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _staged_texts(refs: np.ndarray, root: StagePath, levels: Sequence[str],
+                  level_chunks: Mapping[str, list[dict[str, Any]]]) -> Iterator[tuple[pa.Array, np.ndarray]]:
+    """Each batch of :data:`_BATCH` staged ``_extra`` texts of the levels ``refs`` point into,
+    with each text's place in key order (-1: not in this table); batches of no place skipped."""
+    have = refs >= 0
+    numbers = np.unique(refs[have] >> XREF_SHIFT) if have.any() else np.array([], np.int64)
+    for number in numbers.tolist():
+        name = levels[number]
+        mine = np.nonzero(have & ((refs >> XREF_SHIFT) == number))[0]
+        total = sum(int(c["rows"]) for c in level_chunks[name])
+        place_of = np.full(total, -1, dtype=np.int64)
+        place_of[refs[mine] & _ROW_MASK] = mine
+        start = 0
+        for chunk in level_chunks[name]:
+            pf = pq.ParquetFile(parquet_source(root / chunk["path"]))
+            for batch in pf.iter_batches(batch_size=_BATCH, columns=[STAGED_EXTRA]):
+                places = place_of[start:start + batch.num_rows]
+                start += batch.num_rows
+                if (places >= 0).any():
+                    yield batch.column(0), places
+            del pf
+            # the string views' 32 KiB blocks of the chunk just read stay in the heap
+            release_free_memory()
 
 
 #: Bucket files kept open while they are filled (rows come nearly in key order: few at a time).
