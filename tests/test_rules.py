@@ -157,7 +157,19 @@ def test_an_override_changes_what_is_rejected_and_the_report_says_so(sample_run:
     assert result.report["overrides"] == [entry["override"]]
     rejects = sample_run.rejects("archetypes")
     assert rejects is not None
-    assert rejects.collect().get_column("_rules").to_list() == [["archetypes.class_name.unique"]]
+    rejected = rejects.collect()
+    assert rejected.get_column("_rules").to_list() == [["archetypes.class_name.unique"]]
+    # The rejected row is kept whole (read again from the staged level: validate holds only the
+    # rules' flags), and the report's example is that row.
+    staged = sample_run.raw("archetypes").drop("_extra").collect()
+    row = rejected.drop("_rules", "_reasons").row(0, named=True)
+    assert set(row) == set(staged.columns)
+    assert staged.filter(pl.col("_file") == row["_file"], pl.col("_record") == row["_record"],
+                         pl.col("_path") == row["_path"]).row(0, named=True) == row
+    dup = staged.filter(pl.col("class_name") == row["class_name"]).with_row_index()
+    assert dup.height == 2 and dup.row(1, named=True)["_path"] == row["_path"]
+    assert [(e["file"], e["record"], e["path"], e["values"]) for e in entry["examples"]] == [
+        (row["_file"], row["_record"], row["_path"] or None, {"class_name": row["class_name"]})]
 
     off = [rule_override("power_effects.*", "off", source="ETL_RULES")]
     report = validate(sample_run, dataset_of(sample_run), rules=off).report

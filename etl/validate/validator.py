@@ -167,6 +167,23 @@ def _rechecked(df: pl.DataFrame, lf: pl.LazyFrame, rules: Sequence[Rule]) -> pl.
     return df
 
 
+def _read_rows(lf: pl.LazyFrame, rows: pl.Series) -> pl.DataFrame:
+    """Rows ``rows`` (ascending row numbers) of ``lf``, every column but the staged ``_extra``
+    text, in one streaming pass that stops at the last of them: only those rows are held."""
+    last = int(rows.max() or 0)  # type: ignore[arg-type]
+    return (lf.drop(STAGED_EXTRA, strict=False).slice(0, last + 1).with_row_index("__row")
+            .filter(pl.col("__row").is_in(rows.implode())).drop("__row")
+            .collect(engine="streaming"))
+
+
+def _rows_of(lf: pl.LazyFrame, rows: pl.Series) -> dict[int, dict[str, Any]]:
+    """Rows ``rows`` of ``lf`` (any order, repeats allowed) as dicts by row number."""
+    wanted = rows.unique().sort()
+    if not wanted.len():
+        return {}
+    return dict(zip(wanted.to_list(), _read_rows(lf, wanted).to_dicts(), strict=True))
+
+
 def preview(value: Any, width: int = EXAMPLE_CHARS) -> Any:
     """``value`` as an example shows it: long text cut (with its length), control characters
     (NUL first of all) written visibly as ``\\xNN``; lists element by element."""
@@ -246,12 +263,21 @@ def validate(
             raw_schema = raw.collect_schema()
             changed = [cleaning_changed(c, raw_schema[c.column]).alias(f"__clean{j}")
                        for j, c in enumerate(steps)]
-            # The wide _extra text is only checked, never kept: streamed through the flags and
-            # dropped, so a level's rows are held without it (effects x5: 90 MB, not 390 MB).
-            df = lf.with_columns(flags).drop(STAGED_EXTRA, strict=False).collect(engine="streaming")
+            # Only the rules' flags (and the keys later levels look up) are held: the level's
+            # columns stream through the flags and are dropped, so memory does not grow with a
+            # level's width or size (an inferred spec's 326k effects of 121 columns held 525 MB
+            # at x5, 900 MB at x10). Examples and rejected rows are read again, those rows only.
+            flag_names = [f"__fail{j}" for j in range(len(level_rules))]
+            needed = needed_keys.get(level, set())
+            key_cols = [_lineage_key(pl.col("_path")).alias(LINEAGE_KEY) if col == LINEAGE_KEY
+                        else pl.col(col) for col in sorted(needed)]
+            # (one bit a row besides, so a level with no rule and no key still counts its rows)
+            df = (lf.with_columns(flags)
+                  .select(pl.col("_record").is_null().alias("__none"), *flag_names, *key_cols)
+                  .collect(engine="streaming"))
             df = _rechecked(df, lf, level_rules)
             if changed:
-                counts = raw.select([e.sum() for e in changed]).collect().row(0)
+                counts = raw.select([e.sum() for e in changed]).collect(engine="streaming").row(0)
             else:
                 counts = ()
             for j, c in enumerate(steps):
@@ -260,17 +286,20 @@ def validate(
             rows = df.height
             total_rows += rows
             error_flags = [f"__fail{j}" for j, r in enumerate(level_rules) if r.severity == "error"]
-            # Counts and the few example rows only: filtering a wide level by a rule most rows
-            # break (an inferred warning) copied nearly all of it, once per rule.
+            any_error = pl.any_horizontal([pl.col(f) for f in error_flags]) if error_flags else None
+            # Counts and the few example rows only, read again in one pass for all rules.
+            firsts = [df.get_column(f).arg_true().head(EXAMPLES) for f in flag_names]
+            examples = _rows_of(lf, pl.concat([pl.Series([], dtype=pl.UInt32), *firsts]))
             for j, res in enumerate(level_resolved):
-                flag = df.get_column(f"__fail{j}")
-                first = flag.arg_true().head(EXAMPLES)
+                flag = df.get_column(flag_names[j])
                 rules_out.append(res.to_dict(int(flag.sum()), [
-                    _example(r, res.rule) for r in df[first].to_dicts()]))
+                    _example(examples[r], res.rule) for r in firsts[j].to_list()]))
             rules_out += [r.to_dict(None, []) for r in resolved if r.off and r.rule.level == level]
-            any_error = pl.any_horizontal([pl.col(f) for f in error_flags]) if error_flags else pl.lit(False)
-            rejected = df.filter(any_error)
-            if rejected.height:
+            flagged = (df.select(any_error.alias("e")).to_series() if any_error is not None
+                       else pl.repeat(False, rows, eager=True))
+            n_rejected = int(flagged.sum())
+            if n_rejected:
+                failing = df.filter(flagged)
                 names = pl.concat_list([
                     pl.when(pl.col(f"__fail{j}")).then(pl.lit(r.name)).otherwise(None)
                     for j, r in enumerate(level_rules) if r.severity == "error"
@@ -279,24 +308,21 @@ def validate(
                     pl.when(pl.col(f"__fail{j}")).then(pl.lit(r.describe())).otherwise(None)
                     for j, r in enumerate(level_rules) if r.severity == "error"
                 ]).list.drop_nulls()
-                (rejected.with_columns(_rules=names, _reasons=reasons)
-                 .drop([c for c in rejected.columns if c.startswith("__")])
+                why = failing.select(_rules=names, _reasons=reasons)
+                (_read_rows(lf, flagged.arg_true()).hstack(why.get_columns())
                  .write_parquet(tmp / f"{level}.parquet"))
+                del failing, why
             levels_out[level] = {
                 "rows": rows,
-                "rejected": rejected.height,
-                "ratio": (rejected.height / rows) if rows else 0.0,
+                "rejected": n_rejected,
+                "ratio": (n_rejected / rows) if rows else 0.0,
             }
-            needed = needed_keys.get(level, set())
-            keep = ~df.select(any_error.alias("e")).to_series() if needed else pl.Series([], dtype=pl.Boolean)
             for col in needed:
-                # The key column alone, then filtered: never a copy of the whole level.
-                accepted_keys[(level, col)] = (
-                    df.select(_lineage_key(pl.col("_path"))).to_series().filter(keep)
-                    if col == LINEAGE_KEY else df.get_column(col).filter(keep).drop_nulls())
-            # Dropped before the next level is read: a wide level's rows (326k effects of 121
-            # columns in an inferred spec) stayed held while its children were checked.
-            del df, rejected
+                # The key column alone, filtered: never a copy of the whole level.
+                accepted_keys[(level, col)] = (df.get_column(col).filter(~flagged)
+                                               if col == LINEAGE_KEY
+                                               else df.get_column(col).filter(~flagged).drop_nulls())
+            del df, flagged
             if progress:
                 progress("validate", i + 1, len(order))
         failed_levels = [name for name, v in levels_out.items() if v["ratio"] > max_reject_ratio]
