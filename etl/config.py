@@ -9,6 +9,7 @@ than once the later wins. They are checked against the dataset's rules when vali
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
@@ -225,3 +226,18 @@ def load_settings(*, start: Path | None = None, **flags: Any) -> Settings:
     merged.update({k: v for k, v in flags.items() if v is not None})
     flag_rules = merged.pop("rules", None) or ()
     return Settings(rules=rules).with_overrides(**merged, rules=flag_rules)
+
+
+def memory_bytes(limit: str) -> int:
+    """A memory limit as DuckDB writes it ("256MB", "1GiB") in bytes.
+
+    >>> memory_bytes("256MB"), memory_bytes("1 GiB")
+    (256000000, 1073741824)
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", limit, re.IGNORECASE)
+    if not m:
+        raise ConfigError(f"memory limit {limit!r} is not a size like 256MB or 1GB",
+                          hint="give --memory-limit / ETL_MEMORY_LIMIT as e.g. 256MB or 1GB")
+    scale = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+             "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+    return int(float(m.group(1)) * scale[(m.group(2) or "").upper()])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -18,8 +19,9 @@ from etl.errors import RunStateError
 from etl.jsonb import pg_texts
 from etl.run import frames_checksum, json_dtypes
 from etl.stage import stage
-from etl.transform import transform
-from etl.transform.transformer import _check_keys, _key_order, _rows, _shape
+from etl.transform import ordered, transform
+from etl.transform.ordered import KeyOrdered, _key_order, _rows
+from etl.transform.transformer import _check_keys, _check_required, _shape
 from etl.validate import validate
 from tests.conftest import SHARED, require_shared
 
@@ -108,6 +110,45 @@ def test_key_checks_use_the_order_not_the_frame() -> None:
     with pytest.raises(RunStateError, match="empty primary key"):
         nulls = df.with_columns(a=pl.Series([2, None, 3, 4], dtype=pl.Int32))
         _check_keys(TABLE, nulls, _key_order(nulls, ["a", "b"]))
+    # Required columns: their null counts, taken as the rows went by.
+    _check_required(TABLE, {"a": 0, "b": 0})
+    with pytest.raises(RunStateError, match="1 row\\(s\\) without b"):
+        _check_required(TABLE, {"a": 0, "b": 1})
+
+
+@pytest.mark.parametrize("path", ["in memory", "spilled in order", "spilled and sorted"])
+def test_key_ordered_rows_are_a_plain_sort_whichever_way_they_are_read(
+        path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three ways a table's rows come back in key order (held whole and gathered; spilled
+    and streamed back, the plan being in order already; spilled and sorted through bucket files
+    outside memory) give the rows a plain sort gives, in contiguous pieces of the asked size."""
+    n, step = 5_000, 300
+    rng = np.random.default_rng(7)
+    keys = np.arange(n) if path == "spilled in order" else rng.permutation(n)
+    plan = pl.LazyFrame({"a": keys.astype(np.int32), "b": np.zeros(n, dtype=np.int32),
+                         "v": [f"text {k}" * (k % 5) if k % 7 else None for k in keys]})
+    # Many buckets, a few pieces each: the bucket and piece boundaries do not line up.
+    monkeypatch.setattr(ordered, "MAX_BUCKETS", 7)
+    budget = 1 << 40 if path == "in memory" else 0
+    batched = pl.concat([plan.slice(s, 450) for s in range(0, n, 450)])  # many input batches
+    assert len(list(batched.collect_batches())) > 10
+    rows = KeyOrdered(batched, ["a", "b"],
+                      tmp_path / "sort", keep=["v"], count_nulls=["v", "a"], in_memory_bytes=budget)
+    try:
+        assert rows.rows == n and (rows.order is None) == (path == "spilled in order")
+        assert rows.spilled == (path != "in memory")
+        assert rows.nulls == {"v": len([k for k in keys if k % 7 == 0]), "a": 0}
+        pieces = list(rows.pieces(step))
+        expected = plan.sort("a").collect()
+        assert [p.height for p in pieces] == [min(step, n - s) for s in range(0, n, step)]
+        assert all(p.n_chunks("all") == [1, 1, 1] for p in pieces)
+        assert pl.concat(pieces).equals(expected)
+        assert rows.column("v").equals(expected.get_column("v"))
+        if path == "spilled and sorted":  # the bucket files are gone once read
+            assert sorted(p.name for p in (tmp_path / "sort").iterdir()) == ["plan.arrow"]
+    finally:
+        rows.close()
+    assert not (tmp_path / "sort").exists()
 
 
 def test_written_files_do_not_depend_on_the_plan_order(reversed_run, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.config import Settings
+from etl.config import Settings, memory_bytes
 from etl.dataset import Dataset, SideInput, Source
 from etl.errors import ConfigError, DriftError, EtlError, InputError
 from etl.metrics import Phase, peak_rss_bytes, timed
@@ -88,15 +88,6 @@ class StageResult:
 
 
 # ------------------------------------------------------------------------------ the stage
-
-
-def _memory_bytes(limit: str) -> int:
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*", limit, re.IGNORECASE)
-    if not m:
-        raise ConfigError(f"memory limit {limit!r} is not a size like 256MB or 1GB")
-    scale = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
-             "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
-    return int(float(m.group(1)) * scale[(m.group(2) or "").upper()])
 
 
 def compute_run_id(dataset: Dataset, files: Sequence[tuple[str, str, str]]) -> str:
@@ -900,7 +891,7 @@ def _stage_into(
     # written): a 24th peaked at 390-410 MB on the x5 copy, a 32nd at 363-377 MB, 0.2-0.4 s
     # slower.
     plans = {src.name: source_plan(src.levels) for src in dataset.sources}  # checks the levels
-    memory = _memory_bytes(settings.memory_limit)
+    memory = memory_bytes(settings.memory_limit)
     batch_bytes = max(1 << 20, memory // 32)
     threads = settings.threads or os.cpu_count() or 1
     levels = dataset.levels

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from etl.config import Settings
+from etl.config import Settings, memory_bytes
 from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Dataset, Table
 from etl.errors import ConfigError, RunStateError
 from etl.jsonb import pg_texts
@@ -44,6 +44,7 @@ from etl.run import (
 from etl.staging_fs import RemotePath, remove_tree, work_dir
 from etl.transform.errors import KeyViolation
 from etl.transform.extra_fetch import ExtraFetcher
+from etl.transform.ordered import KeyOrdered
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ def table_checksum(df: pl.DataFrame) -> str:
 #: from staged records: where each row came from, for errors and ``etl reconcile``. They are not
 #: loaded.
 TABLE_LINEAGE = ("_file", "_record", "_path")
+#: A table is held whole while it takes at most this share of the memory limit the run was
+#: staged with (``--memory-limit``, 256MB by default); a bigger one is spilled to a file beside
+#: the table and read back (sorted outside memory if need be: :mod:`etl.transform.ordered`).
+TABLE_SHARE = 8
 #: Rows per piece (and row group) of a table whose ``extra`` texts are fetched into place.
 EXTRA_PIECE_ROWS = 16_384
 
@@ -117,24 +122,6 @@ def _json_columns(table: Table) -> list[str]:
     return [c.name for c in table.columns if c.type == "jsonb"]
 
 
-def _key_order(df: pl.DataFrame, pk: list[str]) -> pl.Series | None:
-    """The row order that sorts ``df`` by ``pk`` (computed on the key columns alone), or None
-    when ``df`` is in that order already. With a unique key any sort gives this one order."""
-    if df.height < 2:
-        return None
-    order = df.select(pl.arg_sort_by(pk).alias("order")).get_column("order")
-    return None if order.is_sorted() else order  # a sorted permutation is 0, 1, 2…
-
-
-def _rows(df: pl.DataFrame, order: pl.Series | None, start: int, length: int) -> pl.DataFrame:
-    """Rows ``start``… (``length`` of them) of ``df`` in key order: a slice of the order, so
-    only this piece is copied. Always one contiguous piece: the Parquet writer's page layout
-    follows the Arrow chunks it is given, so the same rows give the same file bytes whatever
-    the engine's internal chunking was (which varied with the thread count)."""
-    piece = df.slice(start, length) if order is None else df[order.slice(start, length)]
-    return piece.rechunk()
-
-
 def _written_json_dtypes(folder: Path, table: Table, columns: list[str]) -> dict[str, str]:
     """:func:`etl.run.json_dtypes` of a written table: the same sample (the first values in key
     order), read back from its first chunk(s) once the table itself is dropped, so the decoding
@@ -158,8 +145,8 @@ def _written_json_dtypes(folder: Path, table: Table, columns: list[str]) -> dict
 
 
 def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) -> None:
-    """Primary key present and unique, required columns filled. ``order`` sorts ``df`` by its
-    key (None: ``df`` is sorted already)."""
+    """Primary key present and unique (``df``: at least the key columns). ``order`` sorts ``df``
+    by its key (None: ``df`` is sorted already)."""
     pk = list(table.primary_key)
     keys = df.select(pk) if order is None else df.select(pk)[order]
     nulls = keys.select(pl.any_horizontal([pl.col(c).is_null() for c in pk]).sum()).item()
@@ -173,13 +160,15 @@ def _check_keys(table: Table, df: pl.DataFrame, order: pl.Series | None = None) 
     if dups:
         raise KeyViolation(f"table {table.name}: {dups} row(s) share a primary key {pk}",
                             hint="add a unique rule for the key to the dataset's rules")
-    del keys
-    for col in table.columns:
-        if not col.nullable and col.name in df.columns:  # (extra is fetched later: never null)
-            n = df.get_column(col.name).null_count()
-            if n:
-                raise KeyViolation(f"table {table.name}: {n} row(s) without {col.name}",
-                                    hint="add a required rule for it to the dataset's rules")
+
+
+def _check_required(table: Table, nulls: Mapping[str, int]) -> None:
+    """Required columns filled: ``nulls`` are their null counts (extra is fetched later: never
+    null)."""
+    for name, n in nulls.items():
+        if n:
+            raise KeyViolation(f"table {table.name}: {n} row(s) without {name}",
+                                hint="add a required rule for it to the dataset's rules")
 
 
 def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, chunk_schema: pl.Schema,
@@ -189,9 +178,22 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
     (lineage beside them), checked and checksummed; its manifest entry (chunk paths as they will
     be once ``tmp`` is renamed to ``tables``). ``written`` is called after each piece is written
     (the ray engine's fault point). A table a task: see :mod:`etl.transform.on_ray`."""
-    df = plan.collect(engine="streaming")  # in the plan's order; sorted chunk by chunk
-    order = _key_order(df, list(table.primary_key))
-    _check_keys(table, df, order)
+    have = plan.collect_schema()
+    required = [c.name for c in table.columns if not c.nullable and c.name in have]
+    limit = memory_bytes(run.manifest.get("settings", {}).get("memory_limit") or "256MB")
+    rows = KeyOrdered(plan, list(table.primary_key), tmp / f".sort-{table.name}",
+                      keep=[XREF] if XREF in have else [], count_nulls=required,
+                      in_memory_bytes=limit // TABLE_SHARE)
+    try:
+        return _write_table(run, dataset, table, rows, chunk_schema, tmp, chunk_rows, written)
+    finally:
+        rows.close()
+
+
+def _write_table(run: Run, dataset: Dataset, table: Table, rows: KeyOrdered, chunk_schema: pl.Schema,
+                 tmp: Path, chunk_rows: int, written: Callable[[], None] | None) -> dict[str, Any]:
+    _check_keys(table, rows.keys, rows.order)
+    _check_required(table, rows.nulls)
     writer = ChunkWriter(tmp / table.name, tmp.parent, chunk_rows=chunk_rows,
                          schema=table.polars_schema.to_arrow(),
                          compression=TABLE_COMPRESSION)
@@ -201,7 +203,7 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
     hidden = [c for c in chunk_schema if c in (XREF, PATCH)]
     fetcher = None
     if XREF in hidden:
-        xref = df.get_column(XREF) if order is None else df.get_column(XREF).gather(order)
+        xref = rows.column(XREF)
         fetcher = ExtraFetcher(
             xref, chunk_rows=EXTRA_PIECE_ROWS, root=run.path,
             tmp=tmp / f".extra-{table.name}",
@@ -218,11 +220,10 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
     json_cols = _json_columns(table)
     target = table.polars_schema
     summed = Checksum()
-    for start in range(0, df.height, step):
-        piece = _rows(df, order, start, step)
+    for i, piece in enumerate(rows.pieces(step)):
         if fetcher is not None:
             patches = piece.get_column(PATCH) if PATCH in hidden else None
-            piece = piece.with_columns(fetcher.chunk(start // step, piece.height, patches))
+            piece = piece.with_columns(fetcher.chunk(i, piece.height, patches))
         piece = piece.select([*table.polars_schema, *lineage])
         if json_cols:  # in the form PostgreSQL prints: checksums compare as plain text
             piece = piece.with_columns(pg_texts(piece.get_column(c)) for c in json_cols)
@@ -240,8 +241,6 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
     if fetcher is not None:
         fetcher.close()
     lineage_chunks = lineage_writer.close() if lineage_writer is not None else []
-    rows = df.height
-    del df, order
     # jsonb columns were written as PostgreSQL prints them, so the checksum hashed their text
     # as it is, and so does the load's read-back. The types their values decode into are
     # recorded for the comparison by meaning a mismatch falls back to.
@@ -250,7 +249,7 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
     for c in (*chunks, *lineage_chunks):  # paths as they will be after the rename
         c["path"] = c["path"].replace(f"{tmp.name}/", "tables/", 1)
     return {
-        "rows": rows,
+        "rows": rows.rows,
         "schema": schema_to_json(table.polars_schema),
         "lineage": schema_to_json(pl.Schema({c: chunk_schema[c] for c in lineage})),
         "lineage_chunks": lineage_chunks,
