@@ -219,16 +219,16 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     powersets = _numbered(levels["powersets"], ["full_name"], "powerset_id")
     powersets = powersets.join(
         at_ids.with_columns(n_archetype=pl.col("archetype_id")), on="n_archetype", how="left",
-    ).with_columns(source_file=pl.col("_file"))
+        maintain_order="left").with_columns(source_file=pl.col("_file"))
 
     ps_ids = powersets.select(pl.col("full_name").alias("powerset_full_name"), "powerset_id")
     powers = _numbered(levels["powers"], ["full_name"], "power_id").join(
-        ps_ids, on="powerset_full_name", how="inner")
+        ps_ids, on="powerset_full_name", how="inner", maintain_order="left")
     powers = powers.with_columns(pl.col("max_boosts").cast(pl.Int32, strict=False))
 
     power_ids = powers.select(pl.col("full_name").alias("power_full_name"), "power_id")
     effects = _numbered(levels["power_effects"], ["power_full_name", "_index"], "effect_id").join(
-        power_ids, on="power_full_name", how="inner",
+        power_ids, on="power_full_name", how="inner", maintain_order="left",
     ).with_columns(effect_index=pl.col("_index").cast(pl.Int32))
 
     requirements = _requirements(powers, power_ids)
@@ -238,14 +238,14 @@ def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
     set_ids = sets.select(pl.col("uid").alias("set_uid"), pl.col("set_id").alias("set_by_uid"))
     enhancements = levels["enhancements"].with_columns(
         enhancement_id=pl.col("_index").cast(pl.Int32),
-    ).join(set_ids, on="set_uid", how="left").with_columns(
+    ).join(set_ids, on="set_uid", how="left", maintain_order="left").with_columns(
         # The numeric index wins; where it is missing the set's UID still names it.
         set_id=pl.coalesce(pl.col("set_index").cast(pl.Int32), pl.col("set_by_uid")),
     )
     bonuses = pl.concat([
         levels["set_bonuses"].with_columns(kind=pl.lit("bonus")),
         levels["set_special_bonuses"].with_columns(kind=pl.lit("special")),
-    ]).join(set_ids, on="set_uid", how="inner").with_columns(
+    ]).join(set_ids, on="set_uid", how="inner", maintain_order="left").with_columns(
         set_id=pl.col("set_by_uid"), bonus_index=pl.col("_index").cast(pl.Int32))
     salvage = levels["salvage"].with_columns(salvage_id=pl.col("_index").cast(pl.Int32))
     documents = _numbered(pl.concat([levels[name] for name in HEADER_FILES], how="diagonal_relaxed"),
@@ -291,7 +291,7 @@ def _requirements(powers: pl.LazyFrame, power_ids: pl.LazyFrame) -> pl.LazyFrame
     reqs = pl.concat([f.select(cols) for f in (*classes, *power_reqs)], how="vertical_relaxed")
     return reqs.join(
         power_ids.rename({"power_full_name": "required_power", "power_id": "required_power_id"}),
-        on="required_power", how="left",
+        on="required_power", how="left", maintain_order="left",
     )
 
 
