@@ -611,8 +611,9 @@ class Run:
         rejected = self.rejects(level)
         if rejected is None:
             return lf
+        # in the level's order, always: a transform may number rows by their place
         return lf.join(rejected.select("_file", "_record", "_path"), on=["_file", "_record", "_path"],
-                       how="anti", nulls_equal=True)
+                       how="anti", nulls_equal=True, maintain_order="left")
 
     # -- target tables ------------------------------------------------------------------------
 

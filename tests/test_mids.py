@@ -125,6 +125,15 @@ def test_references_and_keys(sample_run) -> None:
     assert effects.join(powers, on="power_id", how="anti").height == 0
     assert powers.join(t["powersets"].collect(), on="powerset_id", how="anti").height == 0
     assert powers["full_name"].is_unique().all()
+    # Surrogate keys number rows in the order of their natural keys (worked out on the key
+    # columns alone, the rows left in their order): 1, 2, 3… along full_name, and along
+    # (power's full name, index) for the effects.
+    assert powers.sort("full_name")["power_id"].to_list() == list(range(1, powers.height + 1))
+    named = effects.join(powers.select("power_id", "full_name"), on="power_id")
+    assert named.sort("full_name", "effect_index")["effect_id"].to_list() == list(
+        range(1, effects.height + 1))
+    sets = t["powersets"].collect()
+    assert sets.sort("full_name")["powerset_id"].to_list() == list(range(1, sets.height + 1))
     enh = t["enhancements"].collect()
     # Crafted Bonesnap pieces carry no nIDSet: the set's UID still links them.
     bonesnap = enh.filter(pl.col("uid") == "Crafted_Bonesnap_A")

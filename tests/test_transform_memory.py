@@ -230,3 +230,38 @@ def test_tables_are_built_largest_first(reversed_run) -> None:
     assert sorted(order) == sorted(t.name for t in AODB.tables)
     assert [rows[t] for t in order] == sorted(rows.values(), reverse=True)
     assert list(reversed_run.manifest["tables"]) == [t.name for t in AODB.tables]
+
+
+def test_tables_past_the_memory_budget_are_spilled_and_written_the_same(
+        reversed_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a budget no table fits, every table goes through the spill file (the permuted ones
+    through the bucket sort) and the files written are byte for byte those held in memory."""
+    from etl.transform import transformer
+
+    def files(r) -> dict[str, list[str]]:
+        return {name: [c["sha256"] for c in entry["chunks"]]
+                for name, entry in r.manifest["tables"].items()}
+
+    held = files(reversed_run)
+    sample = require_shared(SHARED / "aodb" / "items_100.json")
+    items = json.loads(sample.read_text())
+    export = tmp_path / "items.json"
+    export.write_text(json.dumps(items[::-1]))
+    run = stage(AODB, [export], settings=Settings(staging_dir=tmp_path / "st",
+                                                  chunk_rows=CHUNK_ROWS)).run
+    assert validate(run, dataset_of(run)).passed
+    seen: dict[str, tuple[bool, bool, int]] = {}
+
+    class Watched(KeyOrdered):
+        def close(self) -> None:
+            seen[self.folder.name] = (self.spilled, self.order is not None, self.rows)
+            super().close()
+
+    monkeypatch.setattr(transformer, "TABLE_SHARE", 1 << 40)
+    monkeypatch.setattr(transformer, "KeyOrdered", Watched)
+    spilled = transform(run, dataset_of(run)).run
+    assert files(spilled) == held
+    assert len(seen) == len(AODB.tables)
+    assert all(spill for spill, _, rows in seen.values() if rows)  # (an empty table has nothing)
+    assert seen[".sort-spells"][:2] == (True, True)  # permuted: sorted through the buckets
+    assert not list(spilled.path.rglob(".sort-*"))

@@ -207,8 +207,15 @@ TABLES = (
 
 
 def _numbered(lf: pl.LazyFrame, by: list[str], name: str) -> pl.LazyFrame:
-    """Sort by ``by`` and number rows 1, 2, 3… as ``name`` (deterministic surrogate keys)."""
-    return lf.sort(by).with_row_index(name, offset=1).with_columns(pl.col(name).cast(pl.Int32))
+    """Number rows 1, 2, 3… as ``name`` in the order of ``by`` (deterministic surrogate keys).
+
+    The numbers are worked out first, from ``by`` alone (sorted with each row's place, then put
+    back in place order), and set beside the rows, which keep their order: sorting the level
+    itself held all its columns at once (x10 copy: 460 MB for the effects)."""
+    place = "__place"
+    ids = (lf.select(by).with_row_index(place).sort(by).with_row_index(name, offset=1)
+           .sort(place).select(pl.col(name).cast(pl.Int32)).collect(engine="streaming"))
+    return pl.concat([lf, ids.lazy()], how="horizontal")
 
 
 def transform(levels: Mapping[str, pl.LazyFrame]) -> dict[str, pl.LazyFrame]:
