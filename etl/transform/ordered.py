@@ -63,11 +63,15 @@ class _Spill:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._writer: Any = None
+        self._schema: pa.Schema | None = None
 
     def write(self, df: pl.DataFrame) -> None:
         table = df.to_arrow(compat_level=pl.CompatLevel.newest())
-        if self._writer is None:
+        if self._schema is None:
+            self._schema = table.schema
             self._writer = ipc.new_file(str(self.path), table.schema)
+        elif table.schema != self._schema:  # (one plan, one schema; to be sure)
+            table = table.cast(self._schema)
         self._writer.write_table(table)
 
     def close(self) -> None:

@@ -5,10 +5,13 @@ target table. Here every table is cast to its declared columns, checked (primary
 unique), sorted by its primary key — so the same input always gives the same files — and written
 in chunks. Only rows that passed validation are read.
 
-The sort never copies a whole table: the table is built in whatever order its plan gives, the
-order by primary key is computed on the key columns alone, and each chunk gathers its rows
-through a slice of that order. Sorting the frame itself would gather a full second copy of every
-column (a wide text column such as a jsonb ``params`` doubles) while the first is alive.
+The sort never copies a whole table, and a table is never held whole beyond a budget (an eighth
+of the memory limit the run was staged with): the table is built in whatever order its plan
+gives, the order by primary key is computed on the key columns alone, and each chunk gathers its
+rows through a slice of that order; a table past the budget is spilled to a file as the plan
+gives it and read back in key order, sorted outside memory if need be
+(:mod:`etl.transform.ordered`). Sorting the frame itself would gather a full second copy of
+every column (a wide text column such as a jsonb ``params`` doubles) while the first is alive.
 """
 
 from __future__ import annotations
