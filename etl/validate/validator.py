@@ -265,7 +265,7 @@ def validate(
                        for j, c in enumerate(steps)]
             # Only the rules' flags (and the keys later levels look up) are held: the level's
             # columns stream through the flags and are dropped, so memory does not grow with a
-            # level's width or size (an inferred spec's 326k effects of 121 columns held 525 MB
+            # level's width or size (an inferred spec's 326k effects of 87 columns held 525 MB
             # at x5, 900 MB at x10). Examples and rejected rows are read again, those rows only.
             flag_names = [f"__fail{j}" for j in range(len(level_rules))]
             needed = needed_keys.get(level, set())
