@@ -116,35 +116,41 @@ def test_key_checks_use_the_order_not_the_frame() -> None:
         _check_required(TABLE, {"a": 0, "b": 1})
 
 
-@pytest.mark.parametrize("path", ["in memory", "spilled in order", "spilled and sorted"])
+@pytest.mark.parametrize("path", ["held", "in order", "windowed", "bucketed"])
 def test_key_ordered_rows_are_a_plain_sort_whichever_way_they_are_read(
         path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The three ways a table's rows come back in key order (held whole and gathered; spilled
-    and streamed back, the plan being in order already; spilled and sorted through bucket files
-    outside memory) give the rows a plain sort gives, in contiguous pieces of the asked size."""
+    """The four ways a table's rows come back in key order (held whole and gathered; spilled
+    and streamed back, the plan being in order already; spilled and held until each piece is
+    complete, every row being near its place; spilled and sorted through bucket files outside
+    memory) give the rows a plain sort gives, in contiguous pieces of the asked size."""
     n, step = 5_000, 300
     rng = np.random.default_rng(7)
-    keys = np.arange(n) if path == "spilled in order" else rng.permutation(n)
+    keys = {"in order": np.arange(n),
+            # each run of 100 rows shuffled within itself: every row near its place
+            "windowed": np.concatenate([s + rng.permutation(100) for s in range(0, n, 100)])
+            }.get(path, rng.permutation(n))
     plan = pl.LazyFrame({"a": keys.astype(np.int32), "b": np.zeros(n, dtype=np.int32),
                          "v": [f"text {k}" * (k % 5) if k % 7 else None for k in keys]})
     # Many buckets, a few pieces each: the bucket and piece boundaries do not line up.
     monkeypatch.setattr(ordered, "MAX_BUCKETS", 7)
-    budget = 1 << 40 if path == "in memory" else 0
+    # held: any size fits; windowed: the table does not, the rows read ahead of a piece do
+    budget = {"held": 1 << 40, "windowed": 20_000}.get(path, 0)
     batched = pl.concat([plan.slice(s, 450) for s in range(0, n, 450)])  # many input batches
     assert len(list(batched.collect_batches())) > 10
     rows = KeyOrdered(batched, ["a", "b"],
                       tmp_path / "sort", keep=["v"], count_nulls=["v", "a"], in_memory_bytes=budget)
     try:
-        assert rows.rows == n and (rows.order is None) == (path == "spilled in order")
-        assert rows.spilled == (path != "in memory")
+        assert rows.rows == n and (rows.order is None) == (path == "in order")
+        assert rows.spilled == (path != "held")
         assert rows.nulls == {"v": len([k for k in keys if k % 7 == 0]), "a": 0}
         pieces = list(rows.pieces(step))
+        assert rows.read_as == path
         expected = plan.sort("a").collect()
         assert [p.height for p in pieces] == [min(step, n - s) for s in range(0, n, step)]
         assert all(p.n_chunks("all") == [1, 1, 1] for p in pieces)
         assert pl.concat(pieces).equals(expected)
         assert rows.column("v").equals(expected.get_column("v"))
-        if path == "spilled and sorted":  # the bucket files are gone once read
+        if path == "bucketed":  # the bucket files are gone once read
             assert sorted(p.name for p in (tmp_path / "sort").iterdir()) == ["plan.arrow"]
     finally:
         rows.close()

@@ -7,10 +7,12 @@ order and check the keys. Then:
 * a table that fits the budget (:data:`IN_MEMORY_BYTES`, Polars' estimate) is held whole and
   each piece gathered through a slice of the order;
 * a bigger one goes on, batch by batch, into an Arrow IPC file beside the table's chunks, and
-  is read back from it: in pieces, when its rows came in key order already; otherwise sorted
-  outside memory: each row is appended to the bucket file of the output pieces it goes to (its
-  rank in the order tells which), then each bucket, a few pieces' rows, is read, sorted by rank
-  and cut into pieces.
+  is read back from it: in pieces, when its rows came in key order already; held only until
+  their piece is complete, when every row is near its place (the rows read ahead of a piece fit
+  the budget: a file's rows whose keys sort "#10" before "#2"); otherwise sorted outside memory:
+  each row is appended to the bucket file of the output pieces it goes to (its rank in the order
+  tells which), then each bucket, a few pieces' rows, is read, sorted by rank and cut into
+  pieces.
 
 So memory holds the budget, the key columns, one input batch and one bucket, whatever the
 table's size.
@@ -100,6 +102,7 @@ class KeyOrdered:
                  keep: Sequence[str] = (), count_nulls: Sequence[str] = (),
                  in_memory_bytes: int = IN_MEMORY_BYTES) -> None:
         self.folder = folder
+        self.budget = in_memory_bytes
         self._path = folder / "plan.arrow"
         narrow = [*pk, *(c for c in keep if c not in pk)]
         #: Per column of ``count_nulls``, its null count.
@@ -113,9 +116,9 @@ class KeyOrdered:
                 kept.append(batch.select(narrow))
                 for c in self.nulls:
                     self.nulls[c] += batch.get_column(c).null_count()
+                size += int(batch.estimated_size())
                 if sink is None:
                     held.append(batch)
-                    size += int(batch.estimated_size())
                     if size <= in_memory_bytes:
                         continue
                     shutil.rmtree(folder, ignore_errors=True)
@@ -139,6 +142,10 @@ class KeyOrdered:
         self.order = _key_order(self.keys, pk)
         #: The whole table, in the plan's order, when it fits the budget (else: spilled).
         self._whole: pl.DataFrame | None = None
+        #: The rows' size in memory (Polars' estimate, summed over the plan's batches).
+        self.bytes = size
+        #: How :meth:`pieces` read the rows: held, in order, windowed or bucketed.
+        self.read_as = ""
         if sink is None:
             self._whole = (pl.concat(held, rechunk=False) if held
                            else pl.DataFrame(schema=schema))
@@ -155,12 +162,27 @@ class KeyOrdered:
     def pieces(self, step: int) -> Iterator[pl.DataFrame]:
         """The rows in key order, ``step`` rows a piece (the last one shorter)."""
         if self._whole is not None:
+            self.read_as = "held"
             for start in range(0, self.rows, step):
                 yield _rows(self._whole, self.order, start, step)
         elif self.order is None:
+            self.read_as = "in order"
             yield from self._in_order(step)
         else:
-            yield from self._sorted(step)
+            rank = np.empty(self.rows, dtype=np.int64)
+            rank[self.order.to_numpy()] = np.arange(self.rows, dtype=np.int64)
+            # The rows read before each piece is complete: the last place any of its rows
+            # (or an earlier piece's) has, less the rows already given out.
+            reach = np.maximum.accumulate(self.order.to_numpy())
+            starts = np.arange(0, self.rows, step)
+            ends = np.minimum(starts + step, self.rows)
+            window = int((reach[ends - 1] + 1 - starts).max())
+            if window * self.bytes <= self.rows * self.budget:
+                self.read_as = "windowed"
+                yield from self._windowed(step, rank, reach)
+            else:
+                self.read_as = "bucketed"
+                yield from self._sorted(step, rank)
 
     def close(self) -> None:
         self._whole = None
@@ -206,12 +228,27 @@ class KeyOrdered:
         if held:
             yield pa.Table.from_batches(held)
 
-    def _sorted(self, step: int) -> Iterator[pl.DataFrame]:
+    def _windowed(self, step: int, rank: np.ndarray, reach: np.ndarray) -> Iterator[pl.DataFrame]:
+        """A table whose rows are near their places (every piece complete within the budget's
+        rows of reading, e.g. keys that sort "#10" before "#2" within each file): the spill file
+        read once, the rows held until their piece is complete, each piece sorted by rank."""
+        held: pl.DataFrame | None = None
+        start = done = 0
+        for batch in self._batches():
+            read = _frame([batch]).with_columns(pl.Series(_RANK, rank[start:start + batch.num_rows]))
+            start += batch.num_rows
+            held = read if held is None else pl.concat([held, read], rechunk=False)
+            while done < self.rows and reach[min(done + step, self.rows) - 1] < start:
+                end = min(done + step, self.rows)
+                now = pl.col(_RANK) < end
+                yield held.filter(now).sort(_RANK).drop(_RANK).rechunk()
+                held = held.filter(~now)
+                done = end
+
+    def _sorted(self, step: int, rank: np.ndarray) -> Iterator[pl.DataFrame]:
         assert self.order is not None
         pieces = -(-self.rows // step)
         span = step * -(-pieces // MAX_BUCKETS)  # rows a bucket holds: whole pieces
-        rank = np.empty(self.rows, dtype=np.int64)
-        rank[self.order.to_numpy()] = np.arange(self.rows, dtype=np.int64)
         buckets: dict[int, Path] = {}
         writers: dict[int, Any] = {}
         start = 0
@@ -236,7 +273,6 @@ class KeyOrdered:
             for w in writers.values():
                 w.close()
             writers.clear()
-            del rank
             for k in sorted(buckets):
                 bucket = _frame(list(self._batches(buckets[k]))).sort(_RANK).drop(_RANK)
                 buckets.pop(k).unlink()
