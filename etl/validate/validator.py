@@ -317,11 +317,9 @@ def validate(
                 "rejected": n_rejected,
                 "ratio": (n_rejected / rows) if rows else 0.0,
             }
-            for col in needed:
-                # The key column alone, filtered: never a copy of the whole level.
-                accepted_keys[(level, col)] = (df.get_column(col).filter(~flagged)
-                                               if col == LINEAGE_KEY
-                                               else df.get_column(col).filter(~flagged).drop_nulls())
+            for col in needed:  # the key column alone, filtered: never a copy of the level
+                keys = df.get_column(col).filter(~flagged)
+                accepted_keys[(level, col)] = keys if col == LINEAGE_KEY else keys.drop_nulls()
             del df, flagged
             if progress:
                 progress("validate", i + 1, len(order))
