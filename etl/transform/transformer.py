@@ -183,7 +183,7 @@ def build_table(run: Run, dataset: Dataset, table: Table, plan: pl.LazyFrame, ch
     (the ray engine's fault point). A table a task: see :mod:`etl.transform.on_ray`."""
     have = plan.collect_schema()
     required = [c.name for c in table.columns if not c.nullable and c.name in have]
-    staged_with = run.manifest.get("settings", {}).get("memory_limit") or Settings.memory_limit
+    staged_with = run.manifest.get("settings", {}).get("memory_limit") or Settings().memory_limit
     limit = memory_bytes(staged_with)
     rows = KeyOrdered(plan, list(table.primary_key), tmp / f".sort-{table.name}",
                       keep=[XREF] if XREF in have else [], count_nulls=required,
