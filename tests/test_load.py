@@ -31,7 +31,7 @@ from etl.infra import ledger
 from etl.infra.pg import DatabaseError, LockBusy, advisory_lock, connect, lock_key
 from etl.load import VerificationFailed, live_tables, load, table_checksums
 from etl.run import MANIFEST_FORMAT, Run, write_json_atomic
-from tests.conftest import MidsRuns, mids_runs
+from tests.conftest import MidsRuns, mids_runs, transformed_run
 
 REPO = Path(__file__).resolve().parents[1]
 MIDS = get_dataset("mids")
@@ -252,6 +252,29 @@ def test_verification_mismatch_fails_and_keeps_the_live_schema(pg_url: str, runs
     assert "salvage" in failed["error"] and "swap" not in {s["step"] for s in failed["steps"]}
     res = cli("runs", "show", bad.id, "--database-url", pg_url)
     assert res.exit_code == 0 and "failed" in res.stderr and "salvage" in res.stderr
+
+
+def test_a_record_the_staged_rows_do_not_rebuild_stops_the_load_before_the_swap(
+        pg_url: str, runs: MidsRuns, mids_sample: Path, tmp_path: Path) -> None:
+    """The verify step's reconciliation (worked out while the indexes build) still decides: a
+    source record changed after staging is named, and nothing is swapped in."""
+    load(runs.small, dataset_of(runs.small), database_url=pg_url)
+    before = table_checksums(pg_url, MIDS)
+    export = tmp_path / "export"
+    shutil.copytree(mids_sample, export)
+    run = transformed_run("mids", [export], tmp_path / "staging")
+    source = next((export / "db").rglob("*.json"))
+    record = json.loads(source.read_text())
+    record["Powers"][0]["DescShort"] = "changed after staging"
+    source.write_text(json.dumps(record))
+
+    with pytest.raises(VerificationFailed, match="not rebuilt by the staged rows") as failed:
+        load(run, dataset_of(run), database_url=pg_url, reconcile_sample=1.0)
+    assert source.name in str(failed.value) and "DescShort" in str(failed.value)
+    assert table_checksums(pg_url, MIDS) == before
+    last = latest_load(pg_url, run)
+    assert last["status"] == "failed" and "swap" not in {s["step"] for s in last["steps"]}
+    assert "not rebuilt" in last["error"]
 
 
 def test_verification_catches_a_corrupted_copy_and_the_next_load_redoes_it(
