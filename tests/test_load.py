@@ -256,8 +256,8 @@ def test_verification_mismatch_fails_and_keeps_the_live_schema(pg_url: str, runs
 
 def test_a_record_the_staged_rows_do_not_rebuild_stops_the_load_before_the_swap(
         pg_url: str, runs: MidsRuns, mids_sample: Path, tmp_path: Path) -> None:
-    """The verify step's reconciliation (worked out while the indexes build) still decides: a
-    source record changed after staging is named, and nothing is swapped in."""
+    """The verify step's reconciliation decides too: a source record changed after staging is
+    named (file and key), and nothing is swapped in."""
     load(runs.small, dataset_of(runs.small), database_url=pg_url)
     before = table_checksums(pg_url, MIDS)
     export = tmp_path / "export"

@@ -29,7 +29,6 @@ This module sequences the steps; the state they share is :class:`etl.load.state.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from etl.config import Settings, load_settings
 from etl.dataset import Dataset
@@ -44,7 +43,7 @@ from etl.load.keys import keys_all, post_sql
 from etl.load.merge import merge
 from etl.load.plan import LoadResult, check_database, ensure_ledger, manifest_digest
 from etl.load.state import Load, Mode, Progress
-from etl.load.verify import RECONCILE_SAMPLE, RECONCILED, reconcile_early, table_checksums, verify
+from etl.load.verify import RECONCILE_SAMPLE, RECONCILED, table_checksums, verify
 from etl.metrics import Phase, load_allocator, timed
 from etl.run import Run
 
@@ -189,16 +188,8 @@ def _run_steps(load: Load) -> None:
 
     load.timed("load", total_rows, lambda: copy_all(load, order))
     load.timed("keys", total_rows, lambda: keys_all(load, order))
-    # The sample's reconciliation needs no database: it runs while the indexes build. (A
-    # failing load does not wait for it: the thread ends on its own.)
-    pool = ThreadPoolExecutor(1, thread_name_prefix="etl-reconcile")
-    try:
-        reconciled = reconcile_early(load, pool)
-        load.timed("post-load", total_rows, post_load)
-        load.timed("verify", total_rows, lambda: plan.step(
-            load, "verify", lambda conn: verify(load, conn, reconciled)))
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+    load.timed("post-load", total_rows, post_load)
+    load.timed("verify", total_rows, lambda: plan.step(load, "verify", lambda conn: verify(load, conn)))
     load.timed("swap", 0, lambda: plan.step(load, "swap", lambda conn: swap.swap(load, conn)))
     load.fence.publish()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +32,9 @@ RECONCILE_SAMPLE = 1 / 32
 RECONCILED = "_reconciled"
 
 
-def verify(load: Load, conn: Any, reconciled: Future[dict[str, Any]] | None = None) -> dict[str, Any]:
+def verify(load: Load, conn: Any) -> dict[str, Any]:
     """The ``verify`` step: each table's rows and checksum as read back (by its ``keys`` step,
-    or now) must equal the staged ones; then the sample's reconciliation (``reconciled``: its
-    result, worked out beforehand: see :func:`reconcile_early`)."""
+    or now) must equal the staged ones; then the sample's reconciliation."""
     results: dict[str, tuple[int, str]] = {}
     for name in load.tables:
         detail = load.steps.get(f"keys:{name}") or {}
@@ -59,18 +57,8 @@ def verify(load: Load, conn: Any, reconciled: Future[dict[str, Any]] | None = No
             hint=f"inspect schema {load.build} (the next load drops it); report it with the "
                  "run directory")
     out: dict[str, Any] = {name: {"rows": r, "checksum": c} for name, (r, c) in results.items()}
-    out[RECONCILED] = reconciled.result() if reconciled is not None else _reconcile(load)
+    out[RECONCILED] = _reconcile(load)
     return out
-
-
-def reconcile_early(load: Load, pool: ThreadPoolExecutor) -> Future[dict[str, Any]] | None:
-    """The verify step's reconciliation started on ``pool`` ahead of the step (None when the
-    step is done already). It reads the staged tables and the source files, never the database,
-    so it runs while the database builds the indexes and views, on the core that leaves idle;
-    a mismatch it finds is raised by the verify step, after the checksums are compared."""
-    if "verify" in load.steps:
-        return None
-    return pool.submit(_reconcile, load)
 
 
 def verify_table(load: Load, name: str, jsonb: JsonbForm = "as-is") -> tuple[int, str]:
