@@ -236,6 +236,12 @@ def test_tables_are_built_largest_first(reversed_run) -> None:
     assert sorted(order) == sorted(t.name for t in AODB.tables)
     assert [rows[t] for t in order] == sorted(rows.values(), reverse=True)
     assert list(reversed_run.manifest["tables"]) == [t.name for t in AODB.tables]
+    # And the transform did build them in that order: each table's chunks were written no
+    # earlier than those of the tables before it (the rename into tables/ keeps the times).
+    written = [min(Path(reversed_run.path / c["path"]).stat().st_mtime_ns
+                   for c in reversed_run.manifest["tables"][t]["chunks"])
+               for t in order if reversed_run.manifest["tables"][t]["chunks"]]
+    assert written == sorted(written) and written[0] < written[-1]
 
 
 def test_tables_past_the_memory_budget_are_spilled_and_written_the_same(
