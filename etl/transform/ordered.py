@@ -14,8 +14,9 @@ order and check the keys. Then:
   tells which), then each bucket, a few pieces' rows, is read, sorted by rank and cut into
   pieces.
 
-So memory holds the budget, the key columns, one input batch and one bucket, whatever the
-table's size.
+So memory holds the budget, the key columns (a few bytes a row) and one bucket, whatever the
+table's size — a bucket is one piece, or a :data:`MAX_BUCKETS`-th of a table of more pieces than
+that (at most that many bucket files are open: raise it for tables of millions of wide rows).
 Files are read with plain reads, never memory-mapped: mapped pages would count in the peak.
 """
 
