@@ -289,6 +289,10 @@ STRIP_NUL = "strip_nul"
 STRIP_NUL_DESCRIPTION = "NUL (U+0000) removed from the text; PostgreSQL text cannot hold it"
 STRIP_NUL_JSON_DESCRIPTION = ("NUL (\\u0000) removed from the strings of the JSON text; "
                               "PostgreSQL text and jsonb cannot hold it")
+STRIP_NUL_EXTRA_DESCRIPTION = (
+    "NUL (\\u0000) removed from the strings (and keys) of extra's JSON text; PostgreSQL's json "
+    "operators refuse it, so one such row would stop every query of extra over its table (the "
+    "original of a cleaned text value is counted at its column)")
 _JSON_NUL = re.compile(r"\\(\\|u0000)")
 
 
@@ -317,7 +321,7 @@ def _stripped(e: pl.Expr, depth: int) -> pl.Expr:
     return e.list.eval(_stripped(pl.element(), depth - 1))
 
 
-def _strip_json_batch(s: pl.Series) -> pl.Series:
+def strip_json_nul_texts(s: pl.Series) -> pl.Series:
     """JSON texts without their NULs; only the rare values holding ``\\u0000`` are touched."""
     hit = s.str.contains("\\u0000", literal=True).fill_null(False)
     if not hit.any():
@@ -326,6 +330,11 @@ def _strip_json_batch(s: pl.Series) -> pl.Series:
     for i in hit.arg_true().to_list():
         values[i] = strip_json_nul_text(values[i])
     return pl.Series(s.name, values, dtype=pl.String())
+
+
+def strip_json_nul(e: pl.Expr) -> pl.Expr:
+    """JSON texts (a column of them) without the ``\\u0000`` escapes their strings hold."""
+    return e.map_batches(strip_json_nul_texts, return_dtype=pl.String(), is_elementwise=True)
 
 
 def _depth(dtype: pl.DataType) -> int:
@@ -337,7 +346,7 @@ def _depth(dtype: pl.DataType) -> int:
 
 def _strip_nul_step(dtype: pl.DataType, json: bool) -> Callable[[pl.Expr], pl.Expr]:
     if json:
-        return lambda e: e.map_batches(_strip_json_batch, return_dtype=pl.String(), is_elementwise=True)
+        return strip_json_nul
     depth = _depth(dtype)
     return lambda e: _stripped(e, depth)
 
@@ -355,7 +364,7 @@ def effective_cleaning(dataset: Dataset) -> tuple[Clean, ...]:
     """The cleaning steps ``etl validate`` runs and counts, and every reader of cleaned rows
     applies: first the built-in ``strip_nul`` on every text column of every level (own and
     inherited fields: VARCHAR, VARCHAR[], VARCHAR[][], and the ``\\u0000`` escapes of JSON
-    fields), then the dataset's own steps.
+    fields and of ``_extra``), then the dataset's own steps.
 
     >>> [c.column for c in effective_cleaning(ds) if c.level == "powers"]   # doctest: +SKIP
     ['powerset_full_name', 'full_name', 'power_name', ..., 'trim_display_names' ...]
@@ -375,6 +384,9 @@ def effective_cleaning(dataset: Dataset) -> tuple[Clean, ...]:
             json = base == "JSON"
             steps.append(Clean(STRIP_NUL, lvl.name, column, _strip_nul_step(dtype, json),
                                STRIP_NUL_JSON_DESCRIPTION if json else STRIP_NUL_DESCRIPTION))
+        if lvl.table is not None:  # last of the level's steps: see apply_cleaning
+            steps.append(Clean(STRIP_NUL, lvl.name, STAGED_EXTRA, strip_json_nul,
+                               STRIP_NUL_EXTRA_DESCRIPTION))
     for lvl in levels.values():
         for f in lvl.fields:
             if f.type.endswith("[]"):

@@ -758,7 +758,8 @@ def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
     left the row's ``_extra``), the export's original value goes back into ``_extra`` under its
     key. The column holds the cleaned value; ``_extra`` what the export said. ``patch_only``:
     leave ``_extra`` as staged and give those originals as a JSON object in ``_patch`` instead
-    (NULL where nothing changed; see :data:`etl.dataset.PATCH`)."""
+    (NULL where nothing changed; see :data:`etl.dataset.PATCH`), whose reader then applies
+    ``_extra``'s own steps (the transform: :func:`etl.transform.transformer.clean_extra`)."""
     steps = [step for step in effective_cleaning(dataset) if step.level == level]
     if not steps:
         return lf.with_columns(pl.lit(None, pl.String()).alias(PATCH)) if patch_only else lf
@@ -772,7 +773,8 @@ def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
             keep[step.column] = field.key
     if keep:
         lf = lf.with_columns(pl.col(c).alias(f"__orig_{c}") for c in keep)
-    for step in steps:
+    # _extra's own steps (its NULs) run last, over the originals put back into it too.
+    for step in (s for s in steps if s.column != STAGED_EXTRA):
         lf = lf.with_columns(step.fn(pl.col(step.column)).alias(step.column))
     if keep:
         parts = [pl.col(STAGED_EXTRA).alias("e")]
@@ -789,6 +791,8 @@ def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
         ).alias(PATCH if patch_only else STAGED_EXTRA)).drop([f"__orig_{c}" for c in keep])
     elif patch_only:
         lf = lf.with_columns(pl.lit(None, pl.String()).alias(PATCH))
+    for step in (s for s in steps if s.column == STAGED_EXTRA and not patch_only):
+        lf = lf.with_columns(step.fn(pl.col(step.column)).alias(step.column))
     return lf
 
 

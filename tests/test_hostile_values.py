@@ -289,8 +289,14 @@ def test_storable_rules_reject_what_postgresql_refuses(tmp_path: Path, pg_url: s
     enhs = run.rejects("enhancements")
     assert enhs is not None and "enhancements.name.storable" in enhs.collect().row(0, named=True)["_rules"]
     with psycopg.connect(pg_url) as conn:
-        text = conn.execute("SELECT desc_long FROM mids.powers WHERE desc_long LIKE 'before%'").fetchone()
-    assert text == ("beforeafter",)
+        text = conn.execute("SELECT desc_long, extra->>'DescLong' FROM mids.powers "
+                            "WHERE desc_long LIKE 'before%'").fetchone()
+        # extra holds the original without its NUL too, so PostgreSQL's json operators run over
+        # the whole table (one \u0000 in any row's extra would stop them)
+        keys = conn.execute("SELECT count(DISTINCT k) FROM mids.powers, json_object_keys(extra) k"
+                            ).fetchone()
+    assert text == ("beforeafter", "beforeafter")
+    assert keys is not None and keys[0] > 0
 
 
 def test_a_lone_surrogate_is_refused_at_staging_naming_the_file(tmp_path: Path) -> None:

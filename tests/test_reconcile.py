@@ -105,13 +105,15 @@ def test_full_export_reconciles(tmp_path: Path) -> None:
     assert result.levels["power_effects"]["records"] == 65_293
     assert result.levels["powersets"]["records"] == 3_568
     assert result.matched + result.rejected == result.records
-    # The description holding a NUL: cleaned in its text column (PostgreSQL text cannot hold
-    # it), kept exactly as the export wrote it in extra (json text can).
+    # The description holding a NUL: cleaned in its text column and in extra (PostgreSQL's
+    # json operators refuse \u0000 for the whole table), counted, and reconciled as cleaned.
     powers = run.table("powers").collect()
     assert powers.filter(pl.col("desc_long").str.contains("\x00", literal=True)).height == 0
-    kept = powers.filter(pl.col("extra").str.contains("\\u0000", literal=True))
-    assert kept.height == 1
-    assert "\x00" in orjson.loads(kept["extra"][0])["DescLong"]
+    assert powers.filter(pl.col("extra").str.contains("\\u0000", literal=True)).height == 0
+    assert result.cleaned == 1 and result.levels["powers"]["cleaned"] == 1
+    cleaned = [c for c in orjson.loads((run.path / "report.json").read_bytes())["cleaning"]
+               if c["level"] == "powers" and c["column"] == "_extra"]
+    assert [c["changed"] for c in cleaned] == [0]  # counted at its column, desc_long
 
 @pytest.mark.parametrize(("dataset", "sample", "levels"), [
     ("aodb", "aodb/items_100.json", {"items": 100, "stat_values": 1_490, "spells": 691}),

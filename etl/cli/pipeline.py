@@ -413,6 +413,10 @@ def reconcile_cmd(run_dir: Path | str, database_url: str | None, schema: str | N
             table.add_row(level, *(f"{c[k]:,}" for k in ("records", "matched", "rejected",
                                                           "mismatched", "missing")))
         err.print(table)
+        if result.cleaned:
+            err.print(f"{result.cleaned:,} of the matched records are equal once their NUL "
+                      "characters are removed (the built-in strip_nul cleaning: PostgreSQL's "
+                      "text and json cannot hold NUL)", highlight=False)
         for m in result.mismatches:
             err.print(escape(f"{m['file']} record {m['record']} {m['path'] or ''} "
                              f"{m['key'] or ''}: {m['difference']}"), highlight=False)

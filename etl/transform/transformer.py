@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from etl.config import Settings, memory_bytes
-from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Dataset, Table
+from etl.dataset import EXTRA, PATCH, STAGED_EXTRA, XREF, Dataset, Table, strip_json_nul_texts
 from etl.errors import ConfigError, RunStateError
 from etl.jsonb import pg_texts
 from etl.metrics import Phase, release_free_memory, timed
@@ -101,6 +101,13 @@ def _shape(table: Table, lf: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.Schema]:
     hidden = {c: have[c] for c in (XREF, PATCH) if c in have and EXTRA not in have}
     out = lf.select(cols + list(lineage) + list(hidden))
     return out, pl.Schema({**{c: schema[c] for c in schema if c in have}, **lineage, **hidden})
+
+
+def clean_extra(extra: pl.Series) -> pl.Series:
+    """A table's ``extra`` texts as loaded: the built-in ``strip_nul`` of ``_extra``
+    (:data:`etl.dataset.STRIP_NUL_EXTRA_DESCRIPTION`, counted by ``etl validate``). Only the
+    rare texts holding ``\\u0000`` are touched."""
+    return strip_json_nul_texts(extra)
 
 
 #: Chunks go to Arrow in Polars' own string layout (string_view), which is what the tables'
@@ -229,6 +236,8 @@ def _write_table(run: Run, dataset: Dataset, table: Table, rows: KeyOrdered, chu
             patches = piece.get_column(PATCH) if PATCH in hidden else None
             piece = piece.with_columns(fetcher.chunk(i, piece.height, patches))
         piece = piece.select([*table.polars_schema, *lineage])
+        if EXTRA in target:
+            piece = piece.with_columns(clean_extra(piece.get_column(EXTRA)))
         if json_cols:  # in the form PostgreSQL prints: checksums compare as plain text
             piece = piece.with_columns(pg_texts(piece.get_column(c)) for c in json_cols)
         out = piece.drop(lineage)

@@ -21,8 +21,8 @@ PROBE_SET = "Blaster_Ranged.Fire_Blast"
 
 def _row(tables: dict[str, Table], alias: str, table: str, *, drop: tuple[str, ...] = ()) -> str:
     """SQL for a mids row as a jsonb object, column by column (``to_jsonb(row)`` would convert
-    the ``extra`` json, and jsonb refuses the ``\\u0000`` a real description holds: such an
-    ``extra`` comes as its JSON text instead)."""
+    the ``extra`` json, and jsonb refuses ``\\u0000``, which a generation loaded before NUL
+    was stripped from ``extra`` may hold: such an ``extra`` comes as its JSON text instead)."""
     parts = []
     for col in tables[table].columns:
         if col.name in drop:
