@@ -293,6 +293,9 @@ STRIP_NUL_EXTRA_DESCRIPTION = (
     "NUL (\\u0000) removed from the strings (and keys) of extra's JSON text; PostgreSQL's json "
     "operators refuse it, so one such row would stop every query of extra over its table (the "
     "original of a cleaned text value is counted at its column)")
+#: The manifest's count, per level, of the staged rows whose ``_extra`` holds a NUL that the
+#: built-in ``strip_nul`` removes (``etl validate`` reports it without reading ``_extra``).
+EXTRA_NUL_ROWS = "extra_nul_rows"
 _JSON_NUL = re.compile(r"\\(\\|u0000)")
 
 

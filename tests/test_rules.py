@@ -16,7 +16,7 @@ from etl.config import load_settings, parse_rule_overrides, rule_override
 from etl.dataset import STRIP_NUL, effective_cleaning, strip_json_nul_text
 from etl.datasets import dataset_of
 from etl.errors import ConfigError
-from etl.run import Run
+from etl.run import Run, open_run
 from etl.stage import stage
 from etl.storable import json_refusal, storable_rules
 from etl.validate import validate
@@ -278,3 +278,38 @@ def test_storable_rules_follow_the_home_tables() -> None:
     assert "jsonb" in aodb["spells.params.storable"]
     licenses = {r.name: r.describe() for r in storable_rules(get_dataset("licenses"))}
     assert "4714-11-24 BC" in licenses["licenses.issue_date.storable"]
+
+
+def test_nul_in_extra_is_counted_as_staged_or_read_again(tmp_path: Path) -> None:
+    """A NUL in a key no column types: the stage counts the row (the manifest's
+    ``extra_nul_rows``) and validate reports that count; a run staged without it (the ray
+    engine, an older run) gets the same count by reading ``_extra``."""
+    import orjson
+
+    from etl.datasets.mids.gen import generate_mids
+
+    export = tmp_path / "export"
+    generate_mids(export, powersets=2, seed=5)
+    first = sorted((export / "db").rglob("*.json"))[0]
+    ps = orjson.loads(first.read_bytes())
+    ps["Powers"][0]["NotDeclared"] = {"note": "a\x00b"}
+    first.write_bytes(orjson.dumps(ps))
+    ds = get_dataset("mids")
+    run = stage(ds, [export], settings=Settings(staging_dir=tmp_path / "staging")).run
+    assert run.manifest["levels"]["powers"]["extra_nul_rows"] == 1
+    assert run.manifest["levels"]["powersets"]["extra_nul_rows"] == 0
+
+    def counted(run: Run) -> int:
+        report = validate(run, ds).report
+        return sum(c["changed"] for c in report["cleaning"]
+                   if (c["level"], c["column"], c["name"]) == ("powers", "_extra", STRIP_NUL))
+
+    assert counted(run) == 1
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    manifest["levels"]["powers"]["extra_nul_rows"] = 7  # the count validate takes, unread
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    assert counted(open_run(run.path)) == 7
+    for entry in manifest["levels"].values():
+        entry.pop("extra_nul_rows", None)
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    assert counted(open_run(run.path)) == 1

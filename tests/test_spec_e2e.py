@@ -165,6 +165,9 @@ def test_nul_in_strings_is_cleaned_counted_and_reported(tmp_path: Path, pg_url: 
     with psycopg.connect(pg_url) as conn:
         values = conn.execute("SELECT extra->'o'->>'x' FROM hostile.a ORDER BY id").fetchall()
     assert values == [("c",), (None,)], values
+    # counted as staged: validate takes the manifest's count and does not read _extra again
+    manifest = json.loads((Path(summary["run"]) / "manifest.json").read_text())
+    assert manifest["levels"]["a"]["extra_nul_rows"] == 1
     assert "\\u0000" not in str(rows[1].get("extra"))
 
 

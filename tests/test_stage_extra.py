@@ -130,3 +130,11 @@ def test_both_walkers_read_keys_with_escapes_as_decoded() -> None:
     assert roots == [{"A": {}, "café": 1, "\U0001F600": 2, 'q"\\/': 3}, {"A": {}}]
     items = [se.parse_record(v) for v in native["items"][2].to_pylist()]
     assert items == [{}, {"N\u0000": 1}, {"X": "s"}]
+
+
+def test_extra_nul_rows_counts_what_strip_nul_changes() -> None:
+    """A ``\\u0000`` escape counts; an escaped backslash before ``u0000`` (text) does not."""
+    texts = ['{"a":"x\\u0000"}', '{"b":"\\\\u0000"}', None, '{"k\\u0000":1}', "{}"]
+    tables = {"lvl": pa.table({"_extra": pa.array(texts, pa.string())}),
+              "plain": pa.table({"x": [1]}), "none": pa.table({"_extra": ["{}"]})}
+    assert se.extra_nul_rows(tables) == {"lvl": 2}

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl.dataset import ELEMENT, STAGED_EXTRA, Level, Table, typed_in_table
+from etl.dataset import ELEMENT, STAGED_EXTRA, Level, Table, strip_json_nul_text, typed_in_table
 from etl.errors import EtlError
 from etl.jsontext import dump_json, get_path, parse_record
 
@@ -213,6 +213,24 @@ def _type_code(type_: str) -> tuple[int, int, int]:
     while type_.endswith("[]"):
         type_, depth = type_[:-2], depth + 1
     return (7, _CODES[type_], depth) if depth else (_CODES[type_], 0, 0)
+
+
+def extra_nul_rows(tables: Mapping[str, pa.Table]) -> dict[str, int]:
+    """Per level of ``tables``, the rows whose ``_extra`` text ``strip_nul`` changes (a
+    ``\\u0000`` escape in one of its strings or keys); levels without any are left out."""
+    out: dict[str, int] = {}
+    for name, table in tables.items():
+        if STAGED_EXTRA not in table.column_names:
+            continue
+        column = table.column(STAGED_EXTRA)
+        hit = pc.match_substring(column, "\\u0000")
+        if not pc.any(hit).as_py():
+            continue
+        texts = pc.filter(column, hit).to_pylist()
+        n = sum(1 for t in texts if t is not None and strip_json_nul_text(t) != t)
+        if n:
+            out[name] = n
+    return out
 
 
 def attach(tables: dict[str, pa.Table], records: pa.Table, plan: ExtraPlan) -> dict[str, pa.Table]:

@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl.config import Settings, memory_bytes
-from etl.dataset import Dataset, SideInput, Source
+from etl.dataset import EXTRA_NUL_ROWS, Dataset, SideInput, Source
 from etl.errors import ConfigError, DriftError, EtlError, InputError
 from etl.metrics import Phase, peak_rss_bytes, timed
 from etl.run import (
@@ -59,7 +59,7 @@ from etl.run import (
 )
 from etl.stage.dupkeys import EXAMPLES as DUP_EXAMPLES
 from etl.stage.dupkeys import last_wins
-from etl.stage.extra import ExtraPlan, attach
+from etl.stage.extra import ExtraPlan, attach, extra_nul_rows
 from etl.stage.inputs import (
     InputFile,
     assign_sources,
@@ -513,16 +513,18 @@ def _stage_source(
     total_bytes: int,
     files: Sequence[InputFile] = (),
     duplicated: dict[str, Any] | None = None,
+    nul_rows: dict[str, int] | None = None,
 ) -> None:
     """Unpack record batches on ``workers`` threads; write their levels in batch order.
     ``files`` (filled as batches are read) names a broken file by its full path; the records
     that held a key twice (rewritten: the last value wins) are counted in ``duplicated``
-    (``records``; ``examples``: the first few, as source, file and record)."""
+    (``records``; ``examples``: the first few, as source, file and record); the rows per level
+    whose ``_extra`` the built-in ``strip_nul`` will change, in ``nul_rows``."""
     local = threading.local()
     made: list[_LevelWorker] = []
     lock = threading.Lock()
 
-    def work(records: pa.Table) -> tuple[dict[str, pa.Table], list[tuple[str, int]]]:
+    def work(records: pa.Table) -> tuple[dict[str, pa.Table], list[tuple[str, int]], dict[str, int]]:
         records, dups = last_wins(records)
         worker = getattr(local, "worker", None)
         if worker is None:
@@ -531,10 +533,15 @@ def _stage_source(
             local.worker = worker
             with lock:
                 made.append(worker)
-        return worker.run(records), dups
+        result = worker.run(records)
+        return result, dups, extra_nul_rows(result)
 
-    def write(done: tuple[dict[str, pa.Table], list[tuple[str, int]]], nbytes: int) -> None:
-        result, dups = done
+    def write(done: tuple[dict[str, pa.Table], list[tuple[str, int]], dict[str, int]],
+              nbytes: int) -> None:
+        result, dups, nuls = done
+        if nul_rows is not None:
+            for name, n in nuls.items():
+                nul_rows[name] = nul_rows.get(name, 0) + n
         if duplicated is not None and dups:
             duplicated["records"] += len(dups)
             room = DUP_EXAMPLES - len(duplicated["examples"])
@@ -546,7 +553,8 @@ def _stage_source(
         if progress:
             progress("stage", done_bytes[0], total_bytes)
 
-    in_flight: deque[tuple[Future[tuple[dict[str, pa.Table], list[tuple[str, int]]]], int]] = deque()
+    in_flight: deque[tuple[Future[tuple[dict[str, pa.Table], list[tuple[str, int]], dict[str, int]]],
+                           int]] = deque()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="etl-stage") as pool:
             try:
@@ -904,6 +912,7 @@ def _stage_into(
     if settings.engine == "ray":
         from etl.stage.on_ray import stage_on_ray
 
+        nul_rows: dict[str, int] | None = None  # not counted on the cluster: validate reads them
         inspected, quarantined, ray_chunks, on_ray, duplicated = stage_on_ray(
             dataset, jobs, tmp, settings=settings, max_record_bytes=max_record_bytes,
             batch_bytes=batch_bytes, memory=memory, progress=progress, shared=shared)
@@ -920,7 +929,7 @@ def _stage_into(
     else:
         on_ray = None
         writers = {name: writer(name) for name in levels}
-        inspected, quarantined, duplicated = _stage_local(
+        inspected, quarantined, duplicated, nul_rows = _stage_local(
             dataset, jobs, tmp, writers, plans=plans, threads=threads, batch_bytes=batch_bytes,
             memory=memory, max_record_bytes=max_record_bytes, progress=progress)
     for leftover in tmp.glob(".duckdb_tmp*"):
@@ -937,6 +946,10 @@ def _stage_into(
             "schema": schema_to_json(level_schema(lvl, levels)),
             "chunks": chunks,
         }
+        if nul_rows is not None and lvl.table is not None and not any(
+                side.level == name for side in dataset.side_files):
+            # rows whose _extra strip_nul changes, counted as staged (etl validate reports it)
+            level_entries[name][EXTRA_NUL_ROWS] = nul_rows.get(name, 0)
     run_id = compute_run_id(dataset, [
         *((f.source, f.relpath, f.sha256) for f in inspected),
         *((q["source"], q["relpath"], "quarantined:" + q["sha256"]) for q in quarantined),
@@ -971,10 +984,10 @@ def _stage_local(
     memory: int,
     max_record_bytes: int,
     progress: Progress | None,
-) -> tuple[list[InputFile], list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[InputFile], list[dict[str, Any]], dict[str, Any], dict[str, int]]:
     """The local engine: each source's batches unpacked on ``threads`` threads, written by
-    ``writers`` in order. Returns the files read, the files quarantined and the records that
-    held a key twice (``duplicate_keys``)."""
+    ``writers`` in order. Returns the files read, the files quarantined, the records that
+    held a key twice (``duplicate_keys``) and the rows per level whose ``_extra`` holds NUL."""
     workers = max(1, threads)
     reader = LazyReader({
         "memory_limit": f"{max(96 << 20, memory // 4) >> 20}MB",
@@ -988,6 +1001,7 @@ def _stage_local(
     inspected: list[InputFile] = []
     quarantined: list[dict[str, Any]] = []
     duplicated: dict[str, Any] = {"records": 0, "examples": []}
+    nul_rows: dict[str, int] = {}
     try:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="etl-scan") as scan_pool:
             for src in dataset.sources:
@@ -1001,7 +1015,8 @@ def _stage_local(
                 _stage_source(batches, src, plans[src.name], writers, tmp=tmp, workers=workers,
                               extra_plan=ExtraPlan(src.levels, {t.name: t for t in dataset.tables}),
                               worker_memory=worker_memory, progress=progress, done_bytes=done,
-                              total_bytes=total, files=inspected, duplicated=duplicated)
+                              total_bytes=total, files=inspected, duplicated=duplicated,
+                              nul_rows=nul_rows)
     finally:
         reader.close()
-    return inspected, quarantined, duplicated
+    return inspected, quarantined, duplicated, nul_rows
