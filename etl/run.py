@@ -759,7 +759,7 @@ def apply_cleaning(dataset: Dataset, level: str, lf: pl.LazyFrame, *,
     key. The column holds the cleaned value; ``_extra`` what the export said. ``patch_only``:
     leave ``_extra`` as staged and give those originals as a JSON object in ``_patch`` instead
     (NULL where nothing changed; see :data:`etl.dataset.PATCH`), whose reader then applies
-    ``_extra``'s own steps (the transform: :func:`etl.transform.transformer.clean_extra`)."""
+    ``_extra``'s own steps (the transform, to the ``extra`` texts it writes)."""
     steps = [step for step in effective_cleaning(dataset) if step.level == level]
     if not steps:
         return lf.with_columns(pl.lit(None, pl.String()).alias(PATCH)) if patch_only else lf

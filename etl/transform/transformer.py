@@ -103,13 +103,6 @@ def _shape(table: Table, lf: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.Schema]:
     return out, pl.Schema({**{c: schema[c] for c in schema if c in have}, **lineage, **hidden})
 
 
-def clean_extra(extra: pl.Series) -> pl.Series:
-    """A table's ``extra`` texts as loaded: the built-in ``strip_nul`` of ``_extra``
-    (:data:`etl.dataset.STRIP_NUL_EXTRA_DESCRIPTION`, counted by ``etl validate``). Only the
-    rare texts holding ``\\u0000`` are touched."""
-    return strip_json_nul_texts(extra)
-
-
 #: Chunks go to Arrow in Polars' own string layout (string_view), which is what the tables'
 #: Arrow schema declares: no conversion to large_string and back. The Parquet bytes are the same.
 _ARROW_LEVEL = pl.CompatLevel.newest()
@@ -236,8 +229,8 @@ def _write_table(run: Run, dataset: Dataset, table: Table, rows: KeyOrdered, chu
             patches = piece.get_column(PATCH) if PATCH in hidden else None
             piece = piece.with_columns(fetcher.chunk(i, piece.height, patches))
         piece = piece.select([*table.polars_schema, *lineage])
-        if EXTRA in target:
-            piece = piece.with_columns(clean_extra(piece.get_column(EXTRA)))
+        if EXTRA in target:  # _extra's own strip_nul (etl.dataset.STRIP_NUL_EXTRA_DESCRIPTION)
+            piece = piece.with_columns(strip_json_nul_texts(piece.get_column(EXTRA)))
         if json_cols:  # in the form PostgreSQL prints: checksums compare as plain text
             piece = piece.with_columns(pg_texts(piece.get_column(c)) for c in json_cols)
         out = piece.drop(lineage)
