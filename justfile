@@ -7,10 +7,10 @@ venv := ".venv/bin/"
 default:
     @just --list
 
-# install the package and its test tools into .venv
+# install the package and its test tools into .venv (the library versions CI tests)
 install:
     python3 -m venv .venv
-    {{venv}}pip install -q -e '.[test]'
+    {{venv}}pip install -q -c .ci/constraints.txt -e '.[test]'
 
 # the main job on a generated export (no sample data needed)
 demo *ARGS:
