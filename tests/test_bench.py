@@ -118,6 +118,11 @@ def test_bench_copies_cli(mids_sample: Path, tmp_path: Path) -> None:
         assert p["extra"]["machine_cpu_seconds"] >= p["extra"]["cpu_seconds"] - 0.05, p
     assert res["machine_cpu_seconds"] == pytest.approx(
         sum(p["extra"]["machine_cpu_seconds"] for p in res["phases"]))
+    # Each phase's RSS split, sampled from /proc: its own (anonymous) pages and the libraries'
+    # file pages, each part at most the peak it reports (ru_maxrss, in MB like these).
+    for p in res["phases"]:
+        anon, files = p["extra"]["sampled_anon_mb"], p["extra"]["sampled_file_mb"]
+        assert 0 < anon <= p["peak_mb"] + 1 and 0 < files <= p["peak_mb"] + 1, p
     # etl init is measured on the same export: every powerset file read, twice over.
     spec = res["init"]
     assert spec["seconds"] > 0 and spec["peak_rss"] > 0

@@ -153,6 +153,11 @@ def bench_cmd(dataset: str, copies: tuple[int, ...], entries: tuple[int, ...], t
         err.print(f"whole run: {res['total_seconds']:.2f} s in-process "
                   f"({res['total_wall_seconds']:.2f} s with interpreter starts); max peak RSS "
                   f"{mb(res['max_peak_rss'])}")
+        if all(p.get("sampled_anon_mb") is not None for p in res["phases"]):
+            err.print("memory (sampled every 20 ms): each phase's own (anonymous) / file-backed pages "
+                      "(shared libraries, mapped files) in its RSS: " + ", ".join(
+                          f"{p['name']} {p['sampled_anon_mb']:.0f} / {p['sampled_file_mb']:.0f} MB"
+                          for p in res["phases"]))
         cpu, cores = res.get("machine_cpu_seconds"), res["machine"]["cpus"] or 1
         if cpu is not None:
             err.print(f"CPU work: the machine's {cores} cores were busy {cpu:.2f} s over these phases "
