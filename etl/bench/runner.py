@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -168,8 +169,6 @@ class _RssSampler:
     missed."""
 
     def __init__(self, pid: int) -> None:
-        import threading
-
         self.path = Path(f"/proc/{pid}/status")
         self.peak = {"RssAnon": 0, "RssFile": 0}
         self.done = threading.Event()
